@@ -1,0 +1,24 @@
+//! Cube's shared vocabulary: the model (Task, TaskEvent, State, Node), the wire format and
+//! subject names that make up the public NATS contract, and validation. No I/O lives here.
+
+mod node;
+mod report;
+mod state;
+pub mod subjects;
+mod task;
+pub mod units;
+pub mod validate;
+pub mod wire;
+
+pub use node::{Node, NodeState};
+pub use report::{ApiReply, JournalEntry, Rejection, StateReport, TaskQuery};
+pub use state::State;
+pub use task::{container_name, RestartPolicy, Task, TaskEvent};
+
+/// Docker label carrying the task id on every container Cube starts.
+pub const LABEL_TASK_ID: &str = "cube.task.id";
+/// Docker label carrying the name of the worker that started the container.
+pub const LABEL_WORKER: &str = "cube.worker";
+
+/// Cube's version, reported in heartbeats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,66 @@
+//! A node: the machine a worker runs on, as its heartbeats describe it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How the manager regards a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Ready,
+    Down,
+    Draining,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+        })
+    }
+}
+
+/// A worker's node. Workers send it as their heartbeat (capacity and usage); the manager adds
+/// what it has reserved there (`*_allocated`, `task_count`) and the node's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// The worker's name: unique in the cluster, a single NATS subject token.
+    pub name: String,
+    #[serde(default)]
+    pub address: String,
+    /// Cores the worker offers to Cube.
+    pub cores: f64,
+    /// Fraction of all cores in use on the machine, 0.0 – 1.0.
+    #[serde(default)]
+    pub cpu_usage: f64,
+    /// Bytes of memory the worker offers to Cube.
+    pub memory: u64,
+    #[serde(default)]
+    pub memory_used: u64,
+    #[serde(default)]
+    pub memory_allocated: u64,
+    /// Bytes of disk the worker offers to Cube.
+    #[serde(default)]
+    pub disk: u64,
+    #[serde(default)]
+    pub disk_used: u64,
+    #[serde(default)]
+    pub disk_allocated: u64,
+    #[serde(default)]
+    pub cpu_allocated: f64,
+    #[serde(default)]
+    pub task_count: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub last_heartbeat: DateTime<Utc>,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub state: NodeState,
+}

@@ -1,0 +1,124 @@
+//! Messages other than TaskEvents: state reports, rejections, the journal and API replies.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::State;
+
+/// A worker's account of what happened to a task. Workers are the source of truth for the
+/// state of what they run; the manager applies these to the Task DB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateReport {
+    pub task_id: Uuid,
+    pub worker: String,
+    pub state: State,
+    pub timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl StateReport {
+    pub fn new(task_id: Uuid, worker: &str, state: State) -> StateReport {
+        StateReport {
+            task_id,
+            worker: worker.to_string(),
+            state,
+            timestamp: Utc::now(),
+            container_id: None,
+            start_time: None,
+            finish_time: None,
+            exit_code: None,
+            error: None,
+        }
+    }
+}
+
+/// Published on `tasks.rejected` (and kept in the journal) for every event Cube refuses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<Uuid>,
+    pub subject: String,
+    pub reason: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// One line of `cube events`: a decision or an observation, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub time: DateTime<Utc>,
+    /// A short machine-readable word: submitted, rejected, scheduled, unschedulable, running,
+    /// completed, failed, stop-requested, node-joined.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    pub message: String,
+}
+
+impl JournalEntry {
+    pub fn new(kind: &str, message: impl Into<String>) -> JournalEntry {
+        JournalEntry {
+            time: Utc::now(),
+            kind: kind.to_string(),
+            task_id: None,
+            event_id: None,
+            worker: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn task(mut self, id: Uuid) -> Self {
+        self.task_id = Some(id);
+        self
+    }
+
+    pub fn event(mut self, id: Uuid) -> Self {
+        self.event_id = Some(id);
+        self
+    }
+
+    pub fn worker(mut self, name: impl Into<String>) -> Self {
+        self.worker = Some(name.into());
+        self
+    }
+}
+
+/// The answer to a `cube.api.*` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiReply<T> {
+    Ok(T),
+    Error(String),
+}
+
+impl<T> ApiReply<T> {
+    pub fn into_result(self) -> Result<T, String> {
+        match self {
+            ApiReply::Ok(v) => Ok(v),
+            ApiReply::Error(e) => Err(e),
+        }
+    }
+}
+
+/// Request body of `cube.api.tasks.get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskQuery {
+    /// A full task id, or a unique prefix of one, or a task name.
+    pub id: String,
+}

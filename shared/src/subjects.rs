@@ -1,0 +1,65 @@
+//! Names on the wire: subjects, streams, buckets and consumers. These are the public contract
+//! (see the README); changing one breaks other clients.
+
+use uuid::Uuid;
+
+/// Any client → manager: TaskEvents (submit and stop). Captured by [`EVENTS_STREAM`].
+pub const EVENTS: &str = "tasks.events";
+/// Manager → any worker: work for whichever worker takes it first.
+pub const PENDING: &str = "tasks.pending";
+/// Worker → manager: state reports, `tasks.state.<task-id>`.
+pub const STATE_ALL: &str = "tasks.state.>";
+/// Manager → anyone: rejected events and why.
+pub const REJECTED: &str = "tasks.rejected";
+/// Worker → manager: node stats, `nodes.heartbeat.<worker>`.
+pub const HEARTBEAT_ALL: &str = "nodes.heartbeat.*";
+/// Manager → anyone: the journal of decisions, `cube.journal.<kind>`.
+pub const JOURNAL_ALL: &str = "cube.journal.>";
+
+pub const API_TASKS_LIST: &str = "cube.api.tasks.list";
+pub const API_TASKS_GET: &str = "cube.api.tasks.get";
+pub const API_NODES_LIST: &str = "cube.api.nodes.list";
+
+pub const EVENTS_STREAM: &str = "CUBE_EVENTS";
+pub const WORK_STREAM: &str = "CUBE_WORK";
+pub const STATE_STREAM: &str = "CUBE_STATE";
+pub const JOURNAL_STREAM: &str = "CUBE_JOURNAL";
+
+/// KV bucket: task id → Task (the Task DB).
+pub const TASK_DB: &str = "cube-tasks";
+/// KV bucket: event id → TaskEvent as received (the Event DB).
+pub const EVENT_DB: &str = "cube-events";
+/// KV bucket: worker name → Node (the node list).
+pub const NODE_DB: &str = "cube-nodes";
+
+/// The manager's durable consumers.
+pub const MANAGER_EVENTS_CONSUMER: &str = "manager-events";
+pub const MANAGER_STATE_CONSUMER: &str = "manager-state";
+/// The durable consumer all workers share on [`PENDING`]: the queue group.
+pub const SHARED_WORK_CONSUMER: &str = "workers";
+
+/// Work the scheduler placed on one worker, and stop requests for its tasks.
+pub fn pending_for(worker: &str) -> String {
+    format!("{PENDING}.{worker}")
+}
+
+pub fn state_for(task_id: Uuid) -> String {
+    format!("tasks.state.{task_id}")
+}
+
+pub fn heartbeat_for(worker: &str) -> String {
+    format!("nodes.heartbeat.{worker}")
+}
+
+pub fn journal_for(kind: &str) -> String {
+    format!("cube.journal.{kind}")
+}
+
+pub fn logs_for(task_id: Uuid) -> String {
+    format!("tasks.logs.{task_id}")
+}
+
+/// A worker's own durable consumer on `tasks.pending.<worker>`.
+pub fn worker_consumer(worker: &str) -> String {
+    format!("worker-{worker}")
+}

@@ -1,0 +1,208 @@
+//! Task and TaskEvent: the unit of work and a request to move it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::State;
+
+/// What a worker does when a task's container exits. Cube enforces it; Docker's own restart
+/// policy is never used, so every restart is a decision Cube can see and report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    OnFailure,
+    Always,
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        })
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "no" => Ok(RestartPolicy::No),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "always" => Ok(RestartPolicy::Always),
+            other => Err(format!(
+                "unknown restart policy `{other}`: expected no, on-failure or always"
+            )),
+        }
+    }
+}
+
+/// The smallest unit of work: one container. The first group of fields is the specification
+/// a client sends; the second is what Cube records about the task's life. A client may send
+/// the second group, but the manager resets it on submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub id: Uuid,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "pending")]
+    pub state: State,
+    /// Required when submitting; absent in a stop request.
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Cores, fractional.
+    #[serde(default)]
+    pub cpu: f64,
+    /// Bytes; 0 means the worker's default limit.
+    #[serde(default)]
+    pub memory: u64,
+    /// Bytes of disk the task reserves on its node.
+    #[serde(default)]
+    pub disk: u64,
+    /// Container ports, `"80/tcp"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+    /// Container port → host port (`"8080"` or `"127.0.0.1:8080"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_bindings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// An HTTP path probed on the first exposed port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub restart_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// The last error: why the task failed, or why it cannot be placed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the manager first accepted the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<DateTime<Utc>>,
+}
+
+fn pending() -> State {
+    State::Pending
+}
+
+impl Task {
+    /// A task with just an id and an image; everything else at its default.
+    pub fn new(image: impl Into<String>) -> Task {
+        Task {
+            id: Uuid::new_v4(),
+            name: String::new(),
+            state: State::Pending,
+            image: image.into(),
+            cmd: Vec::new(),
+            env: Vec::new(),
+            cpu: 0.0,
+            memory: 0,
+            disk: 0,
+            exposed_ports: Vec::new(),
+            port_bindings: BTreeMap::new(),
+            restart_policy: RestartPolicy::No,
+            health_check: None,
+            container_id: None,
+            worker: None,
+            start_time: None,
+            finish_time: None,
+            restart_count: 0,
+            exit_code: None,
+            error: None,
+            submitted_at: None,
+        }
+    }
+
+    /// Forget everything a previous life recorded: what a fresh submission starts from.
+    pub fn reset_status(&mut self) {
+        self.state = State::Pending;
+        self.container_id = None;
+        self.worker = None;
+        self.start_time = None;
+        self.finish_time = None;
+        self.restart_count = 0;
+        self.exit_code = None;
+        self.error = None;
+        self.submitted_at = None;
+    }
+
+    /// The Docker container name Cube gives this task. Derived from the id so that a
+    /// redelivered start finds the container it already created instead of making another.
+    pub fn container_name(&self) -> String {
+        container_name(self.id)
+    }
+
+    /// A name for tables: the task's name or, without one, the start of its id.
+    pub fn display_name(&self) -> String {
+        if self.name.is_empty() {
+            self.id.to_string()[..8].to_string()
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+pub fn container_name(task_id: Uuid) -> String {
+    format!("cube-{task_id}")
+}
+
+/// A request to move a task to a state: `running` submits it, `completed` stops it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEvent {
+    pub id: Uuid,
+    pub state: State,
+    #[serde(default = "Utc::now")]
+    pub timestamp: DateTime<Utc>,
+    pub task: Task,
+}
+
+impl TaskEvent {
+    pub fn submit(task: Task) -> TaskEvent {
+        TaskEvent {
+            id: Uuid::new_v4(),
+            state: State::Running,
+            timestamp: Utc::now(),
+            task,
+        }
+    }
+
+    /// A stop request carries only the task's id.
+    pub fn stop(task_id: Uuid) -> TaskEvent {
+        let mut task = Task::new("");
+        task.id = task_id;
+        TaskEvent {
+            id: Uuid::new_v4(),
+            state: State::Completed,
+            timestamp: Utc::now(),
+            task,
+        }
+    }
+
+    pub fn is_stop(&self) -> bool {
+        self.state == State::Completed
+    }
+}

@@ -1,0 +1,68 @@
+//! Human sizes: `256m`, `1g`, `512Ki` ↔ bytes.
+
+/// Parses a byte size: a plain number of bytes, or a number with a unit `k`, `m`, `g`, `t`
+/// (powers of 1024, as Docker reads them), optionally followed by `b`/`i`/`ib`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: expected e.g. 268435456, 256m or 1g"))?;
+    let unit = unit.trim_end_matches("ib").trim_end_matches(['b', 'i']);
+    let factor: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("`{s}` has an unknown unit: use k, m, g or t")),
+    };
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Formats bytes with a binary unit, one decimal: `256.0Mi`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["", "Ki", "Mi", "Gi", "Ti"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_style_sizes() {
+        assert_eq!(parse_bytes("268435456").unwrap(), 268_435_456);
+        assert_eq!(parse_bytes("256m").unwrap(), 256 << 20);
+        assert_eq!(parse_bytes("256Mi").unwrap(), 256 << 20);
+        assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert!(parse_bytes("-5m").is_err());
+        assert!(parse_bytes("12x").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn formats_binary_units() {
+        assert_eq!(format_bytes(512), "512B");
+        assert_eq!(format_bytes(256 << 20), "256.0Mi");
+    }
+}

@@ -1,0 +1,342 @@
+//! Validation of everything a client can send, with reasons a person can read.
+//!
+//! Bounds are deliberate: they keep one hostile or mistaken event from costing the manager,
+//! the workers or Docker more than a small, known amount.
+
+use std::fmt;
+
+use crate::{State, Task, TaskEvent};
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_IMAGE_LEN: usize = 255;
+pub const MAX_CMD_ARGS: usize = 256;
+pub const MAX_ARG_LEN: usize = 4096;
+pub const MAX_ENV: usize = 256;
+pub const MAX_ENV_LEN: usize = 8192;
+pub const MAX_PORTS: usize = 64;
+pub const MAX_CPU: f64 = 1024.0;
+/// Docker refuses a memory limit below 6 MiB.
+pub const MIN_MEMORY: u64 = 6 << 20;
+pub const MAX_BYTES: u64 = 1 << 50;
+pub const MAX_WORKER_NAME_LEN: usize = 64;
+
+/// Everything wrong with a message, each problem on its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(pub Vec<String>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+/// Collects problems so that a client learns all of them at once.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn check(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(problem());
+        }
+    }
+
+    fn into_result(self) -> Result<(), Invalid> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(self.0))
+        }
+    }
+}
+
+/// Validates an event: what it asks for and, for a submission, the whole task specification.
+pub fn validate_event(event: &TaskEvent) -> Result<(), Invalid> {
+    match event.state {
+        State::Running => validate_task(&event.task),
+        State::Completed => Ok(()),
+        other => Err(Invalid(vec![format!(
+            "state `{other}` cannot be requested: send `running` to start a task or `completed` to stop it"
+        )])),
+    }
+}
+
+/// Validates a task specification (the fields a client sets).
+pub fn validate_task(task: &Task) -> Result<(), Invalid> {
+    let mut p = Problems::default();
+    p.check(task.name.len() <= MAX_NAME_LEN, || {
+        format!("task.name is longer than {MAX_NAME_LEN} characters")
+    });
+    p.check(
+        task.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        || "task.name may only contain letters, digits, `-`, `_` and `.`".to_string(),
+    );
+    if task.image.is_empty() {
+        p.0.push("task.image is required".to_string());
+    } else if let Err(e) = validate_image(&task.image) {
+        p.0.push(format!("task.image: {e}"));
+    }
+    p.check(task.cmd.len() <= MAX_CMD_ARGS, || {
+        format!("task.cmd has {} arguments; at most {MAX_CMD_ARGS}", task.cmd.len())
+    });
+    p.check(
+        task.cmd.iter().all(|a| a.len() <= MAX_ARG_LEN && !a.contains('\0')),
+        || format!("task.cmd: each argument must be under {MAX_ARG_LEN} bytes, without NUL"),
+    );
+    p.check(task.env.len() <= MAX_ENV, || {
+        format!("task.env has {} entries; at most {MAX_ENV}", task.env.len())
+    });
+    for e in &task.env {
+        let ok = match e.split_once('=') {
+            Some((k, _)) => !k.is_empty() && !e.contains('\0') && e.len() <= MAX_ENV_LEN,
+            None => false,
+        };
+        p.check(ok, || {
+            format!("task.env entry `{}` is not KEY=VALUE", excerpt(e))
+        });
+    }
+    p.check(task.cpu.is_finite() && task.cpu >= 0.0, || {
+        "task.cpu must be a non-negative number of cores".to_string()
+    });
+    p.check(task.cpu <= MAX_CPU, || {
+        format!("task.cpu {} is more cores than any node has (at most {MAX_CPU})", task.cpu)
+    });
+    p.check(task.memory == 0 || task.memory >= MIN_MEMORY, || {
+        format!(
+            "task.memory {} bytes is below Docker's minimum of 6 MiB ({MIN_MEMORY} bytes)",
+            task.memory
+        )
+    });
+    p.check(task.memory <= MAX_BYTES, || "task.memory is impossibly large".to_string());
+    p.check(task.disk <= MAX_BYTES, || "task.disk is impossibly large".to_string());
+    p.check(task.exposed_ports.len() <= MAX_PORTS, || {
+        format!("task.exposed_ports has more than {MAX_PORTS} entries")
+    });
+    for port in &task.exposed_ports {
+        if let Err(e) = parse_container_port(port) {
+            p.0.push(format!("task.exposed_ports: {e}"));
+        }
+    }
+    p.check(task.port_bindings.len() <= MAX_PORTS, || {
+        format!("task.port_bindings has more than {MAX_PORTS} entries")
+    });
+    for (container, host) in &task.port_bindings {
+        if let Err(e) = parse_container_port(container) {
+            p.0.push(format!("task.port_bindings: {e}"));
+        }
+        if let Err(e) = parse_host_binding(host) {
+            p.0.push(format!("task.port_bindings[{}]: {e}", excerpt(container)));
+        }
+    }
+    if let Some(path) = &task.health_check {
+        p.check(path.starts_with('/') && path.len() <= 1024, || {
+            "task.health_check must be an HTTP path starting with `/`".to_string()
+        });
+        p.check(!task.exposed_ports.is_empty(), || {
+            "task.health_check needs an exposed port to probe".to_string()
+        });
+    }
+    p.into_result()
+}
+
+/// A container port, `80`, `80/tcp` or `53/udp`, normalised to `port/proto`.
+pub fn parse_container_port(spec: &str) -> Result<String, String> {
+    let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(format!("`{}`: protocol must be tcp, udp or sctp", excerpt(spec)));
+    }
+    let n = parse_port(port).map_err(|e| format!("`{}`: {e}", excerpt(spec)))?;
+    Ok(format!("{n}/{proto}"))
+}
+
+/// A host binding, `8080` or `127.0.0.1:8080`, split into (ip, port).
+pub fn parse_host_binding(spec: &str) -> Result<(Option<String>, u16), String> {
+    let (ip, port) = match spec.rsplit_once(':') {
+        Some((ip, port)) => {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("`{}` is not an IP address", excerpt(ip)))?;
+            (Some(ip.to_string()), port)
+        }
+        None => (None, spec),
+    };
+    Ok((ip, parse_port(port)?))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        _ => Err(format!("port `{}` is not a number from 1 to 65535", excerpt(s))),
+    }
+}
+
+/// Checks an image reference the way Docker reads one: `[registry[:port]/]path[:tag][@digest]`,
+/// path components lowercase.
+pub fn validate_image(image: &str) -> Result<(), String> {
+    if image.len() > MAX_IMAGE_LEN {
+        return Err(format!("longer than {MAX_IMAGE_LEN} characters"));
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo.chars().all(|c| c.is_ascii_alphanumeric())
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err(format!("`{}`: bad digest", excerpt(image)));
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (path, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(format!("`{}`: bad tag", excerpt(image)));
+        }
+    }
+    let mut components: Vec<&str> = path.split('/').collect();
+    if components.len() > 1 {
+        let first = components[0];
+        if first.contains(['.', ':']) || first == "localhost" {
+            let host_ok = first
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if !host_ok {
+                return Err(format!("`{}`: bad registry host", excerpt(image)));
+            }
+            components.remove(0);
+        }
+    }
+    for c in components {
+        let ok = !c.is_empty()
+            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'));
+        if !ok {
+            return Err(format!(
+                "`{}` is not an image reference (name components are lowercase letters, digits and . _ -)",
+                excerpt(image)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A worker name becomes a NATS subject token and part of a consumer name.
+pub fn validate_worker_name(name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_WORKER_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid(vec![format!(
+            "worker name `{}` must be 1–{MAX_WORKER_NAME_LEN} letters, digits, `-` or `_`",
+            excerpt(name)
+        )]))
+    }
+}
+
+/// At most 64 characters of untrusted text, for error messages.
+pub fn excerpt(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        Task::new("nginx:1.27")
+    }
+
+    #[test]
+    fn a_plain_task_is_valid() {
+        validate_task(&task()).unwrap();
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "busybox",
+            "nginx:1.27",
+            "library/nginx",
+            "localhost:5000/team/app:v1.2-rc",
+            "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef",
+            "cube-busybox:test",
+        ] {
+            validate_image(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["", "Nginx", "nginx:", "a b", "nginx:bad tag", "x@sha256:zz", "/x", "a//b"] {
+            assert!(validate_image(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut t = task();
+        t.image.clear();
+        t.cpu = -1.0;
+        t.memory = 10;
+        t.env = vec!["NOEQUALS".into()];
+        t.exposed_ports = vec!["99999/tcp".into()];
+        let err = validate_task(&t).unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        assert!(err.to_string().contains("task.image is required"));
+        assert!(err.to_string().contains("6 MiB"));
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_container_port("80").unwrap(), "80/tcp");
+        assert_eq!(parse_container_port("53/udp").unwrap(), "53/udp");
+        assert!(parse_container_port("0/tcp").is_err());
+        assert!(parse_container_port("80/xyz").is_err());
+        assert_eq!(parse_host_binding("8080").unwrap(), (None, 8080));
+        assert_eq!(
+            parse_host_binding("127.0.0.1:8080").unwrap(),
+            (Some("127.0.0.1".into()), 8080)
+        );
+        assert!(parse_host_binding("nope:8080").is_err());
+    }
+
+    #[test]
+    fn only_running_and_completed_can_be_requested() {
+        let mut e = TaskEvent::submit(task());
+        validate_event(&e).unwrap();
+        e.state = State::Scheduled;
+        assert!(validate_event(&e).unwrap_err().to_string().contains("cannot be requested"));
+        let stop = TaskEvent::stop(uuid::Uuid::new_v4());
+        validate_event(&stop).unwrap();
+    }
+
+    #[test]
+    fn worker_names() {
+        validate_worker_name("worker-1").unwrap();
+        assert!(validate_worker_name("a.b").is_err());
+        assert!(validate_worker_name("").is_err());
+        assert!(validate_worker_name(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Decoding untrusted bytes: bounded in size, exact about what is wrong and where.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::validate::{validate_event, Invalid};
+use crate::TaskEvent;
+
+/// The largest TaskEvent Cube accepts. Checked before parsing.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// The largest state report, heartbeat or API request Cube accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is {size} bytes; the limit is {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("payload is empty")]
+    Empty,
+    /// `path` says which field: `task.memory`.
+    #[error("{}", if path.is_empty() || path == "." { message.clone() } else { format!("{path}: {message}") })]
+    Json { path: String, message: String },
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+}
+
+/// Parses JSON from at most `max` bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            max,
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| DecodeError::Json {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// Parses and validates a TaskEvent.
+pub fn decode_event(bytes: &[u8]) -> Result<TaskEvent, DecodeError> {
+    let event: TaskEvent = decode(bytes, MAX_EVENT_BYTES)?;
+    validate_event(&event)?;
+    Ok(event)
+}
+
+/// Serialises a message. Cube's own types always serialise.
+pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    serde_json::to_vec(value)
+        .expect("Cube's message types serialise to JSON")
+        .into()
+}
+
+/// What can be salvaged from an invalid event, so a rejection can name it.
+pub fn salvage_ids(bytes: &[u8]) -> (Option<uuid::Uuid>, Option<uuid::Uuid>) {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return (None, None);
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return (None, None);
+    };
+    let id = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
+    (
+        id(v.get("id")),
+        id(v.get("task").and_then(|t| t.get("id"))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Task;
+
+    fn valid() -> String {
+        String::from_utf8(encode(&TaskEvent::submit(Task::new("busybox"))).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = decode_event(valid().as_bytes()).unwrap();
+        assert_eq!(e.task.image, "busybox");
+    }
+
+    #[test]
+    fn contract_example_decodes() {
+        let json = r#"{ "id": "6c1d2f0e-8b7a-4c47-9d0e-2d4f3c5b6a71", "state": "running",
+          "timestamp": "2026-11-22T10:00:00Z",
+          "task": { "id": "0b6f3c1e-2a4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "web", "image": "nginx:1.27",
+            "cmd": ["nginx", "-g", "daemon off;"], "env": ["K=V"],
+            "cpu": 0.5, "memory": 268435456, "disk": 0,
+            "exposed_ports": ["80/tcp"], "port_bindings": { "80/tcp": "8080" },
+            "restart_policy": "on-failure", "health_check": "/health" } }"#;
+        let e = decode_event(json.as_bytes()).unwrap();
+        assert_eq!(e.task.memory, 268435456);
+        assert_eq!(e.task.port_bindings["80/tcp"], "8080");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = valid().replace("\"memory\":0", "\"memory\":-5");
+        let err = decode_event(bad.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("task.memory:"), "{err}");
+
+        let bad = valid().replace("\"state\":\"running\"", "\"state\":\"exploded\"");
+        let err = decode_event(bad.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `exploded`"), "{err}");
+
+        let bad = valid().replace("\"cpu\":0.0", "\"cpu\":\"lots\"");
+        let err = decode_event(bad.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("task.cpu:"), "{err}");
+
+        let err = decode_event(b"{not json").unwrap_err().to_string();
+        assert!(err.contains("key must be a string"), "{err}");
+    }
+
+    #[test]
+    fn oversized_is_refused_before_parsing() {
+        let big = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert!(matches!(decode_event(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let bad = valid().replace("\"cpu\":", "\"cpus\":1,\"cpu\":");
+        let err = decode_event(bad.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `cpus`"), "{err}");
+    }
+
+    #[test]
+    fn salvages_ids_from_invalid_events() {
+        let bad = valid().replace("\"image\":\"busybox\"", "\"image\":\"\"");
+        let (event, task) = salvage_ids(bad.as_bytes());
+        assert!(event.is_some() && task.is_some());
+    }
+}
