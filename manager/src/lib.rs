@@ -1,1 +1,55 @@
+//! Cube's manager (control plane). It consumes TaskEvents from `tasks.events`, records tasks
+//! in the Task DB (a KV bucket), asks the scheduler where each should run, publishes the work
+//! to the chosen worker's subject, and applies the workers' state reports. Everything it knows
+//! lives in JetStream, so a restarted manager carries on where it stopped.
 
+pub mod api;
+pub mod cluster;
+mod manager;
+pub mod scheduler;
+pub mod topology;
+
+use std::time::Duration;
+
+pub use manager::run;
+
+/// How the manager runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A worker whose last heartbeat is older than this is not given new work.
+    pub node_ttl: Duration,
+    /// How often the manager looks again at tasks that could not be placed.
+    pub reconcile_interval: Duration,
+    /// The placement algorithm: `round-robin`.
+    pub scheduler: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_ttl: Duration::from_secs(15),
+            reconcile_interval: Duration::from_secs(1),
+            scheduler: "round-robin".to_string(),
+        }
+    }
+}
+
+/// Chooses the scheduler named on the command line.
+pub fn scheduler_by_name(name: &str) -> Result<Box<dyn scheduler::Scheduler>, Error> {
+    match name {
+        "round-robin" => Ok(Box::<scheduler::RoundRobin>::default()),
+        other => Err(Error::Config(format!(
+            "unknown scheduler `{other}`: available: round-robin"
+        ))),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("setting up JetStream: {0}")]
+    Setup(String),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}

@@ -94,6 +94,10 @@ pub struct Task {
     pub finish_time: Option<DateTime<Utc>>,
     #[serde(default)]
     pub restart_count: u32,
+    /// How many times the manager has placed this task. Each placement is a new assignment;
+    /// the TaskEvent that carries it has an id derived from the task id and this number.
+    #[serde(default)]
+    pub generation: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
     /// The last error: why the task failed, or why it cannot be placed yet.
@@ -130,6 +134,7 @@ impl Task {
             start_time: None,
             finish_time: None,
             restart_count: 0,
+            generation: 0,
             exit_code: None,
             error: None,
             submitted_at: None,
@@ -144,9 +149,37 @@ impl Task {
         self.start_time = None;
         self.finish_time = None;
         self.restart_count = 0;
+        self.generation = 0;
         self.exit_code = None;
         self.error = None;
         self.submitted_at = None;
+    }
+
+    /// Whether two tasks ask for the same thing (their specifications are equal), whatever
+    /// their recorded histories.
+    pub fn same_spec(&self, other: &Task) -> bool {
+        let (mut a, mut b) = (self.clone(), other.clone());
+        a.reset_status();
+        b.reset_status();
+        a == b
+    }
+
+    /// Writes ports in one form: `80` becomes `80/tcp`, and every bound port is exposed.
+    /// Call after validation; unparsable entries are left as they are.
+    pub fn normalise(&mut self) {
+        let norm = |p: &String| crate::validate::parse_container_port(p).unwrap_or(p.clone());
+        let mut exposed: Vec<String> = self.exposed_ports.iter().map(norm).collect();
+        self.port_bindings = std::mem::take(&mut self.port_bindings)
+            .into_iter()
+            .map(|(k, v)| (norm(&k), v))
+            .collect();
+        for k in self.port_bindings.keys() {
+            if !exposed.contains(k) {
+                exposed.push(k.clone());
+            }
+        }
+        exposed.dedup();
+        self.exposed_ports = exposed;
     }
 
     /// The Docker container name Cube gives this task. Derived from the id so that a
@@ -199,6 +232,19 @@ impl TaskEvent {
             state: State::Completed,
             timestamp: Utc::now(),
             task,
+        }
+    }
+
+    /// The event that hands a task's current placement to its worker. Its id is derived from
+    /// the task id and the placement generation, so publishing it twice (say, after a manager
+    /// restart) is recognised as a duplicate by JetStream and by the worker.
+    pub fn placement(task: &Task) -> TaskEvent {
+        let name = format!("placement-{}", task.generation);
+        TaskEvent {
+            id: Uuid::new_v5(&task.id, name.as_bytes()),
+            state: State::Running,
+            timestamp: Utc::now(),
+            task: task.clone(),
         }
     }
 

@@ -1,1 +1,52 @@
+//! Cube's worker (data plane). It takes work from its own durable consumer
+//! (`tasks.pending.<name>`) and the shared one (`tasks.pending`), runs each task through a
+//! [`Runtime`](runtime::Runtime) (Docker, or a simulation), reports every change of state on
+//! `tasks.state.<id>`, and heartbeats its node's statistics.
 
+pub mod runtime;
+pub mod stats;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use worker::run;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Unique in the cluster; a NATS subject token.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// How often the worker reports its node.
+    pub heartbeat_interval: Duration,
+    /// How long a container may take to stop before it is killed.
+    pub stop_grace: Duration,
+    /// Cores offered to Cube (default: all of them).
+    pub cpu: Option<f64>,
+    /// Bytes of memory offered to Cube (default: all of it).
+    pub memory: Option<u64>,
+    /// How many runtime operations run at once.
+    pub concurrency: usize,
+}
+
+impl Config {
+    pub fn new(name: impl Into<String>) -> Config {
+        Config {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(3),
+            stop_grace: Duration::from_secs(10),
+            cpu: None,
+            memory: None,
+            concurrency: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("NATS: {0}")]
+    Nats(String),
+}

@@ -1,0 +1,91 @@
+//! `cube.api.*`: queries answered at once from the manager's picture of the cluster.
+
+use chrono::Utc;
+use cube_shared::subjects::{API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
+use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
+use cube_shared::{ApiReply, Task, TaskQuery};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::manager::Manager;
+
+/// Request body of `cube.api.tasks.list` (all fields optional).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListQuery {
+    #[serde(default)]
+    pub state: Option<cube_shared::State>,
+    /// At most this many tasks, newest first (default 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Reply of `cube.api.tasks.list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskList {
+    /// How many tasks matched; `tasks` may hold fewer.
+    pub total: usize,
+    pub tasks: Vec<Task>,
+}
+
+/// A reply must fit in one NATS message (1 MiB by default); lists stop short of that.
+const MAX_REPLY_BYTES: usize = 900 * 1024;
+
+impl Manager {
+    pub(crate) async fn on_api(&mut self, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let payload = match msg.subject.as_str() {
+            API_TASKS_LIST => respond(self.list_tasks(&msg.payload)),
+            API_TASKS_GET => respond(
+                wire::decode::<TaskQuery>(&msg.payload, MAX_MESSAGE_BYTES)
+                    .map_err(|e| e.to_string())
+                    .and_then(|q| self.cluster.find(&q.id).cloned()),
+            ),
+            API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(self
+                .cluster
+                .node_list(Utc::now(), self.cfg.node_ttl))),
+            other => {
+                debug!(subject = other, "unknown API call");
+                respond::<()>(Err(format!("unknown API call {other}")))
+            }
+        };
+        if let Err(e) = self.client.publish(reply, payload).await {
+            warn!(error = %e, "answering an API call");
+        }
+    }
+
+    fn list_tasks(&self, body: &[u8]) -> Result<TaskList, String> {
+        let query: TaskListQuery = if body.is_empty() {
+            TaskListQuery::default()
+        } else {
+            wire::decode(body, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?
+        };
+        let mut matching: Vec<&Task> = self
+            .cluster
+            .tasks()
+            .filter(|t| query.state.is_none_or(|s| t.state == s))
+            .collect();
+        let total = matching.len();
+        matching.sort_unstable_by(|a, b| b.submitted_at.cmp(&a.submitted_at).then(a.id.cmp(&b.id)));
+        let mut size = 0;
+        let tasks = matching
+            .into_iter()
+            .take(query.limit.unwrap_or(1000))
+            .take_while(|t| {
+                size += encode(t).len() + 1;
+                size < MAX_REPLY_BYTES
+            })
+            .cloned()
+            .collect();
+        Ok(TaskList { total, tasks })
+    }
+}
+
+fn respond<T: Serialize>(result: Result<T, String>) -> bytes::Bytes {
+    encode(&match result {
+        Ok(v) => ApiReply::Ok(v),
+        Err(e) => ApiReply::Error(e),
+    })
+}

@@ -1,0 +1,211 @@
+//! The manager's picture of the cluster: every task, every node, and what is reserved where.
+//! Owned by the manager's single loop; rebuilt from JetStream on start.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cube_shared::{Node, NodeState, Task};
+use uuid::Uuid;
+
+use crate::scheduler::NodeView;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Reservation {
+    pub cpu: f64,
+    pub memory: u64,
+    pub disk: u64,
+    pub tasks: u32,
+}
+
+impl Reservation {
+    fn add(&mut self, t: &Task) {
+        self.cpu += t.cpu;
+        self.memory += t.memory;
+        self.disk += t.disk;
+        self.tasks += 1;
+    }
+
+    fn remove(&mut self, t: &Task) {
+        self.cpu = (self.cpu - t.cpu).max(0.0);
+        self.memory = self.memory.saturating_sub(t.memory);
+        self.disk = self.disk.saturating_sub(t.disk);
+        self.tasks = self.tasks.saturating_sub(1);
+    }
+}
+
+#[derive(Default)]
+pub struct Cluster {
+    tasks: HashMap<Uuid, Task>,
+    nodes: BTreeMap<String, Node>,
+    reserved: HashMap<String, Reservation>,
+    /// Tasks waiting for a node, oldest first. May hold ids that have since moved on; they
+    /// are dropped when met.
+    pending: VecDeque<Uuid>,
+}
+
+impl Cluster {
+    pub fn task(&self, id: &Uuid) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Records a task's new version, keeping reservations and the pending queue in step.
+    /// This is the only way a task changes, so the accounting cannot drift.
+    pub fn put_task(&mut self, task: Task) {
+        if let Some(old) = self.tasks.get(&task.id) {
+            if let (true, Some(w)) = (old.state.is_active(), &old.worker) {
+                self.reserved.entry(w.clone()).or_default().remove(old);
+            }
+        }
+        if let (true, Some(w)) = (task.state.is_active(), &task.worker) {
+            self.reserved.entry(w.clone()).or_default().add(&task);
+        }
+        let newly_pending = task.state == cube_shared::State::Pending
+            && self
+                .tasks
+                .get(&task.id)
+                .is_none_or(|old| old.state != cube_shared::State::Pending);
+        if newly_pending {
+            self.pending.push_back(task.id);
+        }
+        self.tasks.insert(task.id, task);
+    }
+
+    /// The ids of tasks still pending, oldest first (compacting the queue as it goes).
+    pub fn pending(&mut self) -> Vec<Uuid> {
+        let tasks = &self.tasks;
+        self.pending.retain(|id| {
+            tasks
+                .get(id)
+                .is_some_and(|t| t.state == cube_shared::State::Pending)
+        });
+        self.pending.iter().copied().collect()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Finds a task by full id, unique id prefix or unique name.
+    pub fn find(&self, query: &str) -> Result<&Task, String> {
+        if let Ok(id) = query.parse::<Uuid>() {
+            return self.tasks.get(&id).ok_or_else(|| format!("no task {id}"));
+        }
+        let matches: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|t| t.id.to_string().starts_with(query) || t.name == query)
+            .collect();
+        match matches.as_slice() {
+            [t] => Ok(t),
+            [] => Err(format!("no task matches `{query}`")),
+            _ => Err(format!(
+                "`{query}` matches {} tasks; give more of the id",
+                matches.len()
+            )),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// Records a heartbeat. Returns true if the node is new (or back).
+    pub fn put_node(&mut self, node: Node, ttl: Duration) -> bool {
+        let fresh = match self.nodes.get(&node.name) {
+            None => true,
+            Some(old) => !alive(old, Utc::now(), ttl),
+        };
+        self.nodes.insert(node.name.clone(), node);
+        fresh
+    }
+
+    /// Nodes as the scheduler sees them.
+    pub fn views(&self, now: DateTime<Utc>, ttl: Duration) -> Vec<NodeView<'_>> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let r = self.reserved.get(&n.name).copied().unwrap_or_default();
+                NodeView {
+                    node: n,
+                    alive: alive(n, now, ttl),
+                    cpu_reserved: r.cpu,
+                    memory_reserved: r.memory,
+                    disk_reserved: r.disk,
+                    tasks: r.tasks,
+                }
+            })
+            .collect()
+    }
+
+    /// Nodes as `cube nodes` shows them: the heartbeat plus the manager's reservations.
+    pub fn node_list(&self, now: DateTime<Utc>, ttl: Duration) -> Vec<Node> {
+        self.views(now, ttl)
+            .into_iter()
+            .map(|v| {
+                let mut n = v.node.clone();
+                n.cpu_allocated = v.cpu_reserved;
+                n.memory_allocated = v.memory_reserved;
+                n.disk_allocated = v.disk_reserved;
+                n.task_count = v.tasks;
+                if !v.alive {
+                    n.state = NodeState::Down;
+                }
+                n
+            })
+            .collect()
+    }
+}
+
+/// A node is alive while its last heartbeat is younger than the TTL.
+pub fn alive(node: &Node, now: DateTime<Utc>, ttl: Duration) -> bool {
+    (now - node.last_heartbeat)
+        .to_std()
+        .map_or(true, |age| age <= ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cube_shared::State;
+
+    #[test]
+    fn reservations_follow_task_states() {
+        let mut c = Cluster::default();
+        let mut t = Task::new("busybox");
+        t.cpu = 1.0;
+        t.memory = 64 << 20;
+        c.put_task(t.clone());
+        assert_eq!(c.pending(), vec![t.id]);
+        t.state = State::Scheduled;
+        t.worker = Some("w1".into());
+        c.put_task(t.clone());
+        assert!(c.pending().is_empty());
+        assert_eq!(c.reserved["w1"].cpu, 1.0);
+        t.state = State::Running;
+        c.put_task(t.clone());
+        assert_eq!(c.reserved["w1"].tasks, 1);
+        t.state = State::Completed;
+        c.put_task(t);
+        assert_eq!(c.reserved["w1"], Reservation::default());
+    }
+
+    #[test]
+    fn find_by_prefix_or_name() {
+        let mut c = Cluster::default();
+        let mut t = Task::new("busybox");
+        t.name = "web".into();
+        c.put_task(t.clone());
+        assert_eq!(c.find("web").unwrap().id, t.id);
+        assert_eq!(c.find(&t.id.to_string()[..6]).unwrap().id, t.id);
+        assert!(c.find("nope").is_err());
+    }
+}

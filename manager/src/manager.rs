@@ -1,0 +1,481 @@
+//! The manager's loop: one task owns the cluster state and handles, in turn, submissions and
+//! stops, workers' state reports, heartbeats, queries and a periodic reconciliation.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use chrono::Utc;
+use cube_shared::subjects::{self, *};
+use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
+use cube_shared::{JournalEntry, Node, Rejection, State, StateReport, Task, TaskEvent};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::cluster::Cluster;
+use crate::scheduler::{Scheduler, Unschedulable};
+use crate::topology::{self, Topology};
+use crate::{scheduler_by_name, Config, Error};
+
+pub(crate) struct Manager {
+    pub(crate) cfg: Config,
+    pub(crate) client: async_nats::Client,
+    pub(crate) topo: Topology,
+    pub(crate) cluster: Cluster,
+    scheduler: Box<dyn Scheduler>,
+}
+
+/// Runs the manager until `shutdown` is cancelled.
+pub async fn run(
+    cfg: Config,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let scheduler = scheduler_by_name(&cfg.scheduler)?;
+    let topo = topology::ensure(jetstream::new(client.clone())).await?;
+    let mut manager = Manager {
+        cfg,
+        client: client.clone(),
+        topo,
+        cluster: Cluster::default(),
+        scheduler,
+    };
+    manager.restore().await?;
+
+    let mut events = durable(&manager.topo.js, EVENTS_STREAM, MANAGER_EVENTS_CONSUMER, EVENTS).await?;
+    let mut states = durable(&manager.topo.js, STATE_STREAM, MANAGER_STATE_CONSUMER, STATE_ALL).await?;
+    let mut heartbeats = client
+        .subscribe(HEARTBEAT_ALL)
+        .await
+        .map_err(|e| Error::Nats(format!("subscribing to heartbeats: {e}")))?;
+    let mut api = client
+        .subscribe("cube.api.>")
+        .await
+        .map_err(|e| Error::Nats(format!("subscribing to the API: {e}")))?;
+    let mut tick = tokio::time::interval(manager.cfg.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(
+        scheduler = manager.scheduler.name(),
+        tasks = manager.cluster.task_count(),
+        "manager ready"
+    );
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = events.next() => match msg {
+                Ok(msg) => manager.on_event(msg).await,
+                Err(e) => warn!(error = %e, "reading tasks.events"),
+            },
+            Some(msg) = states.next() => match msg {
+                Ok(msg) => manager.on_state(msg).await,
+                Err(e) => warn!(error = %e, "reading state reports"),
+            },
+            Some(msg) = heartbeats.next() => manager.on_heartbeat(msg).await,
+            Some(msg) = api.next() => manager.on_api(msg).await,
+            _ = tick.tick() => manager.place_pending().await,
+            else => break,
+        }
+    }
+    info!("manager stopped");
+    Ok(())
+}
+
+/// A durable pull consumer on `stream`, filtered to `subject`, and its message stream.
+async fn durable(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    subject: &str,
+) -> Result<pull::Stream, Error> {
+    let err = |e: &dyn std::fmt::Display| Error::Nats(format!("consumer {name} on {stream}: {e}"));
+    let stream = js.get_stream(stream).await.map_err(|e| err(&e))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_string()),
+                filter_subject: subject.to_string(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                // The manager acknowledges once the Task DB records the outcome; a message it
+                // could not finish (NATS trouble) comes back after this long.
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| err(&e))?;
+    consumer.messages().await.map_err(|e| err(&e))
+}
+
+/// Acknowledges a message whose outcome is recorded, or asks for it again soon if the
+/// handler could not finish.
+async fn settle(msg: &jetstream::Message, outcome: Result<(), Error>) {
+    let ack = match outcome {
+        Ok(()) => msg.ack().await,
+        Err(e) => {
+            warn!(error = %e, subject = %msg.subject, "will retry");
+            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+        }
+    };
+    if let Err(e) = ack {
+        warn!(error = %e, "acknowledging");
+    }
+}
+
+impl Manager {
+    /// Rebuilds the cluster picture from the Task DB and node list, and re-sends every
+    /// placement the manager may have recorded without publishing (a crash in between).
+    async fn restore(&mut self) -> Result<(), Error> {
+        for (key, value) in topology::load_all(&self.topo.tasks).await? {
+            match wire::decode::<Task>(&value, usize::MAX) {
+                Ok(task) => self.cluster.put_task(task),
+                Err(e) => warn!(key, error = %e, "skipping unreadable task record"),
+            }
+        }
+        for (key, value) in topology::load_all(&self.topo.nodes).await? {
+            match wire::decode::<Node>(&value, MAX_MESSAGE_BYTES) {
+                Ok(node) => {
+                    self.cluster.put_node(node, self.cfg.node_ttl);
+                }
+                Err(e) => warn!(key, error = %e, "skipping unreadable node record"),
+            }
+        }
+        let scheduled: Vec<Task> = self
+            .cluster
+            .tasks()
+            .filter(|t| t.state == State::Scheduled)
+            .cloned()
+            .collect();
+        for task in scheduled {
+            self.dispatch_placement(&task).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, msg: jetstream::Message) {
+        let outcome = match wire::decode_event(&msg.payload) {
+            Err(e) => {
+                self.reject(&msg.payload, msg.subject.as_str(), e.to_string()).await;
+                Ok(())
+            }
+            Ok(event) => {
+                let span = info_span!("event", event.id = %event.id, task.id = %event.task.id);
+                if event.is_stop() {
+                    self.stop(event).instrument(span).await
+                } else {
+                    self.submit(event).instrument(span).await
+                }
+            }
+        };
+        settle(&msg, outcome).await;
+    }
+
+    async fn submit(&mut self, event: TaskEvent) -> Result<(), Error> {
+        let mut task = event.task.clone();
+        task.normalise();
+        if let Some(existing) = self.cluster.task(&task.id) {
+            if existing.same_spec(&task) {
+                // A redelivery or a repeated submission: make sure it progresses, nothing more.
+                debug!("task already known");
+                return self.ensure_progress(task.id).await;
+            }
+            let reason = format!(
+                "task {} already exists with a different specification; use a new id",
+                task.id
+            );
+            self.reject(&encode(&event), EVENTS, reason).await;
+            return Ok(());
+        }
+        task.reset_status();
+        task.submitted_at = Some(Utc::now());
+        self.record_event(&event).await?;
+        self.journal(
+            JournalEntry::new("submitted", format!("{} ({})", task.display_name(), task.image))
+                .task(task.id)
+                .event(event.id),
+        ).await;
+        let id = task.id;
+        self.save(task).await?;
+        self.try_place(id).await
+    }
+
+    async fn stop(&mut self, event: TaskEvent) -> Result<(), Error> {
+        let Some(task) = self.cluster.task(&event.task.id).cloned() else {
+            let reason = format!("no task {} to stop", event.task.id);
+            self.reject(&encode(&event), EVENTS, reason).await;
+            return Ok(());
+        };
+        self.record_event(&event).await?;
+        match (task.state, &task.worker) {
+            (State::Scheduled | State::Running, Some(worker)) => {
+                self.publish_work(&pending_for(worker), &event).await?;
+                self.journal(
+                    JournalEntry::new("stop-requested", format!("asked {worker} to stop it"))
+                        .task(task.id)
+                        .event(event.id)
+                        .worker(worker),
+                ).await;
+            }
+            (State::Pending, _) => {
+                let mut task = task;
+                task.state = State::Completed;
+                task.finish_time = Some(Utc::now());
+                task.error = None;
+                self.journal(
+                    JournalEntry::new("completed", "stopped before it was placed")
+                        .task(task.id)
+                        .event(event.id),
+                ).await;
+                self.save(task).await?;
+            }
+            (state, _) => debug!(%state, "stop requested for a task that is not running"),
+        }
+        Ok(())
+    }
+
+    /// A known task that may have stalled: pending tasks get another placement attempt and
+    /// scheduled ones are handed to their worker again (idempotently).
+    async fn ensure_progress(&mut self, id: Uuid) -> Result<(), Error> {
+        let Some(task) = self.cluster.task(&id).cloned() else {
+            return Ok(());
+        };
+        match task.state {
+            State::Pending => self.try_place(id).await,
+            State::Scheduled => self.dispatch_placement(&task).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks the scheduler for a node; records and publishes the placement, or records why
+    /// the task must wait.
+    async fn try_place(&mut self, id: Uuid) -> Result<(), Error> {
+        let Some(mut task) = self.cluster.task(&id).cloned() else {
+            return Ok(());
+        };
+        if task.state != State::Pending {
+            return Ok(());
+        }
+        let choice = {
+            let views = self.cluster.views(Utc::now(), self.cfg.node_ttl);
+            self.scheduler.place(&task, &views)
+        };
+        match choice {
+            Ok(worker) => {
+                task.state = State::Scheduled;
+                task.worker = Some(worker.clone());
+                task.error = None;
+                task.generation += 1;
+                // Recorded before it is published: if the manager dies in between, restore()
+                // publishes it again under the same event id.
+                self.save(task.clone()).await?;
+                self.dispatch_placement(&task).await?;
+                self.journal(
+                    JournalEntry::new("scheduled", format!("placed on {worker} by {}", self.scheduler.name()))
+                        .task(id)
+                        .worker(worker),
+                ).await;
+            }
+            Err(Unschedulable(reason)) => {
+                if task.error.as_deref() != Some(reason.as_str()) {
+                    self.journal(JournalEntry::new("unschedulable", reason.clone()).task(id)).await;
+                    task.error = Some(reason);
+                    self.save(task).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries every waiting task again, oldest first.
+    pub(crate) async fn place_pending(&mut self) {
+        if !self.cluster.has_pending() {
+            return;
+        }
+        for id in self.cluster.pending() {
+            if let Err(e) = self.try_place(id).await {
+                warn!(task.id = %id, error = %e, "placing a pending task");
+                return;
+            }
+        }
+    }
+
+    async fn dispatch_placement(&self, task: &Task) -> Result<(), Error> {
+        let Some(worker) = &task.worker else {
+            return Ok(());
+        };
+        self.publish_work(&pending_for(worker), &TaskEvent::placement(task))
+            .await
+    }
+
+    /// Publishes a TaskEvent into the work queue with `Nats-Msg-Id` = the event id, and waits
+    /// until JetStream has it.
+    async fn publish_work(&self, subject: &str, event: &TaskEvent) -> Result<(), Error> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(encode(event))
+            .message_id(event.id.to_string());
+        self.topo
+            .js
+            .send_publish(subject.to_string(), publish)
+            .await
+            .map_err(|e| Error::Nats(format!("publishing to {subject}: {e}")))?
+            .await
+            .map_err(|e| Error::Nats(format!("publishing to {subject}: {e}")))?;
+        Ok(())
+    }
+
+    async fn on_state(&mut self, msg: jetstream::Message) {
+        let outcome = match wire::decode::<StateReport>(&msg.payload, MAX_MESSAGE_BYTES) {
+            Err(e) => {
+                self.reject(&msg.payload, msg.subject.as_str(), format!("state report: {e}")).await;
+                Ok(())
+            }
+            Ok(report) if msg.subject.as_str() != subjects::state_for(report.task_id) => {
+                let reason = format!("state report for task {} sent on {}", report.task_id, msg.subject);
+                self.reject(&msg.payload, msg.subject.as_str(), reason).await;
+                Ok(())
+            }
+            Ok(report) => {
+                let span = info_span!("report", task.id = %report.task_id, worker = %report.worker);
+                self.apply_report(report).instrument(span).await
+            }
+        };
+        settle(&msg, outcome).await;
+    }
+
+    /// Applies a worker's report. Workers are the source of truth for what they run, but only
+    /// the task's assigned worker may speak for it, and only legal moves are taken.
+    async fn apply_report(&mut self, report: StateReport) -> Result<(), Error> {
+        let Some(mut task) = self.cluster.task(&report.task_id).cloned() else {
+            warn!("report for an unknown task");
+            return Ok(());
+        };
+        if task.worker.as_deref() != Some(report.worker.as_str()) {
+            warn!(assigned = ?task.worker, "report from a worker the task is not assigned to; ignored");
+            return Ok(());
+        }
+        if !matches!(report.state, State::Running | State::Completed | State::Failed) {
+            warn!(state = %report.state, "workers report running, completed or failed only");
+            return Ok(());
+        }
+        if report.state != task.state && !task.state.can_transition_to(report.state) {
+            debug!(from = %task.state, to = %report.state, "stale report ignored");
+            return Ok(());
+        }
+        let before = task.clone();
+        task.state = report.state;
+        task.container_id = report.container_id.or(task.container_id);
+        task.start_time = report.start_time.or(task.start_time);
+        task.finish_time = report.finish_time.or(task.finish_time);
+        task.exit_code = report.exit_code.or(task.exit_code);
+        if report.state != State::Running {
+            task.error = report.error;
+        }
+        if task == before {
+            return Ok(());
+        }
+        if before.state != task.state {
+            let message = match (&task.exit_code, &task.error) {
+                (_, Some(err)) => err.clone(),
+                (Some(code), None) if task.state != State::Running => format!("exit code {code}"),
+                _ => format!("on {}", report.worker),
+            };
+            self.journal(
+                JournalEntry::new(task.state.as_str(), message)
+                    .task(task.id)
+                    .worker(&report.worker),
+            ).await;
+        }
+        let freed = before.state.is_active() && !task.state.is_active();
+        self.save(task).await?;
+        if freed {
+            self.place_pending().await;
+        }
+        Ok(())
+    }
+
+    async fn on_heartbeat(&mut self, msg: async_nats::Message) {
+        let token = msg.subject.as_str().rsplit('.').next().unwrap_or_default();
+        let mut node = match wire::decode::<Node>(&msg.payload, MAX_MESSAGE_BYTES) {
+            Ok(node) if node.name == token => node,
+            Ok(node) => {
+                warn!(subject = %msg.subject, name = %node.name, "heartbeat names another worker; ignored");
+                return;
+            }
+            Err(e) => {
+                warn!(subject = %msg.subject, error = %e, "unreadable heartbeat; ignored");
+                return;
+            }
+        };
+        if cube_shared::validate::validate_worker_name(&node.name).is_err() {
+            return;
+        }
+        // Liveness is judged by the manager's clock, never the worker's.
+        node.last_heartbeat = Utc::now();
+        if let Some(old) = self.cluster.node(&node.name) {
+            node.state = old.state;
+        }
+        if node.state == cube_shared::NodeState::Down {
+            node.state = cube_shared::NodeState::Ready;
+        }
+        let name = node.name.clone();
+        if self.cluster.put_node(node, self.cfg.node_ttl) {
+            self.journal(JournalEntry::new("node-joined", format!("{name} is ready")).worker(&name)).await;
+            self.place_pending().await;
+        }
+    }
+
+    /// Writes a task to the Task DB, then to the in-memory picture.
+    async fn save(&mut self, task: Task) -> Result<(), Error> {
+        self.topo
+            .tasks
+            .put(task.id.to_string(), encode(&task))
+            .await
+            .map_err(|e| Error::Nats(format!("writing task {} to {TASK_DB}: {e}", task.id)))?;
+        self.cluster.put_task(task);
+        Ok(())
+    }
+
+    async fn record_event(&self, event: &TaskEvent) -> Result<(), Error> {
+        self.topo
+            .events
+            .put(event.id.to_string(), encode(event))
+            .await
+            .map_err(|e| Error::Nats(format!("writing event {} to {EVENT_DB}: {e}", event.id)))?;
+        Ok(())
+    }
+
+    /// Refuses a message: the reason goes to `tasks.rejected` and the journal.
+    async fn reject(&self, payload: &[u8], subject: &str, reason: String) {
+        let (event_id, task_id) = wire::salvage_ids(payload);
+        warn!(?event_id, ?task_id, %subject, %reason, "rejected");
+        let rejection = Rejection {
+            event_id,
+            task_id,
+            subject: subject.to_string(),
+            reason: reason.clone(),
+            timestamp: Utc::now(),
+        };
+        self.publish_core(REJECTED.to_string(), encode(&rejection)).await;
+        let mut entry = JournalEntry::new("rejected", reason);
+        entry.event_id = event_id;
+        entry.task_id = task_id;
+        self.journal(entry).await;
+    }
+
+    /// Records a decision in the journal (`cube events`) and the log.
+    pub(crate) async fn journal(&self, entry: JournalEntry) {
+        info!(kind = %entry.kind, task.id = ?entry.task_id, worker = ?entry.worker, "{}", entry.message);
+        self.publish_core(journal_for(&entry.kind), encode(&entry)).await;
+    }
+
+        /// Core NATS publish: it only queues the message in the client, so it never holds up the
+    /// loop, and keeps the journal in order.
+    async fn publish_core(&self, subject: String, payload: bytes::Bytes) {
+        if let Err(e) = self.client.publish(subject, payload).await {
+            debug!(error = %e, "publishing");
+        }
+    }
+}

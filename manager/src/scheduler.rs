@@ -1,0 +1,240 @@
+//! The scheduler: the advisor the manager asks where a task should run.
+//!
+//! The book's interface — select candidate nodes, score them, pick one — as a trait. It works
+//! only from state the manager already holds (each node's capacity from its heartbeat and
+//! what the manager has reserved there), so placing a task costs no round trip.
+
+use std::collections::BTreeMap;
+
+use cube_shared::units::format_bytes;
+use cube_shared::{Node, NodeState, Task};
+
+/// A node as the scheduler sees it: capacity from heartbeats, reservations from the Task DB.
+#[derive(Debug, Clone)]
+pub struct NodeView<'a> {
+    pub node: &'a Node,
+    pub alive: bool,
+    pub cpu_reserved: f64,
+    pub memory_reserved: u64,
+    pub disk_reserved: u64,
+    pub tasks: u32,
+}
+
+impl NodeView<'_> {
+    /// Why this node cannot take `task`, or `None` if it can.
+    pub fn rejects(&self, task: &Task) -> Option<&'static str> {
+        if !self.alive || self.node.state == NodeState::Down {
+            return Some("node down");
+        }
+        if self.node.state == NodeState::Draining {
+            return Some("node draining");
+        }
+        if self.cpu_reserved + task.cpu > self.node.cores + 1e-9 {
+            return Some("insufficient cpu");
+        }
+        if self.memory_reserved.saturating_add(task.memory) > self.node.memory {
+            return Some("insufficient memory");
+        }
+        if self.disk_reserved.saturating_add(task.disk) > self.node.disk {
+            return Some("insufficient disk");
+        }
+        None
+    }
+}
+
+/// Why a task could not be placed: a summary a person can read, like
+/// `0/3 nodes available: 2 insufficient memory, 1 node down`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable(pub String);
+
+pub trait Scheduler: Send {
+    fn name(&self) -> &'static str;
+
+    /// The nodes that could run `task`, and a reason for each that could not.
+    fn select_candidates<'n>(
+        &self,
+        task: &Task,
+        nodes: &[NodeView<'n>],
+    ) -> Result<Vec<NodeView<'n>>, Unschedulable> {
+        let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let candidates: Vec<NodeView<'n>> = nodes
+            .iter()
+            .filter(|n| match n.rejects(task) {
+                Some(reason) => {
+                    *reasons.entry(reason).or_default() += 1;
+                    false
+                }
+                None => true,
+            })
+            .cloned()
+            .collect();
+        if !candidates.is_empty() {
+            return Ok(candidates);
+        }
+        if nodes.is_empty() {
+            return Err(Unschedulable("no workers have joined yet".to_string()));
+        }
+        let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        Err(Unschedulable(format!(
+            "0/{} nodes available: {} (task wants cpu {}, memory {}, disk {})",
+            nodes.len(),
+            detail.join(", "),
+            task.cpu,
+            format_bytes(task.memory),
+            format_bytes(task.disk)
+        )))
+    }
+
+    /// A score per candidate, in the candidates' order: lower is better.
+    fn score(&mut self, task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64>;
+
+    /// The chosen node's name: the lowest score.
+    fn pick(&mut self, candidates: &[NodeView<'_>], scores: &[f64]) -> String {
+        candidates[lowest(scores)].node.name.clone()
+    }
+
+    /// Select, score, pick.
+    fn place(&mut self, task: &Task, nodes: &[NodeView<'_>]) -> Result<String, Unschedulable> {
+        let candidates = self.select_candidates(task, nodes)?;
+        let scores = self.score(task, &candidates);
+        Ok(self.pick(&candidates, &scores))
+    }
+}
+
+/// The index of the lowest score (the first of equals, so ties break by candidate order).
+pub fn lowest(scores: &[f64]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// The book's first scheduler: each placement goes to the next node in name order.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    last: Option<String>,
+}
+
+impl Scheduler for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round-robin"
+    }
+
+    /// The first candidate after the last node chosen (by name, wrapping) scores 0; the rest
+    /// score by their distance from it.
+    fn score(&mut self, _task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64> {
+        let mut names: Vec<&str> = candidates.iter().map(|c| c.node.name.as_str()).collect();
+        names.sort_unstable();
+        let start = match &self.last {
+            Some(last) => names.partition_point(|n| *n <= last.as_str()) % names.len(),
+            None => 0,
+        };
+        candidates
+            .iter()
+            .map(|c| {
+                let pos = names.binary_search(&c.node.name.as_str()).unwrap_or(0);
+                ((pos + names.len() - start) % names.len()) as f64
+            })
+            .collect()
+    }
+
+    fn pick(&mut self, candidates: &[NodeView<'_>], scores: &[f64]) -> String {
+        let name = candidates[lowest(scores)].node.name.clone();
+        self.last = Some(name.clone());
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn node(name: &str, cores: f64, memory: u64) -> Node {
+        Node {
+            name: name.into(),
+            address: String::new(),
+            cores,
+            cpu_usage: 0.0,
+            memory,
+            memory_used: 0,
+            memory_allocated: 0,
+            disk: 1 << 40,
+            disk_used: 0,
+            disk_allocated: 0,
+            cpu_allocated: 0.0,
+            task_count: 0,
+            labels: Default::default(),
+            last_heartbeat: Utc::now(),
+            version: String::new(),
+            state: NodeState::Ready,
+        }
+    }
+
+    fn view(n: &Node) -> NodeView<'_> {
+        NodeView {
+            node: n,
+            alive: true,
+            cpu_reserved: 0.0,
+            memory_reserved: 0,
+            disk_reserved: 0,
+            tasks: 0,
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_through_nodes_in_name_order() {
+        let nodes = [node("b", 4.0, 1 << 30), node("a", 4.0, 1 << 30), node("c", 4.0, 1 << 30)];
+        let views: Vec<_> = nodes.iter().map(view).collect();
+        let mut rr = RoundRobin::default();
+        let task = Task::new("busybox");
+        let picks: Vec<String> = (0..6).map(|_| rr.place(&task, &views).unwrap()).collect();
+        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn round_robin_skips_nodes_without_room() {
+        let nodes = [node("a", 4.0, 1 << 30), node("b", 4.0, 64 << 20)];
+        let views: Vec<_> = nodes.iter().map(view).collect();
+        let mut rr = RoundRobin::default();
+        let mut task = Task::new("busybox");
+        task.memory = 256 << 20;
+        for _ in 0..3 {
+            assert_eq!(rr.place(&task, &views).unwrap(), "a");
+        }
+    }
+
+    #[test]
+    fn unschedulable_names_each_reason() {
+        let nodes = [node("a", 1.0, 1 << 30), node("b", 4.0, 64 << 20), node("c", 4.0, 1 << 30)];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[2].alive = false;
+        let mut task = Task::new("busybox");
+        task.cpu = 2.0;
+        task.memory = 256 << 20;
+        let err = RoundRobin::default().place(&task, &views).unwrap_err();
+        assert!(err.0.starts_with("0/3 nodes available:"), "{}", err.0);
+        assert!(err.0.contains("1 insufficient cpu"), "{}", err.0);
+        assert!(err.0.contains("1 insufficient memory"), "{}", err.0);
+        assert!(err.0.contains("1 node down"), "{}", err.0);
+    }
+
+    #[test]
+    fn reservations_count_against_capacity() {
+        let nodes = [node("a", 2.0, 1 << 30)];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[0].cpu_reserved = 1.5;
+        let mut task = Task::new("busybox");
+        task.cpu = 1.0;
+        assert!(RoundRobin::default().place(&task, &views).is_err());
+        task.cpu = 0.5;
+        assert_eq!(RoundRobin::default().place(&task, &views).unwrap(), "a");
+    }
+
+    #[test]
+    fn no_workers_is_its_own_reason() {
+        let err = RoundRobin::default().place(&Task::new("busybox"), &[]).unwrap_err();
+        assert_eq!(err.0, "no workers have joined yet");
+    }
+}

@@ -1,0 +1,292 @@
+//! The Docker runtime, through bollard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use cube_shared::validate::parse_host_binding;
+use cube_shared::{container_name, Task, LABEL_TASK_ID, LABEL_WORKER};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::{Exit, Runtime, RuntimeError, Started};
+
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    /// How long an image pull may take before the task fails.
+    pull_timeout: Duration,
+}
+
+fn status(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn unavailable(what: &str, e: DockerError) -> RuntimeError {
+    RuntimeError::Unavailable(format!("{what}: {}", message(&e)))
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine and agrees on an API version (this machine speaks 1.41).
+    pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| unavailable("connecting to Docker", e))?
+            .negotiate_version()
+            .await
+            .map_err(|e| unavailable("negotiating the Docker API version", e))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| unavailable("Docker does not answer", e))?;
+        Ok(DockerRuntime {
+            docker,
+            pull_timeout: Duration::from_secs(120),
+        })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Makes sure the image is here, pulling it if it is not.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(unavailable("inspecting the image", e)),
+        }
+        let options = CreateImageOptionsBuilder::default().from_image(image).build();
+        let pull = async {
+            let mut progress = self.docker.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                step.map_err(|e| message(&e))?;
+            }
+            Ok::<(), String>(())
+        };
+        let reason = match tokio::time::timeout(self.pull_timeout, pull).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(reason)) => reason,
+            Err(_) => format!("the pull took longer than {:?}", self.pull_timeout),
+        };
+        Err(RuntimeError::ImageUnavailable {
+            image: image.to_string(),
+            reason,
+        })
+    }
+
+    fn create_body(task: &Task, worker: &str) -> ContainerCreateBody {
+        let labels = HashMap::from([
+            (LABEL_TASK_ID.to_string(), task.id.to_string()),
+            (LABEL_WORKER.to_string(), worker.to_string()),
+        ]);
+        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = task
+            .port_bindings
+            .iter()
+            .filter_map(|(container, host)| {
+                let (ip, port) = parse_host_binding(host).ok()?;
+                let binding = PortBinding {
+                    host_ip: ip,
+                    host_port: Some(port.to_string()),
+                };
+                Some((container.clone(), Some(vec![binding])))
+            })
+            .collect();
+        let host_config = HostConfig {
+            memory: (task.memory > 0).then_some(task.memory as i64),
+            nano_cpus: (task.cpu > 0.0).then_some((task.cpu * 1e9) as i64),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(task.image.clone()),
+            cmd: (!task.cmd.is_empty()).then(|| task.cmd.clone()),
+            env: (!task.env.is_empty()).then(|| task.env.clone()),
+            exposed_ports: (!task.exposed_ports.is_empty()).then(|| task.exposed_ports.clone()),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// The container of a task if it exists: (id, running, start time).
+    async fn existing(&self, name: &str) -> Result<Option<(String, bool, DateTime<Utc>)>, RuntimeError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                let started = state
+                    .started_at
+                    .as_deref()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+                Ok(Some((c.id.unwrap_or_default(), state.running == Some(true), started)))
+            }
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(unavailable("inspecting the container", e)),
+        }
+    }
+
+    async fn force_remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status(&e), Some(404)) => Ok(()),
+            // 409: removal already in progress.
+            Err(e) if matches!(status(&e), Some(409)) => Ok(()),
+            Err(e) => Err(unavailable("removing the container", e)),
+        }
+    }
+
+    /// Why a container that just died ended, beyond its exit code.
+    async fn exit_reason(&self, container: &str) -> Option<String> {
+        let state = self.docker.inspect_container(container, None).await.ok()?.state?;
+        if state.oom_killed == Some(true) {
+            return Some("out of memory (killed by the kernel)".to_string());
+        }
+        state.error.filter(|e| !e.is_empty())
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError> {
+        let name = task.container_name();
+        if let Some((id, true, start_time)) = self.existing(&name).await? {
+            debug!(container = %id, "adopting the running container");
+            return Ok(Started {
+                container_id: id,
+                start_time,
+            });
+        }
+        self.ensure_image(&task.image).await?;
+        // A leftover that is not running belongs to an earlier attempt: start afresh.
+        self.force_remove(&name).await?;
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = match self
+            .docker
+            .create_container(Some(options), Self::create_body(task, worker))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status(&e) == Some(404) => {
+                return Err(RuntimeError::ImageUnavailable {
+                    image: task.image.clone(),
+                    reason: message(&e),
+                })
+            }
+            Err(e) if status(&e) == Some(400) => return Err(RuntimeError::StartFailed(message(&e))),
+            Err(e) => return Err(unavailable("creating the container", e)),
+        };
+        match self.docker.start_container(&created.id, None).await {
+            Ok(()) => {}
+            Err(e) if status(&e) == Some(304) => {}
+            Err(e) => {
+                let reason = message(&e);
+                if let Err(e) = self.force_remove(&name).await {
+                    warn!(error = %e, "removing a container that would not start");
+                }
+                return Err(match status(&e) {
+                    Some(400 | 404 | 409 | 500) => RuntimeError::StartFailed(reason),
+                    _ => RuntimeError::Unavailable(reason),
+                });
+            }
+        }
+        Ok(Started {
+            container_id: created.id,
+            start_time: Utc::now(),
+        })
+    }
+
+    async fn stop(&self, task_id: Uuid, grace: Duration) -> Result<Option<i64>, RuntimeError> {
+        let name = container_name(task_id);
+        let options = StopContainerOptionsBuilder::default()
+            .t(grace.as_secs().min(i32::MAX as u64) as i32)
+            .build();
+        match self.docker.stop_container(&name, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if status(&e) == Some(304) => {}
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(unavailable("stopping the container", e)),
+        }
+        let code = match self.docker.inspect_container(&name, None).await {
+            Ok(c) => c.state.and_then(|s| s.exit_code),
+            Err(_) => None,
+        };
+        self.force_remove(&name).await?;
+        Ok(code.or(Some(0)))
+    }
+
+    async fn remove(&self, task_id: Uuid) -> Result<(), RuntimeError> {
+        self.force_remove(&container_name(task_id)).await
+    }
+
+    fn exits(&self, worker: &str) -> mpsc::Receiver<Exit> {
+        let (tx, rx) = mpsc::channel(1024);
+        let runtime = self.clone();
+        let label = format!("{LABEL_WORKER}={worker}");
+        tokio::spawn(async move {
+            let filters = HashMap::from([
+                ("type", vec!["container"]),
+                ("event", vec!["die"]),
+                ("label", vec![label.as_str()]),
+            ]);
+            while !tx.is_closed() {
+                let options = EventsOptionsBuilder::default().filters(&filters).build();
+                let mut events = runtime.docker.events(Some(options));
+                while let Some(event) = events.next().await {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(e) => {
+                            warn!(error = %e, "Docker event stream broke; reconnecting");
+                            break;
+                        }
+                    };
+                    let Some(actor) = event.actor else { continue };
+                    let attrs = actor.attributes.unwrap_or_default();
+                    let Some(task_id) = attrs.get(LABEL_TASK_ID).and_then(|s| s.parse().ok())
+                    else {
+                        continue;
+                    };
+                    let exit_code = attrs
+                        .get("exitCode")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(-1);
+                    let error = match actor.id {
+                        Some(id) => runtime.exit_reason(&id).await,
+                        None => None,
+                    };
+                    let exit = Exit {
+                        task_id,
+                        exit_code,
+                        error,
+                        finish_time: Utc::now(),
+                    };
+                    if tx.send(exit).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        rx
+    }
+}

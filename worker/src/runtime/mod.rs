@@ -1,0 +1,63 @@
+//! Where tasks really run. The worker talks to a `Runtime`; Docker is the real one, and a
+//! simulated one stands in for unit tests and scale benchmarks (never for end-to-end tests).
+
+mod docker;
+mod sim;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cube_shared::Task;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub use docker::DockerRuntime;
+pub use sim::{SimConfig, SimRuntime};
+
+/// A container that is running for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub container_id: String,
+    pub start_time: DateTime<Utc>,
+}
+
+/// A task's container ended on its own (not by `stop`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exit {
+    pub task_id: Uuid,
+    pub exit_code: i64,
+    /// What the runtime knows beyond the code: "out of memory", Docker's own error.
+    pub error: Option<String>,
+    pub finish_time: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not on this node and could not be pulled.
+    #[error("image {image} is not present on this node and could not be pulled: {reason}")]
+    ImageUnavailable { image: String, reason: String },
+    /// The container was created but would not start (bad command, port in use, …).
+    #[error("container would not start: {0}")]
+    StartFailed(String),
+    /// The runtime itself failed; the operation may succeed if tried again.
+    #[error("runtime error: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates and starts the task's container, labelled with the task id and `worker`.
+    /// Idempotent: if the container already runs, it is adopted, not started twice.
+    async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError>;
+
+    /// Stops the task's container (signal, then kill after `grace`) and removes it. Returns
+    /// its exit code, or `None` if there was no container.
+    async fn stop(&self, task_id: Uuid, grace: Duration) -> Result<Option<i64>, RuntimeError>;
+
+    /// Removes the container of a task that has ended.
+    async fn remove(&self, task_id: Uuid) -> Result<(), RuntimeError>;
+
+    /// Exits of this worker's containers, as they happen, for as long as the receiver lives.
+    fn exits(&self, worker: &str) -> mpsc::Receiver<Exit>;
+}
