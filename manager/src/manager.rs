@@ -43,8 +43,20 @@ pub async fn run(
     };
     manager.restore().await?;
 
-    let mut events = durable(&manager.topo.js, EVENTS_STREAM, MANAGER_EVENTS_CONSUMER, EVENTS).await?;
-    let mut states = durable(&manager.topo.js, STATE_STREAM, MANAGER_STATE_CONSUMER, STATE_ALL).await?;
+    let mut events = durable(
+        &manager.topo.js,
+        EVENTS_STREAM,
+        MANAGER_EVENTS_CONSUMER,
+        EVENTS,
+    )
+    .await?;
+    let mut states = durable(
+        &manager.topo.js,
+        STATE_STREAM,
+        MANAGER_STATE_CONSUMER,
+        STATE_ALL,
+    )
+    .await?;
     let mut heartbeats = client
         .subscribe(HEARTBEAT_ALL)
         .await
@@ -117,7 +129,8 @@ async fn settle(msg: &jetstream::Message, outcome: Result<(), Error>) {
         Ok(()) => msg.ack().await,
         Err(e) => {
             warn!(error = %e, subject = %msg.subject, "will retry");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
         }
     };
     if let Err(e) = ack {
@@ -158,7 +171,8 @@ impl Manager {
     async fn on_event(&mut self, msg: jetstream::Message) {
         let outcome = match wire::decode_event(&msg.payload) {
             Err(e) => {
-                self.reject(&msg.payload, msg.subject.as_str(), e.to_string()).await;
+                self.reject(&msg.payload, msg.subject.as_str(), e.to_string())
+                    .await;
                 Ok(())
             }
             Ok(event) => {
@@ -193,10 +207,14 @@ impl Manager {
         task.submitted_at = Some(Utc::now());
         self.record_event(&event).await?;
         self.journal(
-            JournalEntry::new("submitted", format!("{} ({})", task.display_name(), task.image))
-                .task(task.id)
-                .event(event.id),
-        ).await;
+            JournalEntry::new(
+                "submitted",
+                format!("{} ({})", task.display_name(), task.image),
+            )
+            .task(task.id)
+            .event(event.id),
+        )
+        .await;
         let id = task.id;
         self.save(task).await?;
         self.try_place(id).await
@@ -217,7 +235,8 @@ impl Manager {
                         .task(task.id)
                         .event(event.id)
                         .worker(worker),
-                ).await;
+                )
+                .await;
             }
             (State::Pending, _) => {
                 let mut task = task;
@@ -228,7 +247,8 @@ impl Manager {
                     JournalEntry::new("completed", "stopped before it was placed")
                         .task(task.id)
                         .event(event.id),
-                ).await;
+                )
+                .await;
                 self.save(task).await?;
             }
             (state, _) => debug!(%state, "stop requested for a task that is not running"),
@@ -273,14 +293,19 @@ impl Manager {
                 self.save(task.clone()).await?;
                 self.dispatch_placement(&task).await?;
                 self.journal(
-                    JournalEntry::new("scheduled", format!("placed on {worker} by {}", self.scheduler.name()))
-                        .task(id)
-                        .worker(worker),
-                ).await;
+                    JournalEntry::new(
+                        "scheduled",
+                        format!("placed on {worker} by {}", self.scheduler.name()),
+                    )
+                    .task(id)
+                    .worker(worker),
+                )
+                .await;
             }
             Err(Unschedulable(reason)) => {
                 if task.error.as_deref() != Some(reason.as_str()) {
-                    self.journal(JournalEntry::new("unschedulable", reason.clone()).task(id)).await;
+                    self.journal(JournalEntry::new("unschedulable", reason.clone()).task(id))
+                        .await;
                     task.error = Some(reason);
                     self.save(task).await?;
                 }
@@ -329,12 +354,21 @@ impl Manager {
     async fn on_state(&mut self, msg: jetstream::Message) {
         let outcome = match wire::decode::<StateReport>(&msg.payload, MAX_MESSAGE_BYTES) {
             Err(e) => {
-                self.reject(&msg.payload, msg.subject.as_str(), format!("state report: {e}")).await;
+                self.reject(
+                    &msg.payload,
+                    msg.subject.as_str(),
+                    format!("state report: {e}"),
+                )
+                .await;
                 Ok(())
             }
             Ok(report) if msg.subject.as_str() != subjects::state_for(report.task_id) => {
-                let reason = format!("state report for task {} sent on {}", report.task_id, msg.subject);
-                self.reject(&msg.payload, msg.subject.as_str(), reason).await;
+                let reason = format!(
+                    "state report for task {} sent on {}",
+                    report.task_id, msg.subject
+                );
+                self.reject(&msg.payload, msg.subject.as_str(), reason)
+                    .await;
                 Ok(())
             }
             Ok(report) => {
@@ -356,7 +390,10 @@ impl Manager {
             warn!(assigned = ?task.worker, "report from a worker the task is not assigned to; ignored");
             return Ok(());
         }
-        if !matches!(report.state, State::Running | State::Completed | State::Failed) {
+        if !matches!(
+            report.state,
+            State::Running | State::Completed | State::Failed
+        ) {
             warn!(state = %report.state, "workers report running, completed or failed only");
             return Ok(());
         }
@@ -386,7 +423,8 @@ impl Manager {
                 JournalEntry::new(task.state.as_str(), message)
                     .task(task.id)
                     .worker(&report.worker),
-            ).await;
+            )
+            .await;
         }
         let freed = before.state.is_active() && !task.state.is_active();
         self.save(task).await?;
@@ -422,7 +460,10 @@ impl Manager {
         }
         let name = node.name.clone();
         if self.cluster.put_node(node, self.cfg.node_ttl) {
-            self.journal(JournalEntry::new("node-joined", format!("{name} is ready")).worker(&name)).await;
+            self.journal(
+                JournalEntry::new("node-joined", format!("{name} is ready")).worker(&name),
+            )
+            .await;
             self.place_pending().await;
         }
     }
@@ -458,7 +499,8 @@ impl Manager {
             reason: reason.clone(),
             timestamp: Utc::now(),
         };
-        self.publish_core(REJECTED.to_string(), encode(&rejection)).await;
+        self.publish_core(REJECTED.to_string(), encode(&rejection))
+            .await;
         let mut entry = JournalEntry::new("rejected", reason);
         entry.event_id = event_id;
         entry.task_id = task_id;
@@ -468,10 +510,11 @@ impl Manager {
     /// Records a decision in the journal (`cube events`) and the log.
     pub(crate) async fn journal(&self, entry: JournalEntry) {
         info!(kind = %entry.kind, task.id = ?entry.task_id, worker = ?entry.worker, "{}", entry.message);
-        self.publish_core(journal_for(&entry.kind), encode(&entry)).await;
+        self.publish_core(journal_for(&entry.kind), encode(&entry))
+            .await;
     }
 
-        /// Core NATS publish: it only queues the message in the client, so it never holds up the
+    /// Core NATS publish: it only queues the message in the client, so it never holds up the
     /// loop, and keeps the journal in order.
     async fn publish_core(&self, subject: String, payload: bytes::Bytes) {
         if let Err(e) = self.client.publish(subject, payload).await {

@@ -47,7 +47,7 @@ impl NodeView<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unschedulable(pub String);
 
-pub trait Scheduler: Send {
+pub trait Scheduler: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// The nodes that could run `task`, and a reason for each that could not.
@@ -185,7 +185,11 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_through_nodes_in_name_order() {
-        let nodes = [node("b", 4.0, 1 << 30), node("a", 4.0, 1 << 30), node("c", 4.0, 1 << 30)];
+        let nodes = [
+            node("b", 4.0, 1 << 30),
+            node("a", 4.0, 1 << 30),
+            node("c", 4.0, 1 << 30),
+        ];
         let views: Vec<_> = nodes.iter().map(view).collect();
         let mut rr = RoundRobin::default();
         let task = Task::new("busybox");
@@ -207,7 +211,11 @@ mod tests {
 
     #[test]
     fn unschedulable_names_each_reason() {
-        let nodes = [node("a", 1.0, 1 << 30), node("b", 4.0, 64 << 20), node("c", 4.0, 1 << 30)];
+        let nodes = [
+            node("a", 1.0, 1 << 30),
+            node("b", 4.0, 64 << 20),
+            node("c", 4.0, 1 << 30),
+        ];
         let mut views: Vec<_> = nodes.iter().map(view).collect();
         views[2].alive = false;
         let mut task = Task::new("busybox");
@@ -234,7 +242,9 @@ mod tests {
 
     #[test]
     fn no_workers_is_its_own_reason() {
-        let err = RoundRobin::default().place(&Task::new("busybox"), &[]).unwrap_err();
+        let err = RoundRobin::default()
+            .place(&Task::new("busybox"), &[])
+            .unwrap_err();
         assert_eq!(err.0, "no workers have joined yet");
     }
 }

@@ -111,7 +111,8 @@ pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, 
         .map_err(|e| Error::Nats(format!("reading bucket {}: {e}", store.name)))?;
     let mut out = Vec::new();
     while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| Error::Nats(format!("reading bucket {}: {e}", store.name)))?;
+        let entry =
+            entry.map_err(|e| Error::Nats(format!("reading bucket {}: {e}", store.name)))?;
         if entry.operation == kv::Operation::Put {
             out.push((entry.key, entry.value));
         }

@@ -79,10 +79,15 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
         p.0.push(format!("task.image: {e}"));
     }
     p.check(task.cmd.len() <= MAX_CMD_ARGS, || {
-        format!("task.cmd has {} arguments; at most {MAX_CMD_ARGS}", task.cmd.len())
+        format!(
+            "task.cmd has {} arguments; at most {MAX_CMD_ARGS}",
+            task.cmd.len()
+        )
     });
     p.check(
-        task.cmd.iter().all(|a| a.len() <= MAX_ARG_LEN && !a.contains('\0')),
+        task.cmd
+            .iter()
+            .all(|a| a.len() <= MAX_ARG_LEN && !a.contains('\0')),
         || format!("task.cmd: each argument must be under {MAX_ARG_LEN} bytes, without NUL"),
     );
     p.check(task.env.len() <= MAX_ENV, || {
@@ -101,7 +106,10 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
         "task.cpu must be a non-negative number of cores".to_string()
     });
     p.check(task.cpu <= MAX_CPU, || {
-        format!("task.cpu {} is more cores than any node has (at most {MAX_CPU})", task.cpu)
+        format!(
+            "task.cpu {} is more cores than any node has (at most {MAX_CPU})",
+            task.cpu
+        )
     });
     p.check(task.memory == 0 || task.memory >= MIN_MEMORY, || {
         format!(
@@ -109,8 +117,12 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
             task.memory
         )
     });
-    p.check(task.memory <= MAX_BYTES, || "task.memory is impossibly large".to_string());
-    p.check(task.disk <= MAX_BYTES, || "task.disk is impossibly large".to_string());
+    p.check(task.memory <= MAX_BYTES, || {
+        "task.memory is impossibly large".to_string()
+    });
+    p.check(task.disk <= MAX_BYTES, || {
+        "task.disk is impossibly large".to_string()
+    });
     p.check(task.exposed_ports.len() <= MAX_PORTS, || {
         format!("task.exposed_ports has more than {MAX_PORTS} entries")
     });
@@ -145,7 +157,10 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
 pub fn parse_container_port(spec: &str) -> Result<String, String> {
     let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
     if !matches!(proto, "tcp" | "udp" | "sctp") {
-        return Err(format!("`{}`: protocol must be tcp, udp or sctp", excerpt(spec)));
+        return Err(format!(
+            "`{}`: protocol must be tcp, udp or sctp",
+            excerpt(spec)
+        ));
     }
     let n = parse_port(port).map_err(|e| format!("`{}`: {e}", excerpt(spec)))?;
     Ok(format!("{n}/{proto}"))
@@ -167,7 +182,10 @@ pub fn parse_host_binding(spec: &str) -> Result<(Option<String>, u16), String> {
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u32>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
-        _ => Err(format!("port `{}` is not a number from 1 to 65535", excerpt(s))),
+        _ => Err(format!(
+            "port `{}` is not a number from 1 to 65535",
+            excerpt(s)
+        )),
     }
 }
 
@@ -201,7 +219,9 @@ pub fn validate_image(image: &str) -> Result<(), String> {
         let ok = !tag.is_empty()
             && tag.len() <= 128
             && !tag.starts_with(['.', '-'])
-            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !ok {
             return Err(format!("`{}`: bad tag", excerpt(image)));
         }
@@ -223,8 +243,9 @@ pub fn validate_image(image: &str) -> Result<(), String> {
         let ok = !c.is_empty()
             && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
             && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-            && c.chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'));
+            && c.chars().all(|ch| {
+                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
+            });
         if !ok {
             return Err(format!(
                 "`{}` is not an image reference (name components are lowercase letters, digits and . _ -)",
@@ -289,7 +310,16 @@ mod tests {
         ] {
             validate_image(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["", "Nginx", "nginx:", "a b", "nginx:bad tag", "x@sha256:zz", "/x", "a//b"] {
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "a b",
+            "nginx:bad tag",
+            "x@sha256:zz",
+            "/x",
+            "a//b",
+        ] {
             assert!(validate_image(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -327,7 +357,10 @@ mod tests {
         let mut e = TaskEvent::submit(task());
         validate_event(&e).unwrap();
         e.state = State::Scheduled;
-        assert!(validate_event(&e).unwrap_err().to_string().contains("cannot be requested"));
+        assert!(validate_event(&e)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be requested"));
         let stop = TaskEvent::stop(uuid::Uuid::new_v4());
         validate_event(&stop).unwrap();
     }

@@ -64,11 +64,9 @@ pub fn salvage_ids(bytes: &[u8]) -> (Option<uuid::Uuid>, Option<uuid::Uuid>) {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return (None, None);
     };
-    let id = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
-    (
-        id(v.get("id")),
-        id(v.get("task").and_then(|t| t.get("id"))),
-    )
+    let id =
+        |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
+    (id(v.get("id")), id(v.get("task").and_then(|t| t.get("id"))))
 }
 
 #[cfg(test)]
@@ -121,7 +119,10 @@ mod tests {
     #[test]
     fn oversized_is_refused_before_parsing() {
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
-        assert!(matches!(decode_event(&big), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_event(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

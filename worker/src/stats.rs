@@ -67,7 +67,10 @@ impl Stats {
                     .find(|d| d.mount_point() == Path::new("/"))
                     .or_else(|| disks.iter().max_by_key(|d| d.total_space()))
                     .map_or((0, 0), |d| {
-                        (d.total_space(), d.total_space().saturating_sub(d.available_space()))
+                        (
+                            d.total_space(),
+                            d.total_space().saturating_sub(d.available_space()),
+                        )
                     })
             }
             None => (0, 0),

@@ -58,7 +58,13 @@ pub async fn run(
     let Some(work) = wait_for_stream(&js, &shutdown).await else {
         return Ok(());
     };
-    let own = consume(&work, &worker_consumer(&cfg.name), &pending_for(&cfg.name), cfg.concurrency).await?;
+    let own = consume(
+        &work,
+        &worker_consumer(&cfg.name),
+        &pending_for(&cfg.name),
+        cfg.concurrency,
+    )
+    .await?;
     let shared = consume(&work, SHARED_WORK_CONSUMER, PENDING, cfg.concurrency).await?;
     let nodes = js
         .get_key_value(NODE_DB)
@@ -107,7 +113,10 @@ pub async fn run(
 }
 
 /// The work stream is the manager's to create; a worker started first waits for it.
-async fn wait_for_stream(js: &jetstream::Context, shutdown: &CancellationToken) -> Option<jetstream::stream::Stream> {
+async fn wait_for_stream(
+    js: &jetstream::Context,
+    shutdown: &CancellationToken,
+) -> Option<jetstream::stream::Stream> {
     let mut logged = false;
     loop {
         match js.get_stream(WORK_STREAM).await {
@@ -212,13 +221,24 @@ impl Inner {
     }
 
     fn forget(&self, task_id: Uuid) {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
-        self.task_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task_id);
+        self.task_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task_id);
     }
 
     async fn start(&self, event: TaskEvent, msg: jetstream::Message) {
         let task = event.task;
-        if self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&task.id) {
+        if self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&task.id)
+        {
             debug!("already running; duplicate start ignored");
             let _ = msg.ack().await;
             return;
@@ -240,7 +260,9 @@ impl Inner {
             }
             Err(RuntimeError::Unavailable(reason)) if delivered(&msg) < MAX_DELIVER => {
                 warn!(%reason, "runtime unavailable; will retry");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
                 return;
             }
             Err(e) => {
@@ -279,7 +301,9 @@ impl Inner {
             }
             Err(e) => {
                 warn!(error = %e, "stop failed; will retry");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
             }
         }
     }
@@ -296,7 +320,11 @@ impl Inner {
             if requested {
                 return;
             }
-            let state = if exit.exit_code == 0 { State::Completed } else { State::Failed };
+            let state = if exit.exit_code == 0 {
+                State::Completed
+            } else {
+                State::Failed
+            };
             info!(exit_code = exit.exit_code, "container exited");
             let mut r = StateReport::new(exit.task_id, &self.cfg.name, state);
             r.exit_code = Some(exit.exit_code);
@@ -344,7 +372,12 @@ impl Inner {
         }
     }
 
-    async fn heartbeat(&self, client: &async_nats::Client, nodes: &jetstream::kv::Store, stats: &mut Stats) {
+    async fn heartbeat(
+        &self,
+        client: &async_nats::Client,
+        nodes: &jetstream::kv::Store,
+        stats: &mut Stats,
+    ) {
         let s = stats.sample();
         let node = Node {
             name: self.cfg.name.clone(),
@@ -365,7 +398,10 @@ impl Inner {
             state: NodeState::Ready,
         };
         let payload = encode(&node);
-        if let Err(e) = client.publish(heartbeat_for(&self.cfg.name), payload.clone()).await {
+        if let Err(e) = client
+            .publish(heartbeat_for(&self.cfg.name), payload.clone())
+            .await
+        {
             warn!(error = %e, "publishing a heartbeat");
         }
         if let Err(e) = nodes.put(&self.cfg.name, payload).await {
@@ -398,4 +434,3 @@ fn keep_alive(msg: &jetstream::Message) -> CancellationToken {
 fn hostname() -> String {
     sysinfo::System::host_name().unwrap_or_default()
 }
-

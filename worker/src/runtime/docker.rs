@@ -75,7 +75,9 @@ impl DockerRuntime {
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(unavailable("inspecting the image", e)),
         }
-        let options = CreateImageOptionsBuilder::default().from_image(image).build();
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
         let pull = async {
             let mut progress = self.docker.create_image(Some(options), None, None);
             while let Some(step) = progress.next().await {
@@ -129,7 +131,10 @@ impl DockerRuntime {
     }
 
     /// The container of a task if it exists: (id, running, start time).
-    async fn existing(&self, name: &str) -> Result<Option<(String, bool, DateTime<Utc>)>, RuntimeError> {
+    async fn existing(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, bool, DateTime<Utc>)>, RuntimeError> {
         match self.docker.inspect_container(name, None).await {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
@@ -138,7 +143,11 @@ impl DockerRuntime {
                     .as_deref()
                     .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                     .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-                Ok(Some((c.id.unwrap_or_default(), state.running == Some(true), started)))
+                Ok(Some((
+                    c.id.unwrap_or_default(),
+                    state.running == Some(true),
+                    started,
+                )))
             }
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(unavailable("inspecting the container", e)),
@@ -158,7 +167,12 @@ impl DockerRuntime {
 
     /// Why a container that just died ended, beyond its exit code.
     async fn exit_reason(&self, container: &str) -> Option<String> {
-        let state = self.docker.inspect_container(container, None).await.ok()?.state?;
+        let state = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .ok()?
+            .state?;
         if state.oom_killed == Some(true) {
             return Some("out of memory (killed by the kernel)".to_string());
         }
@@ -193,7 +207,9 @@ impl Runtime for DockerRuntime {
                     reason: message(&e),
                 })
             }
-            Err(e) if status(&e) == Some(400) => return Err(RuntimeError::StartFailed(message(&e))),
+            Err(e) if status(&e) == Some(400) => {
+                return Err(RuntimeError::StartFailed(message(&e)))
+            }
             Err(e) => return Err(unavailable("creating the container", e)),
         };
         match self.docker.start_container(&created.id, None).await {

@@ -1,0 +1,149 @@
+//! `cube manager` and `cube worker`: thin wrappers over the library `run` functions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use cube_worker::runtime::{DockerRuntime, Runtime, SimConfig, SimRuntime};
+use tokio_util::sync::CancellationToken;
+
+use crate::connect::connect;
+use crate::{bytes_size, duration, NatsArgs};
+
+#[derive(Args, Clone, Debug)]
+pub struct ManagerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Placement algorithm.
+    #[arg(long, env = "CUBE_SCHEDULER", default_value = "round-robin")]
+    pub scheduler: String,
+    /// A worker silent for longer than this gets no new work.
+    #[arg(long, env = "CUBE_NODE_TTL", default_value = "15s", value_parser = duration)]
+    pub node_ttl: Duration,
+}
+
+impl ManagerArgs {
+    pub fn config(&self) -> cube_manager::Config {
+        cube_manager::Config {
+            node_ttl: self.node_ttl,
+            scheduler: self.scheduler.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RuntimeKind {
+    /// Real containers through the Docker engine.
+    Docker,
+    /// Pretend containers, for benchmarks.
+    Sim,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Unique worker name (letters, digits, - and _). Default: the host name.
+    #[arg(long, env = "CUBE_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Labels for placement constraints: k=v,k2=v2.
+    #[arg(long, env = "CUBE_WORKER_LABELS", value_delimiter = ',', value_parser = label)]
+    pub labels: Vec<(String, String)>,
+    /// Cores offered to Cube (default: all).
+    #[arg(long, env = "CUBE_WORKER_CPU")]
+    pub cpu: Option<f64>,
+    /// Memory offered to Cube, e.g. 4g (default: all).
+    #[arg(long, env = "CUBE_WORKER_MEMORY", value_parser = bytes_size)]
+    pub memory: Option<u64>,
+    #[arg(
+        long,
+        env = "CUBE_WORKER_RUNTIME",
+        value_enum,
+        default_value = "docker"
+    )]
+    pub runtime: RuntimeKind,
+    /// How long a container may take to stop before it is killed.
+    #[arg(long, env = "CUBE_STOP_GRACE", default_value = "10s", value_parser = duration)]
+    pub stop_grace: Duration,
+    #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("label `{s}` is not key=value"))
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> cube_worker::Config {
+        let name = self.name.clone().unwrap_or_else(default_worker_name);
+        let mut cfg = cube_worker::Config::new(name);
+        cfg.labels = self.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+        cfg.cpu = self.cpu;
+        cfg.memory = self.memory;
+        cfg.stop_grace = self.stop_grace;
+        cfg.heartbeat_interval = self.heartbeat_interval;
+        cfg
+    }
+
+    pub async fn runtime(&self) -> Result<Arc<dyn Runtime>> {
+        Ok(match self.runtime {
+            RuntimeKind::Docker => {
+                Arc::new(DockerRuntime::connect().await.context(
+                    "the Docker engine is needed to run containers; is dockerd running?",
+                )?)
+            }
+            RuntimeKind::Sim => Arc::new(SimRuntime::new(SimConfig::default())),
+        })
+    }
+}
+
+/// The host name, made into a valid worker name.
+pub fn default_worker_name() -> String {
+    let host = sysinfo_hostname();
+    let name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "worker".to_string()
+    } else {
+        name
+    }
+}
+
+fn sysinfo_hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<()> {
+    let client = connect(&args.nats, "cube-manager").await?;
+    cube_manager::run(args.config(), client, shutdown)
+        .await
+        .context("manager")
+}
+
+pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
+    let runtime = args.runtime().await?;
+    let cfg = args.config();
+    let client = connect(&args.nats, &format!("cube-worker-{}", cfg.name)).await?;
+    cube_worker::run(cfg, client, runtime, shutdown)
+        .await
+        .context("worker")
+}
