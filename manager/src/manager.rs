@@ -171,9 +171,10 @@ impl Manager {
     async fn on_event(&mut self, msg: jetstream::Message) {
         let outcome = match wire::decode_event(&msg.payload) {
             Err(e) => {
-                self.reject(&msg.payload, msg.subject.as_str(), e.to_string())
+                let reason = e.to_string();
+                self.reject(&msg.payload, msg.subject.as_str(), reason.clone())
                     .await;
-                Ok(())
+                self.record_refused(&msg.payload, reason).await
             }
             Ok(event) => {
                 let span = info_span!("event", event.id = %event.id, task.id = %event.task.id);
@@ -490,7 +491,9 @@ impl Manager {
 
     /// Refuses a message: the reason goes to `tasks.rejected` and the journal.
     async fn reject(&self, payload: &[u8], subject: &str, reason: String) {
-        let (event_id, task_id) = wire::salvage_ids(payload);
+        let wire::Salvaged {
+            event_id, task_id, ..
+        } = wire::salvage(payload);
         warn!(?event_id, ?task_id, %subject, %reason, "rejected");
         let rejection = Rejection {
             event_id,
@@ -505,6 +508,26 @@ impl Manager {
         entry.event_id = event_id;
         entry.task_id = task_id;
         self.journal(entry).await;
+    }
+
+    /// A submission that was refused, but names a task id nobody uses yet, is recorded as a
+    /// `failed` task whose error says why: `cube status <id>` then answers the sender.
+    async fn record_refused(&mut self, payload: &[u8], reason: String) -> Result<(), Error> {
+        let salvaged = wire::salvage(payload);
+        let Some(id) = salvaged.task_id else {
+            return Ok(());
+        };
+        if salvaged.is_stop || self.cluster.task(&id).is_some() {
+            return Ok(());
+        }
+        let mut task = Task::new(salvaged.image.unwrap_or_default());
+        task.id = id;
+        task.name = salvaged.name.unwrap_or_default();
+        task.state = State::Failed;
+        task.submitted_at = Some(Utc::now());
+        task.finish_time = task.submitted_at;
+        task.error = Some(format!("rejected: {reason}"));
+        self.save(task).await
     }
 
     /// Records a decision in the journal (`cube events`) and the log.

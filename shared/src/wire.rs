@@ -56,17 +56,41 @@ pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
         .into()
 }
 
-/// What can be salvaged from an invalid event, so a rejection can name it.
-pub fn salvage_ids(bytes: &[u8]) -> (Option<uuid::Uuid>, Option<uuid::Uuid>) {
+/// What can be read from an event that is not valid, so that its rejection can name it and
+/// the task it meant to submit can be recorded as refused.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Salvaged {
+    pub event_id: Option<uuid::Uuid>,
+    pub task_id: Option<uuid::Uuid>,
+    /// Whether the event asked to stop a task (`state: "completed"`).
+    pub is_stop: bool,
+    pub name: Option<String>,
+    pub image: Option<String>,
+}
+
+pub fn salvage(bytes: &[u8]) -> Salvaged {
     if bytes.len() > MAX_EVENT_BYTES {
-        return (None, None);
+        return Salvaged::default();
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return (None, None);
+        return Salvaged::default();
     };
-    let id =
-        |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
-    (id(v.get("id")), id(v.get("task").and_then(|t| t.get("id"))))
+    let task = v.get("task");
+    let text = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_str()).map(|s| {
+            s.chars()
+                .take(crate::validate::MAX_IMAGE_LEN)
+                .collect::<String>()
+        })
+    };
+    let id = |v: Option<&serde_json::Value>| text(v).and_then(|s| s.parse().ok());
+    Salvaged {
+        event_id: id(v.get("id")),
+        task_id: id(task.and_then(|t| t.get("id"))),
+        is_stop: v.get("state").and_then(|s| s.as_str()) == Some("completed"),
+        name: text(task.and_then(|t| t.get("name"))),
+        image: text(task.and_then(|t| t.get("image"))),
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +159,11 @@ mod tests {
     #[test]
     fn salvages_ids_from_invalid_events() {
         let bad = valid().replace("\"image\":\"busybox\"", "\"image\":\"\"");
-        let (event, task) = salvage_ids(bad.as_bytes());
+        let Salvaged {
+            event_id: event,
+            task_id: task,
+            ..
+        } = salvage(bad.as_bytes());
         assert!(event.is_some() && task.is_some());
     }
 }

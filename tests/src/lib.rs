@@ -309,8 +309,23 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Stops the manager and workers, waits (up to 20 s) for what they have in flight, so that
+    /// no container is created after the sweep, then removes the workers' containers. The
+    /// wait needs a multi-threaded runtime: tests use `#[tokio::test(flavor = "multi_thread")]`.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let mut handles: Vec<JoinHandle<()>> = self.workers.drain(..).map(|(_, _, h)| h).collect();
+        handles.extend(self.manager.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(|| {
+                    rt.block_on(async {
+                        let all = futures::future::join_all(handles);
+                        let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
+                    })
+                });
+            }
+        }
         for name in &self.worker_names {
             remove_containers(&format!("{}={name}", cube_shared::LABEL_WORKER));
         }
@@ -411,4 +426,19 @@ pub async fn cube(nats_url: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A command that runs until it is stopped and exits 0 on SIGTERM (busybox `sleep` alone
+/// ignores TERM as PID 1, which would make every stop wait out the grace period).
+pub fn long_running() -> Vec<String> {
+    ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// A task of the test image running `cmd`.
+pub fn task(cmd: &[&str]) -> Task {
+    let mut task = Task::new(IMAGE);
+    task.cmd = cmd.iter().map(|s| s.to_string()).collect();
+    task
 }

@@ -1,0 +1,117 @@
+//! Several workers, discovered from their heartbeats, and `cube dev` as a user starts it.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cube_shared::{State, LABEL_TASK_ID, LABEL_WORKER};
+use cube_tests::{cube, cube_bin, eventually, long_running, task, unique, Cluster, IMAGE};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_shares_tasks_between_workers() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2).await?;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let mut t = task(&[]);
+        t.cmd = long_running();
+        ids.push(cluster.submit(t).await?);
+    }
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let t = cluster.wait_state(*id, State::Running, WITHIN).await?;
+        *per_worker.entry(t.worker.clone().unwrap()).or_default() += 1;
+        // The container runs where the Task DB says.
+        let c = cluster.containers(LABEL_TASK_ID, &id.to_string()).await?;
+        assert_eq!(c.len(), 1);
+        let labels = c[0].labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_WORKER), t.worker.as_ref());
+    }
+    for name in &cluster.worker_names {
+        assert_eq!(per_worker.get(name), Some(&2), "{per_worker:?}");
+    }
+    let nodes: Vec<cube_shared::Node> =
+        cube_tests::api(&cluster.client, cube_shared::subjects::API_NODES_LIST, &()).await?;
+    for name in &cluster.worker_names {
+        let node = nodes.iter().find(|n| &n.name == name).expect("listed");
+        assert_eq!(node.task_count, 2, "{node:?}");
+        assert!(node.cores > 0.0 && node.memory > 0, "{node:?}");
+    }
+    Ok(())
+}
+
+/// The README's run command: `cube dev` brings up nats-server, a manager and a worker;
+/// a submitted task runs; SIGTERM stops all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
+    cube_tests::ensure_image()?;
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let worker = unique("dev");
+    let _cleanup = RemoveOnDrop(worker.clone());
+    let mut dev = tokio::process::Command::new(cube_bin())
+        .args([
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--worker-name",
+            &worker,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = format!("nats://127.0.0.1:{port}");
+    eventually(WITHIN, "cube dev's worker is ready", || async {
+        let nodes = cube(&url, &["nodes"]).await?;
+        anyhow::ensure!(
+            nodes.contains(&worker) && nodes.contains("ready"),
+            "{nodes}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    let mut args = vec!["submit", "--image", IMAGE, "--"];
+    let cmd = long_running();
+    args.extend(cmd.iter().map(String::as_str));
+    let id = cube(&url, &args).await?.trim().to_string();
+    eventually(WITHIN, "the task shows running", || async {
+        let status = cube(&url, &["status"]).await?;
+        let row = status
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_default()
+            .to_string();
+        anyhow::ensure!(row.contains("running"), "{status}");
+        Ok(())
+    })
+    .await?;
+
+    let pid = dev.id().expect("running") as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::time::timeout(WITHIN, dev.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("cube dev did not exit on SIGTERM (likely deadlocked)"))??;
+    assert!(status.success(), "cube dev exited with {status}");
+    // nats-server went with it.
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err());
+    Ok(())
+}
+
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        cube_tests::remove_containers(&format!("{LABEL_WORKER}={}", self.0));
+    }
+}

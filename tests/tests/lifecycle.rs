@@ -1,0 +1,161 @@
+//! A task's life through the real parts: `cube` (or any NATS client) → JetStream → manager →
+//! worker → Docker container → state report → Task DB.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use cube_shared::subjects::{EVENTS, NODE_DB, TASK_DB};
+use cube_shared::{State, Task, LABEL_TASK_ID, LABEL_WORKER};
+use cube_tests::{cube, long_running, task, Cluster, IMAGE};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_submit_runs_a_labelled_container_and_stop_removes_it() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let url = cluster.nats.url();
+    let worker = &cluster.worker_names[0];
+
+    let mut args = vec![
+        "submit", "--image", IMAGE, "--name", "web", "--memory", "64m", "--",
+    ];
+    let cmd = long_running();
+    args.extend(cmd.iter().map(String::as_str));
+    let id: uuid::Uuid = cube(&url, &args).await?.trim().parse()?;
+
+    let running = cluster.wait_state(id, State::Running, WITHIN).await?;
+    assert_eq!(running.worker.as_deref(), Some(worker.as_str()));
+    let containers = cluster.containers(LABEL_TASK_ID, &id.to_string()).await?;
+    assert_eq!(containers.len(), 1, "exactly one container for the task");
+    let c = &containers[0];
+    assert_eq!(
+        c.state,
+        Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+    );
+    let labels = c.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(LABEL_WORKER), Some(worker));
+    assert_eq!(running.container_id.as_deref(), c.id.as_deref());
+    assert_eq!(
+        c.names.clone().unwrap_or_default(),
+        vec![format!("/cube-{id}")]
+    );
+
+    // The memory limit reached Docker.
+    let inspect = cluster
+        .docker
+        .client()
+        .inspect_container(&format!("cube-{id}"), None)
+        .await?;
+    assert_eq!(inspect.host_config.and_then(|h| h.memory), Some(64 << 20));
+
+    let table = cube(&url, &["status"]).await?;
+    let row = table
+        .lines()
+        .find(|l| l.contains(&id.to_string()))
+        .expect("the task is listed");
+    assert!(
+        row.contains("running") && row.contains("web") && row.contains(worker),
+        "{row}"
+    );
+    let detail = cube(&url, &["status", "web"]).await?;
+    assert!(
+        detail.contains("State:") && detail.contains("running"),
+        "{detail}"
+    );
+    let nodes = cube(&url, &["nodes"]).await?;
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with(worker.as_str()) && l.contains("ready")),
+        "{nodes}"
+    );
+
+    assert_eq!(cube(&url, &["stop", "web"]).await?.trim(), id.to_string());
+    let done = cluster.wait_state(id, State::Completed, WITHIN).await?;
+    assert_eq!(done.exit_code, Some(0));
+    assert!(done.finish_time.is_some());
+    cube_tests::eventually(WITHIN, "the container is removed", || async {
+        let left = cluster.containers(LABEL_TASK_ID, &id.to_string()).await?;
+        anyhow::ensure!(left.is_empty(), "{} left", left.len());
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_are_reported_with_their_code() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let ok = cluster.submit(task(&["true"])).await?;
+    let bad = cluster.submit(task(&["sh", "-c", "exit 3"])).await?;
+
+    let ok = cluster.wait_state(ok, State::Completed, WITHIN).await?;
+    assert_eq!(ok.exit_code, Some(0));
+    assert_eq!(ok.error, None);
+    let bad = cluster.wait_state(bad, State::Failed, WITHIN).await?;
+    assert_eq!(bad.exit_code, Some(3));
+    assert!(
+        bad.error.as_deref().unwrap_or("").contains('3'),
+        "{:?}",
+        bad.error
+    );
+    Ok(())
+}
+
+/// The contract is public: a hand-written JSON event from a plain NATS client starts a task,
+/// and the Task DB and node list are KV buckets any client can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_nats_client_can_submit_and_read_the_task_db() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let id = uuid::Uuid::new_v4();
+    let event = format!(
+        r#"{{"id": "{}", "state": "running", "timestamp": "2026-11-22T10:00:00Z",
+            "task": {{"id": "{id}", "name": "raw", "image": "{IMAGE}",
+                      "cmd": ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
+                      "env": ["GREETING=hello"], "cpu": 0.1, "memory": 33554432}}}}"#,
+        uuid::Uuid::new_v4()
+    );
+    let js = jetstream::new(cluster.client.clone());
+    js.publish(EVENTS, event.into()).await?.await?;
+    cluster.wait_state(id, State::Running, WITHIN).await?;
+
+    let inspect = cluster
+        .docker
+        .client()
+        .inspect_container(&format!("cube-{id}"), None)
+        .await?;
+    let env = inspect.config.and_then(|c| c.env).unwrap_or_default();
+    assert!(env.contains(&"GREETING=hello".to_string()), "{env:?}");
+
+    let tasks = js.get_key_value(TASK_DB).await?;
+    let stored: Task =
+        serde_json::from_slice(&tasks.get(id.to_string()).await?.expect("in the Task DB"))?;
+    assert_eq!(stored.state, State::Running);
+    assert_eq!(stored.name, "raw");
+    let nodes = js.get_key_value(NODE_DB).await?;
+    assert!(
+        nodes.get(&cluster.worker_names[0]).await?.is_some(),
+        "the worker is in the node bucket"
+    );
+    Ok(())
+}
+
+/// Submitting the same task twice (a client retry) runs it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_submission_runs_once() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let mut t = task(&[]);
+    t.cmd = long_running();
+    let id = cluster.submit(t.clone()).await?;
+    cluster.submit(t).await?;
+    cluster.wait_state(id, State::Running, WITHIN).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        cluster
+            .containers(LABEL_TASK_ID, &id.to_string())
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
