@@ -159,3 +159,33 @@ async fn a_repeated_submission_runs_once() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `--port HOST:CONTAINER` publishes the container's port on the host, `--env` reaches the
+/// process, and `--wait` returns once the task runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ports_and_env_reach_the_container() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let url = cluster.nats.url();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let script = "mkdir -p /www && echo \"hello $WHO\" > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let binding = format!("127.0.0.1:{port}:8080");
+    let out = cube(
+        &url,
+        &["submit", "--wait", "--image", IMAGE, "-p", &binding, "-e", "WHO=cube", "--", "sh", "-c", script],
+    )
+    .await?;
+    let id: uuid::Uuid = out.trim().parse()?;
+    assert_eq!(cluster.task(id).await?.state, State::Running);
+    let body = cube_tests::eventually(WITHIN, "httpd answers on the published port", || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body).await?;
+        anyhow::ensure!(body.contains("200"), "{body}");
+        Ok(body)
+    })
+    .await?;
+    assert!(body.contains("hello cube"), "{body}");
+    Ok(())
+}
