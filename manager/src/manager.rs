@@ -9,6 +9,7 @@ use cube_shared::subjects::{self, *};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::{JournalEntry, Node, Rejection, State, StateReport, Task, TaskEvent};
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
@@ -24,6 +25,10 @@ pub(crate) struct Manager {
     pub(crate) topo: Topology,
     pub(crate) cluster: Cluster,
     scheduler: Box<dyn Scheduler>,
+    /// Placements recorded before a restart are sent again once the state reports that
+    /// queued up meanwhile are applied: a task that ran and ended while the manager was down
+    /// must not be started again.
+    resend_due: bool,
 }
 
 /// Runs the manager until `shutdown` is cancelled.
@@ -40,6 +45,7 @@ pub async fn run(
         topo,
         cluster: Cluster::default(),
         scheduler,
+        resend_due: false,
     };
     manager.restore().await?;
 
@@ -48,6 +54,7 @@ pub async fn run(
         EVENTS_STREAM,
         MANAGER_EVENTS_CONSUMER,
         EVENTS,
+        &shutdown,
     )
     .await?;
     let mut states = durable(
@@ -55,6 +62,7 @@ pub async fn run(
         STATE_STREAM,
         MANAGER_STATE_CONSUMER,
         STATE_ALL,
+        &shutdown,
     )
     .await?;
     let mut heartbeats = client
@@ -76,17 +84,22 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = events.next() => match msg {
-                Ok(msg) => manager.on_event(msg).await,
-                Err(e) => warn!(error = %e, "reading tasks.events"),
-            },
-            Some(msg) = states.next() => match msg {
-                Ok(msg) => manager.on_state(msg).await,
-                Err(e) => warn!(error = %e, "reading state reports"),
-            },
+            Some(msg) = events.recv() => manager.on_event(msg).await,
+            Some(msg) = states.recv() => {
+                let caught_up = msg.info().map(|i| i.pending == 0).unwrap_or(false);
+                manager.on_state(msg).await;
+                if caught_up {
+                    manager.resend_placements().await;
+                }
+            }
             Some(msg) = heartbeats.next() => manager.on_heartbeat(msg).await,
             Some(msg) = api.next() => manager.on_api(msg).await,
-            _ = tick.tick() => manager.place_pending().await,
+            _ = tick.tick() => {
+                if manager.resend_due {
+                    manager.resend_if_caught_up().await;
+                }
+                manager.place_pending().await;
+            }
             else => break,
         }
     }
@@ -94,32 +107,38 @@ pub async fn run(
     Ok(())
 }
 
-/// A durable pull consumer on `stream`, filtered to `subject`, and its message stream.
+fn consumer_config(name: &str, subject: &str) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: subject.to_string(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        // The manager acknowledges once the Task DB records the outcome; a message it could
+        // not finish (NATS trouble) comes back after this long.
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// The messages of a durable consumer on `stream`, filtered to `subject`; they keep coming
+/// across NATS restarts.
 async fn durable(
     js: &jetstream::Context,
     stream: &str,
     name: &str,
     subject: &str,
-) -> Result<pull::Stream, Error> {
+    shutdown: &CancellationToken,
+) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
     let err = |e: &dyn std::fmt::Display| Error::Nats(format!("consumer {name} on {stream}: {e}"));
     let stream = js.get_stream(stream).await.map_err(|e| err(&e))?;
-    let consumer = stream
-        .get_or_create_consumer(
-            name,
-            pull::Config {
-                durable_name: Some(name.to_string()),
-                filter_subject: subject.to_string(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                // The manager acknowledges once the Task DB records the outcome; a message it
-                // could not finish (NATS trouble) comes back after this long.
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| err(&e))?;
-    consumer.messages().await.map_err(|e| err(&e))
+    cube_bus::durable_messages(
+        stream,
+        consumer_config(name, subject),
+        1024,
+        shutdown.child_token(),
+    )
+    .await
+    .map_err(|e| err(&e))
 }
 
 /// Acknowledges a message whose outcome is recorded, or asks for it again soon if the
@@ -156,16 +175,50 @@ impl Manager {
                 Err(e) => warn!(key, error = %e, "skipping unreadable node record"),
             }
         }
+        self.resend_due = self.cluster.tasks().any(|t| t.state == State::Scheduled);
+        Ok(())
+    }
+
+    /// Sends the recorded placements again if no state report is waiting to be applied.
+    async fn resend_if_caught_up(&mut self) {
+        let info = async {
+            let stream = self.topo.js.get_stream(STATE_STREAM).await.ok()?;
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer(MANAGER_STATE_CONSUMER).await.ok()?;
+            consumer.info().await.ok().cloned()
+        }
+        .await;
+        if info.is_some_and(|i| i.num_pending == 0 && i.num_ack_pending == 0) {
+            self.resend_placements().await;
+        }
+    }
+
+    /// Re-publishes the work of every task still `scheduled` after a restart: the manager may
+    /// have died between recording a placement and publishing it. The message id is the
+    /// placement's, so JetStream drops the copy of one that did go out, and a worker that
+    /// already handled it recognises it.
+    async fn resend_placements(&mut self) {
+        if !self.resend_due {
+            return;
+        }
+        self.resend_due = false;
         let scheduled: Vec<Task> = self
             .cluster
             .tasks()
             .filter(|t| t.state == State::Scheduled)
             .cloned()
             .collect();
+        info!(
+            count = scheduled.len(),
+            "re-sending placements recorded before the restart"
+        );
         for task in scheduled {
-            self.dispatch_placement(&task).await?;
+            if let Err(e) = self.dispatch_placement(&task).await {
+                warn!(task.id = %task.id, error = %e, "re-sending a placement; will retry");
+                self.resend_due = true;
+                return;
+            }
         }
-        Ok(())
     }
 
     async fn on_event(&mut self, msg: jetstream::Message) {
@@ -389,6 +442,10 @@ impl Manager {
         };
         if task.worker.as_deref() != Some(report.worker.as_str()) {
             warn!(assigned = ?task.worker, "report from a worker the task is not assigned to; ignored");
+            return Ok(());
+        }
+        if report.generation.is_some_and(|g| g != task.generation) {
+            info!(generation = ?report.generation, current = task.generation, "report about a superseded placement; ignored");
             return Ok(());
         }
         if !matches!(

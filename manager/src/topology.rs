@@ -97,28 +97,7 @@ pub async fn ensure(js: jetstream::Context) -> Result<Topology, Error> {
 
 /// Every current value of a bucket, read once (used to rebuild state on start).
 pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, Error> {
-    use futures::StreamExt;
-    let info = store
-        .status()
+    cube_bus::load_all(store)
         .await
-        .map_err(|e| Error::Nats(format!("status of bucket {}: {e}", store.name)))?;
-    if info.values() == 0 {
-        return Ok(Vec::new());
-    }
-    let mut watch = store
-        .watch_all()
-        .await
-        .map_err(|e| Error::Nats(format!("reading bucket {}: {e}", store.name)))?;
-    let mut out = Vec::new();
-    while let Some(entry) = watch.next().await {
-        let entry =
-            entry.map_err(|e| Error::Nats(format!("reading bucket {}: {e}", store.name)))?;
-        if entry.operation == kv::Operation::Put {
-            out.push((entry.key, entry.value));
-        }
-        if entry.delta == 0 {
-            break;
-        }
-    }
-    Ok(out)
+        .map_err(|e| Error::Nats(e.to_string()))
 }

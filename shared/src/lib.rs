@@ -20,5 +20,9 @@ pub const LABEL_TASK_ID: &str = "cube.task.id";
 /// Docker label carrying the name of the worker that started the container.
 pub const LABEL_WORKER: &str = "cube.worker";
 
+/// Docker label carrying the task's placement generation: a container whose generation is
+/// older than the Task DB's belongs to a placement that was superseded.
+pub const LABEL_GENERATION: &str = "cube.task.generation";
+
 /// Cube's version, reported in heartbeats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,6 +15,10 @@ pub struct StateReport {
     pub worker: String,
     pub state: State,
     pub timestamp: DateTime<Utc>,
+    /// The placement generation the report is about; a report about a superseded placement
+    /// is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,6 +38,7 @@ impl StateReport {
             worker: worker.to_string(),
             state,
             timestamp: Utc::now(),
+            generation: None,
             container_id: None,
             start_time: None,
             finish_time: None,

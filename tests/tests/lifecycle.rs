@@ -166,12 +166,18 @@ async fn a_repeated_submission_runs_once() -> anyhow::Result<()> {
 async fn published_ports_and_env_reach_the_container() -> anyhow::Result<()> {
     let cluster = Cluster::start(1).await?;
     let url = cluster.nats.url();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let script = "mkdir -p /www && echo \"hello $WHO\" > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let script =
+        "mkdir -p /www && echo \"hello $WHO\" > /www/index.html && exec httpd -f -p 8080 -h /www";
     let binding = format!("127.0.0.1:{port}:8080");
     let out = cube(
         &url,
-        &["submit", "--wait", "--image", IMAGE, "-p", &binding, "-e", "WHO=cube", "--", "sh", "-c", script],
+        &[
+            "submit", "--wait", "--image", IMAGE, "-p", &binding, "-e", "WHO=cube", "--", "sh",
+            "-c", script,
+        ],
     )
     .await?;
     let id: uuid::Uuid = out.trim().parse()?;

@@ -1,16 +1,15 @@
 //! The worker's loop: work from two durable consumers, exits from the runtime, heartbeats.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
 use chrono::Utc;
 use cube_shared::subjects::*;
 use cube_shared::validate::validate_worker_name;
 use cube_shared::wire::{self, encode};
-use cube_shared::{Node, NodeState, State, StateReport, TaskEvent};
-use futures::StreamExt;
+use cube_shared::{Node, NodeState, State, StateReport, Task, TaskEvent};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,17 +26,53 @@ use crate::{Config, Error};
 const MAX_DELIVER: i64 = 10;
 /// How long a worker may hold a message unacknowledged before JetStream offers it again. Long
 /// operations (image pulls) send progress acks well inside this.
-const ACK_WAIT: Duration = Duration::from_secs(60);
-const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+const ACK_WAIT: Duration = Duration::from_secs(30);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How many ended placements a worker remembers, to refuse a late duplicate of their start.
+const FINISHED_MEMORY: usize = 100_000;
+
+/// A task this worker runs.
+#[derive(Debug, Clone)]
+struct Running {
+    container_id: String,
+    generation: u64,
+}
+
+/// Placements that ended here (task id → generation), oldest forgotten first.
+#[derive(Default)]
+struct Finished {
+    by_task: HashMap<Uuid, u64>,
+    order: VecDeque<Uuid>,
+}
+
+impl Finished {
+    fn insert(&mut self, id: Uuid, generation: u64) {
+        if self.by_task.insert(id, generation).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > FINISHED_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.by_task.remove(&old);
+            }
+        }
+    }
+
+    fn ended(&self, id: &Uuid, generation: u64) -> bool {
+        self.by_task.get(id).is_some_and(|g| *g >= generation)
+    }
+}
 
 struct Inner {
     cfg: Config,
     js: jetstream::Context,
+    /// The Task DB, read to check that a piece of work is still current before acting on it.
+    tasks: kv::Store,
     runtime: Arc<dyn Runtime>,
     shutdown: CancellationToken,
-    /// Tasks this worker runs: id → container id. A plain mutex: held for single map
+    /// Tasks this worker runs. A plain mutex, like the maps below: held for single map
     /// operations only, never across an await.
-    running: Mutex<HashMap<Uuid, String>>,
+    running: Mutex<HashMap<Uuid, Running>>,
+    finished: Mutex<Finished>,
     /// Tasks stopped on request, so the container's death is not reported as a failure.
     stopped: Mutex<HashMap<Uuid, Instant>>,
     /// One lock per task: operations on the same task happen in the order they arrived.
@@ -55,17 +90,12 @@ pub async fn run(
 ) -> Result<(), Error> {
     validate_worker_name(&cfg.name).map_err(|e| Error::Config(e.to_string()))?;
     let js = jetstream::new(client.clone());
-    let Some(work) = wait_for_stream(&js, &shutdown).await else {
+    let Some(work) = wait_for(&shutdown, WORK_STREAM, || js.get_stream(WORK_STREAM)).await else {
         return Ok(());
     };
-    let own = consume(
-        &work,
-        &worker_consumer(&cfg.name),
-        &pending_for(&cfg.name),
-        cfg.concurrency,
-    )
-    .await?;
-    let shared = consume(&work, SHARED_WORK_CONSUMER, PENDING, cfg.concurrency).await?;
+    let Some(tasks) = wait_for(&shutdown, TASK_DB, || js.get_key_value(TASK_DB)).await else {
+        return Ok(());
+    };
     let nodes = js
         .get_key_value(NODE_DB)
         .await
@@ -75,14 +105,31 @@ pub async fn run(
         ops: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
         cfg,
         js,
+        tasks,
         runtime,
         shutdown: shutdown.clone(),
         running: Mutex::default(),
+        finished: Mutex::default(),
         stopped: Mutex::default(),
         task_locks: Mutex::default(),
     });
-    let tracker = TaskTracker::new();
+    // Exits are watched before the containers are listed, so none falls in between.
     let mut exits = inner.runtime.exits(&inner.cfg.name);
+    if !inner.reconcile_on_start().await {
+        return Ok(());
+    }
+    let name = &inner.cfg.name;
+    let concurrency = inner.cfg.concurrency;
+    let own = consume(
+        &work,
+        &worker_consumer(name),
+        &pending_for(name),
+        concurrency,
+        &shutdown,
+    )
+    .await?;
+    let shared = consume(&work, SHARED_WORK_CONSUMER, PENDING, concurrency, &shutdown).await?;
+    let tracker = TaskTracker::new();
     let mut stats = Stats::new();
     let mut heartbeat = tokio::time::interval(inner.cfg.heartbeat_interval);
     let (mut own, mut shared) = (own, shared);
@@ -91,8 +138,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = own.next() => inner.dispatch(msg, &tracker).await,
-            Some(msg) = shared.next() => inner.dispatch(msg, &tracker).await,
+            Some(msg) = own.recv() => inner.dispatch(msg, &tracker).await,
+            Some(msg) = shared.recv() => inner.dispatch(msg, &tracker).await,
             Some(exit) = exits.recv() => {
                 let (guard, permit) = inner.reserve(exit.task_id).await;
                 let inner = inner.clone();
@@ -112,21 +159,25 @@ pub async fn run(
     Ok(())
 }
 
-/// The work stream is the manager's to create; a worker started first waits for it.
-async fn wait_for_stream(
-    js: &jetstream::Context,
+/// The streams and buckets are the manager's to create; a worker started first waits.
+async fn wait_for<T, E: std::fmt::Display, F, Fut>(
     shutdown: &CancellationToken,
-) -> Option<jetstream::stream::Stream> {
+    what: &str,
+    mut get: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut logged = false;
     loop {
-        match js.get_stream(WORK_STREAM).await {
-            Ok(stream) => return Some(stream),
-            Err(e) => {
-                if !logged {
-                    info!(error = %e, "waiting for the manager to create stream {WORK_STREAM}");
-                    logged = true;
-                }
+        match get().await {
+            Ok(v) => return Some(v),
+            Err(e) if !logged => {
+                info!(error = %e, "waiting for the manager to create {what}");
+                logged = true;
             }
+            Err(_) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -140,43 +191,26 @@ async fn consume(
     name: &str,
     subject: &str,
     concurrency: usize,
-) -> Result<pull::Stream, Error> {
-    let err = |e: &dyn std::fmt::Display| Error::Nats(format!("consumer {name}: {e}"));
-    stream
-        .get_or_create_consumer(
-            name,
-            pull::Config {
-                durable_name: Some(name.to_string()),
-                filter_subject: subject.to_string(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_deliver: MAX_DELIVER,
-                max_ack_pending: (concurrency * 8).max(64) as i64,
-                ..Default::default()
-            },
-        )
+    shutdown: &CancellationToken,
+) -> Result<tokio::sync::mpsc::Receiver<jetstream::Message>, Error> {
+    let config = pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: subject.to_string(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_deliver: MAX_DELIVER,
+        max_ack_pending: (concurrency * 8).max(64) as i64,
+        ..Default::default()
+    };
+    cube_bus::durable_messages(stream.clone(), config, concurrency, shutdown.child_token())
         .await
-        .map_err(|e| err(&e))?
-        .messages()
-        .await
-        .map_err(|e| err(&e))
+        .map_err(|e| Error::Nats(format!("consumer {name}: {e}")))
 }
 
 impl Inner {
     /// Takes one message off a consumer and hands it to a handler task. The task's lock is
     /// taken here, in arrival order, so a stop never overtakes the start before it.
-    async fn dispatch(
-        self: &Arc<Self>,
-        msg: Result<jetstream::Message, pull::MessagesError>,
-        tracker: &TaskTracker,
-    ) {
-        let msg = match msg {
-            Ok(msg) => msg,
-            Err(e) => {
-                warn!(error = %e, "reading work");
-                return;
-            }
-        };
+    async fn dispatch(self: &Arc<Self>, msg: jetstream::Message, tracker: &TaskTracker) {
         let event = match wire::decode_event(&msg.payload) {
             Ok(event) => event,
             Err(e) => {
@@ -233,25 +267,38 @@ impl Inner {
 
     async fn start(&self, event: TaskEvent, msg: jetstream::Message) {
         let task = event.task;
-        if self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&task.id)
-        {
+        if self.lock_running().contains_key(&task.id) {
             debug!("already running; duplicate start ignored");
             let _ = msg.ack().await;
             return;
         }
+        match self.superseded(&task).await {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                info!(generation = task.generation, %reason, "skipping work that is no longer current");
+                let _ = msg.ack().await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the Task DB; will retry");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+                return;
+            }
+        }
         let progress = keep_alive(&msg);
         let result = self.runtime.start(&task, &self.cfg.name).await;
         progress.cancel();
-        let report = match result {
+        let mut report = match result {
             Ok(started) => {
-                self.running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(task.id, started.container_id.clone());
+                self.lock_running().insert(
+                    task.id,
+                    Running {
+                        container_id: started.container_id.clone(),
+                        generation: task.generation,
+                    },
+                );
                 info!(container = %started.container_id, "started");
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Running);
                 r.container_id = Some(started.container_id);
@@ -267,16 +314,62 @@ impl Inner {
             }
             Err(e) => {
                 warn!(error = %e, "start failed");
+                self.lock_finished().insert(task.id, task.generation);
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
                 r.error = Some(e.to_string());
                 r.finish_time = Some(Utc::now());
                 r
             }
         };
+        report.generation = Some(task.generation);
         // Acknowledge only once the outcome is durable in JetStream.
         if self.report(report).await {
             let _ = msg.ack().await;
         }
+    }
+
+    /// Why a start must not be acted on, if it must not: the placement ended here already,
+    /// or the Task DB has moved on (a newer placement, another worker, a final state). The
+    /// manager records a placement before it publishes it, so the Task DB is never behind.
+    async fn superseded(&self, task: &Task) -> Result<Option<String>, Error> {
+        if self.lock_finished().ended(&task.id, task.generation) {
+            return Ok(Some(
+                "this placement already ran here and ended".to_string(),
+            ));
+        }
+        let entry =
+            self.tasks.get(task.id.to_string()).await.map_err(|e| {
+                Error::Nats(format!("reading task {} from {TASK_DB}: {e}", task.id))
+            })?;
+        let Some(bytes) = entry else {
+            return Ok(Some("the task is not in the Task DB".to_string()));
+        };
+        let current: Task = match wire::decode(&bytes, usize::MAX) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "unreadable Task DB record; acting on the work as sent");
+                return Ok(None);
+            }
+        };
+        Ok(if current.generation != task.generation {
+            Some(format!(
+                "placement {} was superseded by placement {}",
+                task.generation, current.generation
+            ))
+        } else if current
+            .worker
+            .as_deref()
+            .is_some_and(|w| w != self.cfg.name)
+        {
+            Some(format!(
+                "the task is assigned to {}",
+                or_none(&current.worker)
+            ))
+        } else if current.state.is_final() {
+            Some(format!("the task has ended ({})", current.state))
+        } else {
+            None
+        })
     }
 
     async fn stop(&self, event: TaskEvent, msg: jetstream::Message) {
@@ -285,14 +378,19 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Instant::now());
+        let generation = self.lock_running().get(&id).map(|r| r.generation);
         let progress = keep_alive(&msg);
         let result = self.runtime.stop(id, self.cfg.stop_grace).await;
         progress.cancel();
         match result {
             Ok(code) => {
                 info!(exit_code = ?code, "stopped on request");
+                if let Some(g) = generation {
+                    self.lock_finished().insert(id, g);
+                }
                 self.forget(id);
                 let mut r = StateReport::new(id, &self.cfg.name, State::Completed);
+                r.generation = generation;
                 r.exit_code = code;
                 r.finish_time = Some(Utc::now());
                 if self.report(r).await {
@@ -317,31 +415,136 @@ impl Inner {
                 stopped.retain(|_, at| at.elapsed() < Duration::from_secs(600));
                 stopped.remove(&exit.task_id).is_some()
             };
+            let Some(running) = self.lock_running().get(&exit.task_id).cloned() else {
+                // Already handled (a replayed Docker event), or not a container this worker
+                // runs: the start-up reconciliation deals with those.
+                debug!("exit of a container this worker does not track; ignored");
+                return;
+            };
             if requested {
                 return;
             }
-            let state = if exit.exit_code == 0 {
-                State::Completed
-            } else {
-                State::Failed
-            };
-            info!(exit_code = exit.exit_code, "container exited");
-            let mut r = StateReport::new(exit.task_id, &self.cfg.name, state);
-            r.exit_code = Some(exit.exit_code);
-            r.finish_time = Some(exit.finish_time);
-            r.error = match (state, exit.error) {
-                (_, Some(e)) => Some(e),
-                (State::Failed, None) => Some(format!("exited with code {}", exit.exit_code)),
-                _ => None,
-            };
-            self.forget(exit.task_id);
-            self.report(r).await;
-            if let Err(e) = self.runtime.remove(exit.task_id).await {
-                warn!(error = %e, "removing the exited container");
-            }
+            info!(exit_code = exit.exit_code, container = %running.container_id, "container exited");
+            self.finish(exit, running.generation).await;
         }
         .instrument(span)
         .await
+    }
+
+    /// Reports how a container ended, forgets it and removes it.
+    async fn finish(&self, exit: Exit, generation: u64) {
+        let task_id = exit.task_id;
+        self.lock_finished().insert(task_id, generation);
+        self.forget(task_id);
+        let mut r = exit_report(exit, &self.cfg.name);
+        r.generation = Some(generation);
+        self.report(r).await;
+        if let Err(e) = self.runtime.remove(task_id).await {
+            warn!(error = %e, "removing the exited container");
+        }
+    }
+
+    /// What a worker does before it takes new work: compares the containers labelled with its
+    /// name with what the Task DB says it runs. It adopts what should run, reports what ended
+    /// while it was away (with the real exit code), and removes what should not exist.
+    /// Returns false if it was shut down meanwhile.
+    async fn reconcile_on_start(&self) -> bool {
+        let name = self.cfg.name.clone();
+        let Some(observed) = self
+            .retry("listing containers", || self.runtime.list(&name))
+            .await
+        else {
+            return false;
+        };
+        let Some(records) = self
+            .retry("reading the Task DB", || cube_bus::load_all(&self.tasks))
+            .await
+        else {
+            return false;
+        };
+        let mut owned: HashMap<Uuid, Task> = records
+            .into_iter()
+            .filter_map(|(_, bytes)| wire::decode::<Task>(&bytes, usize::MAX).ok())
+            .filter(|t| t.worker.as_deref() == Some(name.as_str()) && t.state.is_active())
+            .map(|t| (t.id, t))
+            .collect();
+        let (mut adopted, mut ended, mut removed) = (0, 0, 0);
+        for o in observed {
+            let span = info_span!("reconcile", task.id = %o.task_id, worker = %name);
+            let current = owned
+                .remove(&o.task_id)
+                .filter(|t| o.generation.is_none_or(|g| g == t.generation));
+            match (current, o.exit) {
+                (Some(task), None) => {
+                    adopted += 1;
+                    self.lock_running().insert(
+                        task.id,
+                        Running {
+                            container_id: o.container_id.clone(),
+                            generation: task.generation,
+                        },
+                    );
+                    if task.state != State::Running
+                        || task.container_id.as_deref() != Some(&o.container_id)
+                    {
+                        let mut r = StateReport::new(task.id, &name, State::Running);
+                        r.generation = Some(task.generation);
+                        r.container_id = Some(o.container_id);
+                        r.start_time = o.start_time;
+                        self.report(r).instrument(span.clone()).await;
+                    }
+                    span.in_scope(|| info!("adopted the running container"));
+                }
+                (Some(task), Some(exit)) => {
+                    ended += 1;
+                    span.in_scope(|| {
+                        info!(
+                            exit_code = exit.exit_code,
+                            "the container ended while the worker was away"
+                        )
+                    });
+                    self.finish(exit, task.generation).instrument(span).await;
+                }
+                (None, _) => {
+                    removed += 1;
+                    span.in_scope(|| info!("removing a container this worker no longer owns"));
+                    if let Err(e) = self.runtime.stop(o.task_id, self.cfg.stop_grace).await {
+                        span.in_scope(|| warn!(error = %e, "removing a stale container"));
+                    }
+                }
+            }
+        }
+        // Running by the Task DB, but no container: it vanished while the worker was away.
+        let mut vanished = 0;
+        for task in owned.into_values().filter(|t| t.state == State::Running) {
+            vanished += 1;
+            self.lock_finished().insert(task.id, task.generation);
+            let mut r = StateReport::new(task.id, &name, State::Failed);
+            r.generation = Some(task.generation);
+            r.finish_time = Some(Utc::now());
+            r.error = Some("the container disappeared while its worker was away".to_string());
+            self.report(r).await;
+        }
+        info!(worker = %name, adopted, ended, removed, vanished, "reconciled with the Task DB");
+        true
+    }
+
+    /// Retries `op` every second until it succeeds, or returns `None` on shutdown.
+    async fn retry<T, E: std::fmt::Display, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => warn!(error = %e, "{what}; retrying"),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Publishes a state report into JetStream, retrying until it is stored or the worker
@@ -350,26 +553,17 @@ impl Inner {
         let subject = state_for(report.task_id);
         // The same id on every retry, so a retry after a lost ack is not stored twice.
         let msg_id = Uuid::new_v4().to_string();
-        let payload = encode(&report);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(&msg_id);
-            let result = match self.js.send_publish(subject.clone(), publish).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match result {
-                Ok(()) => return true,
-                Err(e) => warn!(error = %e, "publishing a state report; retrying"),
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        cube_bus::publish_durably(&self.js, subject, encode(&report), &msg_id, &self.shutdown)
+            .await
+            .is_ok()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_finished(&self) -> std::sync::MutexGuard<'_, Finished> {
+        self.finished.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn heartbeat(
@@ -391,7 +585,7 @@ impl Inner {
             disk_used: s.disk_used,
             disk_allocated: 0,
             cpu_allocated: 0.0,
-            task_count: self.running.lock().unwrap_or_else(|p| p.into_inner()).len() as u32,
+            task_count: self.lock_running().len() as u32,
             labels: self.cfg.labels.clone(),
             last_heartbeat: Utc::now(),
             version: cube_shared::VERSION.to_string(),
@@ -408,6 +602,28 @@ impl Inner {
             debug!(error = %e, "recording the node");
         }
     }
+}
+
+/// The report of a container that ended by itself.
+fn exit_report(exit: Exit, worker: &str) -> StateReport {
+    let state = if exit.exit_code == 0 {
+        State::Completed
+    } else {
+        State::Failed
+    };
+    let mut r = StateReport::new(exit.task_id, worker, state);
+    r.exit_code = Some(exit.exit_code);
+    r.finish_time = Some(exit.finish_time);
+    r.error = match (state, exit.error) {
+        (_, Some(e)) => Some(e),
+        (State::Failed, None) => Some(format!("exited with code {}", exit.exit_code)),
+        _ => None,
+    };
+    r
+}
+
+fn or_none(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("nobody")
 }
 
 fn delivered(msg: &jetstream::Message) -> i64 {

@@ -8,18 +8,18 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use cube_shared::validate::parse_host_binding;
-use cube_shared::{container_name, Task, LABEL_TASK_ID, LABEL_WORKER};
+use cube_shared::{container_name, Task, LABEL_GENERATION, LABEL_TASK_ID, LABEL_WORKER};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::{Exit, Runtime, RuntimeError, Started};
+use super::{Exit, Observed, Runtime, RuntimeError, Started};
 
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -100,6 +100,7 @@ impl DockerRuntime {
         let labels = HashMap::from([
             (LABEL_TASK_ID.to_string(), task.id.to_string()),
             (LABEL_WORKER.to_string(), worker.to_string()),
+            (LABEL_GENERATION.to_string(), task.generation.to_string()),
         ]);
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = task
             .port_bindings
@@ -130,28 +131,51 @@ impl DockerRuntime {
         }
     }
 
-    /// The container of a task if it exists: (id, running, start time).
-    async fn existing(
-        &self,
-        name: &str,
-    ) -> Result<Option<(String, bool, DateTime<Utc>)>, RuntimeError> {
-        match self.docker.inspect_container(name, None).await {
-            Ok(c) => {
-                let state = c.state.unwrap_or_default();
-                let started = state
-                    .started_at
-                    .as_deref()
-                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                    .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-                Ok(Some((
-                    c.id.unwrap_or_default(),
-                    state.running == Some(true),
-                    started,
-                )))
-            }
-            Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(unavailable("inspecting the container", e)),
-        }
+    /// A container as Docker describes it (`name` or id), or `None` if there is none.
+    async fn observe(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
+        let c = match self.docker.inspect_container(name, None).await {
+            Ok(c) => c,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(unavailable("inspecting the container", e)),
+        };
+        let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+        let Some(task_id) = labels.get(LABEL_TASK_ID).and_then(|s| s.parse().ok()) else {
+            return Ok(None);
+        };
+        let state = c.state.unwrap_or_default();
+        let time = |t: Option<&str>| {
+            t.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+                // Docker reports "0001-01-01T00:00:00Z" for "never".
+                .filter(|t| t.timestamp() > 0)
+        };
+        let running = state.running == Some(true);
+        let exit = (!running).then(|| Exit {
+            task_id,
+            exit_code: state.exit_code.unwrap_or(-1),
+            error: exit_error(&state),
+            finish_time: time(state.finished_at.as_deref()).unwrap_or_else(Utc::now),
+        });
+        Ok(Some(Observed {
+            task_id,
+            container_id: c.id.unwrap_or_default(),
+            generation: labels.get(LABEL_GENERATION).and_then(|g| g.parse().ok()),
+            running,
+            start_time: time(state.started_at.as_deref()),
+            exit,
+        }))
+    }
+
+    /// The task's container if it is running: what a repeated start adopts.
+    async fn running(&self, name: &str) -> Result<Option<Started>, RuntimeError> {
+        Ok(self
+            .observe(name)
+            .await?
+            .filter(|o| o.running)
+            .map(|o| Started {
+                container_id: o.container_id,
+                start_time: o.start_time.unwrap_or_else(Utc::now),
+            }))
     }
 
     async fn force_remove(&self, name: &str) -> Result<(), RuntimeError> {
@@ -173,23 +197,24 @@ impl DockerRuntime {
             .await
             .ok()?
             .state?;
-        if state.oom_killed == Some(true) {
-            return Some("out of memory (killed by the kernel)".to_string());
-        }
-        state.error.filter(|e| !e.is_empty())
+        exit_error(&state)
     }
+}
+
+fn exit_error(state: &bollard::models::ContainerState) -> Option<String> {
+    if state.oom_killed == Some(true) {
+        return Some("out of memory (killed by the kernel)".to_string());
+    }
+    state.error.clone().filter(|e| !e.is_empty())
 }
 
 #[async_trait]
 impl Runtime for DockerRuntime {
     async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError> {
         let name = task.container_name();
-        if let Some((id, true, start_time)) = self.existing(&name).await? {
-            debug!(container = %id, "adopting the running container");
-            return Ok(Started {
-                container_id: id,
-                start_time,
-            });
+        if let Some(started) = self.running(&name).await? {
+            debug!(container = %started.container_id, "adopting the running container");
+            return Ok(started);
         }
         self.ensure_image(&task.image).await?;
         // A leftover that is not running belongs to an earlier attempt: start afresh.
@@ -209,6 +234,14 @@ impl Runtime for DockerRuntime {
             }
             Err(e) if status(&e) == Some(400) => {
                 return Err(RuntimeError::StartFailed(message(&e)))
+            }
+            // Someone created it in between (a concurrent redelivery): adopt it once it runs,
+            // never make a second one.
+            Err(e) if status(&e) == Some(409) => {
+                return match self.running(&name).await? {
+                    Some(started) => Ok(started),
+                    None => Err(unavailable("the container is being created elsewhere", e)),
+                }
             }
             Err(e) => return Err(unavailable("creating the container", e)),
         };
@@ -265,8 +298,16 @@ impl Runtime for DockerRuntime {
                 ("event", vec!["die"]),
                 ("label", vec![label.as_str()]),
             ]);
+            // From the moment of the call (the caller lists containers right after, and an
+            // exit in between must not be lost), and after the stream breaks, from the last
+            // event seen. Replayed duplicates are the worker's to ignore.
+            let mut since: Option<i64> = Some(Utc::now().timestamp());
             while !tx.is_closed() {
-                let options = EventsOptionsBuilder::default().filters(&filters).build();
+                let mut options = EventsOptionsBuilder::default().filters(&filters);
+                if let Some(t) = since {
+                    options = options.since(&t.to_string());
+                }
+                let options = options.build();
                 let mut events = runtime.docker.events(Some(options));
                 while let Some(event) = events.next().await {
                     let event = match event {
@@ -276,6 +317,9 @@ impl Runtime for DockerRuntime {
                             break;
                         }
                     };
+                    if let Some(t) = event.time {
+                        since = Some(t);
+                    }
                     let Some(actor) = event.actor else { continue };
                     let attrs = actor.attributes.unwrap_or_default();
                     let Some(task_id) = attrs.get(LABEL_TASK_ID).and_then(|s| s.parse().ok())
@@ -294,7 +338,10 @@ impl Runtime for DockerRuntime {
                         task_id,
                         exit_code,
                         error,
-                        finish_time: Utc::now(),
+                        finish_time: event
+                            .time_nano
+                            .map(DateTime::from_timestamp_nanos)
+                            .unwrap_or_else(Utc::now),
                     };
                     if tx.send(exit).await.is_err() {
                         return;
@@ -304,5 +351,26 @@ impl Runtime for DockerRuntime {
             }
         });
         rx
+    }
+
+    async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_WORKER}={worker}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| unavailable("listing containers", e))?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            if let Some(observed) = self.observe(&id).await? {
+                out.push(observed);
+            }
+        }
+        Ok(out)
     }
 }

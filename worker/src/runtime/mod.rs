@@ -32,6 +32,20 @@ pub struct Exit {
     pub finish_time: DateTime<Utc>,
 }
 
+/// One of a worker's containers as the runtime finds it, whatever its state: what a worker
+/// that starts again reconciles with the Task DB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub task_id: Uuid,
+    pub container_id: String,
+    /// The placement generation the container was started for (its label).
+    pub generation: Option<u64>,
+    pub running: bool,
+    pub start_time: Option<DateTime<Utc>>,
+    /// How it ended, for a container that is not running.
+    pub exit: Option<Exit>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The image is not on this node and could not be pulled.
@@ -60,4 +74,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Exits of this worker's containers, as they happen, for as long as the receiver lives.
     fn exits(&self, worker: &str) -> mpsc::Receiver<Exit>;
+
+    /// Every container `worker` started that still exists, running or not.
+    async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError>;
 }

@@ -11,7 +11,7 @@ use cube_shared::Task;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Exit, Runtime, RuntimeError, Started};
+use super::{Exit, Observed, Runtime, RuntimeError, Started};
 
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
@@ -21,9 +21,16 @@ pub struct SimConfig {
     pub run_time: Option<Duration>,
 }
 
+struct SimContainer {
+    id: String,
+    worker: String,
+    generation: u64,
+    start_time: chrono::DateTime<Utc>,
+}
+
 #[derive(Default)]
 struct SimState {
-    running: HashMap<Uuid, String>,
+    running: HashMap<Uuid, SimContainer>,
     starts: u64,
     /// Images that "cannot be pulled".
     missing_images: Vec<String>,
@@ -87,7 +94,7 @@ impl SimRuntime {
 
 #[async_trait]
 impl Runtime for SimRuntime {
-    async fn start(&self, task: &Task, _worker: &str) -> Result<Started, RuntimeError> {
+    async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError> {
         if !self.config.start_latency.is_zero() {
             tokio::time::sleep(self.config.start_latency).await;
         }
@@ -99,12 +106,18 @@ impl Runtime for SimRuntime {
                     reason: "simulated: no such image".to_string(),
                 });
             }
-            if let Some(id) = s.running.get(&task.id) {
-                id.clone()
+            if let Some(c) = s.running.get(&task.id) {
+                c.id.clone()
             } else {
                 s.starts += 1;
                 let id = format!("sim-{}", Uuid::new_v4().simple());
-                s.running.insert(task.id, id.clone());
+                let container = SimContainer {
+                    id: id.clone(),
+                    worker: worker.to_string(),
+                    generation: task.generation,
+                    start_time: Utc::now(),
+                };
+                s.running.insert(task.id, container);
                 id
             }
         };
@@ -135,6 +148,24 @@ impl Runtime for SimRuntime {
         let (tx, rx) = mpsc::channel(4096);
         self.lock().exit_senders.push(tx);
         rx
+    }
+
+    /// Running containers only: a simulated container is gone once it exits.
+    async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError> {
+        Ok(self
+            .lock()
+            .running
+            .iter()
+            .filter(|(_, c)| c.worker == worker)
+            .map(|(task_id, c)| Observed {
+                task_id: *task_id,
+                container_id: c.id.clone(),
+                generation: Some(c.generation),
+                running: true,
+                start_time: Some(c.start_time),
+                exit: None,
+            })
+            .collect())
     }
 }
 

@@ -1,0 +1,170 @@
+//! NATS plumbing that the manager, the workers and the CLI share. Nothing here knows about
+//! tasks: it moves bytes reliably.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, kv};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {message}")]
+    Nats { what: String, message: String },
+    #[error("shutting down")]
+    Shutdown,
+}
+
+fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
+    Error::Nats {
+        what: what.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Every current value of a KV bucket, read once: how a process rebuilds its picture.
+pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, Error> {
+    let what = || format!("reading bucket {}", store.name);
+    let info = store.status().await.map_err(|e| nats(what(), e))?;
+    if info.values() == 0 {
+        return Ok(Vec::new());
+    }
+    // The latest value of every key (`watch_all` would deliver only new writes).
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| nats(what(), e))?;
+    let mut out = Vec::new();
+    while let Some(entry) = watch.next().await {
+        let entry = entry.map_err(|e| nats(what(), e))?;
+        if entry.operation == kv::Operation::Put {
+            out.push((entry.key, entry.value));
+        }
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes into JetStream and waits for the server to store it, retrying with backoff
+/// (through disconnections and server restarts) until it is stored or `shutdown` fires. The
+/// same `msg_id` goes with every attempt, so an attempt whose ack was lost is not stored twice.
+pub async fn publish_durably(
+    js: &jetstream::Context,
+    subject: String,
+    payload: bytes::Bytes,
+    msg_id: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(msg_id);
+        let result = match js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => warn!(%subject, error = %e, "publishing to JetStream; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Error::Shutdown),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A durable pull consumer whose messages keep coming across disconnections and server
+/// restarts: a background task (re)binds the consumer and forwards its messages, creating it
+/// again if the server lost it. The channel closes when `shutdown` fires.
+pub async fn durable_messages(
+    stream: jetstream::stream::Stream,
+    config: pull::Config,
+    buffer: usize,
+    shutdown: CancellationToken,
+) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    // The first binding happens here, so a misconfiguration is reported to the caller.
+    let first = bind(&stream, &config).await?;
+    let (tx, rx) = mpsc::channel(buffer.max(1));
+    tokio::spawn(async move {
+        let mut messages = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut current = match messages.take() {
+                Some(m) => m,
+                None => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    match bind(&stream, &config).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(consumer = %name, error = %e, "binding the consumer; retrying");
+                            continue;
+                        }
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = current.next() => next,
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        backoff = Duration::from_millis(100);
+                        let sent = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            sent = tx.send(msg) => sent,
+                        };
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        use pull::MessagesErrorKind as K;
+                        match e.kind() {
+                            // Transient: the stream itself recovers once NATS is back.
+                            K::MissingHeartbeat | K::Pull => {
+                                debug!(consumer = %name, error = %e, "consumer hiccup")
+                            }
+                            _ => {
+                                warn!(consumer = %name, error = %e, "consumer broke; binding again");
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        debug!(consumer = %name, "consumer stream ended; binding again");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn bind(
+    stream: &jetstream::stream::Stream,
+    config: &pull::Config,
+) -> Result<pull::Stream, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let consumer = stream
+        .get_or_create_consumer(&name, config.clone())
+        .await
+        .map_err(|e| nats(format!("consumer {name}"), e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| nats(format!("consumer {name}"), e))
+}
