@@ -283,6 +283,9 @@ impl Manager {
         self.record_event(&event).await?;
         match (task.state, &task.worker) {
             (State::Scheduled | State::Running, Some(worker)) => {
+                // The worker stops exactly the current placement.
+                let mut event = event.clone();
+                event.task.generation = task.generation;
                 self.publish_work(&pending_for(worker), &event).await?;
                 self.journal(
                     JournalEntry::new("stop-requested", format!("asked {worker} to stop it"))

@@ -182,10 +182,12 @@ impl Task {
         self.exposed_ports = exposed;
     }
 
-    /// The Docker container name Cube gives this task. Derived from the id so that a
-    /// redelivered start finds the container it already created instead of making another.
+    /// The Docker container name of this task's current placement. Derived from the id and
+    /// the placement generation, so that a redelivered start finds the container it already
+    /// created instead of making another, while a new placement (a restart, a move to another
+    /// worker on the same engine) gets its own.
     pub fn container_name(&self) -> String {
-        container_name(self.id)
+        container_name(self.id, self.generation)
     }
 
     /// A name for tables: the task's name or, without one, the start of its id.
@@ -198,8 +200,8 @@ impl Task {
     }
 }
 
-pub fn container_name(task_id: Uuid) -> String {
-    format!("cube-{task_id}")
+pub fn container_name(task_id: Uuid, generation: u64) -> String {
+    format!("cube-{task_id}-{generation}")
 }
 
 /// A request to move a task to a state: `running` submits it, `completed` stops it.

@@ -185,7 +185,7 @@ async fn worker_killed_and_restarted(c: &mut ProcCluster) -> Result<()> {
             .build();
         docker
             .client()
-            .kill_container(&format!("cube-{id}"), Some(usr1))
+            .kill_container(&cube_shared::container_name(*id, 1), Some(usr1))
             .await
             .with_context(|| format!("signalling task {id}'s container"))?;
     }
@@ -196,7 +196,7 @@ async fn worker_killed_and_restarted(c: &mut ProcCluster) -> Result<()> {
             || async {
                 let state = docker
                     .client()
-                    .inspect_container(&format!("cube-{id}"), None)
+                    .inspect_container(&cube_shared::container_name(*id, 1), None)
                     .await?
                     .state
                     .unwrap_or_default();

@@ -37,14 +37,14 @@ async fn cli_submit_runs_a_labelled_container_and_stop_removes_it() -> anyhow::R
     assert_eq!(running.container_id.as_deref(), c.id.as_deref());
     assert_eq!(
         c.names.clone().unwrap_or_default(),
-        vec![format!("/cube-{id}")]
+        vec![format!("/{}", cube_shared::container_name(id, 1))]
     );
 
     // The memory limit reached Docker.
     let inspect = cluster
         .docker
         .client()
-        .inspect_container(&format!("cube-{id}"), None)
+        .inspect_container(&cube_shared::container_name(id, 1), None)
         .await?;
     assert_eq!(inspect.host_config.and_then(|h| h.memory), Some(64 << 20));
 
@@ -122,7 +122,7 @@ async fn any_nats_client_can_submit_and_read_the_task_db() -> anyhow::Result<()>
     let inspect = cluster
         .docker
         .client()
-        .inspect_container(&format!("cube-{id}"), None)
+        .inspect_container(&cube_shared::container_name(id, 1), None)
         .await?;
     let env = inspect.config.and_then(|c| c.env).unwrap_or_default();
     assert!(env.contains(&"GREETING=hello".to_string()), "{env:?}");

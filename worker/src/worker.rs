@@ -391,17 +391,24 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Instant::now());
-        let generation = self.lock_running().get(&id).map(|r| r.generation);
+        // The placement to stop: the one named in the request, else the one running here.
+        let running = self.lock_running().get(&id).map(|r| r.generation);
+        let generation = Some(event.task.generation).filter(|g| *g > 0).or(running);
+        let Some(g) = generation else {
+            debug!("nothing of this task runs here");
+            let _ = msg.ack().await;
+            return;
+        };
         let progress = keep_alive(&msg);
-        let result = self.runtime.stop(id, self.cfg.stop_grace).await;
+        let result = self.runtime.stop(id, g, self.cfg.stop_grace).await;
         progress.cancel();
         match result {
             Ok(code) => {
-                info!(exit_code = ?code, "stopped on request");
-                if let Some(g) = generation {
-                    self.lock_finished().insert(id, g);
+                info!(exit_code = ?code, generation = g, "stopped on request");
+                self.lock_finished().insert(id, g);
+                if running == Some(g) {
+                    self.forget(id);
                 }
-                self.forget(id);
                 let mut r = StateReport::new(id, &self.cfg.name, State::Completed);
                 r.generation = generation;
                 r.exit_code = code;
@@ -428,7 +435,8 @@ impl Inner {
                 stopped.retain(|_, at| at.elapsed() < Duration::from_secs(600));
                 stopped.remove(&exit.task_id).is_some()
             };
-            let Some(running) = self.lock_running().get(&exit.task_id).cloned() else {
+            let tracked = self.lock_running().get(&exit.task_id).cloned();
+            let Some(running) = tracked.filter(|r| r.generation == exit.generation) else {
                 // Already handled (a replayed Docker event), or not a container this worker
                 // runs: the start-up reconciliation deals with those.
                 debug!("exit of a container this worker does not track; ignored");
@@ -452,7 +460,7 @@ impl Inner {
         let mut r = exit_report(exit, &self.cfg.name);
         r.generation = Some(generation);
         self.report(r).await;
-        if let Err(e) = self.runtime.remove(task_id).await {
+        if let Err(e) = self.runtime.remove(task_id, generation).await {
             warn!(error = %e, "removing the exited container");
         }
     }
@@ -486,7 +494,7 @@ impl Inner {
             let span = info_span!("reconcile", task.id = %o.task_id, worker = %name);
             let current = owned
                 .remove(&o.task_id)
-                .filter(|t| o.generation.is_none_or(|g| g == t.generation));
+                .filter(|t| o.generation == t.generation);
             match (current, o.exit) {
                 (Some(task), None) => {
                     adopted += 1;
@@ -521,7 +529,11 @@ impl Inner {
                 (None, _) => {
                     removed += 1;
                     span.in_scope(|| info!("removing a container this worker no longer owns"));
-                    if let Err(e) = self.runtime.stop(o.task_id, self.cfg.stop_grace).await {
+                    if let Err(e) = self
+                        .runtime
+                        .stop(o.task_id, o.generation, self.cfg.stop_grace)
+                        .await
+                    {
                         span.in_scope(|| warn!(error = %e, "removing a stale container"));
                     }
                 }

@@ -150,8 +150,13 @@ impl DockerRuntime {
                 .filter(|t| t.timestamp() > 0)
         };
         let running = state.running == Some(true);
+        let generation = labels
+            .get(LABEL_GENERATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
         let exit = (!running).then(|| Exit {
             task_id,
+            generation,
             exit_code: state.exit_code.unwrap_or(-1),
             error: exit_error(&state),
             finish_time: time(state.finished_at.as_deref()).unwrap_or_else(Utc::now),
@@ -159,7 +164,7 @@ impl DockerRuntime {
         Ok(Some(Observed {
             task_id,
             container_id: c.id.unwrap_or_default(),
-            generation: labels.get(LABEL_GENERATION).and_then(|g| g.parse().ok()),
+            generation,
             running,
             start_time: time(state.started_at.as_deref()),
             exit,
@@ -265,8 +270,13 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    async fn stop(&self, task_id: Uuid, grace: Duration) -> Result<Option<i64>, RuntimeError> {
-        let name = container_name(task_id);
+    async fn stop(
+        &self,
+        task_id: Uuid,
+        generation: u64,
+        grace: Duration,
+    ) -> Result<Option<i64>, RuntimeError> {
+        let name = container_name(task_id, generation);
         let options = StopContainerOptionsBuilder::default()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
@@ -284,8 +294,9 @@ impl Runtime for DockerRuntime {
         Ok(code.or(Some(0)))
     }
 
-    async fn remove(&self, task_id: Uuid) -> Result<(), RuntimeError> {
-        self.force_remove(&container_name(task_id)).await
+    async fn remove(&self, task_id: Uuid, generation: u64) -> Result<(), RuntimeError> {
+        self.force_remove(&container_name(task_id, generation))
+            .await
     }
 
     fn exits(&self, worker: &str) -> mpsc::Receiver<Exit> {
@@ -326,6 +337,10 @@ impl Runtime for DockerRuntime {
                     else {
                         continue;
                     };
+                    let generation = attrs
+                        .get(LABEL_GENERATION)
+                        .and_then(|g| g.parse().ok())
+                        .unwrap_or(0);
                     let exit_code = attrs
                         .get("exitCode")
                         .and_then(|c| c.parse().ok())
@@ -336,6 +351,7 @@ impl Runtime for DockerRuntime {
                     };
                     let exit = Exit {
                         task_id,
+                        generation,
                         exit_code,
                         error,
                         finish_time: event

@@ -26,6 +26,8 @@ pub struct Started {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exit {
     pub task_id: Uuid,
+    /// The placement the container was started for.
+    pub generation: u64,
     pub exit_code: i64,
     /// What the runtime knows beyond the code: "out of memory", Docker's own error.
     pub error: Option<String>,
@@ -39,7 +41,7 @@ pub struct Observed {
     pub task_id: Uuid,
     pub container_id: String,
     /// The placement generation the container was started for (its label).
-    pub generation: Option<u64>,
+    pub generation: u64,
     pub running: bool,
     pub start_time: Option<DateTime<Utc>>,
     /// How it ended, for a container that is not running.
@@ -65,12 +67,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// Idempotent: if the container already runs, it is adopted, not started twice.
     async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError>;
 
-    /// Stops the task's container (signal, then kill after `grace`) and removes it. Returns
-    /// its exit code, or `None` if there was no container.
-    async fn stop(&self, task_id: Uuid, grace: Duration) -> Result<Option<i64>, RuntimeError>;
+    /// Stops the container of the task's placement `generation` (signal, then kill after
+    /// `grace`) and removes it. Returns its exit code, or `None` if there was no container.
+    async fn stop(
+        &self,
+        task_id: Uuid,
+        generation: u64,
+        grace: Duration,
+    ) -> Result<Option<i64>, RuntimeError>;
 
-    /// Removes the container of a task that has ended.
-    async fn remove(&self, task_id: Uuid) -> Result<(), RuntimeError>;
+    /// Removes the container of a placement that has ended.
+    async fn remove(&self, task_id: Uuid, generation: u64) -> Result<(), RuntimeError>;
 
     /// Exits of this worker's containers, as they happen, for as long as the receiver lives.
     fn exits(&self, worker: &str) -> mpsc::Receiver<Exit>;

@@ -24,13 +24,13 @@ pub struct SimConfig {
 struct SimContainer {
     id: String,
     worker: String,
-    generation: u64,
     start_time: chrono::DateTime<Utc>,
 }
 
 #[derive(Default)]
 struct SimState {
-    running: HashMap<Uuid, SimContainer>,
+    /// Keyed by (task id, placement generation), like Docker's container names.
+    running: HashMap<(Uuid, u64), SimContainer>,
     starts: u64,
     /// Images that "cannot be pulled".
     missing_images: Vec<String>,
@@ -62,13 +62,16 @@ impl SimRuntime {
     pub fn exit(&self, task_id: Uuid, code: i64) {
         let senders = {
             let mut s = self.lock();
-            if s.running.remove(&task_id).is_none() {
+            let Some(key) = s.running.keys().find(|(id, _)| *id == task_id).copied() else {
                 return;
-            }
-            s.exit_senders.clone()
+            };
+            s.running.remove(&key);
+            (key.1, s.exit_senders.clone())
         };
+        let (generation, senders) = senders;
         let exit = Exit {
             task_id,
+            generation,
             exit_code: code,
             error: None,
             finish_time: Utc::now(),
@@ -79,7 +82,7 @@ impl SimRuntime {
     }
 
     pub fn running(&self) -> Vec<Uuid> {
-        self.lock().running.keys().copied().collect()
+        self.lock().running.keys().map(|(id, _)| *id).collect()
     }
 
     /// How many containers were really created (adoptions do not count).
@@ -106,7 +109,7 @@ impl Runtime for SimRuntime {
                     reason: "simulated: no such image".to_string(),
                 });
             }
-            if let Some(c) = s.running.get(&task.id) {
+            if let Some(c) = s.running.get(&(task.id, task.generation)) {
                 c.id.clone()
             } else {
                 s.starts += 1;
@@ -114,10 +117,9 @@ impl Runtime for SimRuntime {
                 let container = SimContainer {
                     id: id.clone(),
                     worker: worker.to_string(),
-                    generation: task.generation,
                     start_time: Utc::now(),
                 };
-                s.running.insert(task.id, container);
+                s.running.insert((task.id, task.generation), container);
                 id
             }
         };
@@ -135,12 +137,21 @@ impl Runtime for SimRuntime {
         })
     }
 
-    async fn stop(&self, task_id: Uuid, _grace: Duration) -> Result<Option<i64>, RuntimeError> {
-        Ok(self.lock().running.remove(&task_id).map(|_| 0))
+    async fn stop(
+        &self,
+        task_id: Uuid,
+        generation: u64,
+        _grace: Duration,
+    ) -> Result<Option<i64>, RuntimeError> {
+        Ok(self
+            .lock()
+            .running
+            .remove(&(task_id, generation))
+            .map(|_| 0))
     }
 
-    async fn remove(&self, task_id: Uuid) -> Result<(), RuntimeError> {
-        self.lock().running.remove(&task_id);
+    async fn remove(&self, task_id: Uuid, generation: u64) -> Result<(), RuntimeError> {
+        self.lock().running.remove(&(task_id, generation));
         Ok(())
     }
 
@@ -157,10 +168,10 @@ impl Runtime for SimRuntime {
             .running
             .iter()
             .filter(|(_, c)| c.worker == worker)
-            .map(|(task_id, c)| Observed {
+            .map(|((task_id, generation), c)| Observed {
                 task_id: *task_id,
                 container_id: c.id.clone(),
-                generation: Some(c.generation),
+                generation: *generation,
                 running: true,
                 start_time: Some(c.start_time),
                 exit: None,
