@@ -54,9 +54,25 @@ pub struct SubmitArgs {
     /// no, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
-    /// HTTP path probed on the first exposed port.
+    /// How many restarts before the task stays failed (default 3 for on-failure, no limit
+    /// for always).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// `/path` (HTTP GET on the first exposed port) or a command run in the container.
     #[arg(long)]
     pub health_check: Option<String>,
+    /// How often the health check runs [default: 5s].
+    #[arg(long, value_parser = duration)]
+    pub health_interval: Option<Duration>,
+    /// How long one check may take [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub health_timeout: Option<Duration>,
+    /// Failed checks in a row that make the task unhealthy [default: 3].
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// How long a new task has to pass its first check [default: 30s].
+    #[arg(long, value_parser = duration)]
+    pub health_grace: Option<Duration>,
     /// Wait until the task runs (or fails) and say which.
     #[arg(long)]
     pub wait: bool,
@@ -97,6 +113,17 @@ pub struct NodesArgs {
     pub nats: NatsArgs,
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<NodesAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NodesAction {
+    /// No new work for the node; its tasks move elsewhere (each new copy starts before the
+    /// old one stops).
+    Drain { name: String },
+    /// The node takes work again.
+    Undrain { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +193,11 @@ fn build_task(args: &SubmitArgs) -> Result<Task> {
     if let Some(check) = &args.health_check {
         task.health_check = Some(check.clone());
     }
+    task.max_restarts = args.max_restarts.or(task.max_restarts);
+    task.health_interval = args.health_interval.or(task.health_interval);
+    task.health_timeout = args.health_timeout.or(task.health_timeout);
+    task.health_retries = args.health_retries.or(task.health_retries);
+    task.health_grace = args.health_grace.or(task.health_grace);
     if !args.cmd.is_empty() {
         task.cmd = args.cmd.clone();
     }
@@ -364,7 +396,21 @@ fn print_task(t: &Task) {
                 .join(", "),
         ),
         ("Restart policy", t.restart_policy.to_string()),
-        ("Restarts", t.restart_count.to_string()),
+        (
+            "Restarts",
+            match t.restart_limit() {
+                Some(limit) if t.restart_policy != RestartPolicy::No => {
+                    format!("{} of {limit}", t.restart_count)
+                }
+                _ => t.restart_count.to_string(),
+            },
+        ),
+        ("Next attempt", time(t.next_attempt_at)),
+        ("Health check", or_dash(t.health_check.as_deref())),
+        (
+            "Health",
+            t.health.map_or("-".to_string(), |h| h.to_string()),
+        ),
         ("Container", or_dash(t.container_id.as_deref())),
         ("Submitted", time(t.submitted_at)),
         ("Started", time(t.start_time)),
@@ -391,6 +437,19 @@ fn print_task(t: &Task) {
 
 pub async fn nodes(args: NodesArgs) -> Result<()> {
     let client = connect(&args.nats, "cube-cli").await?;
+    if let Some(action) = &args.action {
+        let (name, drain) = match action {
+            NodesAction::Drain { name } => (name, true),
+            NodesAction::Undrain { name } => (name, false),
+        };
+        let body = cube_shared::DrainRequest {
+            name: name.clone(),
+            drain,
+        };
+        let node: Node = request(&client, API_NODES_DRAIN, &body).await?;
+        println!("{} is {}", node.name, node.state);
+        return Ok(());
+    }
     let nodes: Vec<Node> = request(&client, API_NODES_LIST, &()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&nodes)?);

@@ -20,14 +20,19 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_SCHEDULER", default_value = "round-robin")]
     pub scheduler: String,
     /// A worker silent for longer than this gets no new work.
-    #[arg(long, env = "CUBE_NODE_TTL", default_value = "15s", value_parser = duration)]
+    #[arg(long, env = "CUBE_NODE_TTL", default_value = "10s", value_parser = duration)]
     pub node_ttl: Duration,
+    /// After TTL + grace without a heartbeat a worker is down: its tasks are lost and placed
+    /// elsewhere per their restart policy.
+    #[arg(long, env = "CUBE_NODE_GRACE", default_value = "5s", value_parser = duration)]
+    pub node_grace: Duration,
 }
 
 impl ManagerArgs {
     pub fn config(&self) -> cube_manager::Config {
         cube_manager::Config {
             node_ttl: self.node_ttl,
+            node_grace: self.node_grace,
             scheduler: self.scheduler.clone(),
             ..Default::default()
         }
@@ -70,6 +75,10 @@ pub struct WorkerArgs {
     pub stop_grace: Duration,
     #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = duration)]
     pub heartbeat_interval: Duration,
+    /// On SIGTERM, stop this worker's containers too (their restart policies then place
+    /// them elsewhere). By default they keep running, for the next worker of this name.
+    #[arg(long, env = "CUBE_STOP_TASKS_ON_EXIT")]
+    pub stop_tasks_on_exit: bool,
 }
 
 fn label(s: &str) -> Result<(String, String), String> {
@@ -88,6 +97,7 @@ impl WorkerArgs {
         cfg.memory = self.memory;
         cfg.stop_grace = self.stop_grace;
         cfg.heartbeat_interval = self.heartbeat_interval;
+        cfg.stop_tasks_on_exit = self.stop_tasks_on_exit;
         cfg
     }
 

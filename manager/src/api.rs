@@ -1,9 +1,9 @@
 //! `cube.api.*`: queries answered at once from the manager's picture of the cluster.
 
 use chrono::Utc;
-use cube_shared::subjects::{API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
+use cube_shared::subjects::{API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{ApiReply, Task, TaskQuery};
+use cube_shared::{ApiReply, DrainRequest, Task, TaskQuery};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -46,6 +46,15 @@ impl Manager {
             API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(self
                 .cluster
                 .node_list(Utc::now(), self.cfg.node_ttl))),
+            API_NODES_DRAIN => {
+                let request = wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES)
+                    .map_err(|e| e.to_string());
+                let result = match request {
+                    Ok(r) => self.set_drain(&r.name, r.drain).await,
+                    Err(e) => Err(e),
+                };
+                respond(result)
+            }
             other => {
                 debug!(subject = other, "unknown API call");
                 respond::<()>(Err(format!("unknown API call {other}")))

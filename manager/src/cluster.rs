@@ -1,7 +1,7 @@
 //! The manager's picture of the cluster: every task, every node, and what is reserved where.
 //! Owned by the manager's single loop; rebuilt from JetStream on start.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -42,6 +42,8 @@ pub struct Cluster {
     /// Tasks waiting for a node, oldest first. May hold ids that have since moved on; they
     /// are dropped when met.
     pending: VecDeque<Uuid>,
+    /// Failed tasks whose restart policy will start them again.
+    restarting: HashSet<Uuid>,
 }
 
 impl Cluster {
@@ -75,6 +77,11 @@ impl Cluster {
                 .is_none_or(|old| old.state != cube_shared::State::Pending);
         if newly_pending {
             self.pending.push_back(task.id);
+        }
+        if task.state == cube_shared::State::Failed && task.next_attempt_at.is_some() {
+            self.restarting.insert(task.id);
+        } else {
+            self.restarting.remove(&task.id);
         }
         self.tasks.insert(task.id, task);
     }
@@ -112,6 +119,36 @@ impl Cluster {
                 matches.len()
             )),
         }
+    }
+
+    /// Failed tasks whose restart is due at `now`.
+    pub fn restarts_due(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        self.restarting
+            .iter()
+            .filter(|id| {
+                self.tasks
+                    .get(id)
+                    .and_then(|t| t.next_attempt_at)
+                    .is_some_and(|at| at <= now)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Tasks placed on `worker` that are scheduled or running there.
+    pub fn active_on(&self, worker: &str) -> Vec<Uuid> {
+        if self.reserved.get(worker).is_none_or(|r| r.tasks == 0) {
+            return Vec::new();
+        }
+        self.tasks
+            .values()
+            .filter(|t| t.state.is_active() && t.worker.as_deref() == Some(worker))
+            .map(|t| t.id)
+            .collect()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod lifecycle;
 mod manager;
 pub mod scheduler;
 pub mod topology;
@@ -18,6 +19,9 @@ pub use manager::run;
 pub struct Config {
     /// A worker whose last heartbeat is older than this is not given new work.
     pub node_ttl: Duration,
+    /// After TTL + this grace without a heartbeat, a worker is `down` and its tasks are lost
+    /// (and placed elsewhere per their restart policy).
+    pub node_grace: Duration,
     /// How often the manager looks again at tasks that could not be placed.
     pub reconcile_interval: Duration,
     /// The placement algorithm: `round-robin`.
@@ -27,7 +31,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            node_ttl: Duration::from_secs(15),
+            node_ttl: Duration::from_secs(10),
+            node_grace: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(1),
             scheduler: "round-robin".to_string(),
         }

@@ -1,13 +1,14 @@
 //! The manager's loop: one task owns the cluster state and handles, in turn, submissions and
 //! stops, workers' state reports, heartbeats, queries and a periodic reconciliation.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use chrono::Utc;
 use cube_shared::subjects::{self, *};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{JournalEntry, Node, Rejection, State, StateReport, Task, TaskEvent};
+use cube_shared::{JournalEntry, Node, NodeState, Rejection, State, StateReport, Task, TaskEvent};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,13 @@ pub(crate) struct Manager {
     pub(crate) client: async_nats::Client,
     pub(crate) topo: Topology,
     pub(crate) cluster: Cluster,
-    scheduler: Box<dyn Scheduler>,
+    pub(crate) scheduler: Box<dyn Scheduler>,
+    /// When this manager started: node liveness is judged only after a TTL of listening.
+    pub(crate) started: std::time::Instant,
+    /// Stale copies recently asked to stop: (task, generation) → when.
+    pub(crate) fenced: HashMap<(Uuid, u64), std::time::Instant>,
+    /// Nodes an operator drained (kept in the `cube-admin` bucket).
+    pub(crate) drained: HashSet<String>,
     /// Placements recorded before a restart are sent again once the state reports that
     /// queued up meanwhile are applied: a task that ran and ended while the manager was down
     /// must not be started again.
@@ -46,6 +53,9 @@ pub async fn run(
         cluster: Cluster::default(),
         scheduler,
         resend_due: false,
+        started: std::time::Instant::now(),
+        fenced: HashMap::new(),
+        drained: HashSet::new(),
     };
     manager.restore().await?;
 
@@ -97,6 +107,12 @@ pub async fn run(
             _ = tick.tick() => {
                 if manager.resend_due {
                     manager.resend_if_caught_up().await;
+                }
+                let now = Utc::now();
+                manager.check_liveness(now).await;
+                manager.restart_due(now).await;
+                if !manager.drained.is_empty() {
+                    manager.migrate_drained().await;
                 }
                 manager.place_pending().await;
             }
@@ -167,9 +183,17 @@ impl Manager {
                 Err(e) => warn!(key, error = %e, "skipping unreadable task record"),
             }
         }
+        for (key, _) in topology::load_all(&self.topo.admin).await? {
+            if let Some(name) = key.strip_prefix("drain.") {
+                self.drained.insert(name.to_string());
+            }
+        }
         for (key, value) in topology::load_all(&self.topo.nodes).await? {
             match wire::decode::<Node>(&value, MAX_MESSAGE_BYTES) {
-                Ok(node) => {
+                Ok(mut node) => {
+                    if self.drained.contains(&node.name) {
+                        node.state = cube_shared::NodeState::Draining;
+                    }
                     self.cluster.put_node(node, self.cfg.node_ttl);
                 }
                 Err(e) => warn!(key, error = %e, "skipping unreadable node record"),
@@ -281,6 +305,12 @@ impl Manager {
             return Ok(());
         };
         self.record_event(&event).await?;
+        if !task.stop_requested {
+            let mut t = task.clone();
+            t.stop_requested = true;
+            t.next_attempt_at = None;
+            self.save(t).await?;
+        }
         match (task.state, &task.worker) {
             (State::Scheduled | State::Running, Some(worker)) => {
                 // The worker stops exactly the current placement.
@@ -296,7 +326,7 @@ impl Manager {
                 .await;
             }
             (State::Pending, _) => {
-                let mut task = task;
+                let mut task = self.cluster.task(&task.id).cloned().unwrap_or(task);
                 task.state = State::Completed;
                 task.finish_time = Some(Utc::now());
                 task.error = None;
@@ -341,14 +371,8 @@ impl Manager {
         };
         match choice {
             Ok(worker) => {
-                task.state = State::Scheduled;
-                task.worker = Some(worker.clone());
                 task.error = None;
-                task.generation += 1;
-                // Recorded before it is published: if the manager dies in between, restore()
-                // publishes it again under the same event id.
-                self.save(task.clone()).await?;
-                self.dispatch_placement(&task).await?;
+                self.assign(task, worker.clone()).await?;
                 self.journal(
                     JournalEntry::new(
                         "scheduled",
@@ -384,7 +408,7 @@ impl Manager {
         }
     }
 
-    async fn dispatch_placement(&self, task: &Task) -> Result<(), Error> {
+    pub(crate) async fn dispatch_placement(&self, task: &Task) -> Result<(), Error> {
         let Some(worker) = &task.worker else {
             return Ok(());
         };
@@ -394,7 +418,7 @@ impl Manager {
 
     /// Publishes a TaskEvent into the work queue with `Nats-Msg-Id` = the event id, and waits
     /// until JetStream has it.
-    async fn publish_work(&self, subject: &str, event: &TaskEvent) -> Result<(), Error> {
+    pub(crate) async fn publish_work(&self, subject: &str, event: &TaskEvent) -> Result<(), Error> {
         let publish = jetstream::message::PublishMessage::build()
             .payload(encode(event))
             .message_id(event.id.to_string());
@@ -458,12 +482,32 @@ impl Manager {
             warn!(state = %report.state, "workers report running, completed or failed only");
             return Ok(());
         }
+        let mut report = report;
+        if report.state == State::Completed
+            && task.restart_policy == cube_shared::RestartPolicy::Always
+            && !task.stop_requested
+        {
+            // A task that should always run has failed to keep running, whatever its code.
+            report.state = State::Failed;
+            report.error = report.error.or(Some(format!(
+                "exited with code {} (restart policy always)",
+                report.exit_code.unwrap_or(0)
+            )));
+        }
+        if report.state == State::Failed && task.previous.is_some() {
+            return self.move_failed(task, report).await;
+        }
         if report.state != task.state && !task.state.can_transition_to(report.state) {
             debug!(from = %task.state, to = %report.state, "stale report ignored");
             return Ok(());
         }
         let before = task.clone();
         task.state = report.state;
+        if report.state == State::Running {
+            if let Some(h) = report.health {
+                task.health = Some(h);
+            }
+        }
         task.container_id = report.container_id.or(task.container_id);
         task.start_time = report.start_time.or(task.start_time);
         task.finish_time = report.finish_time.or(task.finish_time);
@@ -474,12 +518,36 @@ impl Manager {
         if task == before {
             return Ok(());
         }
+        if task.state == State::Running && task.health != before.health {
+            if let Some(h) = task.health {
+                self.journal(
+                    JournalEntry::new(h.as_str(), format!("health check on {}", report.worker))
+                        .task(task.id)
+                        .worker(&report.worker),
+                )
+                .await;
+            }
+        }
+        if task.state == State::Running && before.state != State::Running && task.previous.is_some()
+        {
+            self.replacement_running(&mut task).await?;
+        }
+        if !task.state.is_active() && before.state.is_active() {
+            self.plan_restart(&mut task, Utc::now(), false);
+        }
         if before.state != task.state {
-            let message = match (&task.exit_code, &task.error) {
+            let mut message = match (&task.exit_code, &task.error) {
                 (_, Some(err)) => err.clone(),
                 (Some(code), None) if task.state != State::Running => format!("exit code {code}"),
                 _ => format!("on {}", report.worker),
             };
+            if let Some(at) = task.next_attempt_at {
+                let wait = (at - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
+                message.push_str(&format!(
+                    "; restart {} in {wait:.1}s",
+                    task.restart_count + 1
+                ));
+            }
             self.journal(
                 JournalEntry::new(task.state.as_str(), message)
                     .task(task.id)
@@ -513,24 +581,66 @@ impl Manager {
         }
         // Liveness is judged by the manager's clock, never the worker's.
         node.last_heartbeat = Utc::now();
-        if let Some(old) = self.cluster.node(&node.name) {
-            node.state = old.state;
-        }
-        if node.state == cube_shared::NodeState::Down {
-            node.state = cube_shared::NodeState::Ready;
-        }
         let name = node.name.clone();
-        if self.cluster.put_node(node, self.cfg.node_ttl) {
+        let was = self.cluster.node(&name).map(|n| n.state);
+        node.state = if node.leaving {
+            NodeState::Down
+        } else if self.drained.contains(&name) {
+            NodeState::Draining
+        } else {
+            NodeState::Ready
+        };
+        let fresh = self.cluster.put_node(node.clone(), self.cfg.node_ttl);
+        if node.leaving && was != Some(NodeState::Down) {
             self.journal(
-                JournalEntry::new("node-joined", format!("{name} is ready")).worker(&name),
+                JournalEntry::new(
+                    "node-left",
+                    format!("{name} is shutting down: no new work for it"),
+                )
+                .worker(&name),
             )
             .await;
+        } else if !node.leaving && (fresh || was == Some(NodeState::Down)) {
+            let message = if was.is_some() {
+                format!("{name} is back")
+            } else {
+                format!("{name} is ready")
+            };
+            self.journal(JournalEntry::new("node-joined", message).worker(&name))
+                .await;
             self.place_pending().await;
+        }
+        if !node.running.is_empty() {
+            self.fence(&node).await;
         }
     }
 
+    /// The new placement of a moving task failed: the task stays where it was.
+    async fn move_failed(&mut self, mut task: Task, report: StateReport) -> Result<(), Error> {
+        let Some(old) = task.previous.take() else {
+            return Ok(());
+        };
+        let reason = report.error.unwrap_or_else(|| "it failed".to_string());
+        self.journal(
+            JournalEntry::new(
+                "move-failed",
+                format!(
+                    "the copy on {} failed ({reason}); staying on {}",
+                    report.worker, old.worker
+                ),
+            )
+            .task(task.id)
+            .worker(&report.worker),
+        )
+        .await;
+        task.worker = Some(old.worker);
+        task.generation = old.generation;
+        task.state = State::Running;
+        self.save(task).await
+    }
+
     /// Writes a task to the Task DB, then to the in-memory picture.
-    async fn save(&mut self, task: Task) -> Result<(), Error> {
+    pub(crate) async fn save(&mut self, task: Task) -> Result<(), Error> {
         self.topo
             .tasks
             .put(task.id.to_string(), encode(&task))

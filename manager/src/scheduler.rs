@@ -169,6 +169,8 @@ mod tests {
             last_heartbeat: Utc::now(),
             version: String::new(),
             state: NodeState::Ready,
+            running: Vec::new(),
+            leaving: false,
         }
     }
 

@@ -16,6 +16,7 @@ pub struct Topology {
     pub tasks: kv::Store,
     pub events: kv::Store,
     pub nodes: kv::Store,
+    pub admin: kv::Store,
 }
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
@@ -87,11 +88,19 @@ pub async fn ensure(js: jetstream::Context) -> Result<Topology, Error> {
         .create_or_update_key_value(bucket(NODE_DB, "Cube's nodes: worker name → Node"))
         .await
         .map_err(|e| Error::Setup(format!("bucket {NODE_DB}: {e}")))?;
+    let admin = js
+        .create_or_update_key_value(bucket(
+            ADMIN_DB,
+            "Cube's operator decisions: drain.<worker>",
+        ))
+        .await
+        .map_err(|e| Error::Setup(format!("bucket {ADMIN_DB}: {e}")))?;
     Ok(Topology {
         js,
         tasks,
         events,
         nodes,
+        admin,
     })
 }
 

@@ -63,4 +63,18 @@ pub struct Node {
     pub version: String,
     #[serde(default)]
     pub state: NodeState,
+    /// The placements the worker runs, as it reports them: the manager stops any that are no
+    /// longer current (a worker that comes back after being declared down).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<RunningTask>,
+    /// The worker's last heartbeat before it shuts down: no new work for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+}
+
+/// One placement a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunningTask {
+    pub id: uuid::Uuid,
+    pub generation: u64,
 }

@@ -19,6 +19,9 @@ pub struct StateReport {
     /// is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// For a `running` report from a task with a health check: what the check found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::Health>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +42,7 @@ impl StateReport {
             state,
             timestamp: Utc::now(),
             generation: None,
+            health: None,
             container_id: None,
             start_time: None,
             finish_time: None,
@@ -119,6 +123,15 @@ impl<T> ApiReply<T> {
             ApiReply::Error(e) => Err(e),
         }
     }
+}
+
+/// Request body of `cube.api.nodes.drain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub name: String,
+    /// `true` drains, `false` undrains.
+    pub drain: bool,
 }
 
 /// Request body of `cube.api.tasks.get`.

@@ -19,6 +19,8 @@ pub const JOURNAL_ALL: &str = "cube.journal.>";
 pub const API_TASKS_LIST: &str = "cube.api.tasks.list";
 pub const API_TASKS_GET: &str = "cube.api.tasks.get";
 pub const API_NODES_LIST: &str = "cube.api.nodes.list";
+/// Body: [`DrainRequest`](crate::report::DrainRequest).
+pub const API_NODES_DRAIN: &str = "cube.api.nodes.drain";
 
 pub const EVENTS_STREAM: &str = "CUBE_EVENTS";
 pub const WORK_STREAM: &str = "CUBE_WORK";
@@ -31,6 +33,8 @@ pub const TASK_DB: &str = "cube-tasks";
 pub const EVENT_DB: &str = "cube-events";
 /// KV bucket: worker name → Node (the node list).
 pub const NODE_DB: &str = "cube-nodes";
+/// KV bucket: operators' decisions that outlive the manager (`drain.<worker>`).
+pub const ADMIN_DB: &str = "cube-admin";
 
 /// The manager's durable consumers.
 pub const MANAGER_EVENTS_CONSUMER: &str = "manager-events";

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,39 @@ impl std::str::FromStr for RestartPolicy {
     }
 }
 
+/// What a task's health check last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Started, not yet passed a check (within its grace period).
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One placement of a task: which worker, which generation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    pub worker: String,
+    pub generation: u64,
+}
+
 /// The smallest unit of work: one container. The first group of fields is the specification
 /// a client sends; the second is what Cube records about the task's life. A client may send
 /// the second group, but the manager resets it on submission.
@@ -80,9 +114,39 @@ pub struct Task {
     pub port_bindings: BTreeMap<String, String>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
-    /// An HTTP path probed on the first exposed port.
+    /// How many times Cube restarts the task after it ends (per its policy) before it leaves
+    /// it `failed`. Default: 3 for `on-failure`, unlimited for `always`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+    /// `/path`: an HTTP GET on the first exposed port must answer 2xx or 3xx. Anything else: a
+    /// command run in the container with `sh -c`, which must exit 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<String>,
+    /// How often the check runs (default 5s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::units::opt_duration"
+    )]
+    pub health_interval: Option<Duration>,
+    /// How long one check may take (default 2s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::units::opt_duration"
+    )]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive failures that make the task unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_retries: Option<u32>,
+    /// How long a started task has to pass its first check before it counts as failed
+    /// (default 30s). Failures before the first success only count after it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::units::opt_duration"
+    )]
+    pub health_grace: Option<Duration>,
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
@@ -94,6 +158,18 @@ pub struct Task {
     pub finish_time: Option<DateTime<Utc>>,
     #[serde(default)]
     pub restart_count: u32,
+    /// When the manager will start the task again (restart policy, with backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The outcome of the health check, for a task that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// While a task moves (drain): the placement it moves from, stopped once the new one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Placement>,
+    /// Someone asked for the task to stop: it is never restarted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_requested: bool,
     /// How many times the manager has placed this task. Each placement is a new assignment;
     /// the TaskEvent that carries it has an id derived from the task id and this number.
     #[serde(default)]
@@ -128,12 +204,21 @@ impl Task {
             exposed_ports: Vec::new(),
             port_bindings: BTreeMap::new(),
             restart_policy: RestartPolicy::No,
+            max_restarts: None,
             health_check: None,
+            health_interval: None,
+            health_timeout: None,
+            health_retries: None,
+            health_grace: None,
             container_id: None,
             worker: None,
             start_time: None,
             finish_time: None,
             restart_count: 0,
+            next_attempt_at: None,
+            health: None,
+            previous: None,
+            stop_requested: false,
             generation: 0,
             exit_code: None,
             error: None,
@@ -149,6 +234,10 @@ impl Task {
         self.start_time = None;
         self.finish_time = None;
         self.restart_count = 0;
+        self.next_attempt_at = None;
+        self.health = None;
+        self.previous = None;
+        self.stop_requested = false;
         self.generation = 0;
         self.exit_code = None;
         self.error = None;
@@ -191,6 +280,29 @@ impl Task {
     }
 
     /// A name for tables: the task's name or, without one, the start of its id.
+    /// How many restarts the policy allows in all (`None`: no limit).
+    pub fn restart_limit(&self) -> Option<u32> {
+        match self.restart_policy {
+            RestartPolicy::No => Some(0),
+            RestartPolicy::OnFailure => Some(self.max_restarts.unwrap_or(3)),
+            RestartPolicy::Always => self.max_restarts,
+        }
+    }
+
+    /// Whether the policy asks for a restart after the container ended with `state`.
+    pub fn wants_restart(&self, ended: State) -> bool {
+        let policy_says = match self.restart_policy {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure => ended == State::Failed,
+            RestartPolicy::Always => true,
+        };
+        policy_says
+            && !self.stop_requested
+            && self
+                .restart_limit()
+                .is_none_or(|limit| self.restart_count < limit)
+    }
+
     pub fn display_name(&self) -> String {
         if self.name.is_empty() {
             self.id.to_string()[..8].to_string()

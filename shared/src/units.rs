@@ -96,3 +96,46 @@ mod tests {
         assert_eq!(format_bytes(256 << 20), "256.0Mi");
     }
 }
+
+/// Writes a duration the way [`parse_duration`] reads it: `500ms`, `10s`, `2m`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if !ms.is_multiple_of(60_000) || ms == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}m", ms / 60_000)
+    }
+}
+
+/// Serde for optional durations on the wire: `"5s"`, `"500ms"`, or a number of seconds.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(f64),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Text(t)) => super::parse_duration(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Some(Raw::Seconds(n)) => Duration::try_from_secs_f64(n).map(Some).map_err(|_| {
+                serde::de::Error::custom("a duration must be a non-negative number of seconds")
+            }),
+        }
+    }
+}

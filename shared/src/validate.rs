@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use std::time::Duration;
+
 use crate::{State, Task, TaskEvent};
 
 pub const MAX_NAME_LEN: usize = 128;
@@ -142,12 +144,41 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
             p.0.push(format!("task.port_bindings[{}]: {e}", excerpt(container)));
         }
     }
-    if let Some(path) = &task.health_check {
-        p.check(path.starts_with('/') && path.len() <= 1024, || {
-            "task.health_check must be an HTTP path starting with `/`".to_string()
+    if let Some(check) = &task.health_check {
+        p.check(!check.trim().is_empty() && check.len() <= MAX_ARG_LEN && !check.contains('\0'), || {
+            format!("task.health_check must be an HTTP path (`/health`) or a command, under {MAX_ARG_LEN} bytes")
         });
-        p.check(!task.exposed_ports.is_empty(), || {
-            "task.health_check needs an exposed port to probe".to_string()
+        if check.starts_with('/') {
+            p.check(!check.contains(char::is_whitespace), || {
+                "task.health_check: an HTTP path has no spaces".to_string()
+            });
+            p.check(
+                !task.exposed_ports.is_empty() || !task.port_bindings.is_empty(),
+                || "task.health_check: an HTTP check needs an exposed port to probe".to_string(),
+            );
+        }
+    }
+    let durations = [
+        ("health_interval", task.health_interval),
+        ("health_timeout", task.health_timeout),
+        ("health_grace", task.health_grace),
+    ];
+    for (field, d) in durations {
+        if let Some(d) = d {
+            p.check(
+                d >= Duration::from_millis(100) && d <= Duration::from_secs(3600),
+                || format!("task.{field} must be between 100ms and 1h"),
+            );
+        }
+    }
+    if let Some(n) = task.health_retries {
+        p.check((1..=100).contains(&n), || {
+            "task.health_retries must be from 1 to 100".to_string()
+        });
+    }
+    if let Some(n) = task.max_restarts {
+        p.check(n <= 10_000, || {
+            "task.max_restarts must be at most 10000".to_string()
         });
     }
     p.into_result()

@@ -27,6 +27,9 @@ pub struct Config {
     pub memory: Option<u64>,
     /// How many runtime operations run at once.
     pub concurrency: usize,
+    /// On shutdown, stop the containers too (default: leave them for the next worker of
+    /// this name to adopt).
+    pub stop_tasks_on_exit: bool,
 }
 
 impl Config {
@@ -39,6 +42,7 @@ impl Config {
             cpu: None,
             memory: None,
             concurrency: 16,
+            stop_tasks_on_exit: false,
         }
     }
 }

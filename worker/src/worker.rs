@@ -9,7 +9,7 @@ use chrono::Utc;
 use cube_shared::subjects::*;
 use cube_shared::validate::validate_worker_name;
 use cube_shared::wire::{self, encode};
-use cube_shared::{Node, NodeState, State, StateReport, Task, TaskEvent};
+use cube_shared::{Health, Node, NodeState, RunningTask, State, StateReport, Task, TaskEvent};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +36,8 @@ const FINISHED_MEMORY: usize = 100_000;
 struct Running {
     container_id: String,
     generation: u64,
+    /// Stops the task's health checks, if it has any.
+    checks: Option<CancellationToken>,
 }
 
 /// Placements that ended here (task id → generation), oldest forgotten first.
@@ -133,6 +135,7 @@ pub async fn run(
     // Heartbeats run on their own, so that a slow NATS never holds up work or exits.
     let beating = {
         let inner = inner.clone();
+        let (client, nodes) = (client.clone(), nodes.clone());
         tokio::spawn(async move {
             let mut stats = Stats::new();
             let mut tick = tokio::time::interval(inner.cfg.heartbeat_interval);
@@ -140,7 +143,7 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = inner.shutdown.cancelled() => return,
-                    _ = tick.tick() => inner.heartbeat(&client, &nodes, &mut stats).await,
+                    _ = tick.tick() => inner.heartbeat(&client, &nodes, &mut stats, false).await,
                 }
             }
         })
@@ -163,11 +166,12 @@ pub async fn run(
             }
         }
     }
-    // Stop taking work, let what is in flight finish, then go.
+    // Stop taking work, let what is in flight finish, then say goodbye.
     drop((own, shared));
     let _ = beating.await;
     tracker.close();
     tracker.wait().await;
+    inner.leave(&client, &nodes).await;
     info!(worker = %inner.cfg.name, "worker stopped");
     Ok(())
 }
@@ -268,17 +272,18 @@ impl Inner {
     }
 
     fn forget(&self, task_id: Uuid) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&task_id);
+        if let Some(r) = self.lock_running().remove(&task_id) {
+            if let Some(checks) = r.checks {
+                checks.cancel();
+            }
+        }
         self.task_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&task_id);
     }
 
-    async fn start(&self, event: TaskEvent, msg: jetstream::Message) {
+    async fn start(self: &Arc<Self>, event: TaskEvent, msg: jetstream::Message) {
         let task = event.task;
         if self.lock_running().contains_key(&task.id) {
             debug!("already running; duplicate start ignored");
@@ -305,15 +310,18 @@ impl Inner {
         progress.cancel();
         let mut report = match result {
             Ok(started) => {
+                let checks = self.watch_health(&task);
                 self.lock_running().insert(
                     task.id,
                     Running {
                         container_id: started.container_id.clone(),
                         generation: task.generation,
+                        checks,
                     },
                 );
                 info!(container = %started.container_id, "started");
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Running);
+                r.health = task.health_check.as_ref().map(|_| Health::Starting);
                 r.container_id = Some(started.container_id);
                 r.start_time = Some(started.start_time);
                 r
@@ -469,7 +477,7 @@ impl Inner {
     /// name with what the Task DB says it runs. It adopts what should run, reports what ended
     /// while it was away (with the real exit code), and removes what should not exist.
     /// Returns false if it was shut down meanwhile.
-    async fn reconcile_on_start(&self) -> bool {
+    async fn reconcile_on_start(self: &Arc<Self>) -> bool {
         let name = self.cfg.name.clone();
         let Some(observed) = self
             .retry("listing containers", || self.runtime.list(&name))
@@ -498,11 +506,13 @@ impl Inner {
             match (current, o.exit) {
                 (Some(task), None) => {
                     adopted += 1;
+                    let checks = self.watch_health(&task);
                     self.lock_running().insert(
                         task.id,
                         Running {
                             container_id: o.container_id.clone(),
                             generation: task.generation,
+                            checks,
                         },
                     );
                     if task.state != State::Running
@@ -572,6 +582,140 @@ impl Inner {
         }
     }
 
+    /// Runs the task's health check in the background, if it has one; cancel the token to stop.
+    fn watch_health(self: &Arc<Self>, task: &Task) -> Option<CancellationToken> {
+        task.health_check.as_ref()?;
+        let token = self.shutdown.child_token();
+        let (inner, task, t) = (self.clone(), task.clone(), token.clone());
+        let span = info_span!("health", task.id = %task.id, worker = %self.cfg.name);
+        tokio::spawn(async move { inner.check_health(task, t).await }.instrument(span));
+        Some(token)
+    }
+
+    /// Probes every interval. The first pass makes the task healthy; a task that has not
+    /// passed within its grace period, or that fails `retries` times in a row after passing,
+    /// is stopped and reported failed, so its restart policy takes over.
+    async fn check_health(&self, task: Task, token: CancellationToken) {
+        let interval = task.health_interval.unwrap_or(Duration::from_secs(5));
+        let timeout = task.health_timeout.unwrap_or(Duration::from_secs(2));
+        let retries = task.health_retries.unwrap_or(3).max(1);
+        let grace = task.health_grace.unwrap_or(Duration::from_secs(30));
+        let started = Instant::now();
+        let (mut healthy, mut failures) = (false, 0);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let outcome = tokio::select! {
+                _ = token.cancelled() => return,
+                outcome = self.runtime.probe(&task, timeout) => outcome,
+            };
+            match outcome {
+                Ok(()) => {
+                    failures = 0;
+                    if !healthy {
+                        healthy = true;
+                        info!("healthy");
+                        self.report_health(&task, Health::Healthy).await;
+                    }
+                }
+                Err(reason) if healthy => {
+                    failures += 1;
+                    debug!(failures, %reason, "health check failed");
+                    if failures >= retries {
+                        warn!(%reason, "unhealthy");
+                        self.report_health(&task, Health::Unhealthy).await;
+                        let why = format!(
+                            "unhealthy: {failures} checks failed in a row, the last: {reason}"
+                        );
+                        self.end_unhealthy(&task, why).await;
+                        return;
+                    }
+                }
+                Err(reason) if started.elapsed() >= grace => {
+                    warn!(%reason, "never became healthy");
+                    let why = format!("did not become healthy within {grace:?}: {reason}");
+                    self.end_unhealthy(&task, why).await;
+                    return;
+                }
+                Err(reason) => debug!(%reason, "not healthy yet"),
+            }
+        }
+    }
+
+    async fn report_health(&self, task: &Task, health: Health) {
+        let mut r = StateReport::new(task.id, &self.cfg.name, State::Running);
+        r.generation = Some(task.generation);
+        r.health = Some(health);
+        self.report(r).await;
+    }
+
+    /// Stops an unhealthy task's container and reports it failed with `reason`.
+    async fn end_unhealthy(&self, task: &Task, reason: String) {
+        let (guard, permit) = self.reserve(task.id).await;
+        let current = self.lock_running().get(&task.id).map(|r| r.generation);
+        if current == Some(task.generation) {
+            self.stopped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(task.id, Instant::now());
+            let code = match self
+                .runtime
+                .stop(task.id, task.generation, self.cfg.stop_grace)
+                .await
+            {
+                Ok(code) => code,
+                Err(e) => {
+                    warn!(error = %e, "stopping an unhealthy container");
+                    None
+                }
+            };
+            self.lock_finished().insert(task.id, task.generation);
+            self.forget(task.id);
+            let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
+            r.generation = Some(task.generation);
+            r.exit_code = code;
+            r.finish_time = Some(Utc::now());
+            r.error = Some(reason);
+            self.report(r).await;
+        }
+        drop((guard, permit));
+    }
+
+    /// The last word of a worker that shuts down: with `stop_tasks_on_exit` its containers are
+    /// stopped (and reported, so their restart policies place them elsewhere); otherwise they
+    /// are left for the next worker of this name to adopt. A final heartbeat marked `leaving`
+    /// tells the manager to send no more work.
+    async fn leave(&self, client: &async_nats::Client, nodes: &kv::Store) {
+        self.heartbeat(client, nodes, &mut Stats::new(), true).await;
+        if self.cfg.stop_tasks_on_exit {
+            let running: Vec<(Uuid, u64)> = self
+                .lock_running()
+                .iter()
+                .map(|(id, r)| (*id, r.generation))
+                .collect();
+            for (id, generation) in running {
+                let code = self
+                    .runtime
+                    .stop(id, generation, self.cfg.stop_grace)
+                    .await
+                    .ok()
+                    .flatten();
+                self.forget(id);
+                let mut r = StateReport::new(id, &self.cfg.name, State::Failed);
+                r.generation = Some(generation);
+                r.exit_code = code;
+                r.finish_time = Some(Utc::now());
+                r.error = Some(format!("stopped: worker {} shut down", self.cfg.name));
+                self.report(r).await;
+            }
+        }
+        if let Err(e) = client.flush().await {
+            debug!(error = %e, "flushing the last messages");
+        }
+    }
+
     /// Publishes a state report into JetStream, retrying until it is stored or the worker
     /// shuts down. Returns whether it was stored.
     async fn report(&self, report: StateReport) -> bool {
@@ -596,8 +740,17 @@ impl Inner {
         client: &async_nats::Client,
         nodes: &jetstream::kv::Store,
         stats: &mut Stats,
+        leaving: bool,
     ) {
         let s = stats.sample();
+        let running: Vec<RunningTask> = self
+            .lock_running()
+            .iter()
+            .map(|(id, r)| RunningTask {
+                id: *id,
+                generation: r.generation,
+            })
+            .collect();
         let node = Node {
             name: self.cfg.name.clone(),
             address: hostname(),
@@ -610,11 +763,13 @@ impl Inner {
             disk_used: s.disk_used,
             disk_allocated: 0,
             cpu_allocated: 0.0,
-            task_count: self.lock_running().len() as u32,
+            task_count: running.len() as u32,
             labels: self.cfg.labels.clone(),
             last_heartbeat: Utc::now(),
             version: cube_shared::VERSION.to_string(),
             state: NodeState::Ready,
+            running,
+            leaving,
         };
         let payload = encode(&node);
         if let Err(e) = client

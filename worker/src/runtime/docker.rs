@@ -389,4 +389,139 @@ impl Runtime for DockerRuntime {
         }
         Ok(out)
     }
+
+    async fn probe(&self, task: &Task, timeout: Duration) -> Result<(), String> {
+        let Some(check) = task.health_check.as_deref() else {
+            return Ok(());
+        };
+        let work = async {
+            if check.starts_with('/') {
+                self.probe_http(task, check).await
+            } else {
+                self.probe_command(task, check).await
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+    }
+}
+
+impl DockerRuntime {
+    /// Where the task's first exposed port answers: its host binding if it has one (the
+    /// worker runs on that host), else the container's own address.
+    async fn probe_address(&self, task: &Task) -> Result<String, String> {
+        let port = task
+            .exposed_ports
+            .first()
+            .or_else(|| task.port_bindings.keys().next())
+            .ok_or("the task exposes no port")?;
+        if let Some((ip, host_port)) = task
+            .port_bindings
+            .get(port)
+            .and_then(|h| parse_host_binding(h).ok())
+        {
+            let ip = ip
+                .filter(|ip| ip != "0.0.0.0" && ip != "::")
+                .unwrap_or_else(|| "127.0.0.1".to_string());
+            return Ok(format!("{ip}:{host_port}"));
+        }
+        let container_port = port.split('/').next().unwrap_or(port);
+        let inspect = self
+            .docker
+            .inspect_container(&task.container_name(), None)
+            .await
+            .map_err(|e| message(&e))?;
+        let ip = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                nets.into_values()
+                    .find_map(|n| n.ip_address.filter(|ip| !ip.is_empty()))
+            })
+            .ok_or("the container has no IP address")?;
+        Ok(format!("{ip}:{container_port}"))
+    }
+
+    async fn probe_http(&self, task: &Task, path: &str) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.probe_address(task).await?;
+        let mut conn = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("GET {path}: cannot connect to {address}: {e}"))?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: cube-health\r\n\r\n");
+        conn.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let mut head = vec![0u8; 256];
+        let mut len = 0;
+        while len < head.len() && !head[..len].contains(&b'\n') {
+            let n = conn
+                .read(&mut head[len..])
+                .await
+                .map_err(|e| format!("GET {path}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        let line = String::from_utf8_lossy(&head[..len]);
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("GET {path}: not an HTTP answer"))?;
+        if (200..400).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
+    }
+
+    async fn probe_command(&self, task: &Task, command: &str) -> Result<(), String> {
+        let exec = self
+            .docker
+            .create_exec(
+                &task.container_name(),
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(vec!["sh", "-c", command]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("running the check: {}", message(&e)))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| format!("running the check: {}", message(&e)))?;
+        // The last 512 bytes of its output, for the reason.
+        let mut tail: Vec<u8> = Vec::new();
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+            while let Some(chunk) = output.next().await {
+                if let Ok(chunk) = chunk {
+                    tail.extend_from_slice(&chunk.into_bytes());
+                    if tail.len() > 512 {
+                        tail.drain(..tail.len() - 512);
+                    }
+                }
+            }
+        }
+        let tail = String::from_utf8_lossy(&tail);
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| format!("running the check: {}", message(&e)))?
+            .exit_code
+            .unwrap_or(-1);
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(format!("`{command}` exited with {code}: {}", tail.trim()))
+        }
+    }
 }

@@ -84,4 +84,8 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Every container `worker` started that still exists, running or not.
     async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError>;
+
+    /// Runs the task's health check once against its current placement's container, within
+    /// `timeout`. `Err` says why it did not pass.
+    async fn probe(&self, task: &Task, timeout: Duration) -> Result<(), String>;
 }

@@ -161,6 +161,11 @@ impl Runtime for SimRuntime {
         rx
     }
 
+    /// Simulated containers are always healthy.
+    async fn probe(&self, _task: &Task, _timeout: Duration) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Running containers only: a simulated container is gone once it exits.
     async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError> {
         Ok(self
