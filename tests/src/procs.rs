@@ -379,6 +379,8 @@ pub struct ProcCluster {
     workers: HashMap<String, Proc>,
     /// Every worker name started, for the sweep.
     worker_names: Vec<String>,
+    /// Extra arguments for `cube manager` (e.g. a short `--node-ttl`).
+    pub manager_args: Vec<String>,
     logs: Option<tempfile::TempDir>,
     kept_logs: Option<PathBuf>,
     spawned: usize,
@@ -399,6 +401,7 @@ impl ProcCluster {
             manager: None,
             workers: HashMap::new(),
             worker_names: Vec::new(),
+            manager_args: Vec::new(),
             logs: Some(tempfile::Builder::new().prefix("cube-faults-").tempdir()?),
             kept_logs: None,
             spawned: 0,
@@ -446,7 +449,10 @@ impl ProcCluster {
                 bail!("a manager (pid {}) is already running", old.pid());
             }
         }
-        let (cmd, log) = self.command("manager", &["manager"]);
+        let mut args = vec!["manager".to_string()];
+        args.extend(self.manager_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (cmd, log) = self.command("manager", &args);
         self.manager = Some(Proc::spawn("the manager", cmd, log)?);
         let client = self.client.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -556,6 +562,20 @@ impl ProcCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) a worker: a worker cut off, then back.
+    pub fn signal_worker(&mut self, name: &str, signal: &str) -> Result<()> {
+        let pid = self
+            .workers
+            .get(name)
+            .with_context(|| format!("no worker {name}"))?
+            .pid();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
         Ok(())
     }
 
