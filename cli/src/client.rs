@@ -54,6 +54,9 @@ pub struct SubmitArgs {
     /// no, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
+    /// Run only on workers whose labels match: key=value or key!=value. Repeatable.
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
     /// How many restarts before the task stays failed (default 3 for on-failure, no limit
     /// for always).
     #[arg(long)]
@@ -187,6 +190,7 @@ fn build_task(args: &SubmitArgs) -> Result<Task> {
         }
     }
     task.env.extend(args.env.iter().cloned());
+    task.constraints.extend(args.constraints.iter().cloned());
     if let Some(restart) = args.restart {
         task.restart_policy = restart;
     }

@@ -28,8 +28,9 @@ pub struct DevArgs {
     pub nats_server: String,
     #[arg(long, env = "CUBE_WORKER_NAME", default_value = "dev-worker")]
     pub worker_name: String,
-    #[arg(long, env = "CUBE_SCHEDULER", default_value = "round-robin")]
-    pub scheduler: String,
+    /// Placement algorithm.
+    #[arg(long, env = "CUBE_SCHEDULER", value_enum, default_value_t = crate::serve::SchedulerKind::Spread)]
+    pub scheduler: crate::serve::SchedulerKind,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
@@ -56,7 +57,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     };
 
     let manager_cfg = cube_manager::Config {
-        scheduler: args.scheduler.clone(),
+        scheduler: args.scheduler.name().to_string(),
         ..Default::default()
     };
     let manager = {

@@ -17,8 +17,8 @@ pub struct ManagerArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Placement algorithm.
-    #[arg(long, env = "CUBE_SCHEDULER", default_value = "round-robin")]
-    pub scheduler: String,
+    #[arg(long, env = "CUBE_SCHEDULER", value_enum, default_value_t = SchedulerKind::Spread)]
+    pub scheduler: SchedulerKind,
     /// A worker silent for longer than this gets no new work.
     #[arg(long, env = "CUBE_NODE_TTL", default_value = "10s", value_parser = duration)]
     pub node_ttl: Duration,
@@ -33,8 +33,35 @@ impl ManagerArgs {
         cube_manager::Config {
             node_ttl: self.node_ttl,
             node_grace: self.node_grace,
-            scheduler: self.scheduler.clone(),
+            scheduler: self.scheduler.name().to_string(),
             ..Default::default()
+        }
+    }
+}
+
+/// The placement algorithms (see the README, "Choosing a scheduler").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchedulerKind {
+    /// The least-loaded node that fits: tasks spread evenly (default).
+    Spread,
+    /// The fullest node that fits: as few nodes as possible.
+    Binpack,
+    /// The book's E-PVM: least marginal cost of memory, cpu and jobs on an exponential scale.
+    Epvm,
+    /// Each placement to the next node in name order (the book's first scheduler).
+    RoundRobin,
+    /// Publish to the shared tasks.pending queue: the first worker with room takes it.
+    Queue,
+}
+
+impl SchedulerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Spread => "spread",
+            SchedulerKind::Binpack => "binpack",
+            SchedulerKind::Epvm => "epvm",
+            SchedulerKind::RoundRobin => "round-robin",
+            SchedulerKind::Queue => "queue",
         }
     }
 }

@@ -3,11 +3,14 @@
 //! to the chosen worker's subject, and applies the workers' state reports. Everything it knows
 //! lives in JetStream, so a restarted manager carries on where it stopped.
 
+pub mod algorithms;
 pub mod api;
 pub mod cluster;
 pub mod lifecycle;
 mod manager;
 pub mod scheduler;
+#[cfg(test)]
+mod testing;
 pub mod topology;
 
 use std::time::Duration;
@@ -24,7 +27,7 @@ pub struct Config {
     pub node_grace: Duration,
     /// How often the manager looks again at tasks that could not be placed.
     pub reconcile_interval: Duration,
-    /// The placement algorithm: `round-robin`.
+    /// The placement algorithm: one of [`algorithms::ALGORITHMS`].
     pub scheduler: String,
 }
 
@@ -34,19 +37,20 @@ impl Default for Config {
             node_ttl: Duration::from_secs(10),
             node_grace: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(1),
-            scheduler: "round-robin".to_string(),
+            scheduler: "spread".to_string(),
         }
     }
 }
 
 /// Chooses the scheduler named on the command line.
 pub fn scheduler_by_name(name: &str) -> Result<Box<dyn scheduler::Scheduler>, Error> {
-    match name {
-        "round-robin" => Ok(Box::<scheduler::RoundRobin>::default()),
-        other => Err(Error::Config(format!(
-            "unknown scheduler `{other}`: available: round-robin"
-        ))),
-    }
+    algorithms::by_name(name).ok_or_else(|| {
+        let known: Vec<&str> = algorithms::ALGORITHMS.iter().map(|(n, _)| *n).collect();
+        Error::Config(format!(
+            "unknown scheduler `{name}`: available: {}",
+            known.join(", ")
+        ))
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

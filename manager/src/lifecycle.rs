@@ -78,30 +78,29 @@ impl Manager {
             }
         };
         task.restart_count += 1;
-        let message = match &previous_worker {
-            Some(w) if *w == worker => format!("restart {} on {worker}", task.restart_count),
-            Some(w) => format!("restart {} moved from {w} to {worker}", task.restart_count),
-            None => format!("restart {} on {worker}", task.restart_count),
+        let n = task.restart_count;
+        let (kind, message) = match (&previous_worker, &worker) {
+            (Some(p), Some(w)) if p == w => ("restarted", format!("restart {n} on {w}")),
+            (Some(p), Some(w)) => ("rescheduled", format!("restart {n} moved from {p} to {w}")),
+            (_, Some(w)) => ("restarted", format!("restart {n} on {w}")),
+            (_, None) => ("restarted", format!("restart {n} queued for any worker")),
         };
-        let kind = if previous_worker.as_deref() == Some(worker.as_str()) {
-            "restarted"
-        } else {
-            "rescheduled"
-        };
-        self.journal(
-            JournalEntry::new(kind, message)
-                .task(task.id)
-                .worker(&worker),
-        )
-        .await;
+        let mut entry = JournalEntry::new(kind, message).task(task.id);
+        entry.worker = worker.clone();
+        self.journal(entry).await;
         task.next_attempt_at = None;
         self.assign(task, worker).await
     }
 
-    /// Records a new placement of `task` on `worker`, then publishes it.
-    pub(crate) async fn assign(&mut self, mut task: Task, worker: String) -> Result<(), Error> {
+    /// Records a new placement of `task` on `worker` (`None`: the shared queue), then
+    /// publishes it.
+    pub(crate) async fn assign(
+        &mut self,
+        mut task: Task,
+        worker: Option<String>,
+    ) -> Result<(), Error> {
         task.state = State::Scheduled;
-        task.worker = Some(worker);
+        task.worker = worker;
         task.generation += 1;
         task.container_id = None;
         task.health = None;
@@ -111,22 +110,28 @@ impl Manager {
         self.dispatch_placement(&task).await
     }
 
-    /// The scheduler's choice, or `prefer` if that node can take the task.
+    /// The scheduler's choice (`None`: the shared queue), or `prefer` if that node can take
+    /// the task.
     pub(crate) fn choose(
         &mut self,
         task: &Task,
         prefer: Option<&str>,
-    ) -> Result<String, Unschedulable> {
+    ) -> Result<Option<String>, Unschedulable> {
         let views = self.cluster.views(Utc::now(), self.cfg.node_ttl);
+        if self.scheduler.uses_shared_queue() {
+            // Some worker must be able to take it, or it would bounce around the queue.
+            self.scheduler.select_candidates(task, &views)?;
+            return Ok(None);
+        }
         if let Some(p) = prefer {
             if views
                 .iter()
                 .any(|v| v.node.name == p && v.rejects(task).is_none())
             {
-                return Ok(p.to_string());
+                return Ok(Some(p.to_string()));
             }
         }
-        self.scheduler.place(task, &views)
+        self.scheduler.place(task, &views).map(Some)
     }
 
     /// Nodes silent for longer than TTL + grace are down, and their tasks are lost: `failed`
@@ -265,10 +270,11 @@ impl Manager {
                     worker: name.clone(),
                     generation: task.generation,
                 });
+                let to = worker.clone().unwrap_or_else(|| "the shared queue".into());
                 self.journal(
-                    JournalEntry::new("moving", format!("drain: from {name} to {worker}"))
+                    JournalEntry::new("moving", format!("drain: from {name} to {to}"))
                         .task(id)
-                        .worker(&worker),
+                        .worker(to),
                 )
                 .await;
                 if let Err(e) = self.assign(moving, worker).await {

@@ -365,23 +365,22 @@ impl Manager {
         if task.state != State::Pending {
             return Ok(());
         }
-        let choice = {
-            let views = self.cluster.views(Utc::now(), self.cfg.node_ttl);
-            self.scheduler.place(&task, &views)
-        };
-        match choice {
+        match self.choose(&task, None) {
             Ok(worker) => {
                 task.error = None;
                 self.assign(task, worker.clone()).await?;
-                self.journal(
-                    JournalEntry::new(
+                let entry = match worker {
+                    Some(w) => JournalEntry::new(
                         "scheduled",
-                        format!("placed on {worker} by {}", self.scheduler.name()),
+                        format!("placed on {w} by {}", self.scheduler.name()),
                     )
-                    .task(id)
-                    .worker(worker),
-                )
-                .await;
+                    .worker(w),
+                    None => JournalEntry::new(
+                        "scheduled",
+                        "queued on tasks.pending for the first worker with room",
+                    ),
+                };
+                self.journal(entry.task(id)).await;
             }
             Err(Unschedulable(reason)) => {
                 if task.error.as_deref() != Some(reason.as_str()) {
@@ -408,11 +407,13 @@ impl Manager {
         }
     }
 
+    /// Publishes a recorded placement: to its worker, or to the shared queue.
     pub(crate) async fn dispatch_placement(&self, task: &Task) -> Result<(), Error> {
-        let Some(worker) = &task.worker else {
-            return Ok(());
+        let subject = match &task.worker {
+            Some(worker) => pending_for(worker),
+            None => PENDING.to_string(),
         };
-        self.publish_work(&pending_for(worker), &TaskEvent::placement(task))
+        self.publish_work(&subject, &TaskEvent::placement(task))
             .await
     }
 
@@ -467,7 +468,13 @@ impl Manager {
             warn!("report for an unknown task");
             return Ok(());
         };
-        if task.worker.as_deref() != Some(report.worker.as_str()) {
+        let from_queue = task.worker.is_none()
+            && task.state == State::Scheduled
+            && report.generation == Some(task.generation);
+        if from_queue {
+            // A worker took the task from the shared queue: it is now the task's worker.
+            task.worker = Some(report.worker.clone());
+        } else if task.worker.as_deref() != Some(report.worker.as_str()) {
             warn!(assigned = ?task.worker, "report from a worker the task is not assigned to; ignored");
             return Ok(());
         }
@@ -528,9 +535,16 @@ impl Manager {
                 .await;
             }
         }
-        if task.state == State::Running && before.state != State::Running && task.previous.is_some()
-        {
+        let started = task.state == State::Running && before.state != State::Running;
+        if started && task.previous.is_some() {
             self.replacement_running(&mut task).await?;
+        }
+        if started && task.stop_requested {
+            // Stopped while it waited in the shared queue: now we know where it runs.
+            let mut stop = TaskEvent::stop(task.id);
+            stop.task.generation = task.generation;
+            self.publish_work(&pending_for(&report.worker), &stop)
+                .await?;
         }
         if !task.state.is_active() && before.state.is_active() {
             self.plan_restart(&mut task, Utc::now(), false);

@@ -22,23 +22,50 @@ pub struct NodeView<'a> {
 
 impl NodeView<'_> {
     /// Why this node cannot take `task`, or `None` if it can.
-    pub fn rejects(&self, task: &Task) -> Option<&'static str> {
+    pub fn rejects(&self, task: &Task) -> Option<String> {
         if !self.alive || self.node.state == NodeState::Down {
-            return Some("node down");
+            return Some("node down".into());
         }
         if self.node.state == NodeState::Draining {
-            return Some("node draining");
+            return Some("node draining".into());
+        }
+        if let Some(c) = task
+            .parsed_constraints()
+            .into_iter()
+            .find(|c| !c.allows(&self.node.labels))
+        {
+            return Some(format!("constraint {c}"));
         }
         if self.cpu_reserved + task.cpu > self.node.cores + 1e-9 {
-            return Some("insufficient cpu");
+            return Some("insufficient cpu".into());
         }
         if self.memory_reserved.saturating_add(task.memory) > self.node.memory {
-            return Some("insufficient memory");
+            return Some("insufficient memory".into());
         }
         if self.disk_reserved.saturating_add(task.disk) > self.node.disk {
-            return Some("insufficient disk");
+            return Some("insufficient disk".into());
         }
         None
+    }
+
+    /// The fraction of the node's cpu and memory reserved (the larger), after adding `task`
+    /// if given. A node offering none of a resource counts as full of it.
+    pub fn load(&self, task: Option<&Task>) -> f64 {
+        let (cpu, memory) = task.map_or((0.0, 0), |t| (t.cpu, t.memory));
+        let cpu = fraction(self.cpu_reserved + cpu, self.node.cores);
+        let memory = fraction(
+            (self.memory_reserved + memory) as f64,
+            self.node.memory as f64,
+        );
+        cpu.max(memory)
+    }
+}
+
+fn fraction(used: f64, capacity: f64) -> f64 {
+    if capacity > 0.0 {
+        used / capacity
+    } else {
+        1.0
     }
 }
 
@@ -56,7 +83,7 @@ pub trait Scheduler: Send + Sync {
         task: &Task,
         nodes: &[NodeView<'n>],
     ) -> Result<Vec<NodeView<'n>>, Unschedulable> {
-        let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let candidates: Vec<NodeView<'n>> = nodes
             .iter()
             .filter(|n| match n.rejects(task) {
@@ -93,6 +120,12 @@ pub trait Scheduler: Send + Sync {
         candidates[lowest(scores)].node.name.clone()
     }
 
+    /// Whether placements go to the shared queue (`tasks.pending`) for any worker with room
+    /// to take, rather than to a chosen worker.
+    fn uses_shared_queue(&self) -> bool {
+        false
+    }
+
     /// Select, score, pick.
     fn place(&mut self, task: &Task, nodes: &[NodeView<'_>]) -> Result<String, Unschedulable> {
         let candidates = self.select_candidates(task, nodes)?;
@@ -110,80 +143,12 @@ pub fn lowest(scores: &[f64]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// The book's first scheduler: each placement goes to the next node in name order.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    last: Option<String>,
-}
-
-impl Scheduler for RoundRobin {
-    fn name(&self) -> &'static str {
-        "round-robin"
-    }
-
-    /// The first candidate after the last node chosen (by name, wrapping) scores 0; the rest
-    /// score by their distance from it.
-    fn score(&mut self, _task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64> {
-        let mut names: Vec<&str> = candidates.iter().map(|c| c.node.name.as_str()).collect();
-        names.sort_unstable();
-        let start = match &self.last {
-            Some(last) => names.partition_point(|n| *n <= last.as_str()) % names.len(),
-            None => 0,
-        };
-        candidates
-            .iter()
-            .map(|c| {
-                let pos = names.binary_search(&c.node.name.as_str()).unwrap_or(0);
-                ((pos + names.len() - start) % names.len()) as f64
-            })
-            .collect()
-    }
-
-    fn pick(&mut self, candidates: &[NodeView<'_>], scores: &[f64]) -> String {
-        let name = candidates[lowest(scores)].node.name.clone();
-        self.last = Some(name.clone());
-        name
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
+    use crate::algorithms::RoundRobin;
 
-    fn node(name: &str, cores: f64, memory: u64) -> Node {
-        Node {
-            name: name.into(),
-            address: String::new(),
-            cores,
-            cpu_usage: 0.0,
-            memory,
-            memory_used: 0,
-            memory_allocated: 0,
-            disk: 1 << 40,
-            disk_used: 0,
-            disk_allocated: 0,
-            cpu_allocated: 0.0,
-            task_count: 0,
-            labels: Default::default(),
-            last_heartbeat: Utc::now(),
-            version: String::new(),
-            state: NodeState::Ready,
-            running: Vec::new(),
-            leaving: false,
-        }
-    }
-
-    fn view(n: &Node) -> NodeView<'_> {
-        NodeView {
-            node: n,
-            alive: true,
-            cpu_reserved: 0.0,
-            memory_reserved: 0,
-            disk_reserved: 0,
-            tasks: 0,
-        }
-    }
+    use crate::testing::{node, view};
 
     #[test]
     fn round_robin_cycles_through_nodes_in_name_order() {

@@ -13,7 +13,7 @@ pub mod wire;
 pub use node::{Node, NodeState, RunningTask};
 pub use report::{ApiReply, DrainRequest, JournalEntry, Rejection, StateReport, TaskQuery};
 pub use state::State;
-pub use task::{container_name, Health, Placement, RestartPolicy, Task, TaskEvent};
+pub use task::{container_name, Constraint, Health, Placement, RestartPolicy, Task, TaskEvent};
 
 /// Docker label carrying the task id on every container Cube starts.
 pub const LABEL_TASK_ID: &str = "cube.task.id";

@@ -72,6 +72,57 @@ impl fmt::Display for Health {
     }
 }
 
+/// A placement constraint on a worker label: `zone=eu` or `zone!=eu`. A node without the
+/// label satisfies every `!=` and no `=`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Constraint {
+    pub key: String,
+    pub equal: bool,
+    pub value: String,
+}
+
+impl std::str::FromStr for Constraint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, equal, value) = if let Some((k, v)) = s.split_once("!=") {
+            (k, false, v)
+        } else if let Some((k, v)) = s.split_once('=') {
+            (k, true, v)
+        } else {
+            return Err(format!("constraint `{s}` is not key=value or key!=value"));
+        };
+        let key = key.trim();
+        let ok = |t: &str| {
+            t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        };
+        if key.is_empty() || !ok(key) || !ok(value.trim()) {
+            return Err(format!(
+                "constraint `{s}`: keys and values are letters, digits and - _ . /"
+            ));
+        }
+        Ok(Constraint {
+            key: key.to_string(),
+            equal,
+            value: value.trim().to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = if self.equal { "=" } else { "!=" };
+        write!(f, "{}{op}{}", self.key, self.value)
+    }
+}
+
+impl Constraint {
+    pub fn allows(&self, labels: &BTreeMap<String, String>) -> bool {
+        (labels.get(&self.key) == Some(&self.value)) == self.equal
+    }
+}
+
 /// One placement of a task: which worker, which generation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Placement {
@@ -114,6 +165,9 @@ pub struct Task {
     pub port_bindings: BTreeMap<String, String>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Where the task may run: `key=value` or `key!=value` on the workers' labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
     /// How many times Cube restarts the task after it ends (per its policy) before it leaves
     /// it `failed`. Default: 3 for `on-failure`, unlimited for `always`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +258,7 @@ impl Task {
             exposed_ports: Vec::new(),
             port_bindings: BTreeMap::new(),
             restart_policy: RestartPolicy::No,
+            constraints: Vec::new(),
             max_restarts: None,
             health_check: None,
             health_interval: None,
@@ -280,6 +335,14 @@ impl Task {
     }
 
     /// A name for tables: the task's name or, without one, the start of its id.
+    /// The task's constraints, parsed (validation guarantees they parse).
+    pub fn parsed_constraints(&self) -> Vec<Constraint> {
+        self.constraints
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
     /// How many restarts the policy allows in all (`None`: no limit).
     pub fn restart_limit(&self) -> Option<u32> {
         match self.restart_policy {

@@ -176,6 +176,14 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
             "task.health_retries must be from 1 to 100".to_string()
         });
     }
+    p.check(task.constraints.len() <= 32, || {
+        "task.constraints has more than 32 entries".to_string()
+    });
+    for c in &task.constraints {
+        if let Err(e) = c.parse::<crate::Constraint>() {
+            p.0.push(format!("task.constraints: {e}"));
+        }
+    }
     if let Some(n) = task.max_restarts {
         p.check(n <= 10_000, || {
             "task.max_restarts must be at most 10000".to_string()

@@ -10,7 +10,7 @@ use cube_tests::{cube, cube_bin, eventually, long_running, task, unique, Cluster
 const WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_robin_shares_tasks_between_workers() -> anyhow::Result<()> {
+async fn tasks_are_shared_between_workers() -> anyhow::Result<()> {
     let cluster = Cluster::start(2).await?;
     let mut ids = Vec::new();
     for _ in 0..4 {

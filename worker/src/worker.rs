@@ -30,6 +30,7 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How many ended placements a worker remembers, to refuse a late duplicate of their start.
 const FINISHED_MEMORY: usize = 100_000;
+const STOPPED_BEFORE_START: &str = "stopped before it started";
 
 /// A task this worker runs.
 #[derive(Debug, Clone)]
@@ -75,6 +76,10 @@ struct Inner {
     /// operations only, never across an await.
     running: Mutex<HashMap<Uuid, Running>>,
     finished: Mutex<Finished>,
+    /// Resources of the tasks this worker runs or is starting: (cpu, memory) per task.
+    claimed: Mutex<HashMap<Uuid, (f64, u64)>>,
+    /// What the worker offers, from its last heartbeat: (cores, memory).
+    capacity: Mutex<Option<(f64, u64)>>,
     /// Tasks stopped on request, so the container's death is not reported as a failure.
     stopped: Mutex<HashMap<Uuid, Instant>>,
     /// One lock per task: operations on the same task happen in the order they arrived.
@@ -112,6 +117,8 @@ pub async fn run(
         shutdown: shutdown.clone(),
         running: Mutex::default(),
         finished: Mutex::default(),
+        claimed: Mutex::default(),
+        capacity: Mutex::default(),
         stopped: Mutex::default(),
         task_locks: Mutex::default(),
     });
@@ -271,7 +278,41 @@ impl Inner {
         (guard, permit)
     }
 
+    /// Takes room for a task from the shared queue, if this worker has it (checked and taken
+    /// in one step, so concurrent starts cannot overcommit).
+    fn claim(&self, task: &Task) -> bool {
+        let capacity = *self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cores, memory)) = capacity {
+            let (cpu, mem) = claimed
+                .iter()
+                .filter(|(id, _)| **id != task.id)
+                .fold((0.0, 0u64), |(c, m), (_, (tc, tm))| (c + tc, m + tm));
+            if cpu + task.cpu > cores + 1e-9 || mem.saturating_add(task.memory) > memory {
+                return false;
+            }
+        }
+        claimed.insert(task.id, (task.cpu, task.memory));
+        true
+    }
+
+    /// Records the resources of a task the manager placed here (it already checked room).
+    fn claim_anyway(&self, task: &Task) {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task.id, (task.cpu, task.memory));
+    }
+
+    fn release(&self, task_id: Uuid) {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task_id);
+    }
+
     fn forget(&self, task_id: Uuid) {
+        self.release(task_id);
         if let Some(r) = self.lock_running().remove(&task_id) {
             if let Some(checks) = r.checks {
                 checks.cancel();
@@ -290,14 +331,50 @@ impl Inner {
             let _ = msg.ack().await;
             return;
         }
+        let from_queue = msg.subject.as_str() == PENDING;
+        if from_queue && !self.claim(&task) {
+            if delivered(&msg) < MAX_DELIVER {
+                debug!("no room for a task from the shared queue; leaving it to another worker");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+            let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
+            r.generation = Some(task.generation);
+            r.finish_time = Some(Utc::now());
+            r.error = Some(format!(
+                "no worker had room for it in {MAX_DELIVER} offers from the shared queue"
+            ));
+            if self.report(r).await {
+                let _ = msg.ack().await;
+            }
+            return;
+        }
+        if !from_queue {
+            self.claim_anyway(&task);
+        }
         match self.superseded(&task).await {
             Ok(None) => {}
+            Ok(Some(reason)) if reason == STOPPED_BEFORE_START => {
+                self.release(task.id);
+                info!("stopped before it started");
+                let mut r = StateReport::new(task.id, &self.cfg.name, State::Completed);
+                r.generation = Some(task.generation);
+                r.finish_time = Some(Utc::now());
+                if self.report(r).await {
+                    let _ = msg.ack().await;
+                }
+                return;
+            }
             Ok(Some(reason)) => {
+                self.release(task.id);
                 info!(generation = task.generation, %reason, "skipping work that is no longer current");
                 let _ = msg.ack().await;
                 return;
             }
             Err(e) => {
+                self.release(task.id);
                 warn!(error = %e, "cannot read the Task DB; will retry");
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
@@ -327,6 +404,7 @@ impl Inner {
                 r
             }
             Err(RuntimeError::Unavailable(reason)) if delivered(&msg) < MAX_DELIVER => {
+                self.release(task.id);
                 warn!(%reason, "runtime unavailable; will retry");
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
@@ -334,6 +412,7 @@ impl Inner {
                 return;
             }
             Err(e) => {
+                self.release(task.id);
                 warn!(error = %e, "start failed");
                 self.lock_finished().insert(task.id, task.generation);
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
@@ -388,6 +467,8 @@ impl Inner {
             ))
         } else if current.state.is_final() {
             Some(format!("the task has ended ({})", current.state))
+        } else if current.stop_requested && current.state == State::Scheduled {
+            Some(STOPPED_BEFORE_START.to_string())
         } else {
             None
         })
@@ -506,6 +587,7 @@ impl Inner {
             match (current, o.exit) {
                 (Some(task), None) => {
                     adopted += 1;
+                    self.claim_anyway(&task);
                     let checks = self.watch_health(&task);
                     self.lock_running().insert(
                         task.id,
@@ -743,6 +825,11 @@ impl Inner {
         leaving: bool,
     ) {
         let s = stats.sample();
+        let offered = (
+            self.cfg.cpu.unwrap_or(s.cores),
+            self.cfg.memory.unwrap_or(s.memory),
+        );
+        *self.capacity.lock().unwrap_or_else(|p| p.into_inner()) = Some(offered);
         let running: Vec<RunningTask> = self
             .lock_running()
             .iter()
