@@ -54,6 +54,28 @@ pub struct SubmitArgs {
     /// no, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
+    /// A mount, SOURCE:TARGET[:ro]: a volume name, or a host path if the worker allows it.
+    /// Repeatable.
+    #[arg(long = "mount")]
+    pub mounts: Vec<String>,
+    /// bridge (default), none, or host (if the worker allows it).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// host: share the host's PID namespace (if the worker allows it).
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// host: share the host's IPC namespace (if the worker allows it).
+    #[arg(long)]
+    pub ipc: Option<String>,
+    /// Run privileged (if the worker allows it).
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a Linux capability (if the worker allows it). Repeatable.
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// A host device, /dev/… (if the worker allows it). Repeatable.
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
     /// Run only on workers whose labels match: key=value or key!=value. Repeatable.
     #[arg(long = "constraint")]
     pub constraints: Vec<String>,
@@ -191,6 +213,13 @@ fn build_task(args: &SubmitArgs) -> Result<Task> {
     }
     task.env.extend(args.env.iter().cloned());
     task.constraints.extend(args.constraints.iter().cloned());
+    task.mounts.extend(args.mounts.iter().cloned());
+    task.cap_add.extend(args.cap_add.iter().cloned());
+    task.devices.extend(args.devices.iter().cloned());
+    task.privileged |= args.privileged;
+    task.network_mode = args.network.clone().or(task.network_mode.take());
+    task.pid_mode = args.pid.clone().or(task.pid_mode.take());
+    task.ipc_mode = args.ipc.clone().or(task.ipc_mode.take());
     if let Some(restart) = args.restart {
         task.restart_policy = restart;
     }

@@ -102,6 +102,36 @@ pub struct WorkerArgs {
     pub stop_grace: Duration,
     #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = duration)]
     pub heartbeat_interval: Duration,
+    /// Let tasks run privileged.
+    #[arg(long, env = "CUBE_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+    /// Let tasks use the host's network namespace.
+    #[arg(long, env = "CUBE_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
+    /// Let tasks use the host's PID namespace.
+    #[arg(long, env = "CUBE_ALLOW_HOST_PID")]
+    pub allow_host_pid: bool,
+    /// Let tasks use the host's IPC namespace.
+    #[arg(long, env = "CUBE_ALLOW_HOST_IPC")]
+    pub allow_host_ipc: bool,
+    /// Let tasks bind-mount host paths (not the Docker socket).
+    #[arg(long, env = "CUBE_ALLOW_HOST_MOUNTS")]
+    pub allow_host_mounts: bool,
+    /// Let tasks mount the Docker socket: root on this host.
+    #[arg(long, env = "CUBE_ALLOW_DOCKER_SOCKET")]
+    pub allow_docker_socket: bool,
+    /// Let tasks add Linux capabilities.
+    #[arg(long, env = "CUBE_ALLOW_CAPABILITIES")]
+    pub allow_capabilities: bool,
+    /// Let tasks use host devices.
+    #[arg(long, env = "CUBE_ALLOW_DEVICES")]
+    pub allow_devices: bool,
+    /// Memory limit of a task that sets none (0: none).
+    #[arg(long, env = "CUBE_DEFAULT_MEMORY", default_value = "512m", value_parser = bytes_size)]
+    pub default_memory: u64,
+    /// The most processes one task may run (0: no limit).
+    #[arg(long, env = "CUBE_PIDS_LIMIT", default_value_t = 512)]
+    pub pids_limit: i64,
     /// On SIGTERM, stop this worker's containers too (their restart policies then place
     /// them elsewhere). By default they keep running, for the next worker of this name.
     #[arg(long, env = "CUBE_STOP_TASKS_ON_EXIT")]
@@ -125,15 +155,36 @@ impl WorkerArgs {
         cfg.stop_grace = self.stop_grace;
         cfg.heartbeat_interval = self.heartbeat_interval;
         cfg.stop_tasks_on_exit = self.stop_tasks_on_exit;
+        cfg.policy = cube_worker::policy::Policy {
+            allow_privileged: self.allow_privileged,
+            allow_host_network: self.allow_host_network,
+            allow_host_pid: self.allow_host_pid,
+            allow_host_ipc: self.allow_host_ipc,
+            allow_host_mounts: self.allow_host_mounts,
+            allow_docker_socket: self.allow_docker_socket,
+            allow_capabilities: self.allow_capabilities,
+            allow_devices: self.allow_devices,
+            default_memory: self.default_memory,
+            pids_limit: self.pids_limit,
+        };
         cfg
     }
 
     pub async fn runtime(&self) -> Result<Arc<dyn Runtime>> {
         Ok(match self.runtime {
             RuntimeKind::Docker => {
-                Arc::new(DockerRuntime::connect().await.context(
-                    "the Docker engine is needed to run containers; is dockerd running?",
-                )?)
+                let limits = cube_worker::runtime::Limits {
+                    default_memory: self.default_memory,
+                    pids_limit: self.pids_limit,
+                };
+                Arc::new(
+                    DockerRuntime::connect()
+                        .await
+                        .context(
+                            "the Docker engine is needed to run containers; is dockerd running?",
+                        )?
+                        .with_limits(limits),
+                )
             }
             RuntimeKind::Sim => Arc::new(SimRuntime::new(SimConfig::default())),
         })

@@ -165,6 +165,28 @@ pub struct Task {
     pub port_bindings: BTreeMap<String, String>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Host bind mounts (`/host/path:/container/path[:ro]`) or named volumes
+    /// (`name:/container/path[:ro]`). Host paths are refused unless the worker allows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
+    /// Docker's network mode: `bridge` (default), `none`, or `host` (if the worker allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    /// `host` to share the host's PID namespace (if the worker allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_mode: Option<String>,
+    /// `host` to share the host's IPC namespace (if the worker allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc_mode: Option<String>,
+    /// Run privileged (if the worker allows it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Linux capabilities to add, e.g. `NET_ADMIN` (if the worker allows it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Host devices, e.g. `/dev/fuse` (if the worker allows it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// Where the task may run: `key=value` or `key!=value` on the workers' labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
@@ -258,6 +280,13 @@ impl Task {
             exposed_ports: Vec::new(),
             port_bindings: BTreeMap::new(),
             restart_policy: RestartPolicy::No,
+            mounts: Vec::new(),
+            network_mode: None,
+            pid_mode: None,
+            ipc_mode: None,
+            privileged: false,
+            cap_add: Vec::new(),
+            devices: Vec::new(),
             constraints: Vec::new(),
             max_restarts: None,
             health_check: None,

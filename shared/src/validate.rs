@@ -176,6 +176,55 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
             "task.health_retries must be from 1 to 100".to_string()
         });
     }
+    p.check(task.mounts.len() <= 32, || {
+        "task.mounts has more than 32 entries".to_string()
+    });
+    for m in &task.mounts {
+        if let Err(e) = parse_mount(m) {
+            p.0.push(format!("task.mounts: {e}"));
+        }
+    }
+    let modes = [
+        (
+            "network_mode",
+            &task.network_mode,
+            &["bridge", "none", "host"][..],
+        ),
+        ("pid_mode", &task.pid_mode, &["", "host"][..]),
+        (
+            "ipc_mode",
+            &task.ipc_mode,
+            &["", "private", "shareable", "none", "host"][..],
+        ),
+    ];
+    for (field, value, allowed) in modes {
+        if let Some(v) = value {
+            p.check(allowed.contains(&v.as_str()), || {
+                format!(
+                    "task.{field} `{}` is not one of {}",
+                    excerpt(v),
+                    allowed.join(", ")
+                )
+            });
+        }
+    }
+    let capability = |c: &String| {
+        !c.is_empty()
+            && c.len() <= 64
+            && c.chars()
+                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+    };
+    p.check(
+        task.cap_add.len() <= 64 && task.cap_add.iter().all(capability),
+        || "task.cap_add: capabilities are names like NET_ADMIN".to_string(),
+    );
+    p.check(
+        task.devices.len() <= 32
+            && task.devices.iter().all(|d| {
+                d.starts_with("/dev/") && d.len() <= 256 && !d.contains(char::is_whitespace)
+            }),
+        || "task.devices: devices are paths under /dev/".to_string(),
+    );
     p.check(task.constraints.len() <= 32, || {
         "task.constraints has more than 32 entries".to_string()
     });
@@ -190,6 +239,36 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
         });
     }
     p.into_result()
+}
+
+/// A mount, `SOURCE:TARGET[:ro|:rw]`: SOURCE is an absolute host path or a volume name, TARGET
+/// an absolute path in the container. Returns (source, target, read_only).
+pub fn parse_mount(spec: &str) -> Result<(String, String, bool), String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [s, t] => (*s, *t, false),
+        [s, t, "ro"] => (*s, *t, true),
+        [s, t, "rw"] => (*s, *t, false),
+        _ => return Err(format!("`{}` is not SOURCE:TARGET[:ro]", excerpt(spec))),
+    };
+    let volume_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    };
+    if !(source.starts_with('/') || volume_name(source)) {
+        return Err(format!(
+            "`{}`: the source is an absolute host path or a volume name",
+            excerpt(spec)
+        ));
+    }
+    if !target.starts_with('/') || target.len() > 1024 {
+        return Err(format!(
+            "`{}`: the target is an absolute path in the container",
+            excerpt(spec)
+        ));
+    }
+    Ok((source.to_string(), target.to_string(), read_only))
 }
 
 /// A container port, `80`, `80/tcp` or `53/udp`, normalised to `port/proto`.

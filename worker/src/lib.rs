@@ -3,6 +3,7 @@
 //! [`Runtime`](runtime::Runtime) (Docker, or a simulation), reports every change of state on
 //! `tasks.state.<id>`, and heartbeats its node's statistics.
 
+pub mod policy;
 pub mod runtime;
 pub mod stats;
 mod worker;
@@ -30,6 +31,8 @@ pub struct Config {
     /// On shutdown, stop the containers too (default: leave them for the next worker of
     /// this name to adopt).
     pub stop_tasks_on_exit: bool,
+    /// What tasks may do to this host.
+    pub policy: policy::Policy,
 }
 
 impl Config {
@@ -43,6 +46,7 @@ impl Config {
             memory: None,
             concurrency: 16,
             stop_tasks_on_exit: false,
+            policy: policy::Policy::default(),
         }
     }
 }

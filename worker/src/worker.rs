@@ -382,6 +382,19 @@ impl Inner {
                 return;
             }
         }
+        if let Some(reason) = self.cfg.policy.refuses(&task) {
+            self.release(task.id);
+            warn!(%reason, "refused by the worker's policy");
+            self.lock_finished().insert(task.id, task.generation);
+            let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
+            r.generation = Some(task.generation);
+            r.finish_time = Some(Utc::now());
+            r.error = Some(format!("refused by worker {}: {reason}", self.cfg.name));
+            if self.report(r).await {
+                let _ = msg.ack().await;
+            }
+            return;
+        }
         let progress = keep_alive(&msg);
         let result = self.runtime.start(&task, &self.cfg.name).await;
         progress.cancel();

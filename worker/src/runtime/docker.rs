@@ -26,6 +26,26 @@ pub struct DockerRuntime {
     docker: Docker,
     /// How long an image pull may take before the task fails.
     pull_timeout: Duration,
+    limits: Limits,
+}
+
+/// Limits every container gets, whatever the task asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The memory limit of a task that sets none (0: none).
+    pub default_memory: u64,
+    /// The most processes in one container (0: no limit): a fork bomb stays inside.
+    pub pids_limit: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let policy = crate::policy::Policy::default();
+        Limits {
+            default_memory: policy.default_memory,
+            pids_limit: policy.pids_limit,
+        }
+    }
 }
 
 fn status(e: &DockerError) -> Option<u16> {
@@ -61,7 +81,13 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             pull_timeout: Duration::from_secs(120),
+            limits: Limits::default(),
         })
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> DockerRuntime {
+        self.limits = limits;
+        self
     }
 
     pub fn client(&self) -> &Docker {
@@ -96,7 +122,7 @@ impl DockerRuntime {
         })
     }
 
-    fn create_body(task: &Task, worker: &str) -> ContainerCreateBody {
+    fn create_body(&self, task: &Task, worker: &str) -> ContainerCreateBody {
         let labels = HashMap::from([
             (LABEL_TASK_ID.to_string(), task.id.to_string()),
             (LABEL_WORKER.to_string(), worker.to_string()),
@@ -114,10 +140,47 @@ impl DockerRuntime {
                 Some((container.clone(), Some(vec![binding])))
             })
             .collect();
+        let memory = if task.memory > 0 {
+            task.memory
+        } else {
+            self.limits.default_memory
+        };
+        let mut binds = Vec::new();
+        let mut volumes = Vec::new();
+        for m in &task.mounts {
+            if let Ok((source, target, read_only)) = cube_shared::validate::parse_mount(m) {
+                let spec = format!("{source}:{target}{}", if read_only { ":ro" } else { "" });
+                if source.starts_with('/') {
+                    binds.push(spec);
+                } else {
+                    volumes.push(spec);
+                }
+            }
+        }
+        binds.extend(volumes);
+        let devices: Vec<bollard::models::DeviceMapping> = task
+            .devices
+            .iter()
+            .map(|d| bollard::models::DeviceMapping {
+                path_on_host: Some(d.clone()),
+                path_in_container: Some(d.clone()),
+                cgroup_permissions: Some("rwm".into()),
+            })
+            .collect();
+        // The worker's policy has already refused what this host does not allow.
         let host_config = HostConfig {
-            memory: (task.memory > 0).then_some(task.memory as i64),
+            memory: (memory > 0).then_some(memory as i64),
             nano_cpus: (task.cpu > 0.0).then_some((task.cpu * 1e9) as i64),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            pids_limit: (self.limits.pids_limit > 0).then_some(self.limits.pids_limit),
+            security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+            privileged: Some(task.privileged),
+            network_mode: task.network_mode.clone(),
+            pid_mode: task.pid_mode.clone().filter(|m| !m.is_empty()),
+            ipc_mode: task.ipc_mode.clone().filter(|m| !m.is_empty()),
+            cap_add: (!task.cap_add.is_empty()).then(|| task.cap_add.clone()),
+            devices: (!devices.is_empty()).then_some(devices),
+            binds: (!binds.is_empty()).then_some(binds),
             ..Default::default()
         };
         ContainerCreateBody {
@@ -227,7 +290,7 @@ impl Runtime for DockerRuntime {
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = match self
             .docker
-            .create_container(Some(options), Self::create_body(task, worker))
+            .create_container(Some(options), self.create_body(task, worker))
             .await
         {
             Ok(c) => c,

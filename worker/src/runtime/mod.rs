@@ -12,7 +12,7 @@ use cube_shared::Task;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, Limits};
 pub use sim::{SimConfig, SimRuntime};
 
 /// A container that is running for a task.
