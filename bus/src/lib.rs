@@ -168,3 +168,57 @@ async fn bind(
         .await
         .map_err(|e| nats(format!("consumer {name}"), e))
 }
+pub mod auth;
+
+/// How a process proves who it is to NATS, and how it checks the server (TLS).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// A `.creds` file (NKey seed and user JWT), for servers in operator/JWT mode.
+    pub creds_file: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// CA certificate that signed the server's: turns TLS on.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate and key, for servers that verify clients.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    /// A user and password.
+    pub fn user(user: &str, password: &str) -> Credentials {
+        Credentials {
+            user: Some(user.to_string()),
+            password: Some(password.to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// Connect options carrying these credentials. With a user name, replies come under the
+    /// user's own inbox prefix, the only one its permissions let it read.
+    pub async fn options(&self) -> Result<async_nats::ConnectOptions, Error> {
+        let mut options = match &self.creds_file {
+            Some(path) => async_nats::ConnectOptions::new()
+                .credentials_file(path)
+                .await
+                .map_err(|e| nats(format!("reading {}", path.display()), e))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(user) = &self.user {
+            options = options
+                .user_and_password(user.clone(), self.password.clone().unwrap_or_default())
+                .custom_inbox_prefix(auth::inbox_prefix(user));
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(options)
+    }
+}

@@ -303,7 +303,7 @@ async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
 
 pub async fn submit(args: SubmitArgs) -> Result<()> {
     let task = build_task(&args)?;
-    let client = connect(&args.nats, "cube-cli").await?;
+    let client = connect(&args.nats.client(), "cube-cli").await?;
     let js = jetstream::new(client.clone());
     let event = TaskEvent::submit(task);
     publish_event(&js, &event).await?;
@@ -343,7 +343,7 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
 }
 
 pub async fn stop(args: StopArgs) -> Result<()> {
-    let client = connect(&args.nats, "cube-cli").await?;
+    let client = connect(&args.nats.client(), "cube-cli").await?;
     let id: Uuid = match args.id.parse() {
         Ok(id) => id,
         Err(_) => get_task(&client, &args.id).await?.id,
@@ -354,7 +354,7 @@ pub async fn stop(args: StopArgs) -> Result<()> {
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let client = connect(&args.nats, "cube-cli").await?;
+    let client = connect(&args.nats.client(), "cube-cli").await?;
     if let Some(id) = &args.id {
         let task = get_task(&client, id).await?;
         if args.json {
@@ -469,7 +469,7 @@ fn print_task(t: &Task) {
 }
 
 pub async fn nodes(args: NodesArgs) -> Result<()> {
-    let client = connect(&args.nats, "cube-cli").await?;
+    let client = connect(&args.nats.client(), "cube-cli").await?;
     if let Some(action) = &args.action {
         let (name, drain) = match action {
             NodesAction::Drain { name } => (name, true),
@@ -531,7 +531,7 @@ pub async fn nodes(args: NodesArgs) -> Result<()> {
 }
 
 pub async fn events(args: EventsArgs) -> Result<()> {
-    let client = connect(&args.nats, "cube-cli").await?;
+    let client = connect(&args.nats.client(), "cube-cli").await?;
     let js = jetstream::new(client);
     let mut stream = js.get_stream(JOURNAL_STREAM).await.context(
         "the journal stream does not exist yet; has a manager run against this NATS server?",

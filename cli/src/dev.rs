@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::connect::connect;
 use crate::NatsArgs;
+use cube_bus::auth::{random_password, Role, User};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -31,6 +32,9 @@ pub struct DevArgs {
     /// Placement algorithm.
     #[arg(long, env = "CUBE_SCHEDULER", value_enum, default_value_t = crate::serve::SchedulerKind::Spread)]
     pub scheduler: crate::serve::SchedulerKind,
+    /// Run NATS without authentication (by default `cube dev` generates users and secrets).
+    #[arg(long, env = "CUBE_DEV_NO_AUTH")]
+    pub no_auth: bool,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
@@ -41,20 +45,58 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
 
     let store = args.data_dir.join("jetstream");
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+    let store = store.canonicalize()?;
     let log_path = args.data_dir.join("nats-server.log");
-    let mut nats = start_nats(&args, &store, &log_path)?;
-    let url = format!("nats://127.0.0.1:{}", args.port);
-    let nats_args = NatsArgs {
-        nats_url: url.clone(),
-        nats_connect_timeout: Duration::from_secs(10),
+    // Fresh secrets on every start: the configuration is written anew each time.
+    let users = if args.no_auth {
+        Vec::new()
+    } else {
+        vec![
+            User {
+                role: Role::Manager,
+                password: random_password(),
+            },
+            User {
+                role: Role::Client,
+                password: random_password(),
+            },
+            User {
+                role: Role::Worker(args.worker_name.clone()),
+                password: random_password(),
+            },
+        ]
     };
+    let config = args.data_dir.join("nats.conf");
+    write_private(&config, &server_config(args.port, &store, &users))?;
+    let client_auth = args.data_dir.join("client.auth");
+    let _ = std::fs::remove_file(&client_auth);
+    if let Some(client) = users.iter().find(|u| u.role == Role::Client) {
+        write_private(&client_auth, &format!("client:{}\n", client.password))?;
+    }
+    let mut nats = start_nats(&args, &config, &log_path)?;
+    let url = format!("nats://127.0.0.1:{}", args.port);
+    let credentials = |role: Role| {
+        users
+            .iter()
+            .find(|u| u.role == role)
+            .map(|u| cube_bus::Credentials::user(u.name(), &u.password))
+            .unwrap_or_default()
+    };
+    let as_role =
+        |role: Role| NatsArgs::url(url.clone(), Duration::from_secs(10), &credentials(role));
+    let manager_args = as_role(Role::Manager);
     let client = tokio::select! {
-        c = connect(&nats_args, "cube-dev") => c?,
+        c = connect(&manager_args, "cube-dev-manager") => c?,
         status = nats.wait() => {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             bail!("nats-server exited ({}) before accepting connections:\n{}", status?, tail(&log, 10));
         }
     };
+    let worker_client = connect(
+        &as_role(Role::Worker(args.worker_name.clone())),
+        "cube-dev-worker",
+    )
+    .await?;
 
     let manager_cfg = cube_manager::Config {
         scheduler: args.scheduler.name().to_string(),
@@ -67,7 +109,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         })
     };
     let worker = {
-        let (client, shutdown) = (client.clone(), shutdown.clone());
+        let (client, shutdown) = (worker_client.clone(), shutdown.clone());
         let cfg = cube_worker::Config::new(&args.worker_name);
         tokio::spawn(async move {
             Ok(cube_worker::run(cfg, client, Arc::new(runtime), shutdown).await?)
@@ -79,6 +121,13 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         worker = %args.worker_name,
         "Cube dev cluster is up. Try: cube submit --image cube-busybox:latest -- sleep 30 ; cube status. Ctrl-C stops it."
     );
+    if !users.is_empty() {
+        info!(
+            "NATS requires authentication: `cube` commands run from this directory use {}; elsewhere, use --nats-user client --nats-password \"$(cut -d: -f2 {})\"",
+            client_auth.display(),
+            client_auth.display()
+        );
+    }
 
     let mut failed = None;
     for (what, handle) in [("manager", manager), ("worker", worker)] {
@@ -93,6 +142,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         }
     }
     client.flush().await.ok();
+    worker_client.flush().await.ok();
+    let _ = std::fs::remove_file(&client_auth);
     stop_nats(&mut nats).await;
     match failed {
         Some(e) => Err(e),
@@ -100,18 +151,48 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     }
 }
 
+/// Where `cube dev` (with its default `--data-dir`) leaves the client's `user:password`; the
+/// client commands run from the same directory pick it up.
+pub const CLIENT_AUTH: &str = ".cube/dev/client.auth";
+
+/// nats-server's configuration for the dev cluster: loopback only, JetStream synced on every
+/// write, and Cube's users (none with `--no-auth`).
+fn server_config(port: u16, store: &std::path::Path, users: &[User]) -> String {
+    let mut config = format!(
+        "listen: \"127.0.0.1:{port}\"\nserver_name: \"cube-dev\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+        store.display()
+    );
+    if !users.is_empty() {
+        config.push_str(&cube_bus::auth::server_config(users));
+    }
+    config
+}
+
+/// Writes a file only its owner can read: it holds passwords.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 fn start_nats(
     args: &DevArgs,
-    store: &std::path::Path,
+    config: &std::path::Path,
     log_path: &std::path::Path,
 ) -> Result<Child> {
     let log = std::fs::File::create(log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     Command::new(&args.nats_server)
-        .args(["--jetstream", "--store_dir"])
-        .arg(store)
-        .args(["--addr", "127.0.0.1", "--port", &args.port.to_string()])
-        .args(["--server_name", "cube-dev"])
+        .arg("-c")
+        .arg(config)
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)

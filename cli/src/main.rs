@@ -7,6 +7,7 @@ mod dev;
 mod output;
 mod serve;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -46,6 +47,41 @@ enum Command {
     Nodes(client::NodesArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(client::EventsArgs),
+    /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
+    /// one user per worker), deny by default.
+    AuthConfig(AuthConfigArgs),
+}
+
+#[derive(Args, Debug)]
+struct AuthConfigArgs {
+    /// A worker's name; repeat for each worker.
+    #[arg(long = "worker", required = true)]
+    workers: Vec<String>,
+    /// Write passwords as `$CUBE_<ROLE>_PASSWORD` references that nats-server reads from its
+    /// environment, instead of generating random ones (printed to stderr).
+    #[arg(long)]
+    password_env: bool,
+}
+
+fn auth_config(args: AuthConfigArgs) -> Result<()> {
+    use cube_bus::auth::{random_password, server_config, users_by_reference, RESERVED};
+    for w in &args.workers {
+        cube_shared::validate::validate_worker_name(w)
+            .map_err(|e| anyhow::anyhow!("--worker {w}: {e}"))?;
+        anyhow::ensure!(
+            !RESERVED.contains(&w.as_str()),
+            "--worker {w}: the name is reserved"
+        );
+    }
+    let mut users = users_by_reference(&args.workers);
+    if !args.password_env {
+        for u in &mut users {
+            u.password = random_password();
+            eprintln!("{}: {}", u.name(), u.password);
+        }
+    }
+    print!("{}", server_config(&users));
+    Ok(())
 }
 
 /// How to reach NATS; every command takes these.
@@ -62,6 +98,78 @@ pub struct NatsArgs {
     /// How long to wait for the first connection.
     #[arg(long, env = "CUBE_NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
     pub nats_connect_timeout: Duration,
+    /// A NATS credentials file (user JWT and NKey seed), for servers in operator mode.
+    #[arg(long, env = "CUBE_NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "CUBE_NATS_USER", global = true)]
+    pub nats_user: Option<String>,
+    #[arg(
+        long,
+        env = "CUBE_NATS_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "CUBE_NATS_TOKEN", global = true, hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// CA certificate of the NATS server's TLS certificate (turns TLS on).
+    #[arg(long, env = "CUBE_NATS_TLS_CA", global = true)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for NATS servers that verify clients (with --nats-tls-key).
+    #[arg(long, env = "CUBE_NATS_TLS_CERT", global = true)]
+    pub nats_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "CUBE_NATS_TLS_KEY", global = true)]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Only a URL: for processes `cube dev` starts itself.
+    pub fn url(url: String, timeout: Duration, credentials: &cube_bus::Credentials) -> NatsArgs {
+        NatsArgs {
+            nats_url: url,
+            nats_connect_timeout: timeout,
+            nats_creds: credentials.creds_file.clone(),
+            nats_user: credentials.user.clone(),
+            nats_password: credentials.password.clone(),
+            nats_token: credentials.token.clone(),
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+        }
+    }
+
+    pub fn credentials(&self) -> cube_bus::Credentials {
+        cube_bus::Credentials {
+            creds_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+        }
+    }
+
+    fn has_credentials(&self) -> bool {
+        self.nats_creds.is_some() || self.nats_user.is_some() || self.nats_token.is_some()
+    }
+
+    /// For the client commands: without credentials given, those `cube dev` wrote for its
+    /// client (in `.cube/dev/client.auth` under the current directory), if any.
+    pub fn client(&self) -> NatsArgs {
+        let mut args = self.clone();
+        if !self.has_credentials() {
+            if let Ok(text) = std::fs::read_to_string(dev::CLIENT_AUTH) {
+                if let Some((user, password)) = text.trim().split_once(':') {
+                    args.nats_user = Some(user.to_string());
+                    args.nats_password = Some(password.to_string());
+                }
+            }
+        }
+        args
+    }
 }
 
 pub fn duration(s: &str) -> Result<Duration, String> {
@@ -151,5 +259,6 @@ async fn run(cli: Cli) -> Result<()> {
             init_tracing("warn");
             client::events(args).await
         }
+        Command::AuthConfig(args) => auth_config(args),
     }
 }

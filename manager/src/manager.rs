@@ -444,10 +444,12 @@ impl Manager {
                 .await;
                 Ok(())
             }
-            Ok(report) if msg.subject.as_str() != subjects::state_for(report.task_id) => {
+            Ok(report)
+                if msg.subject.as_str() != subjects::state_for(report.task_id, &report.worker) =>
+            {
                 let reason = format!(
-                    "state report for task {} sent on {}",
-                    report.task_id, msg.subject
+                    "state report for task {} by {} sent on {}",
+                    report.task_id, report.worker, msg.subject
                 );
                 self.reject(&msg.payload, msg.subject.as_str(), reason)
                     .await;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 pub const EVENTS: &str = "tasks.events";
 /// Manager → any worker: work for whichever worker takes it first.
 pub const PENDING: &str = "tasks.pending";
-/// Worker → manager: state reports, `tasks.state.<task-id>`.
+/// Worker → manager: state reports, `tasks.state.<task-id>.<worker>`.
 pub const STATE_ALL: &str = "tasks.state.>";
 /// Manager → anyone: rejected events and why.
 pub const REJECTED: &str = "tasks.rejected";
@@ -47,8 +47,11 @@ pub fn pending_for(worker: &str) -> String {
     format!("{PENDING}.{worker}")
 }
 
-pub fn state_for(task_id: Uuid) -> String {
-    format!("tasks.state.{task_id}")
+/// A worker's report about a task: `tasks.state.<task-id>.<worker>`. The worker's name is in
+/// the subject so that NATS permissions can bind it: a worker may publish only under its own
+/// name, and the manager accepts a report only from the subject of the task's worker.
+pub fn state_for(task_id: Uuid, worker: &str) -> String {
+    format!("tasks.state.{task_id}.{worker}")
 }
 
 pub fn heartbeat_for(worker: &str) -> String {

@@ -73,16 +73,24 @@ pub struct NatsServer {
     child: Child,
     pub port: u16,
     pub store: tempfile::TempDir,
+    /// Configuration appended to the generated one (an `authorization` block, say).
+    extra: String,
 }
 
 impl NatsServer {
     pub async fn start() -> Result<NatsServer> {
+        NatsServer::start_with("").await
+    }
+
+    /// A server whose configuration ends with `extra`.
+    pub async fn start_with(extra: &str) -> Result<NatsServer> {
         let store = tempfile::tempdir()?;
         let port = free_port()?;
         let mut server = NatsServer {
-            child: spawn_nats(store.path(), port)?,
+            child: spawn_nats(store.path(), port, extra)?,
             port,
             store,
+            extra: extra.to_string(),
         };
         server.wait_ready().await?;
         Ok(server)
@@ -109,7 +117,7 @@ impl NatsServer {
     pub async fn restart_after(&mut self, down: Duration) -> Result<()> {
         self.kill();
         tokio::time::sleep(down).await;
-        self.child = spawn_nats(self.store.path(), self.port)?;
+        self.child = spawn_nats(self.store.path(), self.port, &self.extra)?;
         self.wait_ready().await
     }
 
@@ -166,10 +174,10 @@ fn nats_config(store: &Path, port: u16) -> String {
     )
 }
 
-fn spawn_nats(store: &Path, port: u16) -> Result<Child> {
+fn spawn_nats(store: &Path, port: u16, extra: &str) -> Result<Child> {
     let bin = std::env::var("CUBE_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
     let conf = store.join(NATS_CONF);
-    std::fs::write(&conf, nats_config(store, port))
+    std::fs::write(&conf, nats_config(store, port) + extra)
         .with_context(|| format!("writing {}", conf.display()))?;
     Command::new(&bin)
         .arg("-c")
@@ -466,9 +474,15 @@ pub fn cube_bin() -> PathBuf {
 
 /// Runs `cube ARGS` against `nats_url`; returns stdout, or an error with stderr.
 pub async fn cube(nats_url: &str, args: &[&str]) -> Result<String> {
+    cube_with_env(nats_url, &[], args).await
+}
+
+/// Runs `cube ARGS` against `nats_url` with extra environment variables (credentials, say).
+pub async fn cube_with_env(nats_url: &str, env: &[(&str, &str)], args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(cube_bin())
         .args(args)
         .env("CUBE_NATS_URL", nats_url)
+        .envs(env.iter().copied())
         .output()
         .await?;
     if !out.status.success() {

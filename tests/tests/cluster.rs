@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cube_shared::{State, LABEL_TASK_ID, LABEL_WORKER};
-use cube_tests::{cube, cube_bin, eventually, long_running, task, unique, Cluster, IMAGE};
+use cube_tests::{cube_bin, cube_with_env, eventually, long_running, task, unique, Cluster, IMAGE};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -67,8 +67,39 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()?;
     let url = format!("nats://127.0.0.1:{port}");
+    // `cube dev` runs NATS with authentication and leaves the client's password here.
+    let auth = eventually(
+        WITHIN,
+        "cube dev writes the client's credentials",
+        || async {
+            let text = std::fs::read_to_string(dir.path().join("client.auth"))?;
+            let (user, password) = text
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("{text}"))?;
+            Ok((user.to_string(), password.to_string()))
+        },
+    )
+    .await?;
+    let env = [
+        ("CUBE_NATS_USER", auth.0.as_str()),
+        ("CUBE_NATS_PASSWORD", auth.1.as_str()),
+    ];
+    let cube = |args: Vec<String>| {
+        let url = url.clone();
+        let env = env.map(|(k, v)| (k, v.to_string()));
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cube_with_env(&url, &env, &args).await
+        }
+    };
+    let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Without them, NATS turns the client away.
+    let refused = cube_tests::cube(&url, &["nodes"]).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
     eventually(WITHIN, "cube dev's worker is ready", || async {
-        let nodes = cube(&url, &["nodes"]).await?;
+        let nodes = cube(strings(&["nodes"])).await?;
         anyhow::ensure!(
             nodes.contains(&worker) && nodes.contains("ready"),
             "{nodes}"
@@ -77,12 +108,11 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
     })
     .await?;
 
-    let mut args = vec!["submit", "--image", IMAGE, "--"];
-    let cmd = long_running();
-    args.extend(cmd.iter().map(String::as_str));
-    let id = cube(&url, &args).await?.trim().to_string();
+    let mut args = strings(&["submit", "--image", IMAGE, "--"]);
+    args.extend(long_running());
+    let id = cube(args).await?.trim().to_string();
     eventually(WITHIN, "the task shows running", || async {
-        let status = cube(&url, &["status"]).await?;
+        let status = cube(strings(&["status"])).await?;
         let row = status
             .lines()
             .find(|l| l.contains(&id))

@@ -814,7 +814,7 @@ impl Inner {
     /// Publishes a state report into JetStream, retrying until it is stored or the worker
     /// shuts down. Returns whether it was stored.
     async fn report(&self, report: StateReport) -> bool {
-        let subject = state_for(report.task_id);
+        let subject = state_for(report.task_id, &report.worker);
         // The same id on every retry, so a retry after a lost ack is not stored twice.
         let msg_id = Uuid::new_v4().to_string();
         cube_bus::publish_durably(&self.js, subject, encode(&report), &msg_id, &self.shutdown)

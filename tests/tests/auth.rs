@@ -1,0 +1,201 @@
+//! NATS permissions per role, with a real nats-server running Cube's generated authorization
+//! block: each role can do its job and nothing else, and the server says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use async_nats::jetstream;
+use cube_bus::auth::{server_config, Role, User};
+use cube_bus::Credentials;
+use cube_shared::subjects::{state_for, EVENTS, WORK_STREAM};
+use cube_shared::{State, StateReport, TaskEvent, LABEL_WORKER};
+use cube_tests::{api, long_running, remove_containers, task, unique, NatsServer};
+use cube_worker::runtime::{DockerRuntime, Runtime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// A connection as `user`, and the server's errors as they arrive.
+async fn connect_as(
+    nats: &NatsServer,
+    user: &User,
+) -> Result<(async_nats::Client, mpsc::UnboundedReceiver<String>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let options = Credentials::user(user.name(), &user.password)
+        .options()
+        .await?
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        });
+    Ok((options.connect(nats.url()).await?, rx))
+}
+
+/// Waits for the server to report a permissions violation naming `subject`.
+async fn denied(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let e = tokio::time::timeout_at(deadline, errors.recv())
+            .await
+            .map_err(|_| anyhow!("no permissions violation reported for {subject}"))?
+            .ok_or_else(|| anyhow!("connection closed"))?;
+        if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
+            return Ok(());
+        }
+    }
+}
+
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for w in &self.0 {
+            remove_containers(&format!("{LABEL_WORKER}={w}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
+    cube_tests::ensure_image()?;
+    let (a, b) = (unique("wa"), unique("wb"));
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    let password = cube_bus::auth::random_password;
+    let manager = User {
+        role: Role::Manager,
+        password: password(),
+    };
+    let client = User {
+        role: Role::Client,
+        password: password(),
+    };
+    let worker_a = User {
+        role: Role::Worker(a.clone()),
+        password: password(),
+    };
+    let worker_b = User {
+        role: Role::Worker(b.clone()),
+        password: password(),
+    };
+    let nats = NatsServer::start_with(&server_config(&[
+        manager.clone(),
+        client.clone(),
+        worker_a.clone(),
+        worker_b.clone(),
+    ]))
+    .await?;
+
+    // The whole cluster runs under its roles.
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let (manager_conn, _) = connect_as(&nats, &manager).await?;
+    tokio::spawn(cube_manager::run(
+        cube_manager::Config::default(),
+        manager_conn,
+        shutdown.child_token(),
+    ));
+    let docker: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect().await?);
+    for (name, user) in [(&a, &worker_a), (&b, &worker_b)] {
+        let (conn, _) = connect_as(&nats, user).await?;
+        let mut cfg = cube_worker::Config::new(name.as_str());
+        cfg.heartbeat_interval = Duration::from_millis(500);
+        cfg.labels.insert("name".into(), name.clone());
+        tokio::spawn(cube_worker::run(
+            cfg,
+            conn,
+            docker.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    let (client_conn, mut client_errors) = connect_as(&nats, &client).await?;
+    cube_tests::eventually(WITHIN, "both workers are ready", || async {
+        let nodes: Vec<cube_shared::Node> =
+            api(&client_conn, cube_shared::subjects::API_NODES_LIST, &()).await?;
+        anyhow::ensure!(nodes.len() == 2, "{} nodes", nodes.len());
+        Ok(())
+    })
+    .await?;
+    let client_js = jetstream::new(client_conn.clone());
+    let mut t = task(&[]);
+    t.cmd = long_running();
+    t.constraints = vec![format!("name={b}")];
+    let event = TaskEvent::submit(t);
+    let id = event.task.id;
+    client_js
+        .publish(EVENTS, cube_shared::wire::encode(&event))
+        .await?
+        .await?;
+    let running = cube_tests::eventually(WITHIN, "the client's task runs on worker b", || async {
+        let t: cube_shared::Task = api(
+            &client_conn,
+            cube_shared::subjects::API_TASKS_GET,
+            &cube_shared::TaskQuery { id: id.to_string() },
+        )
+        .await?;
+        anyhow::ensure!(t.state == State::Running, "{}", t.state);
+        Ok(t)
+    })
+    .await?;
+    assert_eq!(running.worker.as_deref(), Some(b.as_str()));
+
+    // A worker may not submit tasks, nor touch another worker's work or name.
+    let (a_conn, mut a_errors) = connect_as(&nats, &worker_a).await?;
+    a_conn.publish(EVENTS, "{}".into()).await?;
+    denied(&mut a_errors, EVENTS).await?;
+    let other_work = format!("tasks.pending.{b}");
+    a_conn.publish(other_work.clone(), "{}".into()).await?;
+    denied(&mut a_errors, &other_work).await?;
+    let _sub = a_conn.subscribe(other_work.clone()).await?;
+    denied(&mut a_errors, &other_work).await?;
+    let other_next = format!("$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.worker-{b}");
+    a_conn.publish(other_next.clone(), "{}".into()).await?;
+    denied(&mut a_errors, &other_next).await?;
+    let other_heartbeat = format!("nodes.heartbeat.{b}");
+    a_conn.publish(other_heartbeat.clone(), "{}".into()).await?;
+    denied(&mut a_errors, &other_heartbeat).await?;
+    // Nor speak for another worker's task: under b's name the server refuses…
+    let forged = state_for(id, &b);
+    a_conn.publish(forged.clone(), "{}".into()).await?;
+    denied(&mut a_errors, &forged).await?;
+    // …and under its own name the manager ignores it (the task is b's).
+    let mut lie = StateReport::new(id, &a, State::Failed);
+    lie.error = Some("forged".into());
+    jetstream::new(a_conn.clone())
+        .publish(state_for(id, &a), cube_shared::wire::encode(&lie))
+        .await?
+        .await?;
+
+    // A client may not publish task state or work.
+    let state_subject = state_for(id, &b);
+    client_conn
+        .publish(state_subject.clone(), "{}".into())
+        .await?;
+    denied(&mut client_errors, &state_subject).await?;
+    let work = format!("tasks.pending.{b}");
+    client_conn.publish(work.clone(), "{}".into()).await?;
+    denied(&mut client_errors, &work).await?;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t: cube_shared::Task = api(
+        &client_conn,
+        cube_shared::subjects::API_TASKS_GET,
+        &cube_shared::TaskQuery { id: id.to_string() },
+    )
+    .await?;
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (State::Running, Some(b.as_str())),
+        "the forged report changed nothing"
+    );
+
+    // Nobody gets in without a password.
+    let anonymous = async_nats::ConnectOptions::new().connect(nats.url()).await;
+    assert!(anonymous.is_err(), "an anonymous connection was accepted");
+    Ok(())
+}
