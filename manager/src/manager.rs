@@ -251,7 +251,7 @@ impl Manager {
                 let reason = e.to_string();
                 self.reject(&msg.payload, msg.subject.as_str(), reason.clone())
                     .await;
-                self.record_refused(&msg.payload, reason).await
+                self.record_refused(&msg.payload, cap(reason)).await
             }
             Ok(event) => {
                 let span = info_span!("event", event.id = %event.id, task.id = %event.task.id);
@@ -677,6 +677,7 @@ impl Manager {
 
     /// Refuses a message: the reason goes to `tasks.rejected` and the journal.
     async fn reject(&self, payload: &[u8], subject: &str, reason: String) {
+        let reason = cap(reason);
         let wire::Salvaged {
             event_id, task_id, ..
         } = wire::salvage(payload);
@@ -730,4 +731,16 @@ impl Manager {
             debug!(error = %e, "publishing");
         }
     }
+}
+
+/// A reason, shortened to at most 1,000 characters: a hostile message must not grow the
+/// rejections and the journal.
+fn cap(reason: String) -> String {
+    const MAX: usize = 1000;
+    if reason.chars().count() <= MAX {
+        return reason;
+    }
+    let mut short: String = reason.chars().take(MAX).collect();
+    short.push('…');
+    short
 }

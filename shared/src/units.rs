@@ -131,11 +131,18 @@ pub mod opt_duration {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Text(t)) => super::parse_duration(&t)
-                .map(Some)
+                .map(|d| Some(whole_millis(d)))
                 .map_err(serde::de::Error::custom),
-            Some(Raw::Seconds(n)) => Duration::try_from_secs_f64(n).map(Some).map_err(|_| {
-                serde::de::Error::custom("a duration must be a non-negative number of seconds")
-            }),
+            Some(Raw::Seconds(n)) => Duration::try_from_secs_f64(n)
+                .map(|d| Some(whole_millis(d)))
+                .map_err(|_| {
+                    serde::de::Error::custom("a duration must be a non-negative number of seconds")
+                }),
         }
+    }
+
+    /// Durations on the wire are whole milliseconds, so they survive being written and read.
+    fn whole_millis(d: Duration) -> Duration {
+        Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
     }
 }

@@ -17,6 +17,8 @@ pub enum DecodeError {
     TooLarge { size: usize, max: usize },
     #[error("payload is empty")]
     Empty,
+    #[error("the event is {size} bytes once normalised; a submission must stay under {max} bytes to leave room for what Cube adds to it")]
+    NoHeadroom { size: usize, max: usize },
     /// `path` says which field: `task.memory`.
     #[error("{}", if path.is_empty() || path == "." { message.clone() } else { format!("{path}: {message}") })]
     Json { path: String, message: String },
@@ -32,18 +34,50 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, Decode
             max,
         });
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(DecodeError::Empty);
+    };
+    // Every message is a JSON object; serde would also read a struct from an array.
+    if *first != b'{' {
+        return Err(DecodeError::Json {
+            path: String::new(),
+            message: "a message must be a JSON object".to_string(),
+        });
     }
+    let json = |e: serde_json::Error, path: String| DecodeError::Json {
+        path,
+        message: e.to_string(),
+    };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| DecodeError::Json {
-        path: e.path().to_string(),
-        message: e.inner().to_string(),
-    })
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        json(e.into_inner(), path)
+    })?;
+    // One document, nothing after it.
+    de.end().map_err(|e| json(e, String::new()))?;
+    Ok(value)
 }
 
-/// Parses and validates a TaskEvent.
+/// Room left under [`MAX_EVENT_BYTES`] for what the manager adds to a submitted task before
+/// it hands it to a worker (worker name, generation, times): a submission must leave it free.
+pub const PLACEMENT_HEADROOM: usize = 4096;
+
+/// Parses and validates a submitted TaskEvent (from any client): it must also leave room
+/// for what Cube adds to it, so that the placement made from it can be handed on.
 pub fn decode_event(bytes: &[u8]) -> Result<TaskEvent, DecodeError> {
+    let event = decode_placement(bytes)?;
+    let size = encode(&event).len();
+    if size + PLACEMENT_HEADROOM > MAX_EVENT_BYTES {
+        return Err(DecodeError::NoHeadroom {
+            size,
+            max: MAX_EVENT_BYTES - PLACEMENT_HEADROOM,
+        });
+    }
+    Ok(event)
+}
+
+/// Parses and validates a TaskEvent the manager sent to a worker (a placement or a stop).
+pub fn decode_placement(bytes: &[u8]) -> Result<TaskEvent, DecodeError> {
     let event: TaskEvent = decode(bytes, MAX_EVENT_BYTES)?;
     validate_event(&event)?;
     Ok(event)

@@ -235,7 +235,7 @@ impl Inner {
     /// Takes one message off a consumer and hands it to a handler task. The task's lock is
     /// taken here, in arrival order, so a stop never overtakes the start before it.
     async fn dispatch(self: &Arc<Self>, msg: jetstream::Message, tracker: &TaskTracker) {
-        let event = match wire::decode_event(&msg.payload) {
+        let event = match wire::decode_placement(&msg.payload) {
             Ok(event) => event,
             Err(e) => {
                 // Only the manager publishes here; a bad message is dropped, not retried.
