@@ -95,23 +95,25 @@ async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let (manager_conn, _) = connect_as(&nats, &manager).await?;
-    tokio::spawn(cube_manager::run(
-        cube_manager::Config::default(),
-        manager_conn,
-        shutdown.child_token(),
-    ));
+    let token = shutdown.child_token();
+    tokio::spawn(async move {
+        let config = cube_manager::Config::default();
+        if let Err(e) = cube_manager::run(config, manager_conn, token).await {
+            panic!("manager failed: {e}");
+        }
+    });
     let docker: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect().await?);
     for (name, user) in [(&a, &worker_a), (&b, &worker_b)] {
         let (conn, _) = connect_as(&nats, user).await?;
         let mut cfg = cube_worker::Config::new(name.as_str());
         cfg.heartbeat_interval = Duration::from_millis(500);
         cfg.labels.insert("name".into(), name.clone());
-        tokio::spawn(cube_worker::run(
-            cfg,
-            conn,
-            docker.clone(),
-            shutdown.child_token(),
-        ));
+        let (runtime, token) = (docker.clone(), shutdown.child_token());
+        tokio::spawn(async move {
+            if let Err(e) = cube_worker::run(cfg, conn, runtime, token).await {
+                panic!("worker failed: {e}");
+            }
+        });
     }
     let (client_conn, mut client_errors) = connect_as(&nats, &client).await?;
     cube_tests::eventually(WITHIN, "both workers are ready", || async {

@@ -103,10 +103,10 @@ pub async fn run(
     let Some(tasks) = wait_for(&shutdown, TASK_DB, || js.get_key_value(TASK_DB)).await else {
         return Ok(());
     };
-    let nodes = js
-        .get_key_value(NODE_DB)
-        .await
-        .map_err(|e| Error::Nats(format!("bucket {NODE_DB}: {e}")))?;
+    // The manager creates the buckets one after another: wait for each.
+    let Some(nodes) = wait_for(&shutdown, NODE_DB, || js.get_key_value(NODE_DB)).await else {
+        return Ok(());
+    };
 
     let inner = Arc::new(Inner {
         ops: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
