@@ -129,8 +129,10 @@ fn consumer_config(name: &str, subject: &str) -> pull::Config {
         filter_subject: subject.to_string(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         // The manager acknowledges once the Task DB records the outcome; a message it could
-        // not finish (NATS trouble) comes back after this long.
-        ack_wait: Duration::from_secs(30),
+        // not finish (NATS trouble, or a manager killed mid-way) comes back after this long.
+        // Handling one takes milliseconds: short, so a restarted manager is not kept waiting,
+        // and later messages overtake the unfinished one only briefly.
+        ack_wait: Duration::from_secs(10),
         max_ack_pending: 10_000,
         ..Default::default()
     }

@@ -37,6 +37,7 @@ const STOPPED_BEFORE_START: &str = "stopped before it started";
 struct Running {
     container_id: String,
     generation: u64,
+    start_time: Option<chrono::DateTime<Utc>>,
     /// Stops the task's health checks, if it has any.
     checks: Option<CancellationToken>,
 }
@@ -406,6 +407,7 @@ impl Inner {
                     Running {
                         container_id: started.container_id.clone(),
                         generation: task.generation,
+                        start_time: Some(started.start_time),
                         checks,
                     },
                 );
@@ -494,7 +496,8 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Instant::now());
         // The placement to stop: the one named in the request, else the one running here.
-        let running = self.lock_running().get(&id).map(|r| r.generation);
+        let tracked = self.lock_running().get(&id).cloned();
+        let running = tracked.as_ref().map(|r| r.generation);
         let generation = Some(event.task.generation).filter(|g| *g > 0).or(running);
         let Some(g) = generation else {
             debug!("nothing of this task runs here");
@@ -515,6 +518,10 @@ impl Inner {
                 r.generation = generation;
                 r.exit_code = code;
                 r.finish_time = Some(Utc::now());
+                if let Some(t) = tracked.filter(|t| t.generation == g) {
+                    r.container_id = Some(t.container_id);
+                    r.start_time = t.start_time;
+                }
                 if self.report(r).await {
                     let _ = msg.ack().await;
                 }
@@ -548,19 +555,29 @@ impl Inner {
                 return;
             }
             info!(exit_code = exit.exit_code, container = %running.container_id, "container exited");
-            self.finish(exit, running.generation).await;
+            let run = (Some(running.container_id.clone()), running.start_time);
+            self.finish(exit, running.generation, run).await;
         }
         .instrument(span)
         .await
     }
 
-    /// Reports how a container ended, forgets it and removes it.
-    async fn finish(&self, exit: Exit, generation: u64) {
+    /// Reports how a container ended, forgets it and removes it. The report carries the
+    /// container and its start time too, so that it tells the whole story even if the
+    /// `running` report before it is applied late (a redelivery after a manager restart).
+    async fn finish(
+        &self,
+        exit: Exit,
+        generation: u64,
+        (container_id, start_time): (Option<String>, Option<chrono::DateTime<Utc>>),
+    ) {
         let task_id = exit.task_id;
         self.lock_finished().insert(task_id, generation);
         self.forget(task_id);
         let mut r = exit_report(exit, &self.cfg.name);
         r.generation = Some(generation);
+        r.container_id = container_id;
+        r.start_time = start_time;
         self.report(r).await;
         if let Err(e) = self.runtime.remove(task_id, generation).await {
             warn!(error = %e, "removing the exited container");
@@ -607,6 +624,7 @@ impl Inner {
                         Running {
                             container_id: o.container_id.clone(),
                             generation: task.generation,
+                            start_time: o.start_time,
                             checks,
                         },
                     );
@@ -629,7 +647,10 @@ impl Inner {
                             "the container ended while the worker was away"
                         )
                     });
-                    self.finish(exit, task.generation).instrument(span).await;
+                    let run = (Some(o.container_id.clone()), o.start_time);
+                    self.finish(exit, task.generation, run)
+                        .instrument(span)
+                        .await;
                 }
                 (None, _) => {
                     removed += 1;
