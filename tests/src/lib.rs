@@ -509,3 +509,23 @@ pub fn task(cmd: &[&str]) -> Task {
     task.cmd = cmd.iter().map(|s| s.to_string()).collect();
     task
 }
+
+/// Waits until a durable consumer has delivered everything and had it all acknowledged.
+pub async fn wait_drained(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    within: Duration,
+) -> Result<()> {
+    eventually(within, &format!("{consumer} has nothing left"), || async {
+        let info = js.get_stream(stream).await?.consumer_info(consumer).await?;
+        anyhow::ensure!(
+            info.num_pending == 0 && info.num_ack_pending == 0,
+            "{} pending, {} unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        Ok(())
+    })
+    .await
+}

@@ -355,26 +355,11 @@ async fn published_five_times(c: &mut ProcCluster) -> Result<()> {
         .wait_state(id, State::Running, Duration::from_secs(30))
         .await?;
     // The manager has taken in all five copies.
-    let js = c.js.clone();
-    eventually(
+    cube_tests::wait_drained(
+        &c.js,
+        EVENTS_STREAM,
+        MANAGER_EVENTS_CONSUMER,
         Duration::from_secs(30),
-        "the manager has consumed and acknowledged the five copies",
-        || async {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-                .get_stream(EVENTS_STREAM)
-                .await?
-                .get_consumer(MANAGER_EVENTS_CONSUMER)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let info = consumer.info().await?;
-            ensure!(
-                info.num_pending == 0 && info.num_ack_pending == 0,
-                "{} pending, {} unacknowledged",
-                info.num_pending,
-                info.num_ack_pending
-            );
-            Ok(())
-        },
     )
     .await?;
     // Time for a second container to appear, if one were coming.

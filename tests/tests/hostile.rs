@@ -400,21 +400,7 @@ async fn a_thousand_hostile_messages_leave_manager_and_worker_running() -> Resul
         (STATE_STREAM, MANAGER_STATE_CONSUMER.to_string()),
     ];
     for (stream, consumer) in &consumers {
-        eventually(WITHIN, &format!("{consumer} has nothing left"), || async {
-            let info = js
-                .get_stream(*stream)
-                .await?
-                .consumer_info(consumer)
-                .await?;
-            ensure!(
-                info.num_pending == 0 && info.num_ack_pending == 0,
-                "{} pending, {} unacknowledged",
-                info.num_pending,
-                info.num_ack_pending
-            );
-            Ok(())
-        })
-        .await?;
+        cube_tests::wait_drained(&js, stream, consumer, WITHIN).await?;
     }
     println!("all processed after {:?}", started.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
