@@ -228,8 +228,9 @@ pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<(
 }
 
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
-    let runtime = args.runtime().await?;
     let cfg = args.config();
+    cfg.validate()?;
+    let runtime = args.runtime().await?;
     let client = connect(&args.nats, &format!("cube-worker-{}", cfg.name)).await?;
     cube_worker::run(cfg, client, runtime, shutdown)
         .await

@@ -36,6 +36,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// A usable name: a single NATS subject token, not one of the reserved role names.
+    pub fn validate(&self) -> Result<(), Error> {
+        cube_shared::validate::validate_worker_name(&self.name)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if cube_bus::auth::RESERVED.contains(&self.name.as_str()) {
+            return Err(Error::Config(format!(
+                "worker name `{}` is reserved for a NATS role; choose another",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     pub fn new(name: impl Into<String>) -> Config {
         Config {
             name: name.into(),

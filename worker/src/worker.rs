@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
 use chrono::Utc;
 use cube_shared::subjects::*;
-use cube_shared::validate::validate_worker_name;
 use cube_shared::wire::{self, encode};
 use cube_shared::{Health, Node, NodeState, RunningTask, State, StateReport, Task, TaskEvent};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
@@ -96,7 +95,7 @@ pub async fn run(
     runtime: Arc<dyn Runtime>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    validate_worker_name(&cfg.name).map_err(|e| Error::Config(e.to_string()))?;
+    cfg.validate()?;
     let js = jetstream::new(client.clone());
     let Some(work) = wait_for(&shutdown, WORK_STREAM, || js.get_stream(WORK_STREAM)).await else {
         return Ok(());
