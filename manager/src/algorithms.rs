@@ -58,10 +58,7 @@ impl Scheduler for Spread {
     }
 
     fn score(&mut self, task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64> {
-        candidates
-            .iter()
-            .map(|n| n.load(Some(task)) + f64::from(n.tasks) * 1e-6)
-            .collect()
+        candidates.iter().map(|n| n.fullness_with(task)).collect()
     }
 }
 
@@ -75,10 +72,7 @@ impl Scheduler for BinPack {
     }
 
     fn score(&mut self, task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64> {
-        candidates
-            .iter()
-            .map(|n| -(n.load(Some(task)) + f64::from(n.tasks) * 1e-6))
-            .collect()
+        candidates.iter().map(|n| -n.fullness_with(task)).collect()
     }
 }
 

@@ -48,16 +48,16 @@ impl NodeView<'_> {
         None
     }
 
-    /// The fraction of the node's cpu and memory reserved (the larger), after adding `task`
-    /// if given. A node offering none of a resource counts as full of it.
-    pub fn load(&self, task: Option<&Task>) -> f64 {
-        let (cpu, memory) = task.map_or((0.0, 0), |t| (t.cpu, t.memory));
-        let cpu = fraction(self.cpu_reserved + cpu, self.node.cores);
+    /// How full the node would be with `task` on it: the larger of its reserved cpu and
+    /// memory fractions (a node offering none of a resource counts as full of it), with the
+    /// task count as a tie-break among equally loaded nodes.
+    pub fn fullness_with(&self, task: &Task) -> f64 {
+        let cpu = fraction(self.cpu_reserved + task.cpu, self.node.cores);
         let memory = fraction(
-            (self.memory_reserved + memory) as f64,
+            (self.memory_reserved + task.memory) as f64,
             self.node.memory as f64,
         );
-        cpu.max(memory)
+        cpu.max(memory) + f64::from(self.tasks) * 1e-6
     }
 }
 

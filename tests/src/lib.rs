@@ -503,6 +503,13 @@ pub fn long_running() -> Vec<String> {
         .to_vec()
 }
 
+/// A task of the test image that runs until it is stopped.
+pub fn sleeper() -> Task {
+    let mut t = task(&[]);
+    t.cmd = long_running();
+    t
+}
+
 /// A task of the test image running `cmd`.
 pub fn task(cmd: &[&str]) -> Task {
     let mut task = Task::new(IMAGE);

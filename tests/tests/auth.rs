@@ -10,7 +10,7 @@ use cube_bus::auth::{server_config, Role, User};
 use cube_bus::Credentials;
 use cube_shared::subjects::{state_for, EVENTS, WORK_STREAM};
 use cube_shared::{State, StateReport, TaskEvent, LABEL_WORKER};
-use cube_tests::{api, long_running, remove_containers, task, unique, NatsServer};
+use cube_tests::{api, remove_containers, unique, NatsServer};
 use cube_worker::runtime::{DockerRuntime, Runtime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -124,8 +124,7 @@ async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
     })
     .await?;
     let client_js = jetstream::new(client_conn.clone());
-    let mut t = task(&[]);
-    t.cmd = long_running();
+    let mut t = cube_tests::sleeper();
     t.constraints = vec![format!("name={b}")];
     let event = TaskEvent::submit(t);
     let id = event.task.id;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use cube_shared::subjects::{EVENTS, REJECTED};
 use cube_shared::{Rejection, State};
-use cube_tests::{cube, long_running, task, Cluster, IMAGE};
+use cube_tests::{cube, task, Cluster, IMAGE};
 use futures::StreamExt;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -34,8 +34,7 @@ async fn malformed_events_are_rejected_with_reasons_and_others_run() -> anyhow::
     cluster.client.flush().await?;
     let js = jetstream::new(cluster.client.clone());
 
-    let mut t = task(&[]);
-    t.cmd = long_running();
+    let t = cube_tests::sleeper();
     let before = cluster.submit(t).await?;
     cluster.wait_state(before, State::Running, WITHIN).await?;
 

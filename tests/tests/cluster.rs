@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cube_shared::{State, LABEL_TASK_ID, LABEL_WORKER};
-use cube_tests::{cube_bin, cube_with_env, eventually, long_running, task, unique, Cluster, IMAGE};
+use cube_tests::{cube_bin, cube_with_env, eventually, long_running, unique, Cluster, IMAGE};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -14,8 +14,7 @@ async fn tasks_are_shared_between_workers() -> anyhow::Result<()> {
     let cluster = Cluster::start(2).await?;
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let mut t = task(&[]);
-        t.cmd = long_running();
+        let t = cube_tests::sleeper();
         ids.push(cluster.submit(t).await?);
     }
     let mut per_worker: HashMap<String, usize> = HashMap::new();

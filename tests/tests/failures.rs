@@ -12,15 +12,14 @@ use cube_shared::{
     JournalEntry, NodeState, RestartPolicy, State, Task, LABEL_TASK_ID, LABEL_WORKER,
 };
 use cube_tests::procs::ProcCluster;
-use cube_tests::{cube, eventually, long_running, task, Cluster};
+use cube_tests::{cube, eventually, task, Cluster};
 use futures::StreamExt;
 use uuid::Uuid;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn service() -> Task {
-    let mut t = task(&[]);
-    t.cmd = long_running();
+    let mut t = cube_tests::sleeper();
     t.restart_policy = RestartPolicy::OnFailure;
     t
 }

@@ -14,7 +14,7 @@ use bollard::query_parameters::KillContainerOptionsBuilder;
 use cube_shared::subjects::{EVENTS_STREAM, MANAGER_EVENTS_CONSUMER};
 use cube_shared::{State, Task, TaskEvent, LABEL_TASK_ID};
 use cube_tests::procs::ProcCluster;
-use cube_tests::{eventually, long_running, task};
+use cube_tests::{eventually, task};
 use uuid::Uuid;
 
 /// A small, seedable random source (xorshift64*): the seed is printed, and
@@ -48,12 +48,6 @@ impl Rng {
 /// the moment it wants, with a real exit code, from the container's own process.
 fn exits_7_on_usr1() -> Task {
     task(&["sh", "-c", "trap 'exit 7' USR1; sleep 300 & wait"])
-}
-
-fn long_task() -> Task {
-    let mut t = task(&[]);
-    t.cmd = long_running();
-    t
 }
 
 /// Issue 3, fault test 1: 200 tasks submitted while the manager is SIGKILLed and restarted
@@ -149,7 +143,7 @@ async fn worker_killed_and_restarted(c: &mut ProcCluster) -> Result<()> {
         if i % 4 == 3 {
             exiting.push(c.submit(exits_7_on_usr1()).await?);
         } else {
-            staying.push(c.submit(long_task()).await?);
+            staying.push(c.submit(cube_tests::sleeper()).await?);
         }
     }
     let all: Vec<Uuid> = staying.iter().chain(&exiting).copied().collect();
@@ -338,7 +332,7 @@ async fn the_same_task_event_published_five_times_runs_one_container() -> Result
 }
 
 async fn published_five_times(c: &mut ProcCluster) -> Result<()> {
-    let mut t = long_task();
+    let mut t = cube_tests::sleeper();
     t.name = "five-times".to_string();
     let event = TaskEvent::submit(t);
     let id = event.task.id;

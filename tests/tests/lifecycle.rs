@@ -144,8 +144,7 @@ async fn any_nats_client_can_submit_and_read_the_task_db() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_submission_runs_once() -> anyhow::Result<()> {
     let cluster = Cluster::start(1).await?;
-    let mut t = task(&[]);
-    t.cmd = long_running();
+    let t = cube_tests::sleeper();
     let id = cluster.submit(t.clone()).await?;
     cluster.submit(t).await?;
     cluster.wait_state(id, State::Running, WITHIN).await?;

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cube_shared::{State, Task};
-use cube_tests::{long_running, task, Cluster};
+use cube_tests::Cluster;
 
 const WITHIN: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
 
 fn service(memory: u64) -> Task {
-    let mut t = task(&[]);
-    t.cmd = long_running();
+    let mut t = cube_tests::sleeper();
     t.memory = memory;
     t
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cube_shared::{State, LABEL_TASK_ID};
-use cube_tests::{long_running, task, Cluster};
+use cube_tests::{task, Cluster};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -85,8 +85,7 @@ async fn a_fork_bomb_is_contained() -> Result<()> {
     assert!(pids.is_some_and(|n| n <= 512), "pids {pids:?}");
 
     // The worker still serves.
-    let mut t = task(&[]);
-    t.cmd = long_running();
+    let t = cube_tests::sleeper();
     let other = cluster.submit(t).await?;
     cluster.wait_state(other, State::Running, WITHIN).await?;
     cluster.stop(bomb).await?;

@@ -29,7 +29,16 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How many ended placements a worker remembers, to refuse a late duplicate of their start.
 const FINISHED_MEMORY: usize = 100_000;
-const STOPPED_BEFORE_START: &str = "stopped before it started";
+
+/// What the Task DB says about a start this worker was handed.
+enum Verdict {
+    /// Act on it.
+    Current,
+    /// The task was stopped while it waited to start: report it ended, start nothing.
+    StoppedBeforeStart,
+    /// Not current any more (why): drop it.
+    Superseded(String),
+}
 
 /// A task this worker runs.
 #[derive(Debug, Clone)]
@@ -183,11 +192,13 @@ pub async fn run(
     Ok(())
 }
 
-/// The streams and buckets are the manager's to create; a worker started first waits.
-async fn wait_for<T, E: std::fmt::Display, F, Fut>(
+/// Runs `op` every `every` until it succeeds, or returns `None` on shutdown. The first
+/// failure is logged as a warning, later ones only at debug level.
+async fn retry<T, E: std::fmt::Display, F, Fut>(
     shutdown: &CancellationToken,
+    every: Duration,
     what: &str,
-    mut get: F,
+    mut op: F,
 ) -> Option<T>
 where
     F: FnMut() -> Fut,
@@ -195,19 +206,33 @@ where
 {
     let mut logged = false;
     loop {
-        match get().await {
+        match op().await {
             Ok(v) => return Some(v),
             Err(e) if !logged => {
-                info!(error = %e, "waiting for the manager to create {what}");
+                warn!(error = %e, "{what}; retrying");
                 logged = true;
             }
-            Err(_) => {}
+            Err(e) => debug!(error = %e, "{what}; retrying"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// The streams and buckets are the manager's to create; a worker started first waits.
+async fn wait_for<T, E: std::fmt::Display, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    get: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let what = format!("waiting for the manager to create {what}");
+    retry(shutdown, Duration::from_millis(250), &what, get).await
 }
 
 async fn consume(
@@ -354,9 +379,9 @@ impl Inner {
         if !from_queue {
             self.claim_anyway(&task);
         }
-        match self.superseded(&task).await {
-            Ok(None) => {}
-            Ok(Some(reason)) if reason == STOPPED_BEFORE_START => {
+        match self.verdict(&task).await {
+            Ok(Verdict::Current) => {}
+            Ok(Verdict::StoppedBeforeStart) => {
                 self.release(task.id);
                 info!("stopped before it started");
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Completed);
@@ -367,7 +392,7 @@ impl Inner {
                 }
                 return;
             }
-            Ok(Some(reason)) => {
+            Ok(Verdict::Superseded(reason)) => {
                 self.release(task.id);
                 info!(generation = task.generation, %reason, "skipping work that is no longer current");
                 let _ = msg.ack().await;
@@ -442,50 +467,44 @@ impl Inner {
         }
     }
 
-    /// Why a start must not be acted on, if it must not: the placement ended here already,
-    /// or the Task DB has moved on (a newer placement, another worker, a final state). The
-    /// manager records a placement before it publishes it, so the Task DB is never behind.
-    async fn superseded(&self, task: &Task) -> Result<Option<String>, Error> {
+    /// Whether to act on a start: not if the placement ended here already, or the Task DB
+    /// has moved on (a newer placement, another worker, a final state, a stop). The manager
+    /// records a placement before it publishes it, so the Task DB is never behind.
+    async fn verdict(&self, task: &Task) -> Result<Verdict, Error> {
+        let superseded = |why: String| Ok(Verdict::Superseded(why));
         if self.lock_finished().ended(&task.id, task.generation) {
-            return Ok(Some(
-                "this placement already ran here and ended".to_string(),
-            ));
+            return superseded("this placement already ran here and ended".to_string());
         }
         let entry =
             self.tasks.get(task.id.to_string()).await.map_err(|e| {
                 Error::Nats(format!("reading task {} from {TASK_DB}: {e}", task.id))
             })?;
         let Some(bytes) = entry else {
-            return Ok(Some("the task is not in the Task DB".to_string()));
+            return superseded("the task is not in the Task DB".to_string());
         };
         let current: Task = match wire::decode(&bytes, usize::MAX) {
             Ok(t) => t,
             Err(e) => {
                 warn!(error = %e, "unreadable Task DB record; acting on the work as sent");
-                return Ok(None);
+                return Ok(Verdict::Current);
             }
         };
-        Ok(if current.generation != task.generation {
-            Some(format!(
+        if current.generation != task.generation {
+            return superseded(format!(
                 "placement {} was superseded by placement {}",
                 task.generation, current.generation
-            ))
-        } else if current
-            .worker
-            .as_deref()
-            .is_some_and(|w| w != self.cfg.name)
-        {
-            Some(format!(
-                "the task is assigned to {}",
-                or_none(&current.worker)
-            ))
-        } else if current.state.is_final() {
-            Some(format!("the task has ended ({})", current.state))
-        } else if current.stop_requested && current.state == State::Scheduled {
-            Some(STOPPED_BEFORE_START.to_string())
-        } else {
-            None
-        })
+            ));
+        }
+        if let Some(other) = current.worker.as_deref().filter(|w| *w != self.cfg.name) {
+            return superseded(format!("the task is assigned to {other}"));
+        }
+        if current.state.is_final() {
+            return superseded(format!("the task has ended ({})", current.state));
+        }
+        if current.stop_requested && current.state == State::Scheduled {
+            return Ok(Verdict::StoppedBeforeStart);
+        }
+        Ok(Verdict::Current)
     }
 
     async fn stop(&self, event: TaskEvent, msg: jetstream::Message) {
@@ -589,16 +608,13 @@ impl Inner {
     /// Returns false if it was shut down meanwhile.
     async fn reconcile_on_start(self: &Arc<Self>) -> bool {
         let name = self.cfg.name.clone();
-        let Some(observed) = self
-            .retry("listing containers", || self.runtime.list(&name))
-            .await
-        else {
+        let every = Duration::from_secs(1);
+        let list = || self.runtime.list(&name);
+        let Some(observed) = retry(&self.shutdown, every, "listing containers", list).await else {
             return false;
         };
-        let Some(records) = self
-            .retry("reading the Task DB", || cube_bus::load_all(&self.tasks))
-            .await
-        else {
+        let load = || cube_bus::load_all(&self.tasks);
+        let Some(records) = retry(&self.shutdown, every, "reading the Task DB", load).await else {
             return false;
         };
         let mut owned: HashMap<Uuid, Task> = records
@@ -677,24 +693,6 @@ impl Inner {
         }
         info!(worker = %name, adopted, ended, removed, vanished, "reconciled with the Task DB");
         true
-    }
-
-    /// Retries `op` every second until it succeeds, or returns `None` on shutdown.
-    async fn retry<T, E: std::fmt::Display, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, E>>,
-    {
-        loop {
-            match op().await {
-                Ok(v) => return Some(v),
-                Err(e) => warn!(error = %e, "{what}; retrying"),
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
     }
 
     /// Runs the task's health check in the background, if it has one; cancel the token to stop.
@@ -920,10 +918,6 @@ fn exit_report(exit: Exit, worker: &str) -> StateReport {
         _ => None,
     };
     r
-}
-
-fn or_none(s: &Option<String>) -> &str {
-    s.as_deref().unwrap_or("nobody")
 }
 
 fn delivered(msg: &jetstream::Message) -> i64 {
