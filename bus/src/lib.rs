@@ -49,6 +49,14 @@ pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, 
     Ok(out)
 }
 
+/// A message for JetStream: where, what, and the `Nats-Msg-Id` that makes a retry harmless.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub msg_id: Option<String>,
+}
+
 /// Publishes into JetStream and waits for the server to store it, retrying with backoff
 /// (through disconnections and server restarts) until it is stored or `shutdown` fires. The
 /// same `msg_id` goes with every attempt, so an attempt whose ack was lost is not stored twice.
@@ -59,25 +67,82 @@ pub async fn publish_durably(
     msg_id: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
+    let message = Outgoing {
+        subject,
+        payload,
+        msg_id: Some(msg_id.to_string()),
+    };
+    publish_all(js, vec![message], shutdown).await
+}
+
+/// Publishes every message into JetStream, pipelined (all are sent before any acknowledgement
+/// is awaited), and retries those that failed, with backoff, until all are stored or
+/// `shutdown` fires. Messages on one subject are stored in the order given.
+pub async fn publish_all(
+    js: &jetstream::Context,
+    mut messages: Vec<Outgoing>,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(msg_id);
-        let result = match js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let failed = publish_once(js, messages).await;
+        let Some((_, first_error)) = failed.first() else {
+            return Ok(());
         };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) => warn!(%subject, error = %e, "publishing to JetStream; retrying"),
-        }
+        warn!(
+            failed = failed.len(),
+            error = %first_error,
+            "publishing to JetStream; retrying"
+        );
+        messages = failed.into_iter().map(|(m, _)| m).collect();
         tokio::select! {
             _ = shutdown.cancelled() => return Err(Error::Shutdown),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// At most this many acknowledgements are awaited at once: async-nats lets a context have
+/// 5,000 in flight and makes the next publish wait for a free slot.
+const IN_FLIGHT: usize = 1024;
+
+/// One pipelined attempt: the messages that were not stored, each with why. Sends stay in
+/// order; acknowledgements are collected as they come.
+async fn publish_once(js: &jetstream::Context, messages: Vec<Outgoing>) -> Vec<(Outgoing, String)> {
+    use futures::stream::FuturesUnordered;
+    let mut failed = Vec::new();
+    let mut acks = FuturesUnordered::new();
+    let settle = |failed: &mut Vec<_>, (m, result): (Outgoing, Result<_, String>)| {
+        if let Err(e) = result {
+            failed.push((m, e));
+        }
+    };
+    for m in messages {
+        while acks.len() >= IN_FLIGHT {
+            if let Some(done) = acks.next().await {
+                settle(&mut failed, done);
+            }
+        }
+        let mut publish = jetstream::message::PublishMessage::build().payload(m.payload.clone());
+        if let Some(id) = &m.msg_id {
+            publish = publish.message_id(id);
+        }
+        match js.send_publish(m.subject.clone(), publish).await {
+            Ok(ack) => acks.push(async move {
+                let result = std::future::IntoFuture::into_future(ack)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                (m, result)
+            }),
+            Err(e) => failed.push((m, e.to_string())),
+        }
+    }
+    while let Some(done) = acks.next().await {
+        settle(&mut failed, done);
+    }
+    failed
 }
 
 /// A durable pull consumer whose messages keep coming across disconnections and server

@@ -12,6 +12,7 @@ pub mod scheduler;
 #[cfg(test)]
 mod testing;
 pub mod topology;
+mod writer;
 
 use std::time::Duration;
 

@@ -7,12 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cube_shared::subjects::pending_for;
 use cube_shared::{JournalEntry, Node, NodeState, Placement, State, Task, TaskEvent};
-use tracing::{info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 use crate::manager::Manager;
 use crate::scheduler::Unschedulable;
-use crate::Error;
 
 /// The first restart waits this long; each further one twice as long, up to [`BACKOFF_CAP`].
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -58,23 +57,20 @@ impl Manager {
             let Some(task) = self.cluster.task(&id).cloned() else {
                 continue;
             };
-            if let Err(e) = self.restart(task).await {
-                warn!(task.id = %id, error = %e, "restarting; will retry");
-                return;
-            }
+            self.restart(task).await;
         }
     }
 
-    async fn restart(&mut self, mut task: Task) -> Result<(), Error> {
+    async fn restart(&mut self, mut task: Task) {
         let previous_worker = task.worker.clone();
         let worker = match self.choose(&task, previous_worker.as_deref()) {
             Ok(w) => w,
             Err(Unschedulable(reason)) => {
                 if task.error.as_deref() != Some(reason.as_str()) {
                     task.error = Some(format!("restart waits: {reason}"));
-                    self.save(task).await?;
+                    self.save(task);
                 }
-                return Ok(());
+                return;
             }
         };
         task.restart_count += 1;
@@ -89,16 +85,12 @@ impl Manager {
         entry.worker = worker.clone();
         self.journal(entry).await;
         task.next_attempt_at = None;
-        self.assign(task, worker).await
+        self.assign(task, worker);
     }
 
     /// Records a new placement of `task` on `worker` (`None`: the shared queue), then
     /// publishes it.
-    pub(crate) async fn assign(
-        &mut self,
-        mut task: Task,
-        worker: Option<String>,
-    ) -> Result<(), Error> {
+    pub(crate) fn assign(&mut self, mut task: Task, worker: Option<String>) {
         task.state = State::Scheduled;
         task.worker = worker;
         task.generation += 1;
@@ -106,8 +98,8 @@ impl Manager {
         task.health = None;
         // Recorded before it is published: a manager that dies in between publishes it again
         // on start, under the same message id.
-        self.save(task.clone()).await?;
-        self.dispatch_placement(&task).await
+        self.dispatch_placement(&task);
+        self.save(task);
     }
 
     /// The scheduler's choice (`None`: the shared queue), or `prefer` if that node can take
@@ -163,17 +155,14 @@ impl Manager {
                 .await;
             }
             for id in self.cluster.active_on(&node.name) {
-                if let Err(e) = self.lose(id, &node.name, now).await {
-                    warn!(task.id = %id, error = %e, "recording a lost task; will retry");
-                    return;
-                }
+                self.lose(id, &node.name, now).await;
             }
         }
     }
 
-    async fn lose(&mut self, id: Uuid, worker: &str, now: DateTime<Utc>) -> Result<(), Error> {
+    async fn lose(&mut self, id: Uuid, worker: &str, now: DateTime<Utc>) {
         let Some(mut task) = self.cluster.task(&id).cloned() else {
-            return Ok(());
+            return;
         };
         task.state = State::Failed;
         task.finish_time = Some(now);
@@ -192,7 +181,7 @@ impl Manager {
                 .worker(worker),
         )
         .await;
-        self.save(task).await
+        self.save(task);
     }
 
     /// A heartbeat lists the placements a worker runs; any that is no longer current (the
@@ -222,10 +211,7 @@ impl Manager {
             let mut stop = TaskEvent::stop(r.id);
             stop.task.generation = r.generation;
             info!(task.id = %r.id, worker = %node.name, generation = r.generation, "stopping a stale copy");
-            if let Err(e) = self.publish_work(&pending_for(&node.name), &stop).await {
-                warn!(error = %e, "asking a worker to stop a stale copy");
-                continue;
-            }
+            self.publish_work(pending_for(&node.name), &stop);
             self.journal(
                 JournalEntry::new(
                     "fenced",
@@ -277,22 +263,19 @@ impl Manager {
                         .worker(to),
                 )
                 .await;
-                if let Err(e) = self.assign(moving, worker).await {
-                    warn!(task.id = %id, error = %e, "moving a task off a draining node");
-                    return;
-                }
+                self.assign(moving, worker);
             }
         }
     }
 
     /// The new placement of a moving task runs: stop the old copy.
-    pub(crate) async fn replacement_running(&mut self, task: &mut Task) -> Result<(), Error> {
+    pub(crate) async fn replacement_running(&mut self, task: &mut Task) {
         let Some(old) = task.previous.take() else {
-            return Ok(());
+            return;
         };
         let mut stop = TaskEvent::stop(task.id);
         stop.task.generation = old.generation;
-        self.publish_work(&pending_for(&old.worker), &stop).await?;
+        self.publish_work(pending_for(&old.worker), &stop);
         self.journal(
             JournalEntry::new(
                 "moved",
@@ -306,7 +289,6 @@ impl Manager {
             .worker(&old.worker),
         )
         .await;
-        Ok(())
     }
 
     /// Drain or undrain a node (`cube nodes drain NAME`).

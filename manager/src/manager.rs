@@ -4,8 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::jetstream::{self, consumer::pull};
 use chrono::Utc;
+use cube_bus::Outgoing;
 use cube_shared::subjects::{self, *};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::{JournalEntry, Node, NodeState, Rejection, State, StateReport, Task, TaskEvent};
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::cluster::Cluster;
 use crate::scheduler::{Scheduler, Unschedulable};
 use crate::topology::{self, Topology};
+use crate::writer::{self, Commit};
 use crate::{scheduler_by_name, Config, Error};
 
 pub(crate) struct Manager {
@@ -36,6 +38,40 @@ pub(crate) struct Manager {
     /// queued up meanwhile are applied: a task that ran and ended while the manager was down
     /// must not be started again.
     resend_due: bool,
+    /// What the current batch decided, to be made durable before its messages are acked.
+    outbox: Outbox,
+    writer: mpsc::Sender<Commit>,
+}
+
+/// The writes a batch of messages decided, waiting for [`Manager::flush`].
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// Tasks changed, in the order first changed; each is written once, as it is at the end
+    /// of the batch.
+    tasks: Vec<Uuid>,
+    dirty: HashSet<Uuid>,
+    /// Other records (the Event DB).
+    records: Vec<Outgoing>,
+    /// Work for the workers: published after the records.
+    work: Vec<Outgoing>,
+}
+
+/// At most this many messages are handled, then made durable together.
+const BATCH: usize = 512;
+
+/// `first`, and whatever else is waiting on `rx`, up to [`BATCH`] messages.
+fn batch_of(
+    first: jetstream::Message,
+    rx: &mut mpsc::Receiver<jetstream::Message>,
+) -> Vec<jetstream::Message> {
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(msg) => batch.push(msg),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Runs the manager until `shutdown` is cancelled.
@@ -46,6 +82,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let scheduler = scheduler_by_name(&cfg.scheduler)?;
     let topo = topology::ensure(jetstream::new(client.clone())).await?;
+    let (writer, writing) = writer::spawn(topo.js.clone(), shutdown.clone());
     let mut manager = Manager {
         cfg,
         client: client.clone(),
@@ -56,6 +93,8 @@ pub async fn run(
         started: std::time::Instant::now(),
         fenced: HashMap::new(),
         drained: HashSet::new(),
+        outbox: Outbox::default(),
+        writer,
     };
     manager.restore().await?;
 
@@ -94,16 +133,35 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = events.recv() => manager.on_event(msg).await,
+            Some(msg) = events.recv() => {
+                let batch = batch_of(msg, &mut events);
+                for msg in &batch {
+                    manager.on_event(msg).await;
+                }
+                manager.flush(batch).await;
+            }
             Some(msg) = states.recv() => {
-                let caught_up = msg.info().map(|i| i.pending == 0).unwrap_or(false);
-                manager.on_state(msg).await;
+                let batch = batch_of(msg, &mut states);
+                let caught_up = batch
+                    .last()
+                    .and_then(|m| m.info().ok())
+                    .is_some_and(|i| i.pending == 0);
+                for msg in &batch {
+                    manager.on_state(msg).await;
+                }
                 if caught_up {
                     manager.resend_placements().await;
                 }
+                manager.flush(batch).await;
             }
-            Some(msg) = heartbeats.next() => manager.on_heartbeat(msg).await,
-            Some(msg) = api.next() => manager.on_api(msg).await,
+            Some(msg) = heartbeats.next() => {
+                manager.on_heartbeat(msg).await;
+                manager.flush(Vec::new()).await;
+            }
+            Some(msg) = api.next() => {
+                manager.on_api(msg).await;
+                manager.flush(Vec::new()).await;
+            }
             _ = tick.tick() => {
                 if manager.resend_due {
                     manager.resend_if_caught_up().await;
@@ -115,10 +173,14 @@ pub async fn run(
                     manager.migrate_drained().await;
                 }
                 manager.place_pending().await;
+                manager.flush(Vec::new()).await;
             }
             else => break,
         }
     }
+    // What was decided is written before the manager goes.
+    drop(manager);
+    let _ = writing.await;
     info!("manager stopped");
     Ok(())
 }
@@ -157,22 +219,6 @@ async fn durable(
     )
     .await
     .map_err(|e| err(&e))
-}
-
-/// Acknowledges a message whose outcome is recorded, or asks for it again soon if the
-/// handler could not finish.
-async fn settle(msg: &jetstream::Message, outcome: Result<(), Error>) {
-    let ack = match outcome {
-        Ok(()) => msg.ack().await,
-        Err(e) => {
-            warn!(error = %e, subject = %msg.subject, "will retry");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await
-        }
-    };
-    if let Err(e) = ack {
-        warn!(error = %e, "acknowledging");
-    }
 }
 
 impl Manager {
@@ -239,21 +285,17 @@ impl Manager {
             "re-sending placements recorded before the restart"
         );
         for task in scheduled {
-            if let Err(e) = self.dispatch_placement(&task).await {
-                warn!(task.id = %task.id, error = %e, "re-sending a placement; will retry");
-                self.resend_due = true;
-                return;
-            }
+            self.dispatch_placement(&task);
         }
     }
 
-    async fn on_event(&mut self, msg: jetstream::Message) {
-        let outcome = match wire::decode_event(&msg.payload) {
+    async fn on_event(&mut self, msg: &jetstream::Message) {
+        match wire::decode_event(&msg.payload) {
             Err(e) => {
                 let reason = e.to_string();
                 self.reject(&msg.payload, msg.subject.as_str(), reason.clone())
                     .await;
-                self.record_refused(&msg.payload, cap(reason)).await
+                self.record_refused(&msg.payload, cap(reason));
             }
             Ok(event) => {
                 let span = info_span!("event", event.id = %event.id, task.id = %event.task.id);
@@ -263,11 +305,10 @@ impl Manager {
                     self.submit(event).instrument(span).await
                 }
             }
-        };
-        settle(&msg, outcome).await;
+        }
     }
 
-    async fn submit(&mut self, event: TaskEvent) -> Result<(), Error> {
+    async fn submit(&mut self, event: TaskEvent) {
         let mut task = event.task.clone();
         task.normalise();
         if let Some(existing) = self.cluster.task(&task.id) {
@@ -281,11 +322,11 @@ impl Manager {
                 task.id
             );
             self.reject(&encode(&event), EVENTS, reason).await;
-            return Ok(());
+            return;
         }
         task.reset_status();
         task.submitted_at = Some(Utc::now());
-        self.record_event(&event).await?;
+        self.record_event(&event);
         self.journal(
             JournalEntry::new(
                 "submitted",
@@ -296,29 +337,29 @@ impl Manager {
         )
         .await;
         let id = task.id;
-        self.save(task).await?;
-        self.try_place(id).await
+        self.save(task);
+        self.try_place(id).await;
     }
 
-    async fn stop(&mut self, event: TaskEvent) -> Result<(), Error> {
+    async fn stop(&mut self, event: TaskEvent) {
         let Some(task) = self.cluster.task(&event.task.id).cloned() else {
             let reason = format!("no task {} to stop", event.task.id);
             self.reject(&encode(&event), EVENTS, reason).await;
-            return Ok(());
+            return;
         };
-        self.record_event(&event).await?;
+        self.record_event(&event);
         if !task.stop_requested {
             let mut t = task.clone();
             t.stop_requested = true;
             t.next_attempt_at = None;
-            self.save(t).await?;
+            self.save(t);
         }
         match (task.state, &task.worker) {
             (State::Scheduled | State::Running, Some(worker)) => {
                 // The worker stops exactly the current placement.
                 let mut event = event.clone();
                 event.task.generation = task.generation;
-                self.publish_work(&pending_for(worker), &event).await?;
+                self.publish_work(pending_for(worker), &event);
                 self.journal(
                     JournalEntry::new("stop-requested", format!("asked {worker} to stop it"))
                         .task(task.id)
@@ -338,39 +379,38 @@ impl Manager {
                         .event(event.id),
                 )
                 .await;
-                self.save(task).await?;
+                self.save(task);
             }
             (state, _) => debug!(%state, "stop requested for a task that is not running"),
         }
-        Ok(())
     }
 
     /// A known task that may have stalled: pending tasks get another placement attempt and
     /// scheduled ones are handed to their worker again (idempotently).
-    async fn ensure_progress(&mut self, id: Uuid) -> Result<(), Error> {
+    async fn ensure_progress(&mut self, id: Uuid) {
         let Some(task) = self.cluster.task(&id).cloned() else {
-            return Ok(());
+            return;
         };
         match task.state {
             State::Pending => self.try_place(id).await,
-            State::Scheduled => self.dispatch_placement(&task).await,
-            _ => Ok(()),
+            State::Scheduled => self.dispatch_placement(&task),
+            _ => {}
         }
     }
 
     /// Asks the scheduler for a node; records and publishes the placement, or records why
     /// the task must wait.
-    async fn try_place(&mut self, id: Uuid) -> Result<(), Error> {
+    async fn try_place(&mut self, id: Uuid) {
         let Some(mut task) = self.cluster.task(&id).cloned() else {
-            return Ok(());
+            return;
         };
         if task.state != State::Pending {
-            return Ok(());
+            return;
         }
         match self.choose(&task, None) {
             Ok(worker) => {
                 task.error = None;
-                self.assign(task, worker.clone()).await?;
+                self.assign(task, worker.clone());
                 let entry = match worker {
                     Some(w) => JournalEntry::new(
                         "scheduled",
@@ -389,11 +429,10 @@ impl Manager {
                     self.journal(JournalEntry::new("unschedulable", reason.clone()).task(id))
                         .await;
                     task.error = Some(reason);
-                    self.save(task).await?;
+                    self.save(task);
                 }
             }
         }
-        Ok(())
     }
 
     /// Tries every waiting task again, oldest first.
@@ -402,41 +441,31 @@ impl Manager {
             return;
         }
         for id in self.cluster.pending() {
-            if let Err(e) = self.try_place(id).await {
-                warn!(task.id = %id, error = %e, "placing a pending task");
-                return;
-            }
+            self.try_place(id).await;
         }
     }
 
     /// Publishes a recorded placement: to its worker, or to the shared queue.
-    pub(crate) async fn dispatch_placement(&self, task: &Task) -> Result<(), Error> {
+    pub(crate) fn dispatch_placement(&mut self, task: &Task) {
         let subject = match &task.worker {
             Some(worker) => pending_for(worker),
             None => PENDING.to_string(),
         };
-        self.publish_work(&subject, &TaskEvent::placement(task))
-            .await
+        self.publish_work(subject, &TaskEvent::placement(task));
     }
 
-    /// Publishes a TaskEvent into the work queue with `Nats-Msg-Id` = the event id, and waits
-    /// until JetStream has it.
-    pub(crate) async fn publish_work(&self, subject: &str, event: &TaskEvent) -> Result<(), Error> {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(encode(event))
-            .message_id(event.id.to_string());
-        self.topo
-            .js
-            .send_publish(subject.to_string(), publish)
-            .await
-            .map_err(|e| Error::Nats(format!("publishing to {subject}: {e}")))?
-            .await
-            .map_err(|e| Error::Nats(format!("publishing to {subject}: {e}")))?;
-        Ok(())
+    /// Queues a TaskEvent for the work queue, with `Nats-Msg-Id` = the event id. It is
+    /// published once the records of the same batch are stored (see [`Manager::flush`]).
+    pub(crate) fn publish_work(&mut self, subject: String, event: &TaskEvent) {
+        self.outbox.work.push(Outgoing {
+            subject,
+            payload: encode(event),
+            msg_id: Some(event.id.to_string()),
+        });
     }
 
-    async fn on_state(&mut self, msg: jetstream::Message) {
-        let outcome = match wire::decode::<StateReport>(&msg.payload, MAX_MESSAGE_BYTES) {
+    async fn on_state(&mut self, msg: &jetstream::Message) {
+        match wire::decode::<StateReport>(&msg.payload, MAX_MESSAGE_BYTES) {
             Err(e) => {
                 self.reject(
                     &msg.payload,
@@ -444,7 +473,6 @@ impl Manager {
                     format!("state report: {e}"),
                 )
                 .await;
-                Ok(())
             }
             Ok(report)
                 if msg.subject.as_str() != subjects::state_for(report.task_id, &report.worker) =>
@@ -455,22 +483,20 @@ impl Manager {
                 );
                 self.reject(&msg.payload, msg.subject.as_str(), reason)
                     .await;
-                Ok(())
             }
             Ok(report) => {
                 let span = info_span!("report", task.id = %report.task_id, worker = %report.worker);
                 self.apply_report(report).instrument(span).await
             }
-        };
-        settle(&msg, outcome).await;
+        }
     }
 
     /// Applies a worker's report. Workers are the source of truth for what they run, but only
     /// the task's assigned worker may speak for it, and only legal moves are taken.
-    async fn apply_report(&mut self, report: StateReport) -> Result<(), Error> {
+    async fn apply_report(&mut self, report: StateReport) {
         let Some(mut task) = self.cluster.task(&report.task_id).cloned() else {
             warn!("report for an unknown task");
-            return Ok(());
+            return;
         };
         let from_queue = task.worker.is_none()
             && task.state == State::Scheduled
@@ -480,18 +506,18 @@ impl Manager {
             task.worker = Some(report.worker.clone());
         } else if task.worker.as_deref() != Some(report.worker.as_str()) {
             warn!(assigned = ?task.worker, "report from a worker the task is not assigned to; ignored");
-            return Ok(());
+            return;
         }
         if report.generation.is_some_and(|g| g != task.generation) {
             info!(generation = ?report.generation, current = task.generation, "report about a superseded placement; ignored");
-            return Ok(());
+            return;
         }
         if !matches!(
             report.state,
             State::Running | State::Completed | State::Failed
         ) {
             warn!(state = %report.state, "workers report running, completed or failed only");
-            return Ok(());
+            return;
         }
         let mut report = report;
         if report.state == State::Completed
@@ -510,7 +536,7 @@ impl Manager {
         }
         if report.state != task.state && !task.state.can_transition_to(report.state) {
             debug!(from = %task.state, to = %report.state, "stale report ignored");
-            return Ok(());
+            return;
         }
         let before = task.clone();
         task.state = report.state;
@@ -527,7 +553,7 @@ impl Manager {
             task.error = report.error;
         }
         if task == before {
-            return Ok(());
+            return;
         }
         if task.state == State::Running && task.health != before.health {
             if let Some(h) = task.health {
@@ -541,14 +567,13 @@ impl Manager {
         }
         let started = task.state == State::Running && before.state != State::Running;
         if started && task.previous.is_some() {
-            self.replacement_running(&mut task).await?;
+            self.replacement_running(&mut task).await;
         }
         if started && task.stop_requested {
             // Stopped while it waited in the shared queue: now we know where it runs.
             let mut stop = TaskEvent::stop(task.id);
             stop.task.generation = task.generation;
-            self.publish_work(&pending_for(&report.worker), &stop)
-                .await?;
+            self.publish_work(pending_for(&report.worker), &stop);
         }
         if !task.state.is_active() && before.state.is_active() {
             self.plan_restart(&mut task, Utc::now(), false);
@@ -574,11 +599,10 @@ impl Manager {
             .await;
         }
         let freed = before.state.is_active() && !task.state.is_active();
-        self.save(task).await?;
+        self.save(task);
         if freed {
             self.place_pending().await;
         }
-        Ok(())
     }
 
     async fn on_heartbeat(&mut self, msg: async_nats::Message) {
@@ -634,9 +658,9 @@ impl Manager {
     }
 
     /// The new placement of a moving task failed: the task stays where it was.
-    async fn move_failed(&mut self, mut task: Task, report: StateReport) -> Result<(), Error> {
+    async fn move_failed(&mut self, mut task: Task, report: StateReport) {
         let Some(old) = task.previous.take() else {
-            return Ok(());
+            return;
         };
         let reason = report.error.unwrap_or_else(|| "it failed".to_string());
         self.journal(
@@ -654,27 +678,49 @@ impl Manager {
         task.worker = Some(old.worker);
         task.generation = old.generation;
         task.state = State::Running;
-        self.save(task).await
+        self.save(task);
     }
 
-    /// Writes a task to the Task DB, then to the in-memory picture.
-    pub(crate) async fn save(&mut self, task: Task) -> Result<(), Error> {
-        self.topo
-            .tasks
-            .put(task.id.to_string(), encode(&task))
-            .await
-            .map_err(|e| Error::Nats(format!("writing task {} to {TASK_DB}: {e}", task.id)))?;
+    /// Records a task's new version: in the in-memory picture at once, in the Task DB with
+    /// the batch (see [`Manager::flush`]).
+    pub(crate) fn save(&mut self, task: Task) {
+        let id = task.id;
         self.cluster.put_task(task);
-        Ok(())
+        if self.outbox.dirty.insert(id) {
+            self.outbox.tasks.push(id);
+        }
     }
 
-    async fn record_event(&self, event: &TaskEvent) -> Result<(), Error> {
-        self.topo
-            .events
-            .put(event.id.to_string(), encode(event))
-            .await
-            .map_err(|e| Error::Nats(format!("writing event {} to {EVENT_DB}: {e}", event.id)))?;
-        Ok(())
+    fn record_event(&mut self, event: &TaskEvent) {
+        self.outbox.records.push(Outgoing {
+            subject: format!("$KV.{EVENT_DB}.{}", event.id),
+            payload: encode(event),
+            msg_id: None,
+        });
+    }
+
+    /// Hands what the batch decided to the writer, which stores the records, then publishes
+    /// the work, then acknowledges the `handled` messages. Waits only if the writer is
+    /// far behind.
+    pub(crate) async fn flush(&mut self, handled: Vec<jetstream::Message>) {
+        let outbox = std::mem::take(&mut self.outbox);
+        let mut records = outbox.records;
+        records.extend(outbox.tasks.iter().filter_map(|id| {
+            let task = self.cluster.task(id)?;
+            Some(Outgoing {
+                subject: format!("$KV.{TASK_DB}.{id}"),
+                payload: encode(task),
+                msg_id: None,
+            })
+        }));
+        let commit = Commit {
+            records,
+            work: outbox.work,
+            handled,
+        };
+        if !commit.is_empty() && self.writer.send(commit).await.is_err() {
+            debug!("the writer has stopped (shutting down)");
+        }
     }
 
     /// Refuses a message: the reason goes to `tasks.rejected` and the journal.
@@ -701,13 +747,13 @@ impl Manager {
 
     /// A submission that was refused, but names a task id nobody uses yet, is recorded as a
     /// `failed` task whose error says why: `cube status <id>` then answers the sender.
-    async fn record_refused(&mut self, payload: &[u8], reason: String) -> Result<(), Error> {
+    fn record_refused(&mut self, payload: &[u8], reason: String) {
         let salvaged = wire::salvage(payload);
         let Some(id) = salvaged.task_id else {
-            return Ok(());
+            return;
         };
         if salvaged.is_stop || self.cluster.task(&id).is_some() {
-            return Ok(());
+            return;
         }
         let mut task = Task::new(salvaged.image.unwrap_or_default());
         task.id = id;
@@ -716,7 +762,7 @@ impl Manager {
         task.submitted_at = Some(Utc::now());
         task.finish_time = task.submitted_at;
         task.error = Some(format!("rejected: {reason}"));
-        self.save(task).await
+        self.save(task);
     }
 
     /// Records a decision in the journal (`cube events`) and the log.

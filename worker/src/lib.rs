@@ -33,6 +33,9 @@ pub struct Config {
     pub stop_tasks_on_exit: bool,
     /// What tasks may do to this host.
     pub policy: policy::Policy,
+    /// Sample the host's CPU, memory and disk for heartbeats. Off for simulated workers:
+    /// their node is what `cpu` and `memory` say.
+    pub host_stats: bool,
 }
 
 impl Config {
@@ -60,6 +63,7 @@ impl Config {
             concurrency: 16,
             stop_tasks_on_exit: false,
             policy: policy::Policy::default(),
+            host_stats: true,
         }
     }
 }

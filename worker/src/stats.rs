@@ -43,6 +43,15 @@ impl Stats {
         }
     }
 
+    /// No sampling: a node that reports only the capacity it was given (simulated workers,
+    /// which would otherwise all sample the same host, thousands of times a second).
+    pub fn none() -> Stats {
+        Stats {
+            system: None,
+            disks: None,
+        }
+    }
+
     pub fn sample(&mut self) -> Sample {
         let (cores, cpu_usage, memory, memory_used) = match &mut self.system {
             Some(system) => {

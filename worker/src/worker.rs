@@ -153,7 +153,7 @@ pub async fn run(
         let inner = inner.clone();
         let (client, nodes) = (client.clone(), nodes.clone());
         tokio::spawn(async move {
-            let mut stats = Stats::new();
+            let mut stats = inner.stats();
             let mut tick = tokio::time::interval(inner.cfg.heartbeat_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -801,7 +801,7 @@ impl Inner {
     /// are left for the next worker of this name to adopt. A final heartbeat marked `leaving`
     /// tells the manager to send no more work.
     async fn leave(&self, client: &async_nats::Client, nodes: &kv::Store) {
-        self.heartbeat(client, nodes, &mut Stats::new(), true).await;
+        self.heartbeat(client, nodes, &mut self.stats(), true).await;
         if self.cfg.stop_tasks_on_exit {
             let running: Vec<(Uuid, u64)> = self
                 .lock_running()
@@ -838,6 +838,14 @@ impl Inner {
         cube_bus::publish_durably(&self.js, subject, encode(&report), &msg_id, &self.shutdown)
             .await
             .is_ok()
+    }
+
+    fn stats(&self) -> Stats {
+        if self.cfg.host_stats {
+            Stats::new()
+        } else {
+            Stats::none()
+        }
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
