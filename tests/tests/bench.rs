@@ -1,0 +1,181 @@
+//! `cube bench` runs end to end (its own nats-server, a manager process, simulated or Docker
+//! workers) and reports well-formed figures. Speed itself is not asserted: the figures go in
+//! docs/BENCHMARKS.md.
+
+use std::collections::HashMap;
+
+use anyhow::{ensure, Context, Result};
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use cube_tests::{cube_bin, ensure_image, init_tracing};
+use serde_json::Value;
+
+/// Runs `cube bench ARGS --json FILE` and returns the JSON it wrote, checking it printed a
+/// table too.
+async fn bench(args: &[&str]) -> Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("figures.json");
+    let out = tokio::process::Command::new(cube_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "cube bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        stdout.starts_with(&format!("cube bench {}", args[0])),
+        "no table printed: {stdout}"
+    );
+    let text = std::fs::read_to_string(&json).context("the JSON report")?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
+}
+
+/// Percentiles are present, positive and in order.
+fn assert_latency(v: &Value, key: &str) {
+    let l = &v[key];
+    let (p50, p90, p99, max) = (
+        num(l, "p50_ms"),
+        num(l, "p90_ms"),
+        num(l, "p99_ms"),
+        num(l, "max_ms"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{key}: {l}"
+    );
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_reports_throughput_latency_and_the_raw_jetstream_ratio() -> Result<()> {
+    init_tracing();
+    let v = bench(&["schedule", "--tasks", "300", "--workers", "5"]).await?;
+    assert_eq!(v["bench"], "schedule");
+    assert_eq!(v["tasks"], 300);
+    assert_eq!(v["workers"], 5);
+    assert_eq!(v["scheduler"], "spread");
+    assert_eq!(v["sync"], "always");
+    let (cube, raw) = (num(&v, "tasks_per_s"), num(&v, "raw_jetstream_msgs_per_s"));
+    assert!(cube > 0.0 && raw > 0.0, "{v}");
+    assert!(close(num(&v, "ratio_to_raw"), cube / raw), "{v}");
+    assert!(num(&v, "message_bytes") > 100.0, "{v}");
+    assert_latency(&v, "submit_to_scheduled");
+    assert_latency(&v, "submit_to_running");
+    // A task is scheduled before it runs.
+    assert!(
+        num(&v["submit_to_scheduled"], "p50_ms") <= num(&v["submit_to_running"], "p50_ms"),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_at_an_offered_rate_with_the_queue_scheduler() -> Result<()> {
+    init_tracing();
+    let v = bench(&[
+        "schedule",
+        "--tasks",
+        "100",
+        "--workers",
+        "3",
+        "--scheduler",
+        "queue",
+        "--rate",
+        "200",
+        "--sync",
+        "default",
+        "--no-raw",
+    ])
+    .await?;
+    assert_eq!(v["scheduler"], "queue");
+    assert_eq!(v["sync"], "default");
+    assert_eq!(v["offered_rate"], 200.0);
+    // 100 submissions paced at 200/s take about half a second, whatever the machine.
+    assert!(num(&v, "submitted_per_s") <= 200.0 * 1.05, "{v}");
+    assert!(v["raw_jetstream_msgs_per_s"].is_null(), "{v}");
+    assert_latency(&v, "submit_to_running");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_compares_cube_with_the_raw_docker_api_and_cleans_up() -> Result<()> {
+    init_tracing();
+    ensure_image()?;
+    let v = bench(&["docker", "--tasks", "4", "--concurrency", "2"]).await?;
+    assert_eq!(v["bench"], "docker");
+    assert_eq!(v["tasks"], 4);
+    let (cube, raw) = (num(&v, "cube_per_s"), num(&v, "raw_per_s"));
+    assert!(cube > 0.0 && raw > 0.0, "{v}");
+    assert!(close(num(&v, "ratio_to_raw"), cube / raw), "{v}");
+    assert_latency(&v, "raw_latency");
+    assert_latency(&v, "cube_submit_to_running");
+    let added = num(&v["cube_submit_to_running"], "p50_ms") - num(&v["raw_latency"], "p50_ms");
+    assert!(close(num(&v, "added_p50_ms"), added), "{v}");
+    // Every container it made, raw or through Cube, is gone.
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let filters = HashMap::from([("label", vec!["cube.bench".to_string()])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let left = docker.list_containers(Some(options)).await?;
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reports_the_managers_cost_and_command_times() -> Result<()> {
+    init_tracing();
+    let v = bench(&[
+        "nodes",
+        "--workers",
+        "20",
+        "--interval",
+        "500ms",
+        "--duration",
+        "2s",
+        "--tasks",
+        "200",
+        "--repeat",
+        "2",
+    ])
+    .await?;
+    assert_eq!(v["bench"], "nodes");
+    assert_eq!(v["workers"], 20);
+    assert_eq!(v["tasks"], 200);
+    // 20 workers every 500 ms: about 40 heartbeats a second.
+    let beats = num(&v, "heartbeats_per_s");
+    assert!((20.0..=60.0).contains(&beats), "{v}");
+    for key in ["manager_cpu_share", "manager_cpu_share_with_tasks"] {
+        let share = num(&v, key);
+        assert!((0.0..=2.0).contains(&share), "{key}: {v}");
+    }
+    for key in [
+        "manager_rss_mb",
+        "manager_peak_rss_mb",
+        "manager_rss_mb_with_tasks",
+        "status_ms",
+        "nodes_ms",
+    ] {
+        assert!(num(&v, key) > 0.0, "{key}: {v}");
+    }
+    assert!(
+        num(&v, "manager_peak_rss_mb") >= num(&v, "manager_rss_mb") * 0.99,
+        "{v}"
+    );
+    Ok(())
+}
