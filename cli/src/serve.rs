@@ -97,6 +97,13 @@ pub struct WorkerArgs {
         default_value = "docker"
     )]
     pub runtime: RuntimeKind,
+    /// With `--runtime sim`: how long a simulated container takes to start.
+    #[arg(long, env = "CUBE_SIM_START_LATENCY", default_value = "0s", value_parser = duration)]
+    pub sim_start_latency: Duration,
+    /// With `--runtime sim`: how long a simulated container runs before it exits with code 0
+    /// (default: until stopped).
+    #[arg(long, env = "CUBE_SIM_RUN_TIME", value_parser = duration)]
+    pub sim_run_time: Option<Duration>,
     /// How long a container may take to stop before it is killed.
     #[arg(long, env = "CUBE_STOP_GRACE", default_value = "10s", value_parser = duration)]
     pub stop_grace: Duration,
@@ -186,7 +193,10 @@ impl WorkerArgs {
                         .with_limits(limits),
                 )
             }
-            RuntimeKind::Sim => Arc::new(SimRuntime::new(SimConfig::default())),
+            RuntimeKind::Sim => Arc::new(SimRuntime::new(SimConfig {
+                start_latency: self.sim_start_latency,
+                run_time: self.sim_run_time,
+            })),
         })
     }
 }

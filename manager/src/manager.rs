@@ -189,9 +189,10 @@ fn consumer_config(name: &str, subject: &str) -> pull::Config {
     pull::Config {
         durable_name: Some(name.to_string()),
         filter_subject: subject.to_string(),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        // The manager acknowledges once the Task DB records the outcome; a message it could
-        // not finish (NATS trouble, or a manager killed mid-way) comes back after this long.
+        // The manager handles messages in order and acknowledges a batch at once, once the Task
+        // DB records its outcome: one acknowledgement, of the batch's last message, covers it.
+        ack_policy: jetstream::consumer::AckPolicy::All,
+        // A message it could not finish (NATS trouble, or a manager killed mid-way) comes back after this long.
         // Handling one takes milliseconds: short, so a restarted manager is not kept waiting,
         // and later messages overtake the unfinished one only briefly.
         ack_wait: Duration::from_secs(10),

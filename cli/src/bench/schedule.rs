@@ -95,18 +95,21 @@ async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<ScheduleRepor
         let tasks: Vec<Task> = (0..args.tasks).map(bench_task).collect();
         let message_bytes = encode(&TaskEvent::submit(tasks[0].clone())).len();
         let (sent, acked) = submit_all(&harness.js, tasks, args.common.window, args.rate).await?;
-        let first = sent.values().min().copied().expect("at least one task");
         observer
             .wait_running(args.tasks, Duration::from_secs(30))
             .await
             .map_err(|e| e.context(harness.manager_log_tail(5)))?;
+        let (tasks_per_s, submit_to_running) = observer.measure(&sent);
+        let first = sent.values().min().copied().expect("at least one task");
         let seen = observer.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let last = seen.running.values().max().copied().unwrap_or(first);
-        let since = |at: &HashMap<Uuid, Instant>| -> Vec<Duration> {
-            sent.iter()
-                .filter_map(|(id, t)| at.get(id).map(|a| a.saturating_duration_since(*t)))
-                .collect()
-        };
+        let scheduled: Vec<Duration> = sent
+            .iter()
+            .filter_map(|(id, t)| {
+                seen.scheduled
+                    .get(id)
+                    .map(|a| a.saturating_duration_since(*t))
+            })
+            .collect();
         Ok::<_, anyhow::Error>(ScheduleReport {
             bench: "schedule",
             tasks: args.tasks,
@@ -114,11 +117,11 @@ async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<ScheduleRepor
             scheduler: args.scheduler.name().to_string(),
             sync: format!("{:?}", args.common.sync).to_lowercase(),
             offered_rate: args.rate,
-            tasks_per_s: per_second(args.tasks, last - first),
+            tasks_per_s,
             submitted_per_s: per_second(args.tasks, acked - first),
-            elapsed_s: (last - first).as_secs_f64(),
-            submit_to_scheduled: Latency::of(since(&seen.scheduled)),
-            submit_to_running: Latency::of(since(&seen.running)),
+            elapsed_s: args.tasks as f64 / tasks_per_s,
+            submit_to_scheduled: Latency::of(scheduled),
+            submit_to_running,
             message_bytes,
             raw_jetstream_msgs_per_s: None,
             ratio_to_raw: None,

@@ -122,7 +122,9 @@ impl DockerRuntime {
         })
     }
 
-    fn create_body(&self, task: &Task, worker: &str) -> ContainerCreateBody {
+    /// The container Docker is asked to create for a task on `worker`. Public so that `cube
+    /// bench docker` can create the very same containers directly, as its baseline.
+    pub fn create_body(&self, task: &Task, worker: &str) -> ContainerCreateBody {
         let labels = HashMap::from([
             (LABEL_TASK_ID.to_string(), task.id.to_string()),
             (LABEL_WORKER.to_string(), worker.to_string()),
@@ -246,6 +248,30 @@ impl DockerRuntime {
             }))
     }
 
+    /// Creates the task's container: its id, or `None` if one of that name exists.
+    async fn create(
+        &self,
+        name: &str,
+        task: &Task,
+        worker: &str,
+    ) -> Result<Option<String>, RuntimeError> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self
+            .docker
+            .create_container(Some(options), self.create_body(task, worker))
+            .await
+        {
+            Ok(c) => Ok(Some(c.id)),
+            Err(e) if status(&e) == Some(409) => Ok(None),
+            Err(e) if status(&e) == Some(404) => Err(RuntimeError::ImageUnavailable {
+                image: task.image.clone(),
+                reason: message(&e),
+            }),
+            Err(e) if status(&e) == Some(400) => Err(RuntimeError::StartFailed(message(&e))),
+            Err(e) => Err(unavailable("creating the container", e)),
+        }
+    }
+
     async fn force_remove(&self, name: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(name, Some(options)).await {
@@ -280,40 +306,34 @@ fn exit_error(state: &bollard::models::ContainerState) -> Option<String> {
 impl Runtime for DockerRuntime {
     async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError> {
         let name = task.container_name();
-        if let Some(started) = self.running(&name).await? {
-            debug!(container = %started.container_id, "adopting the running container");
-            return Ok(started);
-        }
         self.ensure_image(&task.image).await?;
-        // A leftover that is not running belongs to an earlier attempt: start afresh.
-        self.force_remove(&name).await?;
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match self
-            .docker
-            .create_container(Some(options), self.create_body(task, worker))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) if status(&e) == Some(404) => {
-                return Err(RuntimeError::ImageUnavailable {
-                    image: task.image.clone(),
-                    reason: message(&e),
-                })
-            }
-            Err(e) if status(&e) == Some(400) => {
-                return Err(RuntimeError::StartFailed(message(&e)))
-            }
-            // Someone created it in between (a concurrent redelivery): adopt it once it runs,
-            // never make a second one.
-            Err(e) if status(&e) == Some(409) => {
-                return match self.running(&name).await? {
-                    Some(started) => Ok(started),
-                    None => Err(unavailable("the container is being created elsewhere", e)),
+        // Create first: the name is the placement's, so it exists only if an earlier attempt
+        // (a redelivery, a worker restarted mid-start) made it. Only then is it inspected.
+        let created = match self.create(&name, task, worker).await? {
+            Some(id) => id,
+            None => {
+                if let Some(started) = self.running(&name).await? {
+                    debug!(container = %started.container_id, "adopting the running container");
+                    return Ok(started);
+                }
+                // A leftover that is not running belongs to an earlier attempt: start afresh.
+                self.force_remove(&name).await?;
+                match self.create(&name, task, worker).await? {
+                    Some(id) => id,
+                    // Someone created it in between (a concurrent redelivery): adopt it once
+                    // it runs, never make a second one.
+                    None => {
+                        return match self.running(&name).await? {
+                            Some(started) => Ok(started),
+                            None => Err(RuntimeError::Unavailable(
+                                "the container is being created elsewhere".into(),
+                            )),
+                        }
+                    }
                 }
             }
-            Err(e) => return Err(unavailable("creating the container", e)),
         };
-        match self.docker.start_container(&created.id, None).await {
+        match self.docker.start_container(&created, None).await {
             Ok(()) => {}
             Err(e) if status(&e) == Some(304) => {}
             Err(e) => {
@@ -328,7 +348,7 @@ impl Runtime for DockerRuntime {
             }
         }
         Ok(Started {
-            container_id: created.id,
+            container_id: created,
             start_time: Utc::now(),
         })
     }
