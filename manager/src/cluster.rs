@@ -188,7 +188,12 @@ impl Cluster {
         self.views(now, ttl)
             .into_iter()
             .map(|v| {
-                let mut n = v.node.clone();
+                // Without the placements the worker listed for fencing: thousands of nodes with
+                // a hundred tasks each would not fit in one reply.
+                let mut n = Node {
+                    running: Vec::new(),
+                    ..v.node.clone()
+                };
                 n.cpu_allocated = v.cpu_reserved;
                 n.memory_allocated = v.memory_reserved;
                 n.disk_allocated = v.disk_reserved;

@@ -19,6 +19,9 @@ pub struct Topology {
     pub admin: kv::Store,
 }
 
+/// How many workers one cluster can have: each has its own consumer of the work stream.
+pub const MAX_WORKERS: usize = 100_000;
+
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -55,6 +58,9 @@ pub async fn ensure(js: jetstream::Context) -> Result<Topology, Error> {
         // filters (`tasks.pending` and `tasks.pending.<worker>`) never overlap.
         stream::Config {
             retention: stream::RetentionPolicy::WorkQueue,
+            // One durable consumer per worker: nats-server 2.15 caps a stream at 1,000
+            // consumers unless it sets its own limit (and "unlimited" is not expressible).
+            max_consumers: MAX_WORKERS as i32,
             ..file_stream(WORK_STREAM, &[PENDING, "tasks.pending.*"])
         },
         stream::Config {

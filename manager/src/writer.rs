@@ -4,8 +4,6 @@
 //! the messages the batch handled are acknowledged last, so a manager that dies mid-way has
 //! them delivered again.
 
-use std::collections::HashMap;
-
 use async_nats::jetstream;
 use cube_bus::Outgoing;
 use tokio::sync::mpsc;
@@ -56,7 +54,7 @@ pub(crate) fn spawn(
                     return;
                 }
             }
-            for msg in last_per_consumer(commit.handled) {
+            for msg in commit.handled {
                 if let Err(e) = msg.ack().await {
                     warn!(error = %e, "acknowledging");
                 }
@@ -64,21 +62,4 @@ pub(crate) fn spawn(
         }
     });
     (tx, handle)
-}
-
-/// The manager's consumers acknowledge cumulatively (`AckPolicy::All`): of each consumer's
-/// messages, only the one furthest along in its stream needs acknowledging.
-fn last_per_consumer(handled: Vec<jetstream::Message>) -> Vec<jetstream::Message> {
-    let mut last: HashMap<String, (u64, jetstream::Message)> = HashMap::new();
-    for msg in handled {
-        let Ok(info) = msg.info() else { continue };
-        let (consumer, sequence) = (info.consumer.to_string(), info.stream_sequence);
-        match last.get(&consumer) {
-            Some((seen, _)) if *seen >= sequence => {}
-            _ => {
-                last.insert(consumer, (sequence, msg));
-            }
-        }
-    }
-    last.into_values().map(|(_, msg)| msg).collect()
 }

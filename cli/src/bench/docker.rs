@@ -166,6 +166,8 @@ async fn through_cube(
         .context("connecting the worker to Docker")?;
     let mut cfg = cube_worker::Config::new(&name);
     cfg.concurrency = args.concurrency;
+    // The bench's containers sleep: offer cores for all of them, whatever this host has.
+    cfg.cpu = Some((args.tasks + args.samples) as f64);
     cfg.labels.insert(LABEL.into(), run_id.into());
     let client = connect(&harness.url, &name).await?;
     let shutdown = CancellationToken::new();

@@ -62,6 +62,10 @@ pub struct Common {
     /// ships) or nats-server's `default`.
     #[arg(long, value_enum, default_value_t = Sync::Always)]
     pub sync: Sync,
+    /// Keep the run's directory (nats-server and manager logs, the JetStream store) and say
+    /// where it is.
+    #[arg(long)]
+    pub keep: bool,
     /// How many submissions may wait for JetStream's acknowledgement at once.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
@@ -133,6 +137,7 @@ pub struct Harness {
     dir: tempfile::TempDir,
     nats: NatsProcess,
     manager: Option<Child>,
+    keep: bool,
     pub url: String,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -162,6 +167,7 @@ impl Harness {
             dir,
             nats,
             manager: None,
+            keep: common.keep,
             url,
             client,
             js,
@@ -255,6 +261,10 @@ impl Harness {
         }
         self.client.flush().await.ok();
         self.nats.stop().await;
+        if self.keep {
+            let dir = self.dir.keep();
+            eprintln!("kept the run's logs and store in {}", dir.display());
+        }
     }
 }
 
