@@ -76,8 +76,11 @@ pub async fn publish_durably(
 }
 
 /// Publishes every message into JetStream, pipelined (all are sent before any acknowledgement
-/// is awaited), and retries those that failed, with backoff, until all are stored or
-/// `shutdown` fires. Messages on one subject are stored in the order given.
+/// is awaited), until all are stored or `shutdown` fires. Messages are stored in the order
+/// given: after a failure, everything from the first message not stored onwards is sent
+/// again, in order (so a later write to the same key is never overtaken by a retried earlier
+/// one; repeating a stored message is harmless, the `Nats-Msg-Id` or the same value makes it
+/// so).
 pub async fn publish_all(
     js: &jetstream::Context,
     mut messages: Vec<Outgoing>,
@@ -85,16 +88,15 @@ pub async fn publish_all(
 ) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let failed = publish_once(js, messages).await;
-        let Some((_, first_error)) = failed.first() else {
+        let Some((first_failed, error)) = publish_once(js, &messages).await else {
             return Ok(());
         };
         warn!(
-            failed = failed.len(),
-            error = %first_error,
+            unsent = messages.len() - first_failed,
+            %error,
             "publishing to JetStream; retrying"
         );
-        messages = failed.into_iter().map(|(m, _)| m).collect();
+        messages.drain(..first_failed);
         tokio::select! {
             _ = shutdown.cancelled() => return Err(Error::Shutdown),
             _ = tokio::time::sleep(backoff) => {}
@@ -107,21 +109,21 @@ pub async fn publish_all(
 /// 5,000 in flight and makes the next publish wait for a free slot.
 const IN_FLIGHT: usize = 1024;
 
-/// One pipelined attempt: the messages that were not stored, each with why. Sends stay in
-/// order; acknowledgements are collected as they come.
-async fn publish_once(js: &jetstream::Context, messages: Vec<Outgoing>) -> Vec<(Outgoing, String)> {
+/// One pipelined attempt: `None` if every message was stored, else the index of the first
+/// that was not, and why. Sends stay in order; acknowledgements are collected as they come.
+async fn publish_once(js: &jetstream::Context, messages: &[Outgoing]) -> Option<(usize, String)> {
     use futures::stream::FuturesUnordered;
-    let mut failed = Vec::new();
-    let mut acks = FuturesUnordered::new();
-    let settle = |failed: &mut Vec<_>, (m, result): (Outgoing, Result<_, String>)| {
-        if let Err(e) = result {
-            failed.push((m, e));
+    let mut first_failed: Option<(usize, String)> = None;
+    let mut note = |i: usize, e: String| {
+        if first_failed.as_ref().is_none_or(|(f, _)| i < *f) {
+            first_failed = Some((i, e));
         }
     };
-    for m in messages {
+    let mut acks = FuturesUnordered::new();
+    for (i, m) in messages.iter().enumerate() {
         while acks.len() >= IN_FLIGHT {
-            if let Some(done) = acks.next().await {
-                settle(&mut failed, done);
+            if let Some((j, Err(e))) = acks.next().await {
+                note(j, e);
             }
         }
         let mut publish = jetstream::message::PublishMessage::build().payload(m.payload.clone());
@@ -134,15 +136,17 @@ async fn publish_once(js: &jetstream::Context, messages: Vec<Outgoing>) -> Vec<(
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
-                (m, result)
+                (i, result)
             }),
-            Err(e) => failed.push((m, e.to_string())),
+            Err(e) => note(i, e.to_string()),
         }
     }
-    while let Some(done) = acks.next().await {
-        settle(&mut failed, done);
+    while let Some((j, result)) = acks.next().await {
+        if let Err(e) = result {
+            note(j, e);
+        }
     }
-    failed
+    first_failed
 }
 
 /// A durable pull consumer whose messages keep coming across disconnections and server

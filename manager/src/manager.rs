@@ -41,6 +41,8 @@ pub(crate) struct Manager {
     /// What the current batch decided, to be made durable before its messages are acked.
     outbox: Outbox,
     writer: mpsc::Sender<Commit>,
+    /// The writer has stopped: nothing more can be made durable.
+    writer_gone: bool,
 }
 
 /// The writes a batch of messages decided, waiting for [`Manager::flush`].
@@ -95,6 +97,7 @@ pub async fn run(
         drained: HashSet::new(),
         outbox: Outbox::default(),
         writer,
+        writer_gone: false,
     };
     manager.restore().await?;
 
@@ -160,7 +163,8 @@ pub async fn run(
                 // alive look silent.
                 manager.on_heartbeat(msg).await;
                 for _ in 1..BATCH * 8 {
-                    match heartbeats.next().now_or_never() {
+                    // Unconstrained: tokio's cooperative budget would end the loop early.
+                    match tokio::task::unconstrained(heartbeats.next()).now_or_never() {
                         Some(Some(msg)) => manager.on_heartbeat(msg).await,
                         _ => break,
                     }
@@ -185,6 +189,14 @@ pub async fn run(
                 manager.flush(Vec::new()).await;
             }
             else => break,
+        }
+        if manager.writer_gone {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            return Err(Error::Nats(
+                "the writer of the Task DB stopped unexpectedly".into(),
+            ));
         }
     }
     // What was decided is written before the manager goes.
@@ -731,7 +743,9 @@ impl Manager {
             handled,
         };
         if !commit.is_empty() && self.writer.send(commit).await.is_err() {
-            debug!("the writer has stopped (shutting down)");
+            // It stops only at shutdown (or if it panicked): the loop must not go on deciding
+            // what nobody will write.
+            self.writer_gone = true;
         }
     }
 

@@ -75,9 +75,25 @@ pub async fn ensure(js: jetstream::Context) -> Result<Topology, Error> {
     ];
     for config in streams {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
+        if let Err(e) = js.create_or_update_stream(config.clone()).await {
+            // Servers before 2.12 cannot change a stream's consumer limit: keep the one it
+            // has (those servers do not cap consumers by default either).
+            let Ok(mut existing) = js.get_stream(&name).await else {
+                return Err(Error::Setup(format!("stream {name}: {e}")));
+            };
+            let kept = existing
+                .info()
+                .await
+                .map_err(|e| Error::Setup(format!("stream {name}: {e}")))?
+                .config
+                .max_consumers;
+            js.create_or_update_stream(stream::Config {
+                max_consumers: kept,
+                ..config
+            })
             .await
             .map_err(|e| Error::Setup(format!("stream {name}: {e}")))?;
+        }
     }
     let tasks = js
         .create_or_update_key_value(bucket(TASK_DB, "Cube's Task DB: task id → Task"))

@@ -46,7 +46,7 @@ pub(crate) fn spawn(
             while let Ok(later) = rx.try_recv() {
                 commit.append(later);
             }
-            for step in [commit.records, commit.work] {
+            for step in [latest_only(commit.records), commit.work] {
                 if step.is_empty() {
                     continue;
                 }
@@ -62,4 +62,42 @@ pub(crate) fn spawn(
         }
     });
     (tx, handle)
+}
+
+/// Of several writes to the same key (batches merged), only the last: it is the one that
+/// must stand.
+fn latest_only(records: Vec<Outgoing>) -> Vec<Outgoing> {
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: Vec<Outgoing> = records
+        .into_iter()
+        .rev()
+        .filter(|r| seen.insert(r.subject.clone()))
+        .collect();
+    latest.reverse();
+    latest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(subject: &str, value: &'static str) -> Outgoing {
+        Outgoing {
+            subject: subject.into(),
+            payload: bytes::Bytes::from_static(value.as_bytes()),
+            msg_id: None,
+        }
+    }
+
+    #[test]
+    fn merged_batches_write_each_key_once_with_its_last_value() {
+        let records = vec![put("a", "1"), put("b", "1"), put("a", "2"), put("c", "1")];
+        let kept: Vec<(String, bytes::Bytes)> = latest_only(records)
+            .into_iter()
+            .map(|r| (r.subject, r.payload))
+            .collect();
+        let expected = [("b", "1"), ("a", "2"), ("c", "1")]
+            .map(|(s, v)| (s.to_string(), bytes::Bytes::from_static(v.as_bytes())));
+        assert_eq!(kept, expected);
+    }
 }
