@@ -92,9 +92,7 @@ impl NatsProcess {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines, |_| true)
     }
 
     /// Asks the server to stop cleanly (SIGTERM lets JetStream close its files), then waits.
@@ -115,6 +113,13 @@ pub async fn terminate(child: &mut Child, patience: Duration) {
         }
     }
     let _ = child.kill().await;
+}
+
+/// The last `lines` lines of the file at `path` that `keep` accepts ("" if unreadable).
+pub fn tail(path: &Path, lines: usize, keep: impl Fn(&str) -> bool) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A port on loopback nobody listens on now.

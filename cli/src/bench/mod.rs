@@ -28,7 +28,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::nats_process::{free_port, server_config, terminate, NatsProcess, Sync};
+use crate::nats_process::{free_port, server_config, tail, terminate, NatsProcess, Sync};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -215,12 +215,9 @@ impl Harness {
 
     /// The manager's last `lines` warnings and errors.
     pub fn manager_log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default();
-        let all: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            .collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.dir.path().join("manager.log"), lines, |l| {
+            l.contains("WARN") || l.contains("ERROR")
+        })
     }
 
     /// Nodes the manager considers ready, whose name starts with `prefix`.
@@ -272,6 +269,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .name(name)
         .subscription_capacity(1 << 20)
+        .max_reconnects(None)
         .connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))
@@ -366,19 +364,19 @@ impl Observer {
             .copied()
             .collect();
         let last = running.iter().max().copied().unwrap_or(first);
-        let latencies = sent
-            .iter()
-            .filter_map(|(id, t)| {
-                seen.running
-                    .get(id)
-                    .map(|a| a.saturating_duration_since(*t))
-            })
-            .collect();
+        let latencies = since(sent, &seen.running);
         (
             per_second(running.len(), last - first),
             Latency::of(latencies),
         )
     }
+}
+
+/// For each task `sent` that reached the moment in `reached`: how long after sending.
+pub fn since(sent: &HashMap<Uuid, Instant>, reached: &HashMap<Uuid, Instant>) -> Vec<Duration> {
+    sent.iter()
+        .filter_map(|(id, t)| reached.get(id).map(|a| a.saturating_duration_since(*t)))
+        .collect()
 }
 
 impl Drop for Observer {
@@ -461,11 +459,7 @@ impl SimFleet {
         let mut clients = Vec::with_capacity(spec.count);
         for i in 0..spec.count {
             let name = format!("{}{i:04}", spec.prefix);
-            let client = async_nats::ConnectOptions::new()
-                .name(&name)
-                .max_reconnects(None)
-                .connect(url)
-                .await?;
+            let client = connect(url, &name).await?;
             let mut cfg = cube_worker::Config::new(&name);
             cfg.cpu = Some(spec.cores);
             cfg.memory = Some(spec.memory);

@@ -79,7 +79,7 @@ async fn measure(args: &NodesArgs, harness: &Harness) -> Result<NodesReport> {
     let outcome = async {
         harness.wait_for_nodes(&spec.prefix, args.workers).await?;
         let (cpu, rss) = cpu_share(pid, args.duration).await?;
-        let peak = peak_rss_mb(pid)?;
+        let peak = status_mb(pid, "VmHWM:")?;
         // Heartbeats on the wire, counted by the bench on the manager's subject.
         let mut beats = harness.client.subscribe(HEARTBEAT_ALL).await?;
         let counted = {
@@ -133,7 +133,7 @@ async fn cpu_share(pid: u32, window: Duration) -> Result<(f64, f64)> {
     let began = Instant::now();
     tokio::time::sleep(window).await;
     let used = cpu_ticks(pid)? - before;
-    let seconds = used as f64 / clock_ticks_per_second();
+    let seconds = used as f64 / USER_HZ;
     Ok((
         seconds / began.elapsed().as_secs_f64(),
         status_mb(pid, "VmRSS:")?,
@@ -161,10 +161,8 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-fn clock_ticks_per_second() -> f64 {
-    // USER_HZ is 100 on every Linux architecture Cube runs on.
-    100.0
-}
+/// Clock ticks per second in `/proc`: 100 on every Linux architecture Cube runs on.
+const USER_HZ: f64 = 100.0;
 
 fn status_mb(pid: u32, key: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -175,10 +173,6 @@ fn status_mb(pid: u32, key: &str) -> Result<f64> {
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
     Ok(kb / 1024.0)
-}
-
-fn peak_rss_mb(pid: u32) -> Result<f64> {
-    status_mb(pid, "VmHWM:")
 }
 
 /// The median wall time of `cube <args>` against the private server, stdout discarded.

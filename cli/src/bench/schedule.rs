@@ -102,14 +102,7 @@ async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<ScheduleRepor
         let (tasks_per_s, submit_to_running) = observer.measure(&sent);
         let first = sent.values().min().copied().expect("at least one task");
         let seen = observer.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let scheduled: Vec<Duration> = sent
-            .iter()
-            .filter_map(|(id, t)| {
-                seen.scheduled
-                    .get(id)
-                    .map(|a| a.saturating_duration_since(*t))
-            })
-            .collect();
+        let scheduled = since(&sent, &seen.scheduled);
         Ok::<_, anyhow::Error>(ScheduleReport {
             bench: "schedule",
             tasks: args.tasks,
