@@ -9,6 +9,7 @@ mod nats_process;
 mod output;
 mod schema;
 mod serve;
+mod wait;
 
 use std::path::PathBuf;
 use std::time::Duration;
