@@ -51,20 +51,51 @@ pub const NAMES: [(&str, &str); 8] = [
     ("drain-request", "the request body of cube.api.nodes.drain"),
 ];
 
-/// The JSON Schema (draft 2020-12) of one wire type, by its name in [`NAMES`].
+/// The JSON Schema of one wire type, by its name in [`NAMES`]. Draft-07, the dialect
+/// AsyncAPI documents name (`application/schema+json;version=draft-07`).
 pub fn schema(name: &str) -> Option<Value> {
     let schema = match name {
-        "task-event" => schemars::schema_for!(TaskEvent),
-        "task" => schemars::schema_for!(Task),
-        "state-report" => schemars::schema_for!(StateReport),
-        "rejection" => schemars::schema_for!(Rejection),
-        "journal-entry" => schemars::schema_for!(JournalEntry),
-        "node" => schemars::schema_for!(Node),
-        "task-query" => schemars::schema_for!(TaskQuery),
-        "drain-request" => schemars::schema_for!(DrainRequest),
+        "task-event" => draft07::<TaskEvent>(),
+        "task" => draft07::<Task>(),
+        "state-report" => draft07::<StateReport>(),
+        "rejection" => draft07::<Rejection>(),
+        "journal-entry" => draft07::<JournalEntry>(),
+        "node" => draft07::<Node>(),
+        "task-query" => draft07::<TaskQuery>(),
+        "drain-request" => draft07::<DrainRequest>(),
         _ => return None,
     };
-    Some(schema.to_value())
+    let mut value = schema.to_value();
+    uuid_patterns(&mut value);
+    Some(value)
+}
+
+/// Every form of UUID that Cube reads: hyphenated, simple, braced, or as a URN.
+const UUID_PATTERN: &str = concat!(
+    "^([0-9a-fA-F]{32}",
+    "|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "|\\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\}",
+    "|urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+);
+
+/// Draft-07 has no `uuid` format, so validators ignore it: each UUID also gets a pattern.
+fn uuid_patterns(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("format").and_then(Value::as_str) == Some("uuid") {
+                map.insert("pattern".into(), UUID_PATTERN.into());
+            }
+            map.values_mut().for_each(uuid_patterns);
+        }
+        Value::Array(items) => items.iter_mut().for_each(uuid_patterns),
+        _ => {}
+    }
+}
+
+fn draft07<T: JsonSchema>() -> Schema {
+    schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<T>()
 }
 
 /// Every schema, in one JSON object keyed by name.
@@ -270,6 +301,12 @@ mod tests {
         }
     }
 
+    fn base_with_task_id(id: &str) -> Value {
+        let mut v: Value = serde_json::from_str(&valid_events()[1]).unwrap();
+        v["task"]["id"] = Value::from(id);
+        v
+    }
+
     #[test]
     fn wire_forms_in_the_schema() {
         let s = schema("task").unwrap();
@@ -284,12 +321,30 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(required, ["id"]);
-        let states = serde_json::to_string(&s["$defs"]["State"]).unwrap();
+        let states = serde_json::to_string(&s["definitions"]["State"]).unwrap();
         for st in State::ALL {
             assert!(states.contains(&format!("\"{st}\"")), "{states}");
         }
         let e = schema("task-event").unwrap();
         assert!(e["properties"]["timestamp"].get("default").is_none());
+        let id = uuid::Uuid::new_v4();
+        let query = validator("task-query");
+        for form in [
+            id.hyphenated().to_string(),
+            id.simple().to_string(),
+            id.braced().to_string(),
+            id.urn().to_string(),
+            id.to_string().to_uppercase(),
+        ] {
+            let as_json = Value::from(form.clone());
+            assert!(
+                serde_json::from_value::<uuid::Uuid>(as_json).is_ok(),
+                "{form}"
+            );
+            let event = base_with_task_id(&form);
+            assert!(validator("task-event").is_valid(&event), "{form}");
+        }
+        assert!(query.is_valid(&serde_json::json!({"id": "web"})));
         assert_eq!(e["additionalProperties"], false);
     }
 }
