@@ -19,7 +19,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::connect::connect;
-use crate::output::{age, or_dash, table};
+use crate::output::{age, or_dash, print_json, table, OutputArgs};
 use crate::{bytes_size, duration, NatsArgs};
 
 #[derive(Args, Debug)]
@@ -98,9 +98,12 @@ pub struct SubmitArgs {
     /// How long a new task has to pass its first check [default: 30s].
     #[arg(long, value_parser = duration)]
     pub health_grace: Option<Duration>,
-    /// Wait until the task runs (or fails) and say which.
+    /// Wait until the task runs (or ends): on a terminal, show its progress (pending and
+    /// why, scheduled on a worker, running) on stderr. Exits non-zero if the task fails, is
+    /// refused, or is not running within --wait-timeout, with the reason.
     #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub wait_timeout: Duration,
     /// The command to run instead of the image's default, after `--`.
@@ -128,16 +131,16 @@ pub struct StatusArgs {
     /// At most this many tasks, newest first.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct NodesArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub action: Option<NodesAction>,
 }
@@ -161,8 +164,9 @@ pub struct EventsArgs {
     /// How many past events to show.
     #[arg(long, default_value_t = 50)]
     pub last: u64,
-    #[arg(long)]
-    pub json: bool,
+    /// With `-o json`: a JSON array of journal entries, or with `-f` one entry per line.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Builds the task from `-f` and the flags.
@@ -281,15 +285,14 @@ async fn request<Q: Serialize, T: DeserializeOwned>(
     body: &Q,
 ) -> Result<T> {
     let reply = tokio::time::timeout(
-        Duration::from_secs(10),
+        API_TIMEOUT,
         client.request(subject.to_string(), encode(body)),
     )
     .await
-    .map_err(|_| anyhow!("the manager did not answer {subject} within 10 s"))?
+    .map_err(|_| no_manager(subject, &format!("no answer within {API_TIMEOUT:?}")))?
     .map_err(|e| match e.kind() {
-        async_nats::RequestErrorKind::NoResponders => {
-            anyhow!("no manager is running (nobody answers {subject})")
-        }
+        async_nats::RequestErrorKind::NoResponders => no_manager(subject, "no responders"),
+        async_nats::RequestErrorKind::TimedOut => no_manager(subject, "timed out"),
         _ => anyhow!("{subject}: {e}"),
     })?;
     let reply: ApiReply<T> =
@@ -297,8 +300,25 @@ async fn request<Q: Serialize, T: DeserializeOwned>(
     reply.into_result().map_err(|e| anyhow!(e))
 }
 
-async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
-    request(client, API_TASKS_GET, &TaskQuery { id: id.to_string() }).await
+/// How long a `cube.api.*` request may take.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Nobody answered a `cube.api.*` request.
+fn no_manager(subject: &str, why: &str) -> anyhow::Error {
+    anyhow!("the manager does not answer {subject} ({why}) — is `cube manager` (or `cube dev`) running against this NATS server?")
+}
+
+/// One task, by id, unique id prefix or name; an unknown one says so.
+pub(crate) async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
+    request(client, API_TASKS_GET, &TaskQuery { id: id.to_string() })
+        .await
+        .map_err(|e| {
+            if e.to_string().starts_with("no task") {
+                e.context(format!("unknown task `{id}`: `cube status` lists the tasks (by id, unique id prefix or name)"))
+            } else {
+                e
+            }
+        })
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<()> {
@@ -306,39 +326,18 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let client = connect(&args.nats.client(), "cube-cli").await?;
     let js = jetstream::new(client.clone());
     let event = TaskEvent::submit(task);
+    // Subscribed before publishing: no decision about the task can slip past.
+    let journal = match args.wait {
+        true => Some(crate::wait::subscribe(&client).await?),
+        false => None,
+    };
     publish_event(&js, &event).await?;
     println!("{}", event.task.id);
-    if !args.wait {
-        return Ok(());
-    }
-    let deadline = tokio::time::Instant::now() + args.wait_timeout;
-    loop {
-        match get_task(&client, &event.task.id.to_string()).await {
-            Ok(t) if t.state == State::Running => {
-                eprintln!("running on {}", or_dash(t.worker.as_deref()));
-                return Ok(());
-            }
-            Ok(t) if t.state == State::Failed => {
-                bail!("task failed: {}", or_dash(t.error.as_deref()))
-            }
-            Ok(t) if t.state == State::Completed => {
-                eprintln!(
-                    "completed (exit code {})",
-                    t.exit_code.map_or("-".into(), |c| c.to_string())
-                );
-                return Ok(());
-            }
-            Ok(t) if tokio::time::Instant::now() >= deadline => {
-                bail!(
-                    "still {} after {:?}: {}",
-                    t.state,
-                    args.wait_timeout,
-                    or_dash(t.error.as_deref())
-                )
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+    match journal {
+        Some(journal) => {
+            crate::wait::wait(&client, journal, event.task.id, args.wait_timeout).await
         }
+        None => Ok(()),
     }
 }
 
@@ -357,8 +356,8 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     let client = connect(&args.nats.client(), "cube-cli").await?;
     if let Some(id) = &args.id {
         let task = get_task(&client, id).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&task)?);
+        if args.output.json() {
+            print_json(&task)?;
         } else {
             print_task(&task);
         }
@@ -369,9 +368,9 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         limit: Some(args.limit),
     };
     let list: TaskList = request(&client, API_TASKS_LIST, &query).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&list.tasks)?);
-        return Ok(());
+    if args.output.json() {
+        // `{"total": n, "tasks": [...]}`: how many matched, and those shown.
+        return print_json(&list);
     }
     let rows: Vec<Vec<String>> = list
         .tasks
@@ -484,9 +483,8 @@ pub async fn nodes(args: NodesArgs) -> Result<()> {
         return Ok(());
     }
     let nodes: Vec<Node> = request(&client, API_NODES_LIST, &()).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&nodes)?);
-        return Ok(());
+    if args.output.json() {
+        return print_json(&nodes);
     }
     let rows: Vec<Vec<String>> = nodes
         .iter()
@@ -531,19 +529,22 @@ pub async fn nodes(args: NodesArgs) -> Result<()> {
 }
 
 pub async fn events(args: EventsArgs) -> Result<()> {
+    let json = args.output.json();
     let client = connect(&args.nats.client(), "cube-cli").await?;
     let js = jetstream::new(client);
-    let mut stream = js.get_stream(JOURNAL_STREAM).await.context(
-        "the journal stream does not exist yet; has a manager run against this NATS server?",
-    )?;
+    let mut stream = js.get_stream(JOURNAL_STREAM).await.map_err(|e| {
+        anyhow!("the journal stream {JOURNAL_STREAM} does not exist ({e}) — has `cube manager` ever run against this NATS server? It creates the streams")
+    })?;
     let last = stream
         .info()
         .await
         .context("reading the journal")?
         .state
         .last_sequence;
+    // Without -f, JSON is one array: gathered, then printed.
+    let mut gathered: Vec<JournalEntry> = Vec::new();
     if last == 0 && !args.follow {
-        return Ok(());
+        return if json { print_json(&gathered) } else { Ok(()) };
     }
     let deliver_policy = if last == 0 {
         consumer::DeliverPolicy::New
@@ -562,7 +563,7 @@ pub async fn events(args: EventsArgs) -> Result<()> {
         .messages()
         .await
         .context("reading the journal")?;
-    if !args.json {
+    if !json {
         println!(
             "{:<24}  {:<14}  {:<8}  {:<12}  MESSAGE",
             "TIME", "KIND", "TASK", "WORKER"
@@ -571,7 +572,8 @@ pub async fn events(args: EventsArgs) -> Result<()> {
     while let Some(msg) = messages.next().await {
         let msg = msg.context("reading the journal")?;
         match wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES) {
-            Ok(e) if args.json => println!("{}", serde_json::to_string(&e)?),
+            Ok(e) if json && args.follow => println!("{}", serde_json::to_string(&e)?),
+            Ok(e) if json => gathered.push(e),
             Ok(e) => println!(
                 "{:<24}  {:<14}  {:<8}  {:<12}  {}",
                 e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
@@ -587,6 +589,9 @@ pub async fn events(args: EventsArgs) -> Result<()> {
         if pending == 0 && !args.follow {
             break;
         }
+    }
+    if json && !args.follow {
+        print_json(&gathered)?;
     }
     Ok(())
 }

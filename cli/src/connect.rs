@@ -22,24 +22,36 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client> 
             .max_reconnects(None);
         match options.connect(&args.nats_url).await {
             Ok(client) => return Ok(client),
+            Err(e) if e.kind() == async_nats::ConnectErrorKind::Tls => {
+                anyhow::bail!(
+                    "the TLS handshake with NATS at {} failed ({e}) — check --nats-tls-ca (CUBE_NATS_TLS_CA), and --nats-tls-cert/--nats-tls-key (CUBE_NATS_TLS_CERT/CUBE_NATS_TLS_KEY) if the server verifies clients",
+                    args.nats_url
+                )
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     async_nats::ConnectErrorKind::AuthorizationViolation
                         | async_nats::ConnectErrorKind::Authentication
-                        | async_nats::ConnectErrorKind::Tls
                 ) =>
             {
-                anyhow::bail!(
-                    "NATS at {} refused this connection ({e}): check --nats-user/--nats-password, --nats-creds, --nats-token or the TLS options",
-                    args.nats_url
-                )
+                anyhow::bail!("{}", refused(&args.nats_url, &e.to_string()))
             }
             Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
-                "cannot reach NATS at {}: {e}; is nats-server running? (`cube dev` starts one)",
+                "cannot reach NATS at {} ({e}) — is `cube dev` or nats-server running? Point --nats-url (CUBE_NATS_URL) at another server, or wait longer with --nats-connect-timeout",
                 args.nats_url
             ),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// NATS turned the credentials away: which flags and variables set them.
+fn refused(url: &str, error: &str) -> String {
+    format!(
+        "NATS at {url} refused this connection ({error}) — give the credentials of a user it knows: \
+         --nats-user and --nats-password (CUBE_NATS_USER, CUBE_NATS_PASSWORD), --nats-token \
+         (CUBE_NATS_TOKEN) or --nats-creds (CUBE_NATS_CREDS); `cube dev` writes its client's \
+         to .cube/dev/client.auth, which cube reads when run from the same directory"
+    )
 }

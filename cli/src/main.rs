@@ -7,13 +7,15 @@ mod connect;
 mod dev;
 mod nats_process;
 mod output;
+mod schema;
 mod serve;
+mod wait;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use cube_shared::units::{parse_bytes, parse_duration};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,11 @@ enum Command {
     /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
     /// one user per worker), deny by default.
     AuthConfig(AuthConfigArgs),
+    /// Print the JSON Schema of the wire types (TaskEvent, Task, …), for clients in other
+    /// languages; docs/asyncapi.yaml describes the subjects that carry them.
+    Schema(schema::SchemaArgs),
+    /// Print a shell completion script: `source <(cube completions bash)`.
+    Completions(schema::CompletionsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -271,5 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
             bench::run(args).await
         }
         Command::AuthConfig(args) => auth_config(args),
+        Command::Schema(args) => schema::run(args),
+        Command::Completions(args) => schema::completions(args, Cli::command()),
     }
 }

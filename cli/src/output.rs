@@ -45,3 +45,34 @@ pub fn age(time: Option<DateTime<Utc>>) -> String {
 pub fn or_dash(s: Option<&str>) -> String {
     s.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
 }
+
+/// How a listing prints: a table for people, or one JSON document for programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+/// `-o table|json`, on every listing.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OutputArgs {
+    /// table (for people) or json (one JSON document, for programs).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// The same as `-o json` (kept for scripts written before `-o`).
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn json(&self) -> bool {
+        self.json || self.output == Format::Json
+    }
+}
+
+/// Prints one JSON document on its own line.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

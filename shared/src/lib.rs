@@ -3,6 +3,7 @@
 
 mod node;
 mod report;
+pub mod schema;
 mod state;
 pub mod subjects;
 mod task;

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How the manager regards a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     #[default]
@@ -28,7 +30,7 @@ impl fmt::Display for NodeState {
 
 /// A worker's node. Workers send it as their heartbeat (capacity and usage); the manager adds
 /// what it has reserved there (`*_allocated`, `task_count`) and the node's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Node {
     /// The worker's name: unique in the cluster, a single NATS subject token.
     pub name: String,
@@ -73,7 +75,7 @@ pub struct Node {
 }
 
 /// One placement a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunningTask {
     pub id: uuid::Uuid,
     pub generation: u64,

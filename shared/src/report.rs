@@ -8,7 +8,7 @@ use crate::State;
 
 /// A worker's account of what happened to a task. Workers are the source of truth for the
 /// state of what they run; the manager applies these to the Task DB.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateReport {
     pub task_id: Uuid,
@@ -53,7 +53,7 @@ impl StateReport {
 }
 
 /// Published on `tasks.rejected` (and kept in the journal) for every event Cube refuses.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rejection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<Uuid>,
@@ -65,7 +65,7 @@ pub struct Rejection {
 }
 
 /// One line of `cube events`: a decision or an observation, with its reason.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JournalEntry {
     pub time: DateTime<Utc>,
     /// A short machine-readable word: submitted, rejected, scheduled, unschedulable, running,
@@ -109,7 +109,7 @@ impl JournalEntry {
 }
 
 /// The answer to a `cube.api.*` request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiReply<T> {
     Ok(T),
@@ -126,7 +126,7 @@ impl<T> ApiReply<T> {
 }
 
 /// Request body of `cube.api.nodes.drain`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     pub name: String,
@@ -135,7 +135,7 @@ pub struct DrainRequest {
 }
 
 /// Request body of `cube.api.tasks.get`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskQuery {
     /// A full task id, or a unique prefix of one, or a task name.
     pub id: String,

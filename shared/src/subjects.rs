@@ -70,3 +70,82 @@ pub fn logs_for(task_id: Uuid) -> String {
 pub fn worker_consumer(worker: &str) -> String {
     format!("worker-{worker}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASYNCAPI: &str = include_str!("../../docs/asyncapi.yaml");
+
+    /// `pub const NAME: &str = "value";` in this file: every name on the wire.
+    fn constants() -> Vec<(String, String)> {
+        include_str!("subjects.rs")
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("pub const "))
+            .filter_map(|rest| {
+                let (name, value) = rest.split_once(": &str = \"")?;
+                Some((name.to_string(), value.strip_suffix("\";")?.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_constant_is_in_the_asyncapi_document() {
+        let constants = constants();
+        assert!(constants.len() >= 20, "read {} constants", constants.len());
+        assert!(constants.contains(&("EVENTS".into(), EVENTS.into())));
+        for (name, value) in constants {
+            assert!(
+                ASYNCAPI.contains(&value),
+                "docs/asyncapi.yaml does not mention {name} ({value})"
+            );
+        }
+    }
+
+    #[test]
+    fn every_subject_pattern_is_a_channel() {
+        let task = Uuid::new_v4();
+        let as_param = |s: String| s.replace(&task.to_string(), "{taskId}");
+        for address in [
+            pending_for("{worker}"),
+            as_param(state_for(task, "{worker}")),
+            heartbeat_for("{worker}"),
+            journal_for("{kind}"),
+            as_param(logs_for(task)),
+            EVENTS.to_string(),
+            PENDING.to_string(),
+            REJECTED.to_string(),
+            API_TASKS_LIST.to_string(),
+            API_TASKS_GET.to_string(),
+            API_NODES_LIST.to_string(),
+            API_NODES_DRAIN.to_string(),
+        ] {
+            assert!(
+                ASYNCAPI.contains(&format!("address: {address}\n")),
+                "docs/asyncapi.yaml has no channel {address}"
+            );
+        }
+        assert!(ASYNCAPI.contains(&worker_consumer("{worker}")));
+    }
+
+    #[test]
+    fn every_schema_it_refers_to_is_shipped() {
+        let refs: Vec<&str> = ASYNCAPI
+            .split("'./schema/")
+            .skip(1)
+            .filter_map(|rest| rest.split_once(".json'").map(|(name, _)| name))
+            .collect();
+        for (name, _) in crate::schema::NAMES {
+            assert!(
+                refs.contains(&name),
+                "docs/asyncapi.yaml does not use {name}"
+            );
+        }
+        for name in refs {
+            assert!(
+                crate::schema::schema(name).is_some(),
+                "docs/asyncapi.yaml refers to schema/{name}.json, which `cube schema` does not make"
+            );
+        }
+    }
+}

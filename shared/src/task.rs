@@ -12,7 +12,9 @@ use crate::State;
 
 /// What a worker does when a task's container exits. Cube enforces it; Docker's own restart
 /// policy is never used, so every restart is a decision Cube can see and report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     #[default]
@@ -47,7 +49,7 @@ impl std::str::FromStr for RestartPolicy {
 }
 
 /// What a task's health check last found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Started, not yet passed a check (within its grace period).
@@ -124,7 +126,7 @@ impl Constraint {
 }
 
 /// One placement of a task: which worker, which generation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Placement {
     pub worker: String,
     pub generation: u64,
@@ -133,7 +135,7 @@ pub struct Placement {
 /// The smallest unit of work: one container. The first group of fields is the specification
 /// a client sends; the second is what Cube records about the task's life. A client may send
 /// the second group, but the manager resets it on submission.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
     pub id: Uuid,
@@ -204,6 +206,7 @@ pub struct Task {
         skip_serializing_if = "Option::is_none",
         with = "crate::units::opt_duration"
     )]
+    #[schemars(with = "Option<crate::schema::WireDuration>")]
     pub health_interval: Option<Duration>,
     /// How long one check may take (default 2s).
     #[serde(
@@ -211,6 +214,7 @@ pub struct Task {
         skip_serializing_if = "Option::is_none",
         with = "crate::units::opt_duration"
     )]
+    #[schemars(with = "Option<crate::schema::WireDuration>")]
     pub health_timeout: Option<Duration>,
     /// Consecutive failures that make the task unhealthy (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,6 +226,7 @@ pub struct Task {
         skip_serializing_if = "Option::is_none",
         with = "crate::units::opt_duration"
     )]
+    #[schemars(with = "Option<crate::schema::WireDuration>")]
     pub health_grace: Option<Duration>,
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -409,11 +414,14 @@ pub fn container_name(task_id: Uuid, generation: u64) -> String {
 }
 
 /// A request to move a task to a state: `running` submits it, `completed` stops it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::no_default_timestamp)]
 pub struct TaskEvent {
     pub id: Uuid,
+    /// `running` submits the task, `completed` stops it.
     pub state: State,
+    /// When the client sent it; the time of receipt if absent.
     #[serde(default = "Utc::now")]
     pub timestamp: DateTime<Utc>,
     pub task: Task,

@@ -1,0 +1,230 @@
+//! `cube submit --wait`: follows a task until it runs, ends, or cannot be placed in time.
+//!
+//! Two sources drive it: the journal (`cube.journal.>`, core NATS, subscribed before the
+//! event is published so nothing is missed) says promptly what the manager decided, and a
+//! `cube.api.tasks.get` every second says where the task is even if an entry was lost.
+//! On a terminal the stages show on stderr, one line updated in place; otherwise nothing is
+//! printed but the outcome of a failure.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cube_shared::subjects::JOURNAL_ALL;
+use cube_shared::wire::{self, MAX_MESSAGE_BYTES};
+use cube_shared::{JournalEntry, State, Task};
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::output::or_dash;
+
+/// Where a task stands, as far as `--wait` is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// Published; the manager has not recorded it yet.
+    Sent,
+    /// Recorded, waiting for a node; the reason, if one was given.
+    Pending(Option<String>),
+    /// Placed on a worker (or queued for the first with room): the worker pulls the image if
+    /// it lacks it, creates and starts the container.
+    Scheduled(Option<String>),
+    Running(Option<String>),
+    /// Ran and ended well (exit code 0, or stopped).
+    Completed(Option<i64>),
+    /// Failed, refused or out of attempts: why.
+    Failed(String),
+}
+
+impl Stage {
+    /// What the task's record says.
+    pub fn of(task: &Task) -> Stage {
+        match task.state {
+            State::Pending => Stage::Pending(task.error.clone()),
+            State::Scheduled => Stage::Scheduled(task.worker.clone()),
+            State::Running => Stage::Running(task.worker.clone()),
+            State::Completed => Stage::Completed(task.exit_code),
+            State::Failed => Stage::Failed(or_dash(task.error.as_deref())),
+        }
+    }
+
+    /// What a journal entry about the task says, if it moves the task on.
+    pub fn from_entry(entry: &JournalEntry) -> Option<Stage> {
+        Some(match entry.kind.as_str() {
+            "submitted" => Stage::Pending(None),
+            "unschedulable" => Stage::Pending(Some(entry.message.clone())),
+            "scheduled" => Stage::Scheduled(entry.worker.clone()),
+            "running" => Stage::Running(entry.worker.clone()),
+            "failed" | "rejected" => Stage::Failed(entry.message.clone()),
+            _ => return None,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self,
+            Stage::Running(_) | Stage::Completed(_) | Stage::Failed(_)
+        )
+    }
+
+    /// One line for the terminal.
+    pub fn describe(&self) -> String {
+        match self {
+            Stage::Sent => "submitted; waiting for the manager".into(),
+            Stage::Pending(None) => "pending: waiting for a node".into(),
+            Stage::Pending(Some(why)) => format!("pending: {why}"),
+            Stage::Scheduled(Some(w)) => {
+                format!("scheduled on {w}: pulling the image if needed, starting the container")
+            }
+            Stage::Scheduled(None) => {
+                "queued for the first worker with room: pulling the image if needed, starting the container".into()
+            }
+            Stage::Running(w) => format!("running on {}", or_dash(w.as_deref())),
+            Stage::Completed(code) => format!(
+                "completed (exit code {})",
+                code.map_or("-".into(), |c| c.to_string())
+            ),
+            Stage::Failed(why) => format!("failed: {why}"),
+        }
+    }
+}
+
+/// Shows stages on stderr when it is a terminal; stays silent otherwise.
+struct Progress {
+    terminal: bool,
+    shown: Option<Stage>,
+    started: tokio::time::Instant,
+}
+
+impl Progress {
+    fn show(&mut self, stage: &Stage) {
+        if !self.terminal || self.shown.as_ref() == Some(stage) {
+            return;
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        // Back to the start of the line, clear it, write the stage.
+        eprint!("\r\x1b[2K[{secs:5.1}s] {}", stage.describe());
+        let _ = std::io::stderr().flush();
+        self.shown = Some(stage.clone());
+    }
+
+    fn finish(&mut self, stage: &Stage) {
+        if self.terminal {
+            self.show(stage);
+            eprintln!();
+        }
+    }
+}
+
+/// A subscription to the journal, made before the event is published.
+pub async fn subscribe(client: &async_nats::Client) -> Result<async_nats::Subscriber> {
+    Ok(client.subscribe(JOURNAL_ALL).await?)
+}
+
+/// Follows task `id` until it runs or ends, or `timeout` passes. Succeeds if it runs or
+/// completed; fails with the reason if it failed, was refused, or is still not running.
+pub async fn wait(
+    client: &async_nats::Client,
+    mut journal: async_nats::Subscriber,
+    id: Uuid,
+    timeout: Duration,
+) -> Result<()> {
+    let mut progress = Progress {
+        terminal: std::io::stderr().is_terminal(),
+        shown: None,
+        started: tokio::time::Instant::now(),
+    };
+    let mut stage = Stage::Sent;
+    progress.show(&stage);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    let mut last_error: Option<anyhow::Error> = None;
+    loop {
+        tokio::select! {
+            Some(msg) = journal.next() => {
+                let Ok(entry) = wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES) else {
+                    continue;
+                };
+                if entry.task_id != Some(id) {
+                    continue;
+                }
+                if let Some(next) = Stage::from_entry(&entry) {
+                    stage = next;
+                }
+            }
+            _ = poll.tick() => match crate::client::get_task(client, &id.to_string()).await {
+                // The record is the truth; a journal entry may be ahead of it by a moment
+                // only while the record still shows an earlier stage.
+                Ok(task) => {
+                    let recorded = Stage::of(&task);
+                    if recorded.is_done() || !matches!(stage, Stage::Scheduled(_)) {
+                        stage = recorded;
+                    }
+                    last_error = None;
+                }
+                Err(e) => last_error = Some(e),
+            },
+            _ = &mut deadline => {
+                progress.finish(&stage);
+                if let Some(e) = last_error {
+                    return Err(e.context(format!("task {id} not running after {timeout:?}")));
+                }
+                bail!("task {id} is not running after {timeout:?}: {}", stage.describe());
+            }
+        }
+        progress.show(&stage);
+        match &stage {
+            Stage::Running(_) | Stage::Completed(Some(0) | None) => {
+                progress.finish(&stage);
+                return Ok(());
+            }
+            Stage::Completed(Some(code)) => {
+                progress.finish(&stage);
+                bail!("task {id} exited with code {code}")
+            }
+            Stage::Failed(why) => {
+                progress.finish(&stage);
+                bail!("task {id} failed: {why}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_entries_move_the_stage() {
+        let id = Uuid::new_v4();
+        let e = |kind: &str, msg: &str| JournalEntry::new(kind, msg).task(id).worker("w1");
+        assert_eq!(
+            Stage::from_entry(&e("unschedulable", "0/1 nodes available")),
+            Some(Stage::Pending(Some("0/1 nodes available".into())))
+        );
+        assert_eq!(
+            Stage::from_entry(&e("scheduled", "placed on w1")),
+            Some(Stage::Scheduled(Some("w1".into())))
+        );
+        assert!(Stage::from_entry(&e("running", "on w1")).unwrap().is_done());
+        assert_eq!(
+            Stage::from_entry(&e("rejected", "image: bad")),
+            Some(Stage::Failed("image: bad".into()))
+        );
+        assert_eq!(Stage::from_entry(&e("node-joined", "w2")), None);
+    }
+
+    #[test]
+    fn the_record_gives_the_stage() {
+        let mut t = Task::new("busybox");
+        t.error = Some("0/1 nodes available: 1 insufficient memory".into());
+        assert!(Stage::of(&t).describe().contains("insufficient memory"));
+        t.state = State::Failed;
+        t.error = Some("image missing".into());
+        assert_eq!(Stage::of(&t), Stage::Failed("image missing".into()));
+        t.state = State::Completed;
+        t.exit_code = Some(0);
+        assert_eq!(Stage::of(&t).describe(), "completed (exit code 0)");
+    }
+}
