@@ -3,12 +3,13 @@
 //! `docker-compose` (or `docker compose`) starts NATS, the manager and two replicas of the one
 //! `worker` service, under a project name, host port and passwords of this test's own. The
 //! host's `cube`, with the client's credentials, sees both workers under distinct names and
-//! runs a task; a restarted worker container comes back under the same name and keeps its
-//! task. Everything the test made (the project's containers, network and volume, the images,
+//! runs a task; a worker container that is stopped stops its task, and comes back under the
+//! same name when started; `down` leaves no task container behind. Everything the test made (the project's containers, network and volume, the images,
 //! the task's containers) is removed when it ends, however it ends.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -77,6 +78,8 @@ struct Stack {
     env_file: PathBuf,
     _dir: tempfile::TempDir,
     images: Vec<String>,
+    /// The workers' names, to find the task containers they started on the host's engine.
+    workers: Mutex<Vec<String>>,
     client_password: String,
     port: u16,
 }
@@ -117,6 +120,7 @@ impl Stack {
             env_file,
             _dir: dir,
             images: vec![nats_image.clone(), cube_image.clone()],
+            workers: Mutex::new(Vec::new()),
             client_password,
             port,
         };
@@ -176,13 +180,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // The workers' names, to find the task containers they started on the host's engine.
-        let workers: Vec<String> = self
-            .containers("worker")
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|id| hostname(id).ok())
-            .collect();
+        let mut workers = std::mem::take(&mut *self.workers.lock().unwrap());
+        for id in self.containers("worker").unwrap_or_default() {
+            workers.extend(hostname(&id).ok());
+        }
         let _ = self
             .compose(&["down", "-v", "--remove-orphans", "-t", "5"])
             .stdout(Stdio::null())
@@ -247,6 +248,7 @@ async fn scenario(stack: &Stack) -> Result<()> {
         .iter()
         .map(|id| hostname(id))
         .collect::<Result<Vec<_>>>()?;
+    stack.workers.lock().unwrap().extend(names.iter().cloned());
     ensure!(names[0] != names[1], "both workers are named {}", names[0]);
     for name in &names {
         cube_shared::validate::validate_worker_name(name)?;
@@ -280,11 +282,7 @@ async fn scenario(stack: &Stack) -> Result<()> {
     let long_running = cube_tests::long_running();
     let mut args = vec!["submit", "--image", IMAGE, "--"];
     args.extend(long_running.iter().map(String::as_str));
-    let id = cube_with_env(&url, &stack.client_env(), &args)
-        .await?
-        .trim()
-        .to_string();
-    Uuid::parse_str(&id).with_context(|| format!("cube submit printed {id:?}"))?;
+    let id = submit(stack, &args).await?;
     let running = eventually(WITHIN, "the task runs", || async {
         let out = cube_with_env(&url, &stack.client_env(), &["status", &id]).await?;
         ensure!(out.split_whitespace().any(|w| w == "running"), "{out}");
@@ -308,16 +306,28 @@ async fn scenario(stack: &Stack) -> Result<()> {
         "task container: {labels}"
     );
 
-    // The worker's container, stopped and started again: the same name, and it adopts the
-    // task it left running.
+    // The worker's container, stopped: by default (CUBE_STOP_TASKS_ON_EXIT) it stops its
+    // task on the way out and reports why, leaving no container behind.
     let replica = &ids[names.iter().position(|n| *n == worker).unwrap()];
-    docker(&["stop", "-t", "20", replica])?;
-    eventually(WITHIN, "the stopped worker is no longer ready", || async {
-        let n = node(&client, &worker).await?;
-        ensure!(n.leaving || n.state != NodeState::Ready, "{:?}", n.state);
-        Ok(())
-    })
+    docker(&["stop", "-t", "60", replica])?;
+    let stopped = eventually(
+        WITHIN,
+        "the stopping worker reports its task failed",
+        || async {
+            let t = task(&client, &id).await?;
+            ensure!(t.state == State::Failed, "{}", t.state);
+            Ok(t)
+        },
+    )
     .await?;
+    let why = stopped.error.unwrap_or_default();
+    ensure!(why.contains("shut down"), "the task failed with {why:?}");
+    ensure!(
+        task_containers(&id)?.is_empty(),
+        "the stopped worker left its task's container"
+    );
+
+    // Started again, it is the same worker: same name, no third node.
     docker(&["start", replica])?;
     ensure!(
         hostname(replica)? == worker,
@@ -333,19 +343,52 @@ async fn scenario(stack: &Stack) -> Result<()> {
         nodes(&client).await?.len() == 2,
         "the restart made a third node"
     );
-    let after = eventually(WITHIN, "the restarted worker adopts its task", || async {
-        let t = task(&client, &id).await?;
-        ensure!(
-            t.state == State::Running && t.worker.as_deref() == Some(&worker),
-            "{t:?}"
-        );
-        Ok(t)
+
+    // `down` takes the cluster's task containers with it.
+    let second = submit(stack, &args).await?;
+    eventually(WITHIN, "a second task runs", || async {
+        let t = task(&client, &second).await?;
+        ensure!(t.state == State::Running, "{}", t.state);
+        Ok(())
     })
     .await?;
+    run(&mut stack.compose(&["down", "-v", "-t", "60"]))?;
+    for name in &names {
+        let left = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={LABEL_WORKER}={name}"),
+        ])?;
+        ensure!(
+            left.trim().is_empty(),
+            "down left {name}'s containers: {left}"
+        );
+    }
+    let project = format!("label=com.docker.compose.project={}", stack.project);
+    let left = docker(&["ps", "-aq", "--filter", &project])?;
     ensure!(
-        after.container_id.as_deref() == Some(container.as_str())
-            && after.generation == running.generation,
-        "the task was placed again instead of adopted: {after:?}"
+        left.trim().is_empty(),
+        "down left the stack's containers: {left}"
     );
     Ok(())
+}
+
+/// Submits with the host's `cube`; the task's id.
+async fn submit(stack: &Stack, args: &[&str]) -> Result<String> {
+    let out = cube_with_env(&stack.url(), &stack.client_env(), args).await?;
+    let id = out.trim().to_string();
+    Uuid::parse_str(&id).with_context(|| format!("cube submit printed {id:?}"))?;
+    Ok(id)
+}
+
+/// The containers of a task, running or not.
+fn task_containers(id: &str) -> Result<Vec<String>> {
+    let out = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label={LABEL_TASK_ID}={id}"),
+    ])?;
+    Ok(out.split_whitespace().map(String::from).collect())
 }
