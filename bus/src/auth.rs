@@ -2,6 +2,11 @@
 //! roles, deny by default. The manager may run the cluster; a worker may take only its own
 //! work and the shared queue's, and speak only for itself; a client may submit, stop and ask.
 //!
+//! Workers whose names are not known in advance (`docker compose up --scale worker=3` names
+//! each replica after its container) share one user instead, [`Role::Workers`]: it may do
+//! what any one worker may, under any worker name. That is weaker isolation (one of them can
+//! take or report on another's work), traded for not having to list the names.
+//!
 //! Each user's replies arrive under its own inbox prefix, `_INBOX.<user>`, so no one can
 //! read another's replies (connect with [`inbox_prefix`]).
 
@@ -14,7 +19,12 @@ pub enum Role {
     Client,
     /// A worker; its user name is the worker's name.
     Worker(String),
+    /// Every worker that connects as the shared user [`WORKERS_USER`], under any name.
+    Workers,
 }
+
+/// The user name of the shared worker role.
+pub const WORKERS_USER: &str = "workers";
 
 /// A user of the nats-server configuration. `password` is written as given: a literal, or a
 /// `$VARIABLE` that nats-server reads from its environment.
@@ -30,6 +40,7 @@ impl User {
             Role::Manager => "manager",
             Role::Client => "client",
             Role::Worker(name) => name,
+            Role::Workers => WORKERS_USER,
         }
     }
 }
@@ -39,8 +50,8 @@ pub fn inbox_prefix(user: &str) -> String {
     format!("_INBOX.{user}")
 }
 
-/// Names reserved for the manager and client users.
-pub const RESERVED: [&str; 2] = ["manager", "client"];
+/// Names reserved for the manager, client and shared worker users.
+pub const RESERVED: [&str; 3] = ["manager", "client", WORKERS_USER];
 
 fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
     let inbox = format!("{}.>", inbox_prefix(user));
@@ -79,8 +90,13 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
             vec![inbox, "tasks.rejected".into(), "cube.journal.>".into()],
             false,
         ),
-        Role::Worker(name) => {
-            let own = format!("worker-{name}");
+        Role::Worker(_) | Role::Workers => {
+            // NATS wildcards match whole tokens only, so the shared role's "any worker's
+            // consumer" is `*`, which also matches the shared `workers` consumer.
+            let (name, own) = match role {
+                Role::Worker(name) => (name.clone(), format!("worker-{name}")),
+                _ => ("*".to_string(), "*".to_string()),
+            };
             let mut publish = vec![
                 "$JS.API.INFO".to_string(),
                 "$JS.API.STREAM.INFO.CUBE_WORK".into(),
@@ -89,6 +105,9 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 // Reading the Task DB: single records, and one scan on start.
                 "$JS.API.DIRECT.GET.KV_cube-tasks.>".into(),
                 "$JS.API.STREAM.MSG.GET.KV_cube-tasks".into(),
+                // The scan is an ordered consumer: it has no name, so its create request
+                // names only the stream.
+                "$JS.API.CONSUMER.CREATE.KV_cube-tasks".into(),
                 "$JS.API.CONSUMER.CREATE.KV_cube-tasks.>".into(),
                 "$JS.API.CONSUMER.DELETE.KV_cube-tasks.>".into(),
                 "$JS.FC.KV_cube-tasks.>".into(),
@@ -167,13 +186,18 @@ pub fn password_variable(role: &Role) -> String {
         Role::Manager => "MANAGER".to_string(),
         Role::Client => "CLIENT".to_string(),
         Role::Worker(name) => format!("WORKER_{}", name.to_uppercase().replace('-', "_")),
+        Role::Workers => "WORKERS".to_string(),
     };
     format!("$CUBE_{who}_PASSWORD")
 }
 
-/// The users of a cluster with these workers, their passwords read from the environment.
-pub fn users_by_reference(workers: &[String]) -> Vec<User> {
+/// The users of a cluster with these named workers, and with the shared worker user if
+/// `shared_workers`, their passwords read from the environment.
+pub fn users_by_reference(shared_workers: bool, workers: &[String]) -> Vec<User> {
     let mut roles = vec![Role::Manager, Role::Client];
+    if shared_workers {
+        roles.push(Role::Workers);
+    }
     roles.extend(workers.iter().cloned().map(Role::Worker));
     roles
         .into_iter()
@@ -191,11 +215,34 @@ mod tests {
     /// The shipped `nats/auth.conf` is this generator's output: they cannot drift apart.
     #[test]
     fn the_shipped_configuration_is_generated() {
-        let workers: Vec<String> = ["worker-1", "worker-2", "worker-3"]
-            .map(String::from)
-            .to_vec();
         let shipped = include_str!("../../nats/auth.conf");
-        assert_eq!(shipped, server_config(&users_by_reference(&workers)), "regenerate with `cube auth-config --password-env --worker worker-1 --worker worker-2 --worker worker-3 > nats/auth.conf`");
+        assert_eq!(
+            shipped,
+            server_config(&users_by_reference(true, &[])),
+            "regenerate with `cube auth-config --password-env --shared-workers > nats/auth.conf`"
+        );
+    }
+
+    #[test]
+    fn the_shared_worker_user_may_act_as_any_worker_but_not_submit() {
+        let (publish, subscribe, responses) = permissions(&Role::Workers, WORKERS_USER);
+        for any in [
+            "nodes.heartbeat.*",
+            "$KV.cube-nodes.*",
+            "tasks.state.*.*",
+            "$JS.API.CONSUMER.DURABLE.CREATE.CUBE_WORK.*",
+            "$JS.API.CONSUMER.CREATE.CUBE_WORK.*.tasks.pending.*",
+            "$JS.API.CONSUMER.CREATE.CUBE_WORK.workers.tasks.pending",
+            "$JS.ACK.CUBE_WORK.*.>",
+        ] {
+            assert!(publish.contains(&any.to_string()), "{any} missing");
+        }
+        assert!(!publish
+            .iter()
+            .any(|s| s == "tasks.events" || s.starts_with("tasks.pending") || s == "$JS.API.>"));
+        assert_eq!(subscribe, vec!["_INBOX.workers.>".to_string()]);
+        assert!(!responses);
+        assert_eq!(password_variable(&Role::Workers), "$CUBE_WORKERS_PASSWORD");
     }
 
     #[test]

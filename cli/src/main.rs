@@ -54,7 +54,7 @@ enum Command {
     /// Measure Cube's speed and scale beside raw JetStream and raw Docker.
     Bench(bench::BenchArgs),
     /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
-    /// one user per worker), deny by default.
+    /// one user per worker or a shared one for all), deny by default.
     AuthConfig(AuthConfigArgs),
     /// Print the JSON Schema of the wire types (TaskEvent, Task, …), for clients in other
     /// languages; docs/asyncapi.yaml describes the subjects that carry them.
@@ -64,10 +64,17 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("who").required(true).multiple(true).args(["workers", "shared_workers"]))]
 struct AuthConfigArgs {
-    /// A worker's name; repeat for each worker.
-    #[arg(long = "worker", required = true)]
+    /// A worker's name, for a user of its own that may act only as that worker; repeat for
+    /// each worker.
+    #[arg(long = "worker")]
     workers: Vec<String>,
+    /// Add the user `workers`, shared by workers whose names are not known in advance (e.g.
+    /// `docker compose up --scale worker=3`): it may act as any worker, so one compromised
+    /// worker can take or report on the others' work.
+    #[arg(long)]
+    shared_workers: bool,
     /// Write passwords as `$CUBE_<ROLE>_PASSWORD` references that nats-server reads from its
     /// environment, instead of generating random ones (printed to stderr).
     #[arg(long)]
@@ -84,7 +91,7 @@ fn auth_config(args: AuthConfigArgs) -> Result<()> {
             "--worker {w}: the name is reserved"
         );
     }
-    let mut users = users_by_reference(&args.workers);
+    let mut users = users_by_reference(args.shared_workers, &args.workers);
     if !args.password_env {
         for u in &mut users {
             u.password = random_password();

@@ -13,7 +13,7 @@ use cube_shared::{State, StateReport, TaskEvent, LABEL_WORKER};
 use cube_tests::{api, remove_containers, unique, NatsServer};
 use cube_worker::runtime::{DockerRuntime, Runtime};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -61,59 +61,74 @@ impl Drop for Cleanup {
     }
 }
 
+/// A user of the role with a fresh random password.
+fn user(role: Role) -> User {
+    User {
+        role,
+        password: cube_bus::auth::random_password(),
+    }
+}
+
+/// A nats-server admitting only `users`, and a manager running as `users[0]` until the
+/// returned token is cancelled (when its guard drops).
+async fn cluster(users: &[User]) -> Result<(NatsServer, CancellationToken, DropGuard)> {
+    let nats = NatsServer::start_with(&server_config(users)).await?;
+    let shutdown = CancellationToken::new();
+    let (conn, _) = connect_as(&nats, &users[0]).await?;
+    let token = shutdown.child_token();
+    tokio::spawn(async move {
+        if let Err(e) = cube_manager::run(cube_manager::Config::default(), conn, token).await {
+            panic!("manager failed: {e}");
+        }
+    });
+    let guard = shutdown.clone().drop_guard();
+    Ok((nats, shutdown, guard))
+}
+
+/// Runs a Docker worker `name` (labelled `name=<name>`) as `user` until `shutdown`.
+async fn start_worker(
+    nats: &NatsServer,
+    user: &User,
+    name: &str,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect().await?);
+    let (conn, _) = connect_as(nats, user).await?;
+    let mut cfg = cube_worker::Config::new(name);
+    cfg.heartbeat_interval = Duration::from_millis(500);
+    cfg.labels.insert("name".into(), name.to_string());
+    let name = name.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = cube_worker::run(cfg, conn, runtime, shutdown).await {
+            panic!("worker {name} failed: {e}");
+        }
+    });
+    Ok(())
+}
+
+async fn task(client: &async_nats::Client, id: uuid::Uuid) -> Result<cube_shared::Task> {
+    let query = cube_shared::TaskQuery { id: id.to_string() };
+    api(client, cube_shared::subjects::API_TASKS_GET, &query).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
     cube_tests::ensure_image()?;
     let (a, b) = (unique("wa"), unique("wb"));
     let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
-    let password = cube_bus::auth::random_password;
-    let manager = User {
-        role: Role::Manager,
-        password: password(),
-    };
-    let client = User {
-        role: Role::Client,
-        password: password(),
-    };
-    let worker_a = User {
-        role: Role::Worker(a.clone()),
-        password: password(),
-    };
-    let worker_b = User {
-        role: Role::Worker(b.clone()),
-        password: password(),
-    };
-    let nats = NatsServer::start_with(&server_config(&[
+    let (manager, client) = (user(Role::Manager), user(Role::Client));
+    let worker_a = user(Role::Worker(a.clone()));
+    let worker_b = user(Role::Worker(b.clone()));
+    // The whole cluster runs under its roles.
+    let users = [
         manager.clone(),
         client.clone(),
         worker_a.clone(),
         worker_b.clone(),
-    ]))
-    .await?;
-
-    // The whole cluster runs under its roles.
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    let (manager_conn, _) = connect_as(&nats, &manager).await?;
-    let token = shutdown.child_token();
-    tokio::spawn(async move {
-        let config = cube_manager::Config::default();
-        if let Err(e) = cube_manager::run(config, manager_conn, token).await {
-            panic!("manager failed: {e}");
-        }
-    });
-    let docker: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect().await?);
+    ];
+    let (nats, shutdown, _stop) = cluster(&users).await?;
     for (name, user) in [(&a, &worker_a), (&b, &worker_b)] {
-        let (conn, _) = connect_as(&nats, user).await?;
-        let mut cfg = cube_worker::Config::new(name.as_str());
-        cfg.heartbeat_interval = Duration::from_millis(500);
-        cfg.labels.insert("name".into(), name.clone());
-        let (runtime, token) = (docker.clone(), shutdown.child_token());
-        tokio::spawn(async move {
-            if let Err(e) = cube_worker::run(cfg, conn, runtime, token).await {
-                panic!("worker failed: {e}");
-            }
-        });
+        start_worker(&nats, user, name, shutdown.child_token()).await?;
     }
     let (client_conn, mut client_errors) = connect_as(&nats, &client).await?;
     cube_tests::eventually(WITHIN, "both workers are ready", || async {
@@ -133,12 +148,7 @@ async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
         .await?
         .await?;
     let running = cube_tests::eventually(WITHIN, "the client's task runs on worker b", || async {
-        let t: cube_shared::Task = api(
-            &client_conn,
-            cube_shared::subjects::API_TASKS_GET,
-            &cube_shared::TaskQuery { id: id.to_string() },
-        )
-        .await?;
+        let t = task(&client_conn, id).await?;
         anyhow::ensure!(t.state == State::Running, "{}", t.state);
         Ok(t)
     })
@@ -198,5 +208,61 @@ async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
     // Nobody gets in without a password.
     let anonymous = async_nats::ConnectOptions::new().connect(nats.url()).await;
     assert!(anonymous.is_err(), "an anonymous connection was accepted");
+    Ok(())
+}
+
+/// The shared `workers` user (for workers whose names are not known in advance, as with
+/// `docker compose up --scale`): workers of any name run under it, one that starts while the
+/// Task DB holds tasks reads it, and it still may not submit, publish work or write the Task DB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_worker_user_may_be_any_worker_and_nothing_more() -> Result<()> {
+    cube_tests::ensure_image()?;
+    let (a, b) = (unique("sa"), unique("sb"));
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    let (manager, client, workers) = (user(Role::Manager), user(Role::Client), user(Role::Workers));
+    let users = [manager.clone(), client.clone(), workers.clone()];
+    let (nats, shutdown, _stop) = cluster(&users).await?;
+    let (client_conn, _) = connect_as(&nats, &client).await?;
+    let ready = |n: usize| {
+        let client_conn = client_conn.clone();
+        async move {
+            let nodes: Vec<cube_shared::Node> =
+                api(&client_conn, cube_shared::subjects::API_NODES_LIST, &()).await?;
+            anyhow::ensure!(nodes.len() == n, "{} nodes", nodes.len());
+            Ok(())
+        }
+    };
+
+    start_worker(&nats, &workers, &a, shutdown.child_token()).await?;
+    cube_tests::eventually(WITHIN, "worker a is ready", || ready(1)).await?;
+    let event = TaskEvent::submit(cube_tests::sleeper());
+    let id = event.task.id;
+    jetstream::new(client_conn.clone())
+        .publish(EVENTS, cube_shared::wire::encode(&event))
+        .await?
+        .await?;
+    cube_tests::eventually(WITHIN, "the task runs on worker a", || async {
+        let t = task(&client_conn, id).await?;
+        anyhow::ensure!(t.state == State::Running, "{}", t.state);
+        anyhow::ensure!(t.worker.as_deref() == Some(a.as_str()), "{:?}", t.worker);
+        Ok(())
+    })
+    .await?;
+    // A worker starts by reading the whole Task DB, which now holds a task: it must be
+    // allowed to (it heartbeats only after that).
+    start_worker(&nats, &workers, &b, shutdown.child_token()).await?;
+    cube_tests::eventually(WITHIN, "worker b is ready", || ready(2)).await?;
+
+    let (conn, mut errors) = connect_as(&nats, &workers).await?;
+    for subject in [
+        EVENTS.to_string(),
+        "tasks.pending".to_string(),
+        format!("tasks.pending.{a}"),
+        format!("$KV.cube-tasks.{id}"),
+        format!("$JS.API.STREAM.DELETE.{WORK_STREAM}"),
+    ] {
+        conn.publish(subject.clone(), "{}".into()).await?;
+        denied(&mut errors, &subject).await?;
+    }
     Ok(())
 }
