@@ -116,6 +116,8 @@ pub async fn run(
         writer_gone: false,
     };
     manager.restore().await?;
+    // The gauges describe the loaded state from the first scrape on.
+    manager.metrics.set_tasks(&manager.cluster.count_by_state());
 
     let mut events = durable(
         &manager.topo.js,
