@@ -29,7 +29,8 @@ pub struct ManagerArgs {
     /// elsewhere per their restart policy.
     #[arg(long, env = "CUBE_NODE_GRACE", default_value = "5s", value_parser = duration)]
     pub node_grace: Duration,
-    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:9090). Off by default.
+    /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9090.
+    /// Off by default.
     #[arg(long, env = "CUBE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -149,7 +150,8 @@ pub struct WorkerArgs {
     /// them elsewhere). By default they keep running, for the next worker of this name.
     #[arg(long, env = "CUBE_STOP_TASKS_ON_EXIT")]
     pub stop_tasks_on_exit: bool,
-    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:9091). Off by default.
+    /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9091.
+    /// Off by default.
     #[arg(long, env = "CUBE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
