@@ -247,13 +247,41 @@ async fn scenario(cluster: &mut ProcCluster) -> Result<()> {
     is(&s, "cube_scheduling_latency_seconds_count", 2.0)?;
     ensure!(s.sum("cube_placements_total") == 2.0);
 
+    // A task that fails, is restarted once by its policy, and fails again.
+    let mut flaky = task(&["sh", "-c", "exit 3"]);
+    flaky.restart_policy = RestartPolicy::OnFailure;
+    flaky.max_restarts = Some(1);
+    cluster.submit(flaky).await?;
+    let s = until(&manager, "the manager counts one restart", |s| {
+        is(s, "cube_restarts_total", 1.0)?;
+        is(s, "cube_tasks{state=\"failed\"}", 2.0)?;
+        is(s, "cube_tasks{state=\"running\"}", 1.0)?;
+        is(s, "cube_tasks{state=\"scheduled\"}", 0.0)
+    })
+    .await?;
+    is(
+        &s,
+        "cube_placements_total{reason=\"restart\",scheduler=\"spread\"}",
+        1.0,
+    )?;
+    is(
+        &s,
+        "cube_placements_total{reason=\"new\",scheduler=\"spread\"}",
+        3.0,
+    )?;
+    // A restart is not a submission: no second latency observation.
+    is(&s, "cube_scheduling_latency_seconds_count", 3.0)?;
+    let w = scrape(&worker).await?;
+    is(&w, "cube_containers_started_total", 3.0)?;
+    is(&w, "cube_worker_tasks_running", 1.0)?;
+
     // A restarted manager reports the tasks it loads, before anything new happens.
     let status = cluster.term_manager().await?;
     ensure!(status.success(), "the manager exited with {status}");
     cluster.start_manager().await?;
     let s = scrape(&manager).await?;
     is(&s, "cube_tasks{state=\"running\"}", 1.0)?;
-    is(&s, "cube_tasks{state=\"failed\"}", 1.0)?;
+    is(&s, "cube_tasks{state=\"failed\"}", 2.0)?;
     is(&s, "cube_tasks{state=\"pending\"}", 0.0)?;
     // Counters start again with the process.
     ensure!(s.sum("cube_placements_total") == 0.0);
