@@ -2,13 +2,28 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use anyhow::Result;
+use async_nats::Event;
+use prometheus::IntCounter;
 
 use crate::NatsArgs;
 
 /// Connects, trying again until `--nats-connect-timeout` has passed (a cluster's processes
 /// may start before its nats-server is ready).
 pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client> {
+    connect_counting(args, name, None).await
+}
+
+/// [`connect`], counting in `reconnects` every time the connection is re-established after
+/// it was lost (`cube_nats_reconnects_total`).
+pub async fn connect_counting(
+    args: &NatsArgs,
+    name: &str,
+    reconnects: Option<IntCounter>,
+) -> Result<async_nats::Client> {
     let deadline = tokio::time::Instant::now() + args.nats_connect_timeout;
     loop {
         let options = args
@@ -20,6 +35,10 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client> 
             // Once connected, reconnect forever: a NATS restart must not end a long-running
             // process.
             .max_reconnects(None);
+        let options = match &reconnects {
+            Some(counter) => options.event_callback(reconnect_counter(counter.clone())),
+            None => options,
+        };
         match options.connect(&args.nats_url).await {
             Ok(client) => return Ok(client),
             Err(e) if e.kind() == async_nats::ConnectErrorKind::Tls => {
@@ -54,4 +73,36 @@ fn refused(url: &str, error: &str) -> String {
          (CUBE_NATS_TOKEN) or --nats-creds (CUBE_NATS_CREDS); `cube dev` writes its client's \
          to .cube/dev/client.auth, which cube reads when run from the same directory"
     )
+}
+
+/// An event callback that counts reconnections: every `Connected` after the first one (the
+/// first is the initial connection).
+fn reconnect_counter(
+    counter: IntCounter,
+) -> impl Fn(Event) -> std::future::Ready<()> + Send + Sync {
+    let connected_once = Arc::new(AtomicBool::new(false));
+    move |event| {
+        if matches!(event, Event::Connected) && connected_once.swap(true, Ordering::Relaxed) {
+            counter.inc();
+        }
+        std::future::ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_connection_is_not_a_reconnect() {
+        let counter = IntCounter::new("cube_nats_reconnects_total", "test").unwrap();
+        let on_event = reconnect_counter(counter.clone());
+        on_event(Event::Connected).await;
+        assert_eq!(counter.get(), 0);
+        on_event(Event::Disconnected).await;
+        on_event(Event::Connected).await;
+        on_event(Event::Disconnected).await;
+        on_event(Event::Connected).await;
+        assert_eq!(counter.get(), 2);
+    }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod connect;
 mod dev;
+mod metrics;
 mod nats_process;
 mod output;
 mod schema;

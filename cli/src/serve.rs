@@ -1,15 +1,18 @@
 //! `cube manager` and `cube worker`: thin wrappers over the library `run` functions.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use cube_worker::metrics::DockerErrors;
 use cube_worker::runtime::{DockerRuntime, Runtime, SimConfig, SimRuntime};
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::connect;
+use crate::connect::connect_counting;
+use crate::metrics;
 use crate::{bytes_size, duration, NatsArgs};
 
 #[derive(Args, Clone, Debug)]
@@ -26,6 +29,10 @@ pub struct ManagerArgs {
     /// elsewhere per their restart policy.
     #[arg(long, env = "CUBE_NODE_GRACE", default_value = "5s", value_parser = duration)]
     pub node_grace: Duration,
+    /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9090.
+    /// Off by default.
+    #[arg(long, env = "CUBE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ManagerArgs {
@@ -143,6 +150,10 @@ pub struct WorkerArgs {
     /// them elsewhere). By default they keep running, for the next worker of this name.
     #[arg(long, env = "CUBE_STOP_TASKS_ON_EXIT")]
     pub stop_tasks_on_exit: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9091.
+    /// Off by default.
+    #[arg(long, env = "CUBE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn label(s: &str) -> Result<(String, String), String> {
@@ -177,7 +188,8 @@ impl WorkerArgs {
         cfg
     }
 
-    pub async fn runtime(&self) -> Result<Arc<dyn Runtime>> {
+    /// The runtime; Docker's counts its failed API calls in `errors`.
+    pub async fn runtime(&self, errors: DockerErrors) -> Result<Arc<dyn Runtime>> {
         Ok(match self.runtime {
             RuntimeKind::Docker => {
                 let limits = cube_worker::runtime::Limits {
@@ -190,7 +202,8 @@ impl WorkerArgs {
                         .context(
                             "the Docker engine is needed to run containers; is dockerd running?",
                         )?
-                        .with_limits(limits),
+                        .with_limits(limits)
+                        .with_metrics(errors),
                 )
             }
             RuntimeKind::Sim => Arc::new(SimRuntime::new(SimConfig {
@@ -231,18 +244,39 @@ fn sysinfo_hostname() -> String {
 }
 
 pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<()> {
-    let client = connect(&args.nats, "cube-manager").await?;
-    cube_manager::run(args.config(), client, shutdown)
+    let cfg = args.config();
+    let server =
+        metrics::serve_if(args.metrics_addr, |r| cfg.metrics.register(r), &shutdown).await?;
+    let reconnects = cfg.metrics.nats_reconnects.clone();
+    let client = connect_counting(&args.nats, "cube-manager", Some(reconnects)).await?;
+    let ran = cube_manager::run(cfg, client, shutdown.clone())
         .await
-        .context("manager")
+        .context("manager");
+    stop_server(server, &shutdown).await;
+    ran
 }
 
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {
     let cfg = args.config();
     cfg.validate()?;
-    let runtime = args.runtime().await?;
-    let client = connect(&args.nats, &format!("cube-worker-{}", cfg.name)).await?;
-    cube_worker::run(cfg, client, runtime, shutdown)
+    let server =
+        metrics::serve_if(args.metrics_addr, |r| cfg.metrics.register(r), &shutdown).await?;
+    let runtime = args.runtime(cfg.metrics.docker_errors.clone()).await?;
+    let reconnects = cfg.metrics.nats_reconnects.clone();
+    let name = format!("cube-worker-{}", cfg.name);
+    let client = connect_counting(&args.nats, &name, Some(reconnects)).await?;
+    let ran = cube_worker::run(cfg, client, runtime, shutdown.clone())
         .await
-        .context("worker")
+        .context("worker");
+    stop_server(server, &shutdown).await;
+    ran
+}
+
+/// Stops the metrics server (if any) with the process: it ends once `shutdown` fires.
+async fn stop_server(server: Option<tokio::task::JoinHandle<()>>, shutdown: &CancellationToken) {
+    if let Some(server) = server {
+        // The process may end on an error, before anyone cancelled the token.
+        shutdown.cancel();
+        let _ = server.await;
+    }
 }

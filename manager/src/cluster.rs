@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cube_shared::{Node, NodeState, Task};
+use cube_shared::{Node, NodeState, State, Task};
 use uuid::Uuid;
 
+use crate::metrics::NodeCounts;
 use crate::scheduler::NodeView;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -44,6 +45,9 @@ pub struct Cluster {
     pending: VecDeque<Uuid>,
     /// Failed tasks whose restart policy will start them again.
     restarting: HashSet<Uuid>,
+    /// How many tasks are in each state, indexed like [`State::ALL`]: kept by
+    /// [`Cluster::put_task`], so it is right from the first task loaded after a restart.
+    by_state: [usize; State::ALL.len()],
 }
 
 impl Cluster {
@@ -59,6 +63,11 @@ impl Cluster {
         self.tasks.len()
     }
 
+    /// How many tasks are in each state, indexed like [`State::ALL`].
+    pub fn count_by_state(&self) -> [usize; State::ALL.len()] {
+        self.by_state
+    }
+
     /// Records a task's new version, keeping reservations and the pending queue in step.
     /// This is the only way a task changes, so the accounting cannot drift.
     pub fn put_task(&mut self, task: Task) {
@@ -70,6 +79,10 @@ impl Cluster {
         if let (true, Some(w)) = (task.state.is_active(), &task.worker) {
             self.reserved.entry(w.clone()).or_default().add(&task);
         }
+        if let Some(old) = self.tasks.get(&task.id) {
+            self.by_state[old.state as usize] -= 1;
+        }
+        self.by_state[task.state as usize] += 1;
         let newly_pending = task.state == cube_shared::State::Pending
             && self
                 .tasks
@@ -183,6 +196,19 @@ impl Cluster {
             .collect()
     }
 
+    /// How many nodes are ready, draining and down, as `cube nodes` shows them.
+    pub fn node_counts(&self, now: DateTime<Utc>, ttl: Duration) -> NodeCounts {
+        let mut counts = NodeCounts::default();
+        for n in self.nodes.values() {
+            counts.add(if alive(n, now, ttl) {
+                n.state
+            } else {
+                NodeState::Down
+            });
+        }
+        counts
+    }
+
     /// Nodes as `cube nodes` shows them: the heartbeat plus the manager's reservations.
     pub fn node_list(&self, now: DateTime<Utc>, ttl: Duration) -> Vec<Node> {
         self.views(now, ttl)
@@ -217,7 +243,6 @@ pub fn alive(node: &Node, now: DateTime<Utc>, ttl: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cube_shared::State;
 
     #[test]
     fn reservations_follow_task_states() {
@@ -238,6 +263,59 @@ mod tests {
         t.state = State::Completed;
         c.put_task(t);
         assert_eq!(c.reserved["w1"], Reservation::default());
+    }
+
+    #[test]
+    fn state_is_an_index_into_all() {
+        for (i, s) in State::ALL.into_iter().enumerate() {
+            assert_eq!(s as usize, i, "{s}");
+        }
+    }
+
+    #[test]
+    fn counts_by_state_follow_every_change() {
+        let mut c = Cluster::default();
+        let mut a = Task::new("busybox");
+        let b = Task::new("busybox");
+        c.put_task(a.clone());
+        c.put_task(b.clone());
+        assert_eq!(c.count_by_state(), [2, 0, 0, 0, 0]);
+        a.state = State::Scheduled;
+        c.put_task(a.clone());
+        a.state = State::Running;
+        c.put_task(a.clone());
+        // The same version again changes nothing.
+        c.put_task(a.clone());
+        assert_eq!(c.count_by_state(), [1, 0, 1, 0, 0]);
+        a.state = State::Failed;
+        c.put_task(a);
+        assert_eq!(c.count_by_state(), [1, 0, 0, 0, 1]);
+        assert_eq!(c.count_by_state().iter().sum::<usize>(), c.task_count());
+    }
+
+    #[test]
+    fn silent_nodes_count_as_down() {
+        let ttl = Duration::from_secs(10);
+        let now = Utc::now();
+        let mut c = Cluster::default();
+        let node = |name: &str, state, age: i64| Node {
+            state,
+            last_heartbeat: now - chrono::Duration::seconds(age),
+            ..crate::testing::node(name, 1.0, 1 << 30)
+        };
+        c.put_node(node("a", NodeState::Ready, 0), ttl);
+        c.put_node(node("b", NodeState::Draining, 1), ttl);
+        c.put_node(node("c", NodeState::Ready, 60), ttl);
+        c.put_node(node("d", NodeState::Down, 0), ttl);
+        let counts = c.node_counts(now, ttl);
+        assert_eq!(
+            counts,
+            NodeCounts {
+                ready: 1,
+                draining: 1,
+                down: 2
+            }
+        );
     }
 
     #[test]

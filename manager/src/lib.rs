@@ -8,6 +8,7 @@ pub mod api;
 pub mod cluster;
 pub mod lifecycle;
 mod manager;
+pub mod metrics;
 pub mod scheduler;
 #[cfg(test)]
 mod testing;
@@ -30,6 +31,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// The placement algorithm: one of [`algorithms::ALGORITHMS`].
     pub scheduler: String,
+    /// Where the manager counts what it does; register them to expose them.
+    pub metrics: metrics::Metrics,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             node_grace: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(1),
             scheduler: "spread".to_string(),
+            metrics: metrics::Metrics::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::manager::Manager;
+use crate::metrics::PlacementReason;
 use crate::scheduler::Unschedulable;
 
 /// The first restart waits this long; each further one twice as long, up to [`BACKOFF_CAP`].
@@ -85,12 +86,13 @@ impl Manager {
         entry.worker = worker.clone();
         self.journal(entry).await;
         task.next_attempt_at = None;
-        self.assign(task, worker);
+        self.metrics.restarts.inc();
+        self.assign(task, worker, PlacementReason::Restart);
     }
 
     /// Records a new placement of `task` on `worker` (`None`: the shared queue), then
     /// publishes it.
-    pub(crate) fn assign(&mut self, mut task: Task, worker: Option<String>) {
+    pub(crate) fn assign(&mut self, mut task: Task, worker: Option<String>, why: PlacementReason) {
         task.state = State::Scheduled;
         task.worker = worker;
         task.generation += 1;
@@ -98,7 +100,7 @@ impl Manager {
         task.health = None;
         // Recorded before it is published: a manager that dies in between publishes it again
         // on start, under the same message id.
-        self.dispatch_placement(&task);
+        self.publish_placement(&task, why);
         self.save(task);
     }
 
@@ -263,7 +265,7 @@ impl Manager {
                         .worker(to),
                 )
                 .await;
-                self.assign(moving, worker);
+                self.assign(moving, worker, PlacementReason::Drain);
             }
         }
     }

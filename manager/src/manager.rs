@@ -17,6 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::cluster::Cluster;
+use crate::metrics::{Metrics, PlacementReason, Placements, RejectKind};
 use crate::scheduler::{Scheduler, Unschedulable};
 use crate::topology::{self, Topology};
 use crate::writer::{self, Commit};
@@ -43,6 +44,13 @@ pub(crate) struct Manager {
     writer: mpsc::Sender<Commit>,
     /// The writer has stopped: nothing more can be made durable.
     writer_gone: bool,
+    pub(crate) metrics: Metrics,
+    pub(crate) placements: Placements,
+    /// When the batch being handled was taken from the events stream.
+    batch_received: std::time::Instant,
+    /// When each submission not yet placed arrived, for the scheduling latency. Only tasks
+    /// submitted since this manager started: a restart forgets the others.
+    awaiting_placement: HashMap<Uuid, std::time::Instant>,
 }
 
 /// The writes a batch of messages decided, waiting for [`Manager::flush`].
@@ -56,6 +64,8 @@ pub(crate) struct Outbox {
     records: Vec<Outgoing>,
     /// Work for the workers: published after the records.
     work: Vec<Outgoing>,
+    /// When the submissions whose first placement is in `work` arrived.
+    placed: Vec<std::time::Instant>,
 }
 
 /// At most this many messages are handled, then made durable together.
@@ -84,8 +94,14 @@ pub async fn run(
 ) -> Result<(), Error> {
     let scheduler = scheduler_by_name(&cfg.scheduler)?;
     let topo = topology::ensure(jetstream::new(client.clone())).await?;
-    let (writer, writing) = writer::spawn(topo.js.clone(), shutdown.clone());
+    let (writer, writing) = writer::spawn(topo.js.clone(), cfg.metrics.clone(), shutdown.clone());
+    let metrics = cfg.metrics.clone();
+    let placements = metrics.placements(scheduler.name());
     let mut manager = Manager {
+        metrics,
+        placements,
+        batch_received: std::time::Instant::now(),
+        awaiting_placement: HashMap::new(),
         cfg,
         client: client.clone(),
         topo,
@@ -100,6 +116,8 @@ pub async fn run(
         writer_gone: false,
     };
     manager.restore().await?;
+    // The gauges describe the loaded state from the first scrape on.
+    manager.metrics.set_tasks(&manager.cluster.count_by_state());
 
     let mut events = durable(
         &manager.topo.js,
@@ -137,7 +155,9 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(msg) = events.recv() => {
+                manager.batch_received = std::time::Instant::now();
                 let batch = batch_of(msg, &mut events);
+                manager.metrics.batch_messages.observe(batch.len() as f64);
                 for msg in &batch {
                     manager.on_event(msg).await;
                 }
@@ -145,6 +165,7 @@ pub async fn run(
             }
             Some(msg) = states.recv() => {
                 let batch = batch_of(msg, &mut states);
+                manager.metrics.batch_messages.observe(batch.len() as f64);
                 let caught_up = batch
                     .last()
                     .and_then(|m| m.info().ok())
@@ -187,6 +208,8 @@ pub async fn run(
                 }
                 manager.place_pending().await;
                 manager.flush(Vec::new()).await;
+                let nodes = manager.cluster.node_counts(now, manager.cfg.node_ttl);
+                manager.metrics.set_nodes(nodes);
             }
             else => break,
         }
@@ -317,8 +340,13 @@ impl Manager {
         match wire::decode_event(&msg.payload) {
             Err(e) => {
                 let reason = e.to_string();
-                self.reject(&msg.payload, msg.subject.as_str(), reason.clone())
-                    .await;
+                self.reject(
+                    RejectKind::InvalidEvent,
+                    &msg.payload,
+                    msg.subject.as_str(),
+                    reason.clone(),
+                )
+                .await;
                 self.record_refused(&msg.payload, cap(reason));
             }
             Ok(event) => {
@@ -345,7 +373,8 @@ impl Manager {
                 "task {} already exists with a different specification; use a new id",
                 task.id
             );
-            self.reject(&encode(&event), EVENTS, reason).await;
+            self.reject(RejectKind::Conflict, &encode(&event), EVENTS, reason)
+                .await;
             return;
         }
         task.reset_status();
@@ -362,13 +391,15 @@ impl Manager {
         .await;
         let id = task.id;
         self.save(task);
+        self.awaiting_placement.insert(id, self.batch_received);
         self.try_place(id).await;
     }
 
     async fn stop(&mut self, event: TaskEvent) {
         let Some(task) = self.cluster.task(&event.task.id).cloned() else {
             let reason = format!("no task {} to stop", event.task.id);
-            self.reject(&encode(&event), EVENTS, reason).await;
+            self.reject(RejectKind::UnknownTask, &encode(&event), EVENTS, reason)
+                .await;
             return;
         };
         self.record_event(&event);
@@ -434,7 +465,7 @@ impl Manager {
         match self.choose(&task, None) {
             Ok(worker) => {
                 task.error = None;
-                self.assign(task, worker.clone());
+                self.assign(task, worker.clone(), PlacementReason::New);
                 let entry = match worker {
                     Some(w) => JournalEntry::new(
                         "scheduled",
@@ -469,6 +500,15 @@ impl Manager {
         }
     }
 
+    /// Publishes a new placement of `task` (counted as `reason`) with the batch.
+    pub(crate) fn publish_placement(&mut self, task: &Task, reason: PlacementReason) {
+        self.placements.inc(reason);
+        if let Some(received) = self.awaiting_placement.remove(&task.id) {
+            self.outbox.placed.push(received);
+        }
+        self.dispatch_placement(task);
+    }
+
     /// Publishes a recorded placement: to its worker, or to the shared queue.
     pub(crate) fn dispatch_placement(&mut self, task: &Task) {
         let subject = match &task.worker {
@@ -492,6 +532,7 @@ impl Manager {
         match wire::decode::<StateReport>(&msg.payload, MAX_MESSAGE_BYTES) {
             Err(e) => {
                 self.reject(
+                    RejectKind::InvalidReport,
                     &msg.payload,
                     msg.subject.as_str(),
                     format!("state report: {e}"),
@@ -505,8 +546,13 @@ impl Manager {
                     "state report for task {} by {} sent on {}",
                     report.task_id, report.worker, msg.subject
                 );
-                self.reject(&msg.payload, msg.subject.as_str(), reason)
-                    .await;
+                self.reject(
+                    RejectKind::WrongSubject,
+                    &msg.payload,
+                    msg.subject.as_str(),
+                    reason,
+                )
+                .await;
             }
             Ok(report) => {
                 let span = info_span!("report", task.id = %report.task_id, worker = %report.worker);
@@ -709,6 +755,10 @@ impl Manager {
     /// the batch (see [`Manager::flush`]).
     pub(crate) fn save(&mut self, task: Task) {
         let id = task.id;
+        if task.state != State::Pending {
+            // Placed (the time went with the placement) or ended before it was placed.
+            self.awaiting_placement.remove(&id);
+        }
         self.cluster.put_task(task);
         if self.outbox.dirty.insert(id) {
             self.outbox.tasks.push(id);
@@ -737,9 +787,11 @@ impl Manager {
                 msg_id: None,
             })
         }));
+        self.metrics.set_tasks(&self.cluster.count_by_state());
         let commit = Commit {
             records,
             work: outbox.work,
+            placed: outbox.placed,
             handled,
         };
         if !commit.is_empty() && self.writer.send(commit).await.is_err() {
@@ -750,7 +802,8 @@ impl Manager {
     }
 
     /// Refuses a message: the reason goes to `tasks.rejected` and the journal.
-    async fn reject(&self, payload: &[u8], subject: &str, reason: String) {
+    async fn reject(&self, kind: RejectKind, payload: &[u8], subject: &str, reason: String) {
+        self.metrics.rejected(kind);
         let reason = cap(reason);
         let wire::Salvaged {
             event_id, task_id, ..

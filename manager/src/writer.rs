@@ -4,17 +4,24 @@
 //! the messages the batch handled are acknowledged last, so a manager that dies mid-way has
 //! them delivered again.
 
+use std::time::Instant;
+
 use async_nats::jetstream;
 use cube_bus::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::metrics::Metrics;
+
 /// What one batch decided.
 #[derive(Default)]
 pub(crate) struct Commit {
     pub records: Vec<Outgoing>,
     pub work: Vec<Outgoing>,
+    /// When the submissions first placed by `work` arrived: the scheduling latency of each
+    /// is observed once `work` is published.
+    pub placed: Vec<Instant>,
     pub handled: Vec<jetstream::Message>,
 }
 
@@ -26,6 +33,7 @@ impl Commit {
     fn append(&mut self, later: Commit) {
         self.records.extend(later.records);
         self.work.extend(later.work);
+        self.placed.extend(later.placed);
         self.handled.extend(later.handled);
     }
 }
@@ -37,6 +45,7 @@ const QUEUE: usize = 16;
 /// or at shutdown, leaving unwritten batches unacknowledged.
 pub(crate) fn spawn(
     js: jetstream::Context,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<Commit>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Commit>(QUEUE);
@@ -46,6 +55,7 @@ pub(crate) fn spawn(
             while let Ok(later) = rx.try_recv() {
                 commit.append(later);
             }
+            let began = Instant::now();
             for step in [latest_only(commit.records), commit.work] {
                 if step.is_empty() {
                     continue;
@@ -54,11 +64,19 @@ pub(crate) fn spawn(
                     return;
                 }
             }
+            for received in commit.placed {
+                metrics
+                    .scheduling_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
             for msg in commit.handled {
                 if let Err(e) = msg.ack().await {
                     warn!(error = %e, "acknowledging");
                 }
             }
+            metrics
+                .commit_seconds
+                .observe(began.elapsed().as_secs_f64());
         }
     });
     (tx, handle)

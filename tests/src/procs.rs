@@ -381,6 +381,8 @@ pub struct ProcCluster {
     worker_names: Vec<String>,
     /// Extra arguments for `cube manager` (e.g. a short `--node-ttl`).
     pub manager_args: Vec<String>,
+    /// Extra arguments for every `cube worker` started from now on (e.g. `--metrics-addr`).
+    pub worker_args: Vec<String>,
     logs: Option<tempfile::TempDir>,
     kept_logs: Option<PathBuf>,
     spawned: usize,
@@ -402,6 +404,7 @@ impl ProcCluster {
             workers: HashMap::new(),
             worker_names: Vec::new(),
             manager_args: Vec::new(),
+            worker_args: Vec::new(),
             logs: Some(tempfile::Builder::new().prefix("cube-faults-").tempdir()?),
             kept_logs: None,
             spawned: 0,
@@ -515,18 +518,18 @@ impl ProcCluster {
         }
         let mut heartbeats = self.client.subscribe(heartbeat_for(name)).await?;
         self.client.flush().await?;
-        let (cmd, log) = self.command(
-            &format!("worker-{name}"),
-            &[
-                "worker",
-                "--name",
-                name,
-                "--heartbeat-interval",
-                "500ms",
-                "--stop-grace",
-                "2s",
-            ],
-        );
+        let mut args = vec![
+            "worker",
+            "--name",
+            name,
+            "--heartbeat-interval",
+            "500ms",
+            "--stop-grace",
+            "2s",
+        ];
+        let extra = self.worker_args.clone();
+        args.extend(extra.iter().map(String::as_str));
+        let (cmd, log) = self.command(&format!("worker-{name}"), &args);
         self.workers.insert(
             name.to_string(),
             Proc::spawn(&format!("worker {name}"), cmd, log)?,

@@ -3,6 +3,7 @@
 //! [`Runtime`](runtime::Runtime) (Docker, or a simulation), reports every change of state on
 //! `tasks.state.<id>`, and heartbeats its node's statistics.
 
+pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod stats;
@@ -36,6 +37,8 @@ pub struct Config {
     /// Sample the host's CPU, memory and disk for heartbeats. Off for simulated workers:
     /// their node is what `cpu` and `memory` say.
     pub host_stats: bool,
+    /// Where the worker counts what it does; register them to expose them.
+    pub metrics: metrics::Metrics,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             stop_tasks_on_exit: false,
             policy: policy::Policy::default(),
             host_stats: true,
+            metrics: metrics::Metrics::default(),
         }
     }
 }

@@ -338,10 +338,14 @@ impl Inner {
 
     fn forget(&self, task_id: Uuid) {
         self.release(task_id);
-        if let Some(r) = self.lock_running().remove(&task_id) {
-            if let Some(checks) = r.checks {
-                checks.cancel();
-            }
+        let removed = {
+            let mut running = self.lock_running();
+            let removed = running.remove(&task_id);
+            self.cfg.metrics.tasks_running.set(running.len() as i64);
+            removed
+        };
+        if let Some(checks) = removed.and_then(|r| r.checks) {
+            checks.cancel();
         }
         self.task_locks
             .lock()
@@ -410,6 +414,7 @@ impl Inner {
         if let Some(reason) = self.cfg.policy.refuses(&task) {
             self.release(task.id);
             warn!(%reason, "refused by the worker's policy");
+            self.cfg.metrics.containers_failed.inc();
             self.lock_finished().insert(task.id, task.generation);
             let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
             r.generation = Some(task.generation);
@@ -426,7 +431,7 @@ impl Inner {
         let mut report = match result {
             Ok(started) => {
                 let checks = self.watch_health(&task);
-                self.lock_running().insert(
+                self.track(
                     task.id,
                     Running {
                         container_id: started.container_id.clone(),
@@ -435,6 +440,7 @@ impl Inner {
                         checks,
                     },
                 );
+                self.cfg.metrics.containers_started.inc();
                 info!(container = %started.container_id, "started");
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Running);
                 r.health = task.health_check.as_ref().map(|_| Health::Starting);
@@ -452,6 +458,7 @@ impl Inner {
             }
             Err(e) => {
                 self.release(task.id);
+                self.cfg.metrics.containers_failed.inc();
                 warn!(error = %e, "start failed");
                 self.lock_finished().insert(task.id, task.generation);
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
@@ -634,7 +641,7 @@ impl Inner {
                     adopted += 1;
                     self.claim_anyway(&task);
                     let checks = self.watch_health(&task);
-                    self.lock_running().insert(
+                    self.track(
                         task.id,
                         Running {
                             container_id: o.container_id.clone(),
@@ -724,6 +731,9 @@ impl Inner {
                 _ = token.cancelled() => return,
                 outcome = self.runtime.probe(&task, timeout) => outcome,
             };
+            if outcome.is_err() {
+                self.cfg.metrics.health_check_failures.inc();
+            }
             match outcome {
                 Ok(()) => {
                     failures = 0;
@@ -848,6 +858,13 @@ impl Inner {
         }
     }
 
+    /// Records a task's running container (and updates `cube_worker_tasks_running`).
+    fn track(&self, id: Uuid, running: Running) {
+        let mut map = self.lock_running();
+        map.insert(id, running);
+        self.cfg.metrics.tasks_running.set(map.len() as i64);
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -898,11 +915,12 @@ impl Inner {
             leaving,
         };
         let payload = encode(&node);
-        if let Err(e) = client
+        match client
             .publish(heartbeat_for(&self.cfg.name), payload.clone())
             .await
         {
-            warn!(error = %e, "publishing a heartbeat");
+            Ok(()) => self.cfg.metrics.heartbeats.inc(),
+            Err(e) => warn!(error = %e, "publishing a heartbeat"),
         }
         if let Err(e) = nodes.put(&self.cfg.name, payload).await {
             debug!(error = %e, "recording the node");

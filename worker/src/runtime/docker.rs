@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::metrics::DockerErrors;
+
 use super::{Exit, Observed, Runtime, RuntimeError, Started};
 
 #[derive(Clone)]
@@ -27,6 +29,8 @@ pub struct DockerRuntime {
     /// How long an image pull may take before the task fails.
     pull_timeout: Duration,
     limits: Limits,
+    /// Counts the API calls that fail (`cube_docker_errors_total`).
+    errors: DockerErrors,
 }
 
 /// Limits every container gets, whatever the task asks.
@@ -82,12 +86,24 @@ impl DockerRuntime {
             docker,
             pull_timeout: Duration::from_secs(120),
             limits: Limits::default(),
+            errors: DockerErrors::default(),
         })
     }
 
     pub fn with_limits(mut self, limits: Limits) -> DockerRuntime {
         self.limits = limits;
         self
+    }
+
+    /// Counts failed Docker API calls in `errors` (a worker's metrics).
+    pub fn with_metrics(mut self, errors: DockerErrors) -> DockerRuntime {
+        self.errors = errors;
+        self
+    }
+
+    /// Counts a failed call to `operation`.
+    fn failed(&self, operation: &'static str) {
+        self.errors.inc(operation);
     }
 
     pub fn client(&self) -> &Docker {
@@ -99,7 +115,10 @@ impl DockerRuntime {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(e) if status(&e) == Some(404) => {}
-            Err(e) => return Err(unavailable("inspecting the image", e)),
+            Err(e) => {
+                self.failed("inspect_image");
+                return Err(unavailable("inspecting the image", e));
+            }
         }
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
@@ -116,6 +135,7 @@ impl DockerRuntime {
             Ok(Err(reason)) => reason,
             Err(_) => format!("the pull took longer than {:?}", self.pull_timeout),
         };
+        self.failed("pull_image");
         Err(RuntimeError::ImageUnavailable {
             image: image.to_string(),
             reason,
@@ -201,7 +221,10 @@ impl DockerRuntime {
         let c = match self.docker.inspect_container(name, None).await {
             Ok(c) => c,
             Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(unavailable("inspecting the container", e)),
+            Err(e) => {
+                self.failed("inspect_container");
+                return Err(unavailable("inspecting the container", e));
+            }
         };
         let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
         let Some(task_id) = labels.get(LABEL_TASK_ID).and_then(|s| s.parse().ok()) else {
@@ -263,12 +286,17 @@ impl DockerRuntime {
         {
             Ok(c) => Ok(Some(c.id)),
             Err(e) if status(&e) == Some(409) => Ok(None),
-            Err(e) if status(&e) == Some(404) => Err(RuntimeError::ImageUnavailable {
-                image: task.image.clone(),
-                reason: message(&e),
-            }),
-            Err(e) if status(&e) == Some(400) => Err(RuntimeError::StartFailed(message(&e))),
-            Err(e) => Err(unavailable("creating the container", e)),
+            Err(e) => {
+                self.failed("create_container");
+                Err(match status(&e) {
+                    Some(404) => RuntimeError::ImageUnavailable {
+                        image: task.image.clone(),
+                        reason: message(&e),
+                    },
+                    Some(400) => RuntimeError::StartFailed(message(&e)),
+                    _ => unavailable("creating the container", e),
+                })
+            }
         }
     }
 
@@ -279,18 +307,20 @@ impl DockerRuntime {
             Err(e) if matches!(status(&e), Some(404)) => Ok(()),
             // 409: removal already in progress.
             Err(e) if matches!(status(&e), Some(409)) => Ok(()),
-            Err(e) => Err(unavailable("removing the container", e)),
+            Err(e) => {
+                self.failed("remove_container");
+                Err(unavailable("removing the container", e))
+            }
         }
     }
 
     /// Why a container that just died ended, beyond its exit code.
     async fn exit_reason(&self, container: &str) -> Option<String> {
-        let state = self
-            .docker
-            .inspect_container(container, None)
-            .await
-            .ok()?
-            .state?;
+        let inspected = self.docker.inspect_container(container, None).await;
+        if inspected.is_err() {
+            self.failed("inspect_container");
+        }
+        let state = inspected.ok()?.state?;
         exit_error(&state)
     }
 }
@@ -337,6 +367,7 @@ impl Runtime for DockerRuntime {
             Ok(()) => {}
             Err(e) if status(&e) == Some(304) => {}
             Err(e) => {
+                self.failed("start_container");
                 let reason = message(&e);
                 if let Err(e) = self.force_remove(&name).await {
                     warn!(error = %e, "removing a container that would not start");
@@ -367,11 +398,17 @@ impl Runtime for DockerRuntime {
             Ok(()) => {}
             Err(e) if status(&e) == Some(304) => {}
             Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(unavailable("stopping the container", e)),
+            Err(e) => {
+                self.failed("stop_container");
+                return Err(unavailable("stopping the container", e));
+            }
         }
         let code = match self.docker.inspect_container(&name, None).await {
             Ok(c) => c.state.and_then(|s| s.exit_code),
-            Err(_) => None,
+            Err(_) => {
+                self.failed("inspect_container");
+                None
+            }
         };
         self.force_remove(&name).await?;
         Ok(code.or(Some(0)))
@@ -407,6 +444,7 @@ impl Runtime for DockerRuntime {
                     let event = match event {
                         Ok(event) => event,
                         Err(e) => {
+                            runtime.failed("events");
                             warn!(error = %e, "Docker event stream broke; reconnecting");
                             break;
                         }
@@ -462,7 +500,10 @@ impl Runtime for DockerRuntime {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| unavailable("listing containers", e))?;
+            .map_err(|e| {
+                self.failed("list_containers");
+                unavailable("listing containers", e)
+            })?;
         let mut out = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
@@ -491,6 +532,11 @@ impl Runtime for DockerRuntime {
 }
 
 impl DockerRuntime {
+    fn exec_failed(&self, e: &DockerError) -> String {
+        self.failed("exec");
+        format!("running the check: {}", message(e))
+    }
+
     /// Where the task's first exposed port answers: its host binding if it has one (the
     /// worker runs on that host), else the container's own address.
     async fn probe_address(&self, task: &Task) -> Result<String, String> {
@@ -514,7 +560,10 @@ impl DockerRuntime {
             .docker
             .inspect_container(&task.container_name(), None)
             .await
-            .map_err(|e| message(&e))?;
+            .map_err(|e| {
+                self.failed("inspect_container");
+                message(&e)
+            })?;
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -575,12 +624,12 @@ impl DockerRuntime {
                 },
             )
             .await
-            .map_err(|e| format!("running the check: {}", message(&e)))?;
+            .map_err(|e| self.exec_failed(&e))?;
         let started = self
             .docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| format!("running the check: {}", message(&e)))?;
+            .map_err(|e| self.exec_failed(&e))?;
         // The last 512 bytes of its output, for the reason.
         let mut tail: Vec<u8> = Vec::new();
         if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
@@ -598,7 +647,7 @@ impl DockerRuntime {
             .docker
             .inspect_exec(&exec.id)
             .await
-            .map_err(|e| format!("running the check: {}", message(&e)))?
+            .map_err(|e| self.exec_failed(&e))?
             .exit_code
             .unwrap_or(-1);
         if code == 0 {
