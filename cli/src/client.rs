@@ -19,7 +19,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::connect::connect;
-use crate::output::{age, or_dash, print_json, table, OutputArgs};
+use crate::output::{age, line, or_dash, print_json, table, OutputArgs};
 use crate::{bytes_size, duration, NatsArgs};
 
 #[derive(Args, Debug)]
@@ -564,17 +564,17 @@ pub async fn events(args: EventsArgs) -> Result<()> {
         .await
         .context("reading the journal")?;
     if !json {
-        println!(
+        line(format_args!(
             "{:<24}  {:<14}  {:<8}  {:<12}  MESSAGE",
             "TIME", "KIND", "TASK", "WORKER"
-        );
+        ));
     }
     while let Some(msg) = messages.next().await {
         let msg = msg.context("reading the journal")?;
         match wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES) {
-            Ok(e) if json && args.follow => println!("{}", serde_json::to_string(&e)?),
+            Ok(e) if json && args.follow => line(serde_json::to_string(&e)?),
             Ok(e) if json => gathered.push(e),
-            Ok(e) => println!(
+            Ok(e) => line(format_args!(
                 "{:<24}  {:<14}  {:<8}  {:<12}  {}",
                 e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 e.kind,
@@ -582,7 +582,7 @@ pub async fn events(args: EventsArgs) -> Result<()> {
                     .map_or("-".to_string(), |id| id.to_string()[..8].to_string()),
                 or_dash(e.worker.as_deref()),
                 e.message
-            ),
+            )),
             Err(e) => eprintln!("(unreadable journal entry: {e})"),
         }
         let pending = msg.info().map_or(0, |i| i.pending);
