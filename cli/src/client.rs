@@ -479,6 +479,9 @@ pub async fn nodes(args: NodesArgs) -> Result<()> {
             drain,
         };
         let node: Node = request(&client, API_NODES_DRAIN, &body).await?;
+        if args.output.json() {
+            return print_json(&node);
+        }
         println!("{} is {}", node.name, node.state);
         return Ok(());
     }

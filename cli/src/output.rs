@@ -58,10 +58,10 @@ pub enum Format {
 #[derive(clap::Args, Clone, Debug)]
 pub struct OutputArgs {
     /// table (for people) or json (one JSON document, for programs).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
     /// The same as `-o json` (kept for scripts written before `-o`).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, global = true)]
     pub json: bool,
 }
 

@@ -199,6 +199,14 @@ async fn submit_wait_and_json_listings() -> Result<()> {
     for name in ["waited", "shown"] {
         cube(&url, &["stop", name]).await?;
     }
+
+    // Drain and undrain answer with the node, as JSON too.
+    let drained: Value =
+        serde_json::from_str(&cube(&url, &["nodes", "drain", &worker, "-o", "json"]).await?)?;
+    assert_eq!(drained["state"], "draining");
+    let back: Value =
+        serde_json::from_str(&cube(&url, &["nodes", "-o", "json", "undrain", &worker]).await?)?;
+    assert_eq!(back["state"], "ready");
     Ok(())
 }
 
