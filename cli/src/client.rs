@@ -297,8 +297,20 @@ async fn request<Q: Serialize, T: DeserializeOwned>(
     })?;
     let reply: ApiReply<T> =
         wire::decode(&reply.payload, usize::MAX).context("reading the manager's answer")?;
-    reply.into_result().map_err(|e| anyhow!(e))
+    reply.into_result().map_err(|e| Refused(e).into())
 }
+
+/// The manager answered, and said no (an unknown task, a bad request): the reason is its.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// How long a `cube.api.*` request may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -308,16 +320,15 @@ fn no_manager(subject: &str, why: &str) -> anyhow::Error {
     anyhow!("the manager does not answer {subject} ({why}) — is `cube manager` (or `cube dev`) running against this NATS server?")
 }
 
-/// One task, by id, unique id prefix or name; an unknown one says so.
+/// One task, by id, unique id prefix or name; one the manager cannot find says how to.
 pub(crate) async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
     request(client, API_TASKS_GET, &TaskQuery { id: id.to_string() })
         .await
-        .map_err(|e| {
-            if e.to_string().starts_with("no task") {
-                e.context(format!("unknown task `{id}`: `cube status` lists the tasks (by id, unique id prefix or name)"))
-            } else {
-                e
-            }
+        .map_err(|e| match e.downcast_ref::<Refused>() {
+            Some(_) => e.context(format!(
+                "looking up task `{id}` (`cube status` lists the tasks; give an id, a unique id prefix or a name)"
+            )),
+            None => e,
         })
 }
 

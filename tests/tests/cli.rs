@@ -91,7 +91,9 @@ async fn errors_name_the_problem_and_the_fix() -> Result<()> {
     ] {
         let err = failure(&url, args).await?;
         assert!(
-            err.contains("unknown task") && err.contains("`cube status` lists"),
+            err.contains("looking up task")
+                && err.contains("`cube status` lists")
+                && err.contains(": no task"),
             "{args:?}: {err}"
         );
     }
