@@ -19,7 +19,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::connect::connect;
-use crate::output::{age, or_dash, print_json, table, OutputArgs};
+use crate::output::{age, line, or_dash, print_json, table, OutputArgs};
 use crate::{bytes_size, duration, NatsArgs};
 
 #[derive(Args, Debug)]
@@ -297,8 +297,20 @@ async fn request<Q: Serialize, T: DeserializeOwned>(
     })?;
     let reply: ApiReply<T> =
         wire::decode(&reply.payload, usize::MAX).context("reading the manager's answer")?;
-    reply.into_result().map_err(|e| anyhow!(e))
+    reply.into_result().map_err(|e| Refused(e).into())
 }
+
+/// The manager answered, and said no (an unknown task, a bad request): the reason is its.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// How long a `cube.api.*` request may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -308,16 +320,15 @@ fn no_manager(subject: &str, why: &str) -> anyhow::Error {
     anyhow!("the manager does not answer {subject} ({why}) — is `cube manager` (or `cube dev`) running against this NATS server?")
 }
 
-/// One task, by id, unique id prefix or name; an unknown one says so.
+/// One task, by id, unique id prefix or name; one the manager cannot find says how to.
 pub(crate) async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
     request(client, API_TASKS_GET, &TaskQuery { id: id.to_string() })
         .await
-        .map_err(|e| {
-            if e.to_string().starts_with("no task") {
-                e.context(format!("unknown task `{id}`: `cube status` lists the tasks (by id, unique id prefix or name)"))
-            } else {
-                e
-            }
+        .map_err(|e| match e.downcast_ref::<Refused>() {
+            Some(_) => e.context(format!(
+                "looking up task `{id}` (`cube status` lists the tasks; give an id, a unique id prefix or a name)"
+            )),
+            None => e,
         })
 }
 
@@ -479,6 +490,9 @@ pub async fn nodes(args: NodesArgs) -> Result<()> {
             drain,
         };
         let node: Node = request(&client, API_NODES_DRAIN, &body).await?;
+        if args.output.json() {
+            return print_json(&node);
+        }
         println!("{} is {}", node.name, node.state);
         return Ok(());
     }
@@ -564,17 +578,17 @@ pub async fn events(args: EventsArgs) -> Result<()> {
         .await
         .context("reading the journal")?;
     if !json {
-        println!(
+        line(format_args!(
             "{:<24}  {:<14}  {:<8}  {:<12}  MESSAGE",
             "TIME", "KIND", "TASK", "WORKER"
-        );
+        ));
     }
     while let Some(msg) = messages.next().await {
         let msg = msg.context("reading the journal")?;
         match wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES) {
-            Ok(e) if json && args.follow => println!("{}", serde_json::to_string(&e)?),
+            Ok(e) if json && args.follow => line(serde_json::to_string(&e)?),
             Ok(e) if json => gathered.push(e),
-            Ok(e) => println!(
+            Ok(e) => line(format_args!(
                 "{:<24}  {:<14}  {:<8}  {:<12}  {}",
                 e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 e.kind,
@@ -582,7 +596,7 @@ pub async fn events(args: EventsArgs) -> Result<()> {
                     .map_or("-".to_string(), |id| id.to_string()[..8].to_string()),
                 or_dash(e.worker.as_deref()),
                 e.message
-            ),
+            )),
             Err(e) => eprintln!("(unreadable journal entry: {e})"),
         }
         let pending = msg.info().map_or(0, |i| i.pending);

@@ -70,8 +70,8 @@ fn refused(url: &str, error: &str) -> String {
     format!(
         "NATS at {url} refused this connection ({error}) — give the credentials of a user it knows: \
          --nats-user and --nats-password (CUBE_NATS_USER, CUBE_NATS_PASSWORD), --nats-token \
-         (CUBE_NATS_TOKEN) or --nats-creds (CUBE_NATS_CREDS); `cube dev` writes its client's \
-         to .cube/dev/client.auth, which cube reads when run from the same directory"
+         (CUBE_NATS_TOKEN) or --nats-creds (CUBE_NATS_CREDS); `cube dev` keeps its client's as \
+         user:password in <data dir>/client.auth, and cube reads .cube/dev/client.auth by itself"
     )
 }
 

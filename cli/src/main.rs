@@ -203,6 +203,12 @@ pub fn bytes_size(s: &str) -> Result<u64, String> {
 }
 
 fn init_tracing(default: &str) {
+    // The client commands (`warn`) explain a failed connection themselves: async-nats's own
+    // report of it would only repeat it less clearly.
+    let default = match default {
+        "warn" => "warn,async_nats=off",
+        other => other,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

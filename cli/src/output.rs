@@ -20,7 +20,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        line(out.trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -58,10 +58,10 @@ pub enum Format {
 #[derive(clap::Args, Clone, Debug)]
 pub struct OutputArgs {
     /// table (for people) or json (one JSON document, for programs).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
     /// The same as `-o json` (kept for scripts written before `-o`).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, global = true)]
     pub json: bool,
 }
 
@@ -73,6 +73,20 @@ impl OutputArgs {
 
 /// Prints one JSON document on its own line.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    line(serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Prints a line on stdout. If the reader has gone (`cube events | head`), stops quietly, as
+/// Unix tools do, instead of panicking.
+pub fn line(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }

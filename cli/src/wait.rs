@@ -59,7 +59,28 @@ impl Stage {
         })
     }
 
-    pub fn is_done(&self) -> bool {
+    /// How far along: a stage never gives way to an earlier one (a journal entry and the
+    /// record may arrive in either order).
+    fn rank(&self) -> u8 {
+        match self {
+            Stage::Sent => 0,
+            Stage::Pending(_) => 1,
+            Stage::Scheduled(_) => 2,
+            Stage::Running(_) | Stage::Completed(_) | Stage::Failed(_) => 3,
+        }
+    }
+
+    /// The later of the two; between equals, the newer (a pending task's latest reason).
+    fn advance(self, next: Stage) -> Stage {
+        if next.rank() >= self.rank() {
+            next
+        } else {
+            self
+        }
+    }
+
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
         matches!(
             self,
             Stage::Running(_) | Stage::Completed(_) | Stage::Failed(_)
@@ -149,17 +170,12 @@ pub async fn wait(
                     continue;
                 }
                 if let Some(next) = Stage::from_entry(&entry) {
-                    stage = next;
+                    stage = stage.advance(next);
                 }
             }
             _ = poll.tick() => match crate::client::get_task(client, &id.to_string()).await {
-                // The record is the truth; a journal entry may be ahead of it by a moment
-                // only while the record still shows an earlier stage.
                 Ok(task) => {
-                    let recorded = Stage::of(&task);
-                    if recorded.is_done() || !matches!(stage, Stage::Scheduled(_)) {
-                        stage = recorded;
-                    }
+                    stage = stage.advance(Stage::of(&task));
                     last_error = None;
                 }
                 Err(e) => last_error = Some(e),
@@ -169,7 +185,10 @@ pub async fn wait(
                 if let Some(e) = last_error {
                     return Err(e.context(format!("task {id} not running after {timeout:?}")));
                 }
-                bail!("task {id} is not running after {timeout:?}: {}", stage.describe());
+                bail!(
+                    "task {id} is not running after {timeout:?}: {} (it stays submitted: `cube stop {id}` cancels it)",
+                    stage.describe()
+                );
             }
         }
         progress.show(&stage);
@@ -213,6 +232,17 @@ mod tests {
             Some(Stage::Failed("image: bad".into()))
         );
         assert_eq!(Stage::from_entry(&e("node-joined", "w2")), None);
+        // Whatever order they come in, the stage only moves on.
+        let scheduled = Stage::Scheduled(Some("w1".into()));
+        assert_eq!(
+            scheduled.clone().advance(Stage::Pending(None)),
+            scheduled.clone()
+        );
+        assert_eq!(
+            Stage::Pending(None).advance(Stage::Pending(Some("full".into()))),
+            Stage::Pending(Some("full".into()))
+        );
+        assert!(scheduled.advance(Stage::Failed("x".into())).is_done());
     }
 
     #[test]

@@ -23,6 +23,20 @@ except ImportError:
     sys.exit("this client needs nats-py: pip install nats-py")
 
 
+def check(ev):
+    """Validates an event against the shipped JSON Schema, if asked to."""
+    directory = os.environ.get("CUBE_SCHEMA_DIR")
+    if not directory:
+        return
+    import jsonschema
+
+    with open(os.path.join(directory, "task-event.json")) as f:
+        schema = json.load(f)
+    validator = jsonschema.Draft7Validator(
+        schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    validator.validate(ev)
+
+
 def event(state, task):
     return {
         "id": str(uuid.uuid4()),
@@ -51,6 +65,7 @@ async def main(argv):
                 ev = event("running", task)
             else:
                 ev = event("completed", {"id": task_id})
+            check(ev)
             js = nc.jetstream()
             ack = await js.publish("tasks.events", json.dumps(ev).encode(),
                                    headers={"Nats-Msg-Id": ev["id"]})

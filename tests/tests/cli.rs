@@ -46,6 +46,17 @@ async fn errors_name_the_problem_and_the_fix() -> Result<()> {
         "{err}"
     );
 
+    // Something listens but never speaks NATS: the connection times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("nats://{}", silent.local_addr()?);
+    let err = failure(&url, &["nodes", "--nats-connect-timeout", "1s"]).await?;
+    assert!(
+        err.contains(&format!("cannot reach NATS at {url}"))
+            && err.contains("is `cube dev` or nats-server running?"),
+        "{err}"
+    );
+    drop(silent);
+
     // NATS without a manager.
     let nats = NatsServer::start().await?;
     for args in [&["nodes"][..], &["status"], &["status", "web"]] {
@@ -80,7 +91,9 @@ async fn errors_name_the_problem_and_the_fix() -> Result<()> {
     ] {
         let err = failure(&url, args).await?;
         assert!(
-            err.contains("unknown task") && err.contains("`cube status` lists"),
+            err.contains("looking up task")
+                && err.contains("`cube status` lists")
+                && err.contains(": no task"),
             "{args:?}: {err}"
         );
     }
@@ -199,6 +212,14 @@ async fn submit_wait_and_json_listings() -> Result<()> {
     for name in ["waited", "shown"] {
         cube(&url, &["stop", name]).await?;
     }
+
+    // Drain and undrain answer with the node, as JSON too.
+    let drained: Value =
+        serde_json::from_str(&cube(&url, &["nodes", "drain", &worker, "-o", "json"]).await?)?;
+    assert_eq!(drained["state"], "draining");
+    let back: Value =
+        serde_json::from_str(&cube(&url, &["nodes", "-o", "json", "undrain", &worker]).await?)?;
+    assert_eq!(back["state"], "ready");
     Ok(())
 }
 
@@ -233,27 +254,29 @@ async fn completions_and_schemas() -> Result<()> {
     Ok(())
 }
 
-/// Makes sure Python can import nats-py, installing it with pip if it is missing.
-fn ensure_nats_py() -> Result<()> {
-    let importable = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import nats.js"])
+/// Makes sure Python can import nats-py and jsonschema, installing them with pip if missing.
+fn ensure_python_packages() -> Result<()> {
+    for (package, module) in [("nats-py", "nats.js"), ("jsonschema", "jsonschema")] {
+        let importable = || {
+            std::process::Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if importable() {
+            continue;
+        }
+        let pip = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", package])
             .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if importable() {
-        return Ok(());
+            .context("running python3 -m pip")?;
+        ensure!(
+            importable(),
+            "the Python client test needs {package}, and `python3 -m pip install {package}` failed: {}\n\
+             install it (scripts/setup does) and run the test again",
+            text(&pip.stderr)
+        );
     }
-    let pip = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "nats-py"])
-        .output()
-        .context("running python3 -m pip")?;
-    ensure!(
-        importable(),
-        "the Python client test needs nats-py, and `python3 -m pip install nats-py` failed: {}\n\
-         install it (scripts/setup does) and run the test again",
-        text(&pip.stderr)
-    );
     Ok(())
 }
 
@@ -261,6 +284,7 @@ async fn python(args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new("python3")
         .arg(root().join("tests/clients/submit.py"))
         .args(args)
+        .env("CUBE_SCHEMA_DIR", root().join("docs/schema"))
         .output()
         .await?;
     ensure!(
@@ -271,10 +295,11 @@ async fn python(args: &[&str]) -> Result<String> {
     Ok(text(&out.stdout))
 }
 
-/// A TaskEvent written by a Python program (nats-py, JetStream publish) runs like any other.
+/// A TaskEvent written by a Python program (nats-py, JetStream publish), checked against the
+/// shipped JSON Schema by Python's jsonschema, runs like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_submits_and_stops_a_task() -> Result<()> {
-    ensure_nats_py()?;
+    ensure_python_packages()?;
     let cluster = Cluster::start(1).await?;
     let url = cluster.nats.url();
     let id = Uuid::new_v4();
