@@ -297,7 +297,7 @@ async fn request<Q: Serialize, T: DeserializeOwned>(
     reply.into_result().map_err(|e| anyhow!(e))
 }
 
-async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
+pub(crate) async fn get_task(client: &async_nats::Client, id: &str) -> Result<Task> {
     request(client, API_TASKS_GET, &TaskQuery { id: id.to_string() }).await
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod connect;
 mod dev;
+mod logs;
 mod nats_process;
 mod output;
 mod serve;
@@ -49,6 +50,9 @@ enum Command {
     Nodes(client::NodesArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(client::EventsArgs),
+    /// Print a task's container output (stdout to stdout, stderr to stderr): what is kept,
+    /// the newest up to the manager's per-task cap. With -f, keep following it.
+    Logs(logs::LogsArgs),
     /// Measure Cube's speed and scale beside raw JetStream and raw Docker.
     Bench(bench::BenchArgs),
     /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
@@ -265,6 +269,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => {
             init_tracing("warn");
             client::events(args).await
+        }
+        Command::Logs(args) => {
+            init_tracing("warn");
+            logs::logs(args, shutdown_on_signals()).await
         }
         Command::Bench(args) => {
             init_tracing("warn");

@@ -26,6 +26,10 @@ pub struct ManagerArgs {
     /// elsewhere per their restart policy.
     #[arg(long, env = "CUBE_NODE_GRACE", default_value = "5s", value_parser = duration)]
     pub node_grace: Duration,
+    /// Container output kept per task (`cube logs`), e.g. 4m: the newest chunks of at most
+    /// 4 KiB each, as many as fit.
+    #[arg(long, env = "CUBE_LOGS_PER_TASK", default_value = "4m", value_parser = bytes_size)]
+    pub logs_per_task: u64,
 }
 
 impl ManagerArgs {
@@ -34,6 +38,7 @@ impl ManagerArgs {
             node_ttl: self.node_ttl,
             node_grace: self.node_grace,
             scheduler: self.scheduler.name().to_string(),
+            logs_per_task: self.logs_per_task,
             ..Default::default()
         }
     }

@@ -30,6 +30,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// The placement algorithm: one of [`algorithms::ALGORITHMS`].
     pub scheduler: String,
+    /// Bytes of container output kept per task in `CUBE_LOGS` (the newest; see
+    /// [`topology::logs_stream`]).
+    pub logs_per_task: u64,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             node_grace: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(1),
             scheduler: "spread".to_string(),
+            logs_per_task: topology::DEFAULT_LOGS_PER_TASK,
         }
     }
 }

@@ -83,7 +83,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let scheduler = scheduler_by_name(&cfg.scheduler)?;
-    let topo = topology::ensure(jetstream::new(client.clone())).await?;
+    let topo = topology::ensure(jetstream::new(client.clone()), cfg.logs_per_task).await?;
     let (writer, writing) = writer::spawn(topo.js.clone(), shutdown.clone());
     let mut manager = Manager {
         cfg,
