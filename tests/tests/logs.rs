@@ -314,3 +314,140 @@ async fn capped(c: &mut ProcCluster) -> Result<()> {
     );
     Ok(())
 }
+
+/// Under Cube's generated NATS permissions, a worker may publish (and resume) its tasks'
+/// output and a client may read it with `cube logs`, but not write it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_work_under_the_nats_permissions() -> Result<()> {
+    use cube_bus::auth::{random_password, server_config, Role, User};
+    use cube_bus::Credentials;
+    use cube_worker::runtime::{DockerRuntime, Runtime};
+
+    cube_tests::init_tracing();
+    cube_tests::ensure_image()?;
+    let name = cube_tests::unique("wl");
+    let _cleanup = RemoveContainers(name.clone());
+    let user = |role: Role| User {
+        role,
+        password: random_password(),
+    };
+    let (manager, client, worker) = (
+        user(Role::Manager),
+        user(Role::Client),
+        user(Role::Worker(name.clone())),
+    );
+    let nats = cube_tests::NatsServer::start_with(&server_config(&[
+        manager.clone(),
+        client.clone(),
+        worker.clone(),
+    ]))
+    .await?;
+    let connect = |u: &User| {
+        let (url, credentials) = (nats.url(), Credentials::user(u.name(), &u.password));
+        async move { Ok::<_, anyhow::Error>(credentials.options().await?.connect(url).await?) }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let (conn, token) = (connect(&manager).await?, shutdown.child_token());
+    tokio::spawn(async move {
+        if let Err(e) = cube_manager::run(cube_manager::Config::default(), conn, token).await {
+            panic!("manager failed: {e}");
+        }
+    });
+    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect().await?);
+    let (conn, token) = (connect(&worker).await?, shutdown.child_token());
+    let mut cfg = cube_worker::Config::new(name.as_str());
+    cfg.heartbeat_interval = Duration::from_millis(500);
+    tokio::spawn(async move {
+        if let Err(e) = cube_worker::run(cfg, conn, runtime, token).await {
+            panic!("worker failed: {e}");
+        }
+    });
+
+    let client_conn = connect(&client).await?;
+    eventually(WITHIN, "the worker is ready", || async {
+        let nodes: Vec<cube_shared::Node> =
+            cube_tests::api(&client_conn, cube_shared::subjects::API_NODES_LIST, &()).await?;
+        ensure!(nodes.len() == 1, "{} nodes", nodes.len());
+        Ok(())
+    })
+    .await?;
+    let event =
+        cube_shared::TaskEvent::submit(task(&["sh", "-c", "echo auth-out; echo auth-err >&2"]));
+    let id = event.task.id;
+    async_nats::jetstream::new(client_conn.clone())
+        .publish(
+            cube_shared::subjects::EVENTS,
+            cube_shared::wire::encode(&event),
+        )
+        .await?
+        .await?;
+    let out = eventually(
+        WITHIN,
+        "`cube logs` as the client shows the output",
+        || async {
+            let out = tokio::process::Command::new(cube_bin())
+                .args(["logs", &id.to_string()])
+                .env("CUBE_NATS_URL", nats.url())
+                .env("CUBE_NATS_USER", client.name())
+                .env("CUBE_NATS_PASSWORD", &client.password)
+                .output()
+                .await?;
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+            ensure!(out.status.success(), "cube logs failed: {stderr}");
+            ensure!(
+                stdout.contains("auth-out") && stderr.contains("auth-err"),
+                "{stdout:?} / {stderr:?}"
+            );
+            Ok(stdout)
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\nnats-server's log ends:\n{}", nats.log_tail(30)))?;
+    assert_eq!(out, "auth-out\n");
+
+    // A client may not write a task's output.
+    let mut errors = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let options = Credentials::user(client.name(), &client.password)
+            .options()
+            .await?
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            });
+        let conn = options.connect(nats.url()).await?;
+        conn.publish(logs_for(id), "forged".into()).await?;
+        conn.flush().await?;
+        (rx, conn)
+    };
+    let denied = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = errors.0.recv().await {
+            if e.to_lowercase().contains("permissions violation") && e.contains("tasks.logs") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    ensure!(
+        matches!(denied, Ok(true)),
+        "no permissions violation for a client publishing logs"
+    );
+    Ok(())
+}
+
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        cube_tests::remove_containers(&format!("{}={}", cube_shared::LABEL_WORKER, self.0));
+    }
+}
