@@ -59,6 +59,12 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
                 // The stream may not exist yet (a manager that has not run since Cube
                 // learned to keep logs): wait for it.
                 tracing::debug!(error = %e, "waiting for the logs stream");
+                if get_task(&client, &task.id.to_string())
+                    .await
+                    .is_ok_and(|t| ended(&t))
+                {
+                    return Ok(());
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(CHECK_EVERY) => {}

@@ -352,6 +352,9 @@ impl Inner {
 
     /// Starts publishing the output of the task's container (once per placement).
     fn follow_logs(&self, task_id: Uuid, generation: u64) {
+        if !self.runtime.has_output() {
+            return;
+        }
         let mut followers = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         if followers
             .get(&task_id)

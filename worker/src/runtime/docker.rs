@@ -490,6 +490,10 @@ impl Runtime for DockerRuntime {
             .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
+    fn has_output(&self) -> bool {
+        true
+    }
+
     fn logs(
         &self,
         task_id: Uuid,

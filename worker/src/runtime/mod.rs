@@ -117,6 +117,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// `timeout`. `Err` says why it did not pass.
     async fn probe(&self, task: &Task, timeout: Duration) -> Result<(), String>;
 
+    /// Whether its containers have output worth publishing (the simulation's have none, so
+    /// its workers spend nothing on it).
+    fn has_output(&self) -> bool {
+        false
+    }
+
     /// The output of the container of the task's placement `generation`, from `since` (or
     /// its start): with `follow`, until the container ends, else what there is now. A
     /// runtime without output (the simulation) yields nothing.
