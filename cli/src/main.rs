@@ -50,8 +50,12 @@ enum Command {
     Nodes(client::NodesArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(client::EventsArgs),
-    /// Print a task's container output (stdout to stdout, stderr to stderr): what is kept,
-    /// the newest up to the manager's per-task cap. With -f, keep following it.
+    /// Print a task's container output, or follow it with -f.
+    ///
+    /// Prints what is kept (the newest output, up to the manager's `--logs-per-task`), its
+    /// stdout to stdout and its stderr to stderr, and exits. With -f it keeps printing new
+    /// output, also across restarts of the task's worker, until Ctrl-C or until the task has
+    /// ended for good and all its output is printed.
     Logs(logs::LogsArgs),
     /// Measure Cube's speed and scale beside raw JetStream and raw Docker.
     Bench(bench::BenchArgs),
