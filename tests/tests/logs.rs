@@ -315,6 +315,34 @@ async fn capped(c: &mut ProcCluster) -> Result<()> {
     Ok(())
 }
 
+/// Without the logs stream (deleted here; a manager from before Cube kept logs never made
+/// it), tasks still run and end, and `cube logs` prints nothing rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_logs_stream_tasks_run_and_logs_are_empty() -> Result<()> {
+    let mut c = ProcCluster::start(1).await?;
+    let result = without_stream(&mut c).await;
+    c.explain(result)
+}
+
+async fn without_stream(c: &mut ProcCluster) -> Result<()> {
+    let url = c.nats.url();
+    ensure!(c.js.delete_stream(LOGS_STREAM).await?.success);
+    let id = c
+        .submit(task(&["sh", "-c", "echo lost; sleep 0.5; exit 3"]))
+        .await?;
+    let failed = c.wait_state(id, State::Failed, WITHIN).await?;
+    assert_eq!(failed.exit_code, Some(3));
+    for args in [vec!["logs"], vec!["logs", "-f"]] {
+        let mut args: Vec<&str> = args;
+        let id = id.to_string();
+        args.push(&id);
+        let out = run_cube(&url, &args).await?;
+        ensure!(out.ok, "cube {}: {}", args.join(" "), out.stderr);
+        assert_eq!(out.stdout, "", "cube {}", args.join(" "));
+    }
+    Ok(())
+}
+
 /// Under Cube's generated NATS permissions, a worker may publish (and resume) its tasks'
 /// output and a client may read it with `cube logs`, but not write it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

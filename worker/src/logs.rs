@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use cube_shared::subjects::*;
 use futures::StreamExt;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -105,16 +106,26 @@ impl Chunker {
 pub(crate) struct Follower {
     token: CancellationToken,
     done: JoinHandle<()>,
+    /// Whether its last attempt to reach JetStream failed.
+    failing: watch::Receiver<bool>,
 }
 
 impl Follower {
     /// Waits up to `within` for the follower to publish the rest of the output (the
-    /// container has ended), then stops it.
+    /// container has ended), then stops it. It is not waited for while it cannot reach
+    /// JetStream: a broken logs stream must not delay the worker.
     pub(crate) async fn drain(mut self, within: Duration) {
-        if tokio::time::timeout(within, &mut self.done).await.is_err() {
-            warn!("container output not all published in {within:?}; giving up on the rest");
-            self.token.cancel();
+        let mut failing = self.failing.clone();
+        tokio::select! {
+            _ = &mut self.done => return,
+            _ = failing.wait_for(|f| *f) => {
+                warn!("cannot publish the container's output; giving up on the rest");
+            }
+            _ = tokio::time::sleep(within) => {
+                warn!("container output not all published in {within:?}; giving up on the rest");
+            }
         }
+        self.token.cancel();
     }
 
     pub(crate) fn cancel(&self) {
@@ -133,15 +144,20 @@ pub(crate) fn follow(
 ) -> Follower {
     let token = parent.child_token();
     let span = info_span!("logs", task.id = %task_id, generation);
+    let (failing, failing_rx) = watch::channel(false);
     let publisher = Publisher {
         js,
         subject: logs_for(task_id),
         generation,
         token: token.clone(),
-        failing: false,
+        failing,
     };
     let done = tracker.spawn(publisher.run(runtime, task_id).instrument(span));
-    Follower { token, done }
+    Follower {
+        token,
+        done,
+        failing: failing_rx,
+    }
 }
 
 struct Publisher {
@@ -149,8 +165,9 @@ struct Publisher {
     subject: String,
     generation: u64,
     token: CancellationToken,
-    /// Whether the last publish failed (only the first failure in a row is a warning).
-    failing: bool,
+    /// Whether the last attempt to reach JetStream failed (only the first failure in a row
+    /// is a warning).
+    failing: watch::Sender<bool>,
 }
 
 impl Publisher {
@@ -243,7 +260,7 @@ impl Publisher {
             .await;
             match last {
                 Ok(Ok(headers)) => {
-                    self.failing = false;
+                    self.failing.send_replace(false);
                     let header = |name: &str| {
                         headers
                             .as_ref()
@@ -300,7 +317,7 @@ impl Publisher {
             };
             match result {
                 Ok(Ok(())) => {
-                    self.failing = false;
+                    self.failing.send_replace(false);
                     return true;
                 }
                 Ok(Err(e)) => self.failed(&e, "publishing container output"),
@@ -315,11 +332,10 @@ impl Publisher {
     }
 
     fn failed(&mut self, error: &str, what: &str) {
-        if self.failing {
+        if self.failing.send_replace(true) {
             debug!(%error, "{what}; retrying");
         } else {
             warn!(%error, "{what}; retrying");
-            self.failing = true;
         }
     }
 }
