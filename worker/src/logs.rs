@@ -139,11 +139,13 @@ pub(crate) fn follow(
     runtime: Arc<dyn Runtime>,
     task_id: Uuid,
     generation: u64,
+    worker: &str,
     parent: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Follower {
     let token = parent.child_token();
-    let span = info_span!("logs", task.id = %task_id, generation);
+    // Its own span: it outlives the operation that started it.
+    let span = info_span!(parent: None, "logs", task.id = %task_id, generation, worker);
     let (failing, failing_rx) = watch::channel(false);
     let publisher = Publisher {
         js,

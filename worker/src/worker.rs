@@ -367,6 +367,7 @@ impl Inner {
             self.runtime.clone(),
             task_id,
             generation,
+            &self.cfg.name,
             &self.shutdown,
             &self.log_tracker,
         );
