@@ -90,11 +90,22 @@ impl Follow {
         .await
     }
 
-    /// Waits for `cube logs -f` to end by itself (the task ended).
-    async fn ended(&mut self) -> Result<()> {
+    /// Sends SIGINT (Ctrl-C) and waits for `cube logs -f` to end.
+    async fn interrupt(&mut self) -> Result<()> {
+        let pid = self.child.id().context("already ended")?;
+        let sent = tokio::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await?;
+        ensure!(sent.success(), "kill -INT {pid}: {sent}");
+        self.ended("it was interrupted").await
+    }
+
+    /// Waits for `cube logs -f` to end by itself after `why`.
+    async fn ended(&mut self, why: &str) -> Result<()> {
         let status = tokio::time::timeout(WITHIN, self.child.wait())
             .await
-            .context("`cube logs -f` did not end after the task ended")??;
+            .with_context(|| format!("`cube logs -f` did not end after {why}"))??;
         // The readers finish with the pipes.
         tokio::time::sleep(Duration::from_millis(200)).await;
         ensure!(
@@ -169,6 +180,11 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
     let mut follow = Follow::start(&url, id)?;
     follow.wait_for("out-1").await?;
     follow.wait_for("err-1").await?;
+    // Ctrl-C ends a follow of a task that still runs, quietly.
+    let mut interrupted = Follow::start(&url, id)?;
+    interrupted.wait_for("out-1").await?;
+    interrupted.interrupt().await?;
+    assert_eq!(interrupted.stdout(), "out-1\n");
     // Now the task writes more: `-f` sees it, then ends with the task.
     let container = cube_shared::container_name(id, 1);
     let made = tokio::process::Command::new("docker")
@@ -177,7 +193,7 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
         .await?;
     ensure!(made.success(), "docker exec touch failed: {made}");
     follow.wait_for("out-2").await?;
-    follow.ended().await?;
+    follow.ended("the task ended").await?;
     assert_eq!(follow.stdout(), "out-1\nout-2\n");
     assert_eq!(lines_with(&follow.stderr(), "err-"), vec!["err-1", "err-2"]);
     let done = c.task(id).await?;
@@ -245,7 +261,7 @@ async fn across_restart(c: &mut ProcCluster) -> Result<()> {
     let at_kill = lines_with(&follow.stdout(), "line-").len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.start_worker(&worker).await?;
-    follow.ended().await?;
+    follow.ended("the task ended").await?;
 
     let got = follow.stdout();
     let lines = lines_with(&got, "line-");
