@@ -86,6 +86,13 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$JS.API.CONSUMER.CREATE.CUBE_JOURNAL.>",
                 "$JS.API.CONSUMER.MSG.NEXT.CUBE_JOURNAL.>",
                 "$JS.API.CONSUMER.DELETE.CUBE_JOURNAL.>",
+                // `cube logs`: reads a task's output, and its newest chunk's sequence.
+                "$JS.API.STREAM.INFO.CUBE_LOGS",
+                "$JS.API.STREAM.MSG.GET.CUBE_LOGS",
+                "$JS.API.CONSUMER.CREATE.CUBE_LOGS",
+                "$JS.API.CONSUMER.CREATE.CUBE_LOGS.>",
+                "$JS.API.CONSUMER.MSG.NEXT.CUBE_LOGS.>",
+                "$JS.API.CONSUMER.DELETE.CUBE_LOGS.>",
             ]),
             vec![inbox, "tasks.rejected".into(), "cube.journal.>".into()],
             false,
@@ -114,7 +121,9 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 format!("$KV.cube-nodes.{name}"),
                 format!("nodes.heartbeat.{name}"),
                 format!("tasks.state.*.{name}"),
+                // Container output; a restarted worker reads where it stopped.
                 "tasks.logs.*".into(),
+                "$JS.API.STREAM.MSG.GET.CUBE_LOGS".into(),
             ];
             for (consumer, filter) in [
                 (own.as_str(), format!("tasks.pending.{name}")),
@@ -253,5 +262,15 @@ mod tests {
             .iter()
             .any(|s| s == "tasks.events" || s.starts_with("tasks.pending")));
         assert_eq!(subscribe, vec!["_INBOX.w1.>".to_string()]);
+    }
+
+    #[test]
+    fn workers_publish_logs_and_clients_read_them() {
+        let (worker, _, _) = permissions(&Role::Worker("w1".into()), "w1");
+        assert!(worker.contains(&"tasks.logs.*".to_string()));
+        assert!(worker.contains(&"$JS.API.STREAM.MSG.GET.CUBE_LOGS".to_string()));
+        let (client, _, _) = permissions(&Role::Client, "client");
+        assert!(client.contains(&"$JS.API.CONSUMER.MSG.NEXT.CUBE_LOGS.>".to_string()));
+        assert!(!client.iter().any(|s| s.starts_with("tasks.logs")));
     }
 }

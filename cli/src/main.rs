@@ -6,6 +6,7 @@ mod client;
 mod connect;
 mod dev;
 mod metrics;
+mod logs;
 mod nats_process;
 mod output;
 mod schema;
@@ -52,6 +53,13 @@ enum Command {
     Nodes(client::NodesArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(client::EventsArgs),
+    /// Print a task's container output, or follow it with -f.
+    ///
+    /// Prints what is kept (the newest output, up to the manager's `--logs-per-task`), its
+    /// stdout to stdout and its stderr to stderr, and exits. With -f it keeps printing new
+    /// output, also across restarts of the task's worker, until Ctrl-C or until the task has
+    /// ended for good and all its output is printed.
+    Logs(logs::LogsArgs),
     /// Measure Cube's speed and scale beside raw JetStream and raw Docker.
     Bench(bench::BenchArgs),
     /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
@@ -286,6 +294,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Events(args) => {
             init_tracing("warn");
             client::events(args).await
+        }
+        Command::Logs(args) => {
+            init_tracing("warn");
+            logs::logs(args, shutdown_on_signals()).await
         }
         Command::Bench(args) => {
             init_tracing("warn");

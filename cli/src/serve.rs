@@ -33,6 +33,10 @@ pub struct ManagerArgs {
     /// Off by default.
     #[arg(long, env = "CUBE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Container output kept per task (`cube logs`), e.g. 4m: the newest chunks of at most
+    /// 4 KiB each, as many as fit.
+    #[arg(long, env = "CUBE_LOGS_PER_TASK", default_value = "4m", value_parser = bytes_size)]
+    pub logs_per_task: u64,
 }
 
 impl ManagerArgs {
@@ -41,6 +45,7 @@ impl ManagerArgs {
             node_ttl: self.node_ttl,
             node_grace: self.node_grace,
             scheduler: self.scheduler.name().to_string(),
+            logs_per_task: self.logs_per_task,
             ..Default::default()
         }
     }

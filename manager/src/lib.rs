@@ -33,6 +33,9 @@ pub struct Config {
     pub scheduler: String,
     /// Where the manager counts what it does; register them to expose them.
     pub metrics: metrics::Metrics,
+    /// Bytes of container output kept per task in `CUBE_LOGS` (the newest; see
+    /// [`topology::logs_stream`]).
+    pub logs_per_task: u64,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             reconcile_interval: Duration::from_secs(1),
             scheduler: "spread".to_string(),
             metrics: metrics::Metrics::default(),
+            logs_per_task: topology::DEFAULT_LOGS_PER_TASK,
         }
     }
 }

@@ -93,7 +93,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let scheduler = scheduler_by_name(&cfg.scheduler)?;
-    let topo = topology::ensure(jetstream::new(client.clone())).await?;
+    let topo = topology::ensure(jetstream::new(client.clone()), cfg.logs_per_task).await?;
     let (writer, writing) = writer::spawn(topo.js.clone(), cfg.metrics.clone(), shutdown.clone());
     let metrics = cfg.metrics.clone();
     let placements = metrics.placements(scheduler.name());

@@ -45,7 +45,34 @@ fn bucket(name: &str, description: &str) -> kv::Config {
     }
 }
 
-pub async fn ensure(js: jetstream::Context) -> Result<Topology, Error> {
+/// What `CUBE_LOGS` keeps by default: per task, about 4 MiB of the newest output.
+pub const DEFAULT_LOGS_PER_TASK: u64 = 4 << 20;
+/// What `CUBE_LOGS` keeps in all, and for how long.
+pub const LOGS_MAX_BYTES: i64 = 1 << 30;
+pub const LOGS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The container-output stream: one subject per task, whose oldest chunks are dropped once it
+/// holds `per_task` bytes' worth of chunks (chunks are at most [`LOG_CHUNK_MAX`] bytes, so
+/// that is the most it keeps; a task that writes a line at a time keeps fewer bytes).
+pub fn logs_stream(per_task: u64) -> stream::Config {
+    let chunks = per_task
+        .div_ceil(LOG_CHUNK_MAX as u64)
+        .clamp(1, i64::MAX as u64) as i64;
+    stream::Config {
+        max_messages_per_subject: chunks,
+        discard: stream::DiscardPolicy::Old,
+        max_bytes: LOGS_MAX_BYTES,
+        max_age: LOGS_MAX_AGE,
+        // Room for the headers; a larger message is refused, so no worker can flood a task's
+        // share with one huge chunk.
+        max_message_size: (LOG_CHUNK_MAX * 2) as i32,
+        ..file_stream(LOGS_STREAM, &[LOGS_ALL])
+    }
+}
+
+/// Creates (or updates) every stream and bucket; `logs_per_task` is the per-task cap of
+/// [`LOGS_STREAM`] in bytes.
+pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topology, Error> {
     let streams = [
         // Submissions wait here while the manager is down. The size cap is above Cube's own
         // limit so that the manager, not the server, explains an oversized event.
@@ -72,6 +99,7 @@ pub async fn ensure(js: jetstream::Context) -> Result<Topology, Error> {
             max_bytes: 256 << 20,
             ..file_stream(JOURNAL_STREAM, &[JOURNAL_ALL])
         },
+        logs_stream(logs_per_task),
     ];
     for config in streams {
         let name = config.name.clone();
@@ -131,4 +159,27 @@ pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, 
     cube_bus::load_all(store)
         .await
         .map_err(|e| Error::Nats(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logs_stream_keeps_the_newest_chunks_of_each_task() {
+        let c = logs_stream(16 << 10);
+        assert_eq!(c.subjects, vec![LOGS_ALL.to_string()]);
+        assert_eq!(
+            c.max_messages_per_subject,
+            (16 << 10) / LOG_CHUNK_MAX as i64
+        );
+        assert_eq!(c.discard, stream::DiscardPolicy::Old);
+        assert!(c.max_bytes > 0 && !c.max_age.is_zero());
+        // A cap below one chunk still keeps one, and a partial chunk counts as one.
+        assert_eq!(logs_stream(1).max_messages_per_subject, 1);
+        assert_eq!(
+            logs_stream(LOG_CHUNK_MAX as u64 + 1).max_messages_per_subject,
+            2
+        );
+    }
 }

@@ -15,6 +15,8 @@ pub const REJECTED: &str = "tasks.rejected";
 pub const HEARTBEAT_ALL: &str = "nodes.heartbeat.*";
 /// Manager → anyone: the journal of decisions, `cube.journal.<kind>`.
 pub const JOURNAL_ALL: &str = "cube.journal.>";
+/// Worker → anyone: container output, `tasks.logs.<task-id>`. Captured by [`LOGS_STREAM`].
+pub const LOGS_ALL: &str = "tasks.logs.>";
 
 pub const API_TASKS_LIST: &str = "cube.api.tasks.list";
 pub const API_TASKS_GET: &str = "cube.api.tasks.get";
@@ -26,6 +28,19 @@ pub const EVENTS_STREAM: &str = "CUBE_EVENTS";
 pub const WORK_STREAM: &str = "CUBE_WORK";
 pub const STATE_STREAM: &str = "CUBE_STATE";
 pub const JOURNAL_STREAM: &str = "CUBE_JOURNAL";
+/// Container output, capped per task (the newest is kept) and overall.
+pub const LOGS_STREAM: &str = "CUBE_LOGS";
+
+/// Header of a log message: which output of the container it carries, `stdout` or `stderr`.
+pub const LOG_STREAM_HEADER: &str = "Cube-Stream";
+/// Header of a log message (informative): the placement generation of the container.
+pub const LOG_GENERATION_HEADER: &str = "Cube-Generation";
+/// Header of a log message (informative): Docker's time (RFC 3339, nanoseconds) of the last
+/// line that ends in the message. A restarted worker resumes after it.
+pub const LOG_TIME_HEADER: &str = "Cube-Log-Time";
+/// The most bytes of output in one log message. With the stream's per-subject message limit
+/// it bounds what is kept per task.
+pub const LOG_CHUNK_MAX: usize = 4096;
 
 /// KV bucket: task id → Task (the Task DB).
 pub const TASK_DB: &str = "cube-tasks";
@@ -62,6 +77,7 @@ pub fn journal_for(kind: &str) -> String {
     format!("cube.journal.{kind}")
 }
 
+/// A task's container output: one message per chunk, with the [`LOG_STREAM_HEADER`].
 pub fn logs_for(task_id: Uuid) -> String {
     format!("tasks.logs.{task_id}")
 }

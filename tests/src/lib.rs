@@ -537,3 +537,44 @@ pub async fn wait_drained(
     })
     .await
 }
+
+/// A connection to `nats` as `user` (its role's permissions), and the server's errors (such
+/// as permissions violations) as they arrive.
+pub async fn connect_as(
+    nats: &NatsServer,
+    user: &cube_bus::auth::User,
+) -> Result<(
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = cube_bus::Credentials::user(user.name(), &user.password)
+        .options()
+        .await?
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        });
+    Ok((options.connect(nats.url()).await?, rx))
+}
+
+/// Waits for the server to report a permissions violation naming `subject`.
+pub async fn denied(
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    subject: &str,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let e = tokio::time::timeout_at(deadline, errors.recv())
+            .await
+            .map_err(|_| anyhow!("no permissions violation reported for {subject}"))?
+            .ok_or_else(|| anyhow!("connection closed"))?;
+        if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
+            return Ok(());
+        }
+    }
+}

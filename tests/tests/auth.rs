@@ -4,52 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use async_nats::jetstream;
 use cube_bus::auth::{server_config, Role, User};
-use cube_bus::Credentials;
 use cube_shared::subjects::{state_for, EVENTS, WORK_STREAM};
 use cube_shared::{State, StateReport, TaskEvent, LABEL_WORKER};
-use cube_tests::{api, remove_containers, unique, NatsServer};
+use cube_tests::{api, connect_as, denied, remove_containers, unique, NatsServer};
 use cube_worker::runtime::{DockerRuntime, Runtime};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// A connection as `user`, and the server's errors as they arrive.
-async fn connect_as(
-    nats: &NatsServer,
-    user: &User,
-) -> Result<(async_nats::Client, mpsc::UnboundedReceiver<String>)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let options = Credentials::user(user.name(), &user.password)
-        .options()
-        .await?
-        .event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    let _ = tx.send(e.to_string());
-                }
-            }
-        });
-    Ok((options.connect(nats.url()).await?, rx))
-}
-
-/// Waits for the server to report a permissions violation naming `subject`.
-async fn denied(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let e = tokio::time::timeout_at(deadline, errors.recv())
-            .await
-            .map_err(|_| anyhow!("no permissions violation reported for {subject}"))?
-            .ok_or_else(|| anyhow!("connection closed"))?;
-        if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
-            return Ok(());
-        }
-    }
-}
 
 struct Cleanup(Vec<String>);
 

@@ -1,9 +1,11 @@
 //! Cube's worker (data plane). It takes work from its own durable consumer
 //! (`tasks.pending.<name>`) and the shared one (`tasks.pending`), runs each task through a
 //! [`Runtime`](runtime::Runtime) (Docker, or a simulation), reports every change of state on
-//! `tasks.state.<id>`, and heartbeats its node's statistics.
+//! `tasks.state.<id>`, streams each container's output to `tasks.logs.<id>`, and heartbeats
+//! its node's statistics.
 
 pub mod metrics;
+pub mod logs;
 pub mod policy;
 pub mod runtime;
 pub mod stats;

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
+use crate::logs;
 use crate::runtime::{Exit, Runtime, RuntimeError};
 use crate::stats::Stats;
 use crate::{Config, Error};
@@ -29,6 +30,10 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How many ended placements a worker remembers, to refuse a late duplicate of their start.
 const FINISHED_MEMORY: usize = 100_000;
+/// How long a container that ended may take to have the rest of its output published
+/// before it is reported (and removed): `cube logs -f` ends once a task ended, and should
+/// have seen everything by then.
+const LOGS_DRAIN: Duration = Duration::from_secs(5);
 
 /// What the Task DB says about a start this worker was handed.
 enum Verdict {
@@ -94,6 +99,9 @@ struct Inner {
     /// One lock per task: operations on the same task happen in the order they arrived.
     task_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     ops: Arc<Semaphore>,
+    /// The publisher of each running container's output (task id → generation, follower).
+    logs: Mutex<HashMap<Uuid, (u64, logs::Follower)>>,
+    log_tracker: TaskTracker,
 }
 
 /// Runs a worker until `shutdown` is cancelled. Containers are left running on exit, for the
@@ -130,6 +138,8 @@ pub async fn run(
         capacity: Mutex::default(),
         stopped: Mutex::default(),
         task_locks: Mutex::default(),
+        logs: Mutex::default(),
+        log_tracker: TaskTracker::new(),
     });
     // Exits are watched before the containers are listed, so none falls in between.
     let mut exits = inner.runtime.exits(&inner.cfg.name);
@@ -188,6 +198,10 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     inner.leave(&client, &nodes).await;
+    // The output publishers end with the shutdown; a worker adopting the containers
+    // resumes where they stopped.
+    inner.log_tracker.close();
+    inner.log_tracker.wait().await;
     info!(worker = %inner.cfg.name, "worker stopped");
     Ok(())
 }
@@ -336,8 +350,54 @@ impl Inner {
             .remove(&task_id);
     }
 
+    /// Starts publishing the output of the task's container (once per placement).
+    fn follow_logs(&self, task_id: Uuid, generation: u64) {
+        if !self.runtime.has_output() {
+            return;
+        }
+        let mut followers = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if followers
+            .get(&task_id)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            return;
+        }
+        let follower = logs::follow(
+            self.js.clone(),
+            self.runtime.clone(),
+            task_id,
+            generation,
+            &self.cfg.name,
+            &self.shutdown,
+            &self.log_tracker,
+        );
+        if let Some((_, old)) = followers.insert(task_id, (generation, follower)) {
+            old.cancel();
+        }
+    }
+
+    /// Lets the output publisher of the task's ended container finish, for up to `within`.
+    async fn drain_logs(&self, task_id: Uuid, within: Duration) {
+        let follower = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task_id);
+        if let Some((_, follower)) = follower {
+            follower.drain(within).await;
+        }
+    }
+
     fn forget(&self, task_id: Uuid) {
         self.release(task_id);
+        if let Some((_, follower)) = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task_id)
+        {
+            follower.cancel();
+        }
         let removed = {
             let mut running = self.lock_running();
             let removed = running.remove(&task_id);
@@ -441,6 +501,7 @@ impl Inner {
                     },
                 );
                 self.cfg.metrics.containers_started.inc();
+                self.follow_logs(task.id, task.generation);
                 info!(container = %started.container_id, "started");
                 let mut r = StateReport::new(task.id, &self.cfg.name, State::Running);
                 r.health = task.health_check.as_ref().map(|_| Health::Starting);
@@ -535,6 +596,9 @@ impl Inner {
         match result {
             Ok(code) => {
                 info!(exit_code = ?code, generation = g, "stopped on request");
+                if running == Some(g) {
+                    self.drain_logs(id, LOGS_DRAIN).await;
+                }
                 self.lock_finished().insert(id, g);
                 if running == Some(g) {
                     self.forget(id);
@@ -597,6 +661,7 @@ impl Inner {
         (container_id, start_time): (Option<String>, Option<chrono::DateTime<Utc>>),
     ) {
         let task_id = exit.task_id;
+        self.drain_logs(task_id, LOGS_DRAIN).await;
         self.lock_finished().insert(task_id, generation);
         self.forget(task_id);
         let mut r = exit_report(exit, &self.cfg.name);
@@ -650,6 +715,7 @@ impl Inner {
                             checks,
                         },
                     );
+                    self.follow_logs(task.id, task.generation);
                     if task.state != State::Running
                         || task.container_id.as_deref() != Some(&o.container_id)
                     {
@@ -794,6 +860,7 @@ impl Inner {
                     None
                 }
             };
+            self.drain_logs(task.id, LOGS_DRAIN).await;
             self.lock_finished().insert(task.id, task.generation);
             self.forget(task.id);
             let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);

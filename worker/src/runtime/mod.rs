@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cube_shared::Task;
+use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -46,6 +47,33 @@ pub struct Observed {
     pub start_time: Option<DateTime<Utc>>,
     /// How it ended, for a container that is not running.
     pub exit: Option<Exit>,
+}
+
+/// Which output of a container a piece of it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+impl Output {
+    /// The value of the `Cube-Stream` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::Stdout => "stdout",
+            Output::Stderr => "stderr",
+        }
+    }
+}
+
+/// One piece of a container's output as the runtime delivers it (Docker: one log entry,
+/// usually a line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub output: Output,
+    /// When the runtime recorded it, if it says.
+    pub time: Option<DateTime<Utc>>,
+    pub bytes: bytes::Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,4 +116,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runs the task's health check once against its current placement's container, within
     /// `timeout`. `Err` says why it did not pass.
     async fn probe(&self, task: &Task, timeout: Duration) -> Result<(), String>;
+
+    /// Whether its containers have output worth publishing (the simulation's have none, so
+    /// its workers spend nothing on it).
+    fn has_output(&self) -> bool {
+        false
+    }
+
+    /// The output of the container of the task's placement `generation`, from `since` (or
+    /// its start): with `follow`, until the container ends, else what there is now. A
+    /// runtime without output (the simulation) yields nothing.
+    fn logs(
+        &self,
+        _task_id: Uuid,
+        _generation: u64,
+        _since: Option<DateTime<Utc>>,
+        _follow: bool,
+    ) -> BoxStream<'static, Result<LogLine, RuntimeError>> {
+        futures::stream::empty().boxed()
+    }
 }

@@ -1,0 +1,199 @@
+//! `cube logs`: a task's container output from `tasks.logs.<task-id>` (stream `CUBE_LOGS`),
+//! read as any NATS client can: stdout chunks to stdout, stderr chunks to stderr.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer, stream::LastRawMessageErrorKind, ErrorCode};
+use clap::Args;
+use cube_shared::subjects::*;
+use cube_shared::{State, Task};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::get_task;
+use crate::connect::connect;
+use crate::NatsArgs;
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Task id, unique id prefix, or name.
+    pub id: String,
+    /// Keep printing new output as it comes, also across restarts of the task's worker and
+    /// of the task itself. Ends on Ctrl-C, or once the task has ended for good (completed, or
+    /// failed with no restart to come) and all its output is printed.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// How often `--follow` asks whether the task has ended.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
+    let client = connect(&args.nats.client(), "cube-cli").await?;
+    // An unknown task is an error, not an empty log.
+    let task = get_task(&client, &args.id).await?;
+    let subject = logs_for(task.id);
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_stream_no_info(LOGS_STREAM)
+        .await
+        .context("reading the logs stream")?;
+
+    // Without --follow: up to the last chunk there is now.
+    let mut end = if args.follow {
+        None
+    } else {
+        match last_sequence(&stream, &subject).await? {
+            Some(last) => Some(last),
+            None => return Ok(()),
+        }
+    };
+    let mut messages = loop {
+        match open(&stream, &subject).await {
+            Ok(m) => break m,
+            Err(e) if args.follow => {
+                // The stream may not exist yet (a manager that has not run since Cube
+                // learned to keep logs): wait for it.
+                tracing::debug!(error = %e, "waiting for the logs stream");
+                if get_task(&client, &task.id.to_string())
+                    .await
+                    .is_ok_and(|t| ended(&t))
+                {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(CHECK_EVERY) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut printed = 0u64;
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if end.is_some_and(|end| printed >= end) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = check.tick(), if args.follow && end.is_none() => {
+                match get_task(&client, &task.id.to_string()).await {
+                    // Everything the task will ever write is in the stream by now: its worker
+                    // publishes a container's output before it reports the container ended.
+                    Ok(t) if ended(&t) => end = Some(last_sequence(&stream, &subject).await?.unwrap_or(0)),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "asking whether the task ended"),
+                }
+            }
+            next = messages.next() => {
+                let msg = match next {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "reading the logs; the consumer recovers");
+                        continue;
+                    }
+                    None => anyhow::bail!("the logs stream ended unexpectedly"),
+                };
+                if let Ok(info) = msg.info() {
+                    printed = printed.max(info.stream_sequence);
+                }
+                print_chunk(&msg)?;
+            }
+        }
+    }
+}
+
+/// A task that will not run again: completed, or failed with no restart planned.
+fn ended(task: &Task) -> bool {
+    match task.state {
+        State::Completed => true,
+        State::Failed => task.next_attempt_at.is_none(),
+        _ => false,
+    }
+}
+
+/// The stream sequence of the task's newest chunk, `None` if it has none (or the stream does
+/// not exist yet).
+async fn last_sequence(
+    stream: &jetstream::stream::Stream<()>,
+    subject: &str,
+) -> Result<Option<u64>> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) => match e.kind() {
+            LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            LastRawMessageErrorKind::JetStream(j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(e).context("reading the logs stream"),
+        },
+    }
+}
+
+async fn open(
+    stream: &jetstream::stream::Stream<()>,
+    subject: &str,
+) -> Result<consumer::pull::Ordered> {
+    stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("reading the logs stream")?
+        .messages()
+        .await
+        .context("reading the logs stream")
+}
+
+fn print_chunk(msg: &jetstream::Message) -> Result<()> {
+    let stderr = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(LOG_STREAM_HEADER))
+        .is_some_and(|v| v.as_str() == "stderr");
+    if stderr {
+        let mut err = std::io::stderr().lock();
+        err.write_all(&msg.payload)?;
+        err.flush()?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&msg.payload)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_has_ended_when_nothing_will_run_it_again() {
+        let mut t = Task::new("busybox");
+        for (state, done) in [
+            (State::Pending, false),
+            (State::Scheduled, false),
+            (State::Running, false),
+            (State::Completed, true),
+            (State::Failed, true),
+        ] {
+            t.state = state;
+            assert_eq!(ended(&t), done, "{state}");
+        }
+        t.next_attempt_at = Some(chrono::Utc::now());
+        assert!(
+            !ended(&t),
+            "a failed task with a restart planned has not ended"
+        );
+    }
+}
