@@ -11,9 +11,7 @@ use cube_shared::subjects::{state_for, EVENTS, WORK_STREAM};
 use cube_shared::{State, StateReport, TaskEvent, LABEL_WORKER};
 use cube_tests::{api, connect_as, denied, remove_containers, unique, NatsServer};
 use cube_worker::runtime::{DockerRuntime, Runtime};
-use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tokio_util::sync::CancellationToken;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
