@@ -60,6 +60,8 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$KV.cube-events.>",
                 "$KV.cube-nodes.>",
                 "$KV.cube-admin.>",
+                // The HTTP API (`--http-addr`) submits and stops tasks as any client does.
+                "tasks.events",
             ]),
             vec![inbox, "nodes.heartbeat.*".into(), "cube.api.>".into()],
             // Answers to `cube.api.*` requests go to the requester's inbox.

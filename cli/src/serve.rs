@@ -1,6 +1,7 @@
 //! `cube manager` and `cube worker`: thin wrappers over the library `run` functions.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub struct ManagerArgs {
     /// elsewhere per their restart policy.
     #[arg(long, env = "CUBE_NODE_GRACE", default_value = "5s", value_parser = duration)]
     pub node_grace: Duration,
+    /// Serve the HTTP API and dashboard on this address, e.g. 127.0.0.1:8080 (off by
+    /// default). They speak to the cluster through NATS with the manager's credentials.
+    #[arg(long, env = "CUBE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl ManagerArgs {
@@ -231,10 +236,36 @@ fn sysinfo_hostname() -> String {
 }
 
 pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<()> {
+    // Bound first, so that a busy port is an error before anything starts.
+    let web = match args.http_addr {
+        Some(addr) => Some(cube_web::Server::bind(addr).await?),
+        None => None,
+    };
     let client = connect(&args.nats, "cube-manager").await?;
-    cube_manager::run(args.config(), client, shutdown)
+    let web = web.map(|server| spawn_web(server, client.clone(), shutdown.clone()));
+    let result = cube_manager::run(args.config(), client, shutdown.clone())
         .await
-        .context("manager")
+        .context("manager");
+    shutdown.cancel();
+    if let Some(web) = web {
+        web.await.context("the HTTP server task")??;
+    }
+    result
+}
+
+/// Runs the HTTP API and dashboard beside a manager; if it fails, everything stops.
+pub fn spawn_web(
+    server: cube_web::Server,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let result = server.run(client, shutdown.clone()).await;
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result.context("HTTP API and dashboard")
+    })
 }
 
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {

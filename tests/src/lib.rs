@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod procs;
+pub mod web;
 
 /// The image every test runs: busybox on `scratch`, built from the host's static busybox.
 pub const IMAGE: &str = "cube-busybox:latest";
@@ -196,7 +197,8 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn free_port() -> Result<u16> {
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
