@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Result};
 use cube_shared::Task;
 use cube_tests::web::WebCluster;
-use cube_tests::{eventually, unique, IMAGE};
+use cube_tests::{eventually, unique, NatsServer, IMAGE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -253,5 +253,107 @@ async fn the_dashboard_escapes_what_clients_send() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+/// The API works with the manager's NATS identity under Cube's generated permissions (what
+/// `cube dev` runs): queries, the journal, a submission, live updates and a stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
+    use cube_bus::auth::{random_password, server_config, Role, User};
+    cube_tests::init_tracing();
+    let manager = User {
+        role: Role::Manager,
+        password: random_password(),
+    };
+    let nats = NatsServer::start_with(&server_config(std::slice::from_ref(&manager))).await?;
+    let conn = cube_bus::Credentials::user(manager.name(), &manager.password)
+        .options()
+        .await?
+        .connect(nats.url())
+        .await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let manager_task = tokio::spawn(cube_manager::run(
+        cube_manager::Config::default(),
+        conn.clone(),
+        shutdown.child_token(),
+    ));
+    let server = cube_web::Server::bind("127.0.0.1:0".parse()?).await?;
+    let base = format!("http://{}", server.local_addr());
+    let web_task = tokio::spawn(server.run(conn, shutdown.child_token()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+
+    let nodes = eventually(WITHIN, "the API lists nodes", || async {
+        let r = http.get(format!("{base}/api/nodes")).send().await?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+        Ok(r.json::<Value>().await?)
+    })
+    .await?;
+    assert_eq!(nodes, json!([]));
+    // Live updates open, and carry the node list.
+    let mut stream = http.get(format!("{base}/api/stream")).send().await?;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = tokio::time::timeout(WITHIN, stream.chunk())
+        .await
+        .map_err(|_| anyhow!("no live update within {WITHIN:?}"))??
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&first).contains("event: nodes"),
+        "{first:?}"
+    );
+
+    // No worker: the task waits, pending.
+    let r = http
+        .post(format!("{base}/api/tasks"))
+        .json(&json!({ "image": IMAGE }))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let task = eventually(WITHIN, "the task is recorded", || async {
+        let r = http.get(format!("{base}/api/tasks/{id}")).send().await?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+        Ok(r.json::<Task>().await?)
+    })
+    .await?;
+    assert_eq!(task.state.as_str(), "pending");
+    let r = http
+        .get(format!("{base}/api/events?task={id}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .get(format!("{base}/api/tasks/{id}/logs"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(format!("{base}/api/tasks/{id}/stop"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    eventually(WITHIN, "the stopped task completes", || async {
+        let t: Task = http
+            .get(format!("{base}/api/tasks/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(t.state.as_str() == "completed", "{}", t.state);
+        Ok(())
+    })
+    .await?;
+    drop(stream);
+    shutdown.cancel();
+    tokio::time::timeout(WITHIN, web_task)
+        .await
+        .map_err(|_| anyhow!("the HTTP server did not stop"))???;
+    let _ = tokio::time::timeout(WITHIN, manager_task).await;
     Ok(())
 }
