@@ -71,6 +71,9 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$KV.cube-events.>",
                 "$KV.cube-nodes.>",
                 "$KV.cube-admin.>",
+                // The HTTP API (`--http-addr`) asks and submits as any client does.
+                "tasks.events",
+                "cube.api.>",
             ]),
             vec![inbox, "nodes.heartbeat.*".into(), "cube.api.>".into()],
             // Answers to `cube.api.*` requests go to the requester's inbox.

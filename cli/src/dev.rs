@@ -34,6 +34,12 @@ pub struct DevArgs {
     /// Run NATS without authentication (by default `cube dev` generates users and secrets).
     #[arg(long, env = "CUBE_DEV_NO_AUTH")]
     pub no_auth: bool,
+    /// Where the HTTP API and dashboard listen.
+    #[arg(long, env = "CUBE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Do not serve the HTTP API and dashboard.
+    #[arg(long, env = "CUBE_DEV_NO_HTTP")]
+    pub no_http: bool,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
@@ -41,6 +47,15 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     let runtime = DockerRuntime::connect().await.context(
         "cube dev needs the Docker engine; is dockerd running? (`docker info` should answer)",
     )?;
+
+    let web = if args.no_http {
+        None
+    } else {
+        Some(cube_web::Server::bind(args.http_addr).await.context(
+            "the dashboard's address is taken: pick another with --http-addr, or --no-http",
+        )?)
+    };
+    let dashboard = web.as_ref().map(|w| format!("http://{}/", w.local_addr()));
 
     let store = args.data_dir.join("jetstream");
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
@@ -101,6 +116,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         scheduler: args.scheduler.name().to_string(),
         ..Default::default()
     };
+    let web = web.map(|server| crate::serve::spawn_web(server, client.clone(), shutdown.clone()));
     let manager = {
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -120,6 +136,9 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         worker = %args.worker_name,
         "Cube dev cluster is up. Try: cube submit --image cube-busybox:latest -- sleep 30 ; cube status. Ctrl-C stops it."
     );
+    if let Some(url) = &dashboard {
+        info!("Dashboard and HTTP API: {url}");
+    }
     if !users.is_empty() {
         info!(
             "NATS requires authentication: `cube` commands run from this directory use {}; elsewhere, use --nats-user client --nats-password \"$(cut -d: -f2 {})\"",
@@ -138,6 +157,16 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
                 failed.get_or_insert(e.context(what));
             }
             Err(e) => warn!(error = %e, "{what} task"),
+        }
+    }
+    if let Some(web) = web {
+        shutdown.cancel();
+        match web.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Err(e) => warn!(error = %e, "HTTP server task"),
         }
     }
     client.flush().await.ok();

@@ -1,7 +1,5 @@
 //! Plain-text tables and ages for the client commands.
 
-use chrono::{DateTime, Utc};
-
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -28,19 +26,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// `42s`, `5m`, `3h`, `2d`: how long ago.
-pub fn age(time: Option<DateTime<Utc>>) -> String {
-    let Some(time) = time else {
-        return "-".to_string();
-    };
-    let secs = (Utc::now() - time).num_seconds().max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
+pub use cube_shared::units::age;
 
 pub fn or_dash(s: Option<&str>) -> String {
     s.filter(|s| !s.is_empty()).unwrap_or("-").to_string()

@@ -37,6 +37,10 @@ pub struct ManagerArgs {
     /// 4 KiB each, as many as fit.
     #[arg(long, env = "CUBE_LOGS_PER_TASK", default_value = "4m", value_parser = bytes_size)]
     pub logs_per_task: u64,
+    /// Serve the HTTP API and dashboard on this address, e.g. 127.0.0.1:8080 (off by
+    /// default). They speak to the cluster through NATS with the manager's credentials.
+    #[arg(long, env = "CUBE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl ManagerArgs {
@@ -249,16 +253,41 @@ fn sysinfo_hostname() -> String {
 }
 
 pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<()> {
+    // Bound first, so that a busy port is an error before anything starts.
+    let web = match args.http_addr {
+        Some(addr) => Some(cube_web::Server::bind(addr).await?),
+        None => None,
+    };
     let cfg = args.config();
     let server =
         metrics::serve_if(args.metrics_addr, |r| cfg.metrics.register(r), &shutdown).await?;
     let reconnects = cfg.metrics.nats_reconnects.clone();
     let client = connect_counting(&args.nats, "cube-manager", Some(reconnects)).await?;
+    let web = web.map(|server| spawn_web(server, client.clone(), shutdown.clone()));
     let ran = cube_manager::run(cfg, client, shutdown.clone())
         .await
         .context("manager");
+    shutdown.cancel();
     stop_server(server, &shutdown).await;
+    if let Some(web) = web {
+        web.await.context("the HTTP server task")??;
+    }
     ran
+}
+
+/// Runs the HTTP API and dashboard beside a manager; if it fails, everything stops.
+pub fn spawn_web(
+    server: cube_web::Server,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let result = server.run(client, shutdown.clone()).await;
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result.context("HTTP API and dashboard")
+    })
 }
 
 pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()> {

@@ -1,4 +1,4 @@
-//! Human sizes: `256m`, `1g`, `512Ki` ↔ bytes.
+//! Human sizes: `256m`, `1g`, `512Ki` ↔ bytes; human ages: `42s`, `5m`.
 
 /// Parses a byte size: a plain number of bytes, or a number with a unit `k`, `m`, `g`, `t`
 /// (powers of 1024, as Docker reads them), optionally followed by `b`/`i`/`ib`.
@@ -61,6 +61,20 @@ pub fn format_bytes(bytes: u64) -> String {
         format!("{bytes}B")
     } else {
         format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`: how long ago.
+pub fn age(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let Some(time) = time else {
+        return "-".to_string();
+    };
+    let secs = (chrono::Utc::now() - time).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
     }
 }
 

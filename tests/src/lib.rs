@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod procs;
+pub mod web;
 
 /// The image every test runs: busybox on `scratch`, built from the host's static busybox.
 pub const IMAGE: &str = "cube-busybox:latest";

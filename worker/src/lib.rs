@@ -4,8 +4,8 @@
 //! `tasks.state.<id>`, streams each container's output to `tasks.logs.<id>`, and heartbeats
 //! its node's statistics.
 
-pub mod metrics;
 pub mod logs;
+pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod stats;

@@ -1,0 +1,247 @@
+//! Support for the HTTP API and dashboard tests: a [`ProcCluster`] whose manager serves
+//! `--http-addr` on a free port, and a headless Chromium driven over the DevTools protocol.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::procs::ProcCluster;
+use crate::{eventually, free_port};
+
+/// A cluster of real processes whose manager serves the HTTP API, and the API's base URL.
+pub struct WebCluster {
+    pub cluster: ProcCluster,
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl WebCluster {
+    /// nats-server, `cube manager --http-addr 127.0.0.1:<free port>` and `workers` Docker
+    /// workers; returns once the API answers.
+    pub async fn start(workers: usize) -> Result<WebCluster> {
+        let mut cluster = ProcCluster::new().await?;
+        let port = free_port()?;
+        cluster.manager_args = vec!["--http-addr".into(), format!("127.0.0.1:{port}")];
+        cluster.start_manager().await?;
+        for _ in 0..workers {
+            cluster.add_worker().await?;
+        }
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?;
+        eventually(Duration::from_secs(30), "the HTTP API answers", || async {
+            let r = http.get(format!("{base}/api/nodes")).send().await?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(anyhow!("{}", r.status()))
+            }
+        })
+        .await?;
+        Ok(WebCluster {
+            cluster,
+            base,
+            http,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Headless Chromium (Debian's `chromium`), killed when dropped, with one page attached.
+pub struct Browser {
+    child: tokio::process::Child,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    session: String,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+/// The Chromium binary: `CUBE_CHROMIUM`, or `chromium` on the PATH.
+pub fn chromium() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CUBE_CHROMIUM") {
+        return Ok(path.into());
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        for name in ["chromium", "chromium-browser"] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("chromium is not installed: `apt-get install chromium` (scripts/setup does it)")
+}
+
+impl Browser {
+    /// Starts Chromium and opens `url` in a new page.
+    pub async fn open(url: &str) -> Result<Browser> {
+        let profile = tempfile::Builder::new()
+            .prefix("cube-chromium-")
+            .tempdir()?;
+        let child = tokio::process::Command::new(chromium()?)
+            .args([
+                "--headless",
+                // Tests run as root here, where Chromium's sandbox cannot start.
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting chromium")?;
+        // Chromium writes the port and browser path it listens on into the profile.
+        let active = profile.path().join("DevToolsActivePort");
+        let endpoint = eventually(
+            Duration::from_secs(30),
+            "chromium writes DevToolsActivePort",
+            || async {
+                let text = std::fs::read_to_string(&active)?;
+                let mut lines = text.lines();
+                match (lines.next(), lines.next()) {
+                    (Some(port), Some(path)) => Ok(format!("ws://127.0.0.1:{port}{path}")),
+                    _ => Err(anyhow!("incomplete: {text:?}")),
+                }
+            },
+        )
+        .await?;
+        let (ws, _) = tokio_tungstenite::connect_async(endpoint.as_str())
+            .await
+            .context("connecting to chromium's DevTools")?;
+        let mut browser = Browser {
+            child,
+            ws,
+            session: String::new(),
+            next_id: 0,
+            _profile: profile,
+        };
+        let target = browser
+            .call("Target.createTarget", json!({ "url": url }))
+            .await?;
+        let target_id = target["targetId"]
+            .as_str()
+            .context("a target id")?
+            .to_string();
+        let attached = browser
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target_id, "flatten": true }),
+            )
+            .await?;
+        browser.session = attached["sessionId"]
+            .as_str()
+            .context("a session id")?
+            .to_string();
+        Ok(browser)
+    }
+
+    /// One DevTools command (on the page once attached); its result.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            msg["sessionId"] = json!(self.session);
+        }
+        self.ws.send(Message::text(msg.to_string())).await?;
+        let answer = async {
+            while let Some(frame) = self.ws.next().await {
+                let Message::Text(text) = frame? else {
+                    continue;
+                };
+                let v: Value = serde_json::from_str(&text)?;
+                // Events (no id) and other answers are not ours.
+                if v["id"].as_u64() == Some(id) {
+                    if let Some(e) = v.get("error") {
+                        bail!("{method}: {e}");
+                    }
+                    return Ok(v["result"].clone());
+                }
+            }
+            bail!("chromium closed the DevTools connection")
+        };
+        tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .map_err(|_| anyhow!("{method}: no answer from chromium within 30 s"))?
+    }
+
+    /// Evaluates a JavaScript expression in the page; its value.
+    pub async fn eval(&mut self, expression: &str) -> Result<Value> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await?;
+        if let Some(e) = r.get("exceptionDetails") {
+            bail!("{expression}: {e}");
+        }
+        Ok(r["result"]["value"].clone())
+    }
+
+    /// Evaluates `expression` until its value is neither `null` nor `false`; that value.
+    pub async fn wait_for(
+        &mut self,
+        expression: &str,
+        within: Duration,
+        what: &str,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let last = self.eval(expression).await;
+            match last {
+                Ok(v) if !v.is_null() && v != Value::Bool(false) => return Ok(v),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    bail!("timed out after {within:?} waiting until {what}: last {last:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    pub async fn navigate(&mut self, url: &str) -> Result<()> {
+        self.call("Page.navigate", json!({ "url": url })).await?;
+        Ok(())
+    }
+
+    /// Saves a PNG of the page.
+    pub async fn screenshot(&mut self, path: &std::path::Path) -> Result<()> {
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true }),
+            )
+            .await?;
+        let data = shot["data"].as_str().context("screenshot data")?;
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD.decode(data)?;
+        std::fs::write(path, png)?;
+        Ok(())
+    }
+
+    /// Closes Chromium and waits for it.
+    pub async fn close(mut self) -> Result<()> {
+        self.session.clear();
+        let _ = self.call("Browser.close", json!({})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The dashboard in a real browser: headless Chromium loads it from a real cluster
+//! (nats-server, `cube manager --http-addr`, a Docker worker), a task is submitted after the
+//! page loaded, and the page shows it appear and change state, with no reload. Then the
+//! task's page stops it with its Stop button and shows it complete.
+//!
+//! With `CUBE_SCREENSHOT=path.png` it also saves a picture of the dashboard (how
+//! docs/dashboard.png is made).
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use cube_tests::web::{Browser, WebCluster};
+use cube_tests::{unique, IMAGE};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+async fn submit(web: &WebCluster, body: Value) -> Result<Uuid> {
+    let r = web
+        .http
+        .post(web.url("/api/tasks"))
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 202, "{}", r.text().await?);
+    let accepted: Value = r.json().await?;
+    Ok(serde_json::from_value(accepted["id"].clone())?)
+}
+
+/// Waits until the page is loaded and its live stream connected.
+async fn wait_live(browser: &mut Browser) -> Result<()> {
+    browser
+        .wait_for(
+            "document.readyState === 'complete' && document.body.dataset.live === 'connected'",
+            WITHIN,
+            "the page loads and its live stream connects",
+        )
+        .await?;
+    Ok(())
+}
+
+/// What the row of the tasks table for `id` shows, or null while there is none.
+fn row(id: Uuid) -> String {
+    format!(
+        "(() => {{ const tr = document.querySelector('#tasks tr[data-task=\"{id}\"]'); \
+         return tr ? {{ state: tr.querySelector('td.state').textContent, \
+         name: tr.querySelector('td.name').textContent, \
+         worker: tr.querySelector('td.worker').textContent }} : null; }})()"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload() -> Result<()> {
+    let web = WebCluster::start(1).await?;
+    let worker = web.cluster.worker_names()[0].clone();
+    let mut browser = Browser::open(&web.url("/")).await?;
+    wait_live(&mut browser).await?;
+    // The worker is listed with its bars.
+    let listed = browser
+        .eval(&format!(
+            "!!document.querySelector('#nodes tr[data-node=\"{worker}\"] .bar')"
+        ))
+        .await?;
+    assert_eq!(listed, json!(true), "the worker is not on the page");
+    // A marker that a reload would wipe.
+    browser.eval("window.__cubeMarker = 'no reload'").await?;
+
+    let name = unique("browser");
+    let id = submit(
+        &web,
+        json!({ "name": name, "image": IMAGE, "cmd": ["sh", "-c", "echo started; sleep 300"] }),
+    )
+    .await?;
+
+    let first = browser
+        .wait_for(&row(id), WITHIN, "the new task appears on the page")
+        .await?;
+    eprintln!("the task appeared as {first}");
+    let running = browser
+        .wait_for(
+            &format!(
+                "(() => {{ const r = {}; return r && r.state === 'running' ? r : null; }})()",
+                row(id)
+            ),
+            WITHIN,
+            "the task shows as running on the page",
+        )
+        .await?;
+    assert_eq!(running["name"], json!(name));
+    assert_eq!(running["worker"], json!(worker));
+    assert_eq!(
+        browser.eval("window.__cubeMarker").await?,
+        json!("no reload"),
+        "the page was reloaded"
+    );
+    // The running count went up in place too.
+    let count = browser
+        .eval("Number(document.querySelector('[data-count=\"running\"] .count').textContent)")
+        .await?;
+    assert!(count.as_u64() >= Some(1), "running count {count}");
+
+    if let Ok(path) = std::env::var("CUBE_SCREENSHOT") {
+        // A few more tasks, in different states, for the picture.
+        for (n, cmd) in [("web", "sleep 300"), ("batch", "true"), ("crash", "exit 3")] {
+            submit(
+                &web,
+                json!({ "name": n, "image": IMAGE, "cmd": ["sh", "-c", cmd], "memory": 64 << 20, "cpu": 0.25 }),
+            )
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        browser.screenshot(std::path::Path::new(&path)).await?;
+    }
+
+    // The task's page: its Stop button stops it, and the page shows it complete.
+    browser.navigate(&web.url(&format!("/tasks/{id}"))).await?;
+    wait_live(&mut browser).await?;
+    let state = browser
+        .eval("document.getElementById('task-state').textContent")
+        .await?;
+    assert_eq!(state, json!("running"));
+    browser
+        .eval("window.__cubeMarker = 'task page'; document.getElementById('stop').click(); true")
+        .await?;
+    browser
+        .wait_for(
+            "document.getElementById('task-state').textContent === 'completed'",
+            WITHIN,
+            "the task page shows the task completed",
+        )
+        .await?;
+    assert_eq!(
+        browser.eval("window.__cubeMarker").await?,
+        json!("task page")
+    );
+    let journal = browser
+        .eval("Array.from(document.querySelectorAll('#journal tr td:nth-child(2)')).map(td => td.textContent)")
+        .await?;
+    let kinds: Vec<&str> = journal
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(kinds.contains(&"submitted"), "{kinds:?}");
+    assert!(kinds.contains(&"stop-requested"), "{kinds:?}");
+    browser.close().await?;
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The HTTP API of `cube manager --http-addr`, over HTTP, against a real cluster (nats-server,
+//! the manager and a Docker worker as `cube` processes): submit, bad input, get, list with
+//! filters, events, logs, stop, and the dashboard's pages with hostile text in a task.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Result};
+use cube_shared::Task;
+use cube_tests::web::WebCluster;
+use cube_tests::{eventually, unique, NatsServer, IMAGE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+async fn get_json(web: &WebCluster, path: &str) -> Result<(StatusCode, Value)> {
+    let r = web.http.get(web.url(path)).send().await?;
+    Ok((r.status(), r.json().await?))
+}
+
+async fn post(web: &WebCluster, path: &str, body: &str) -> Result<(StatusCode, Value)> {
+    let r = web
+        .http
+        .post(web.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    Ok((r.status(), r.json().await?))
+}
+
+async fn wait_state(web: &WebCluster, id: Uuid, state: &str) -> Result<Task> {
+    eventually(WITHIN, &format!("task {id} becomes {state}"), || async {
+        let (status, body) = get_json(web, &format!("/api/tasks/{id}")).await?;
+        ensure!(status == StatusCode::OK, "{status}: {body}");
+        let task: Task = serde_json::from_value(body)?;
+        if task.state.as_str() == state {
+            Ok(task)
+        } else {
+            Err(anyhow!("task is {} ({:?})", task.state, task.error))
+        }
+    })
+    .await
+}
+
+/// An error answer: the status, and `{"error": "..."}` that contains `words`.
+fn assert_error(answer: &(StatusCode, Value), status: StatusCode, words: &str) {
+    let (got, body) = answer;
+    assert_eq!(*got, status, "{body}");
+    let message = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {body}"));
+    assert!(
+        message.contains(words),
+        "`{message}` does not say `{words}`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
+    let web = WebCluster::start(1).await?;
+    let worker = web.cluster.worker_names()[0].clone();
+
+    let (status, doc) = get_json(&web, "/api/openapi.json").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/api/tasks"]["post"].is_object());
+
+    let (status, nodes) = get_json(&web, "/api/nodes").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(nodes[0]["name"], json!(worker), "{nodes}");
+
+    // A bare task: Cube picks the id.
+    let name = unique("http");
+    let body = json!({ "name": name, "image": IMAGE, "cmd": ["sh", "-c", "echo hello from http; sleep 300"] });
+    let (status, accepted) = post(&web, "/api/tasks", &body.to_string()).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id: Uuid = serde_json::from_value(accepted["id"].clone())?;
+    let task = wait_state(&web, id, "running").await?;
+    assert_eq!(task.worker.as_deref(), Some(worker.as_str()));
+    assert_eq!(task.name, name);
+
+    // By name too, as the CLI allows.
+    let (status, by_name) = get_json(&web, &format!("/api/tasks/{name}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_name["id"], json!(id.to_string()));
+
+    // Filters.
+    let ids = |list: &Value| -> Vec<String> {
+        list["tasks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| t["id"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (_, running) = get_json(&web, "/api/tasks?state=running").await?;
+    assert!(ids(&running).contains(&id.to_string()), "{running}");
+    let (_, done) = get_json(&web, "/api/tasks?state=completed").await?;
+    assert!(!ids(&done).contains(&id.to_string()), "{done}");
+    let (_, on_node) = get_json(&web, &format!("/api/tasks?node={worker}")).await?;
+    assert!(ids(&on_node).contains(&id.to_string()), "{on_node}");
+    let (_, elsewhere) = get_json(&web, "/api/tasks?node=nobody").await?;
+    assert!(ids(&elsewhere).is_empty(), "{elsewhere}");
+    assert_error(
+        &get_json(&web, "/api/tasks?state=sleeping").await?,
+        StatusCode::BAD_REQUEST,
+        "unknown state `sleeping`",
+    );
+
+    // Bad input gets the manager's reasons, and nothing is published.
+    assert_error(
+        &post(&web, "/api/tasks", r#"{"image":"Not An Image!"}"#).await?,
+        StatusCode::BAD_REQUEST,
+        "task.image",
+    );
+    assert_error(
+        &post(&web, "/api/tasks", r#"{"image":"busybox","colour":"red"}"#).await?,
+        StatusCode::BAD_REQUEST,
+        "colour",
+    );
+    assert_error(
+        &post(&web, "/api/tasks", r#"{"image":"busybox","memory":1024}"#).await?,
+        StatusCode::BAD_REQUEST,
+        "6 MiB",
+    );
+    assert_error(
+        &post(&web, "/api/tasks", "not json").await?,
+        StatusCode::BAD_REQUEST,
+        "not JSON",
+    );
+    // The same id with another specification.
+    let clash = json!({ "id": id, "image": IMAGE, "cmd": ["sleep", "1"] });
+    assert_error(
+        &post(&web, "/api/tasks", &clash.to_string()).await?,
+        StatusCode::CONFLICT,
+        "different specification",
+    );
+    // A TaskEvent is accepted too.
+    let other = Uuid::new_v4();
+    let event = json!({ "id": Uuid::new_v4(), "state": "running",
+        "task": { "id": other, "image": IMAGE, "cmd": ["sleep", "300"] } });
+    let (status, accepted) = post(&web, "/api/tasks", &event.to_string()).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["id"], json!(other.to_string()));
+    wait_state(&web, other, "running").await?;
+
+    let missing = Uuid::new_v4();
+    assert_error(
+        &get_json(&web, &format!("/api/tasks/{missing}")).await?,
+        StatusCode::NOT_FOUND,
+        "no task",
+    );
+
+    // The journal, for the task.
+    let (status, events) = get_json(&web, &format!("/api/events?task={id}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"submitted") && kinds.contains(&"running"),
+        "{kinds:?}"
+    );
+    let (_, recent) = get_json(&web, "/api/events?last=2").await?;
+    assert_eq!(recent.as_array().unwrap().len(), 2, "{recent}");
+
+    // The output: kept if the logs stream exists, said so if not.
+    let (status, logs) = get_json(&web, &format!("/api/tasks/{id}/logs")).await?;
+    assert_eq!(status, StatusCode::OK, "{logs}");
+    if logs["kept"] == json!(true) {
+        eventually(WITHIN, "the output is kept", || async {
+            let (_, logs) = get_json(&web, &format!("/api/tasks/{id}/logs")).await?;
+            let text = logs["text"].as_str().unwrap_or_default().to_string();
+            ensure!(text.contains("hello from http"), "{logs}");
+            Ok(())
+        })
+        .await?;
+    } else {
+        assert_eq!(logs["text"], json!(""));
+    }
+
+    // Stop: POST …/stop and DELETE.
+    let (status, stopped) = post(&web, &format!("/api/tasks/{id}/stop"), "").await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stopped}");
+    assert_eq!(stopped["id"], json!(id.to_string()));
+    let r = web
+        .http
+        .delete(web.url(&format!("/api/tasks/{other}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    wait_state(&web, id, "completed").await?;
+    wait_state(&web, other, "completed").await?;
+    assert_error(
+        &post(&web, &format!("/api/tasks/{id}/stop"), "").await?,
+        StatusCode::CONFLICT,
+        "already completed",
+    );
+    assert_error(
+        &post(&web, &format!("/api/tasks/{missing}/stop"), "").await?,
+        StatusCode::NOT_FOUND,
+        "no task",
+    );
+    Ok(())
+}
+
+/// Text a client controls reaches the dashboard as text: a task whose command, environment
+/// and output carry markup renders it escaped, on the overview and on the task's page.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_escapes_what_clients_send() -> Result<()> {
+    let web = WebCluster::start(1).await?;
+    let evil = "<script>alert('pwned')</script>";
+    let body = json!({
+        "name": unique("evil"),
+        "image": IMAGE,
+        "env": [format!("EVIL={evil}\"><img src=x onerror=alert(1)>")],
+        "cmd": ["sh", "-c", format!("echo \"$EVIL\" # {evil}\nsleep 300")],
+    });
+    let (status, accepted) = post(&web, "/api/tasks", &body.to_string()).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id: Uuid = serde_json::from_value(accepted["id"].clone())?;
+    wait_state(&web, id, "running").await?;
+
+    for path in ["/".to_string(), format!("/tasks/{id}")] {
+        let r = web.http.get(web.url(&path)).send().await?;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/html"));
+        let page = r.text().await?;
+        assert!(page.contains(&id.to_string()[..8]), "{path}: {page}");
+        assert!(!page.contains("<script>alert"), "{path}: {page}");
+        assert!(!page.contains("<img"), "{path}: {page}");
+        assert_eq!(page.matches("<script").count(), 1, "{path}: {page}");
+    }
+    let page = web
+        .http
+        .get(web.url(&format!("/tasks/{id}")))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(page.contains("&lt;script&gt;"), "{page}");
+    let r = web
+        .http
+        .get(web.url(&format!("/tasks/{}", Uuid::new_v4())))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+/// The API works with the manager's NATS identity under Cube's generated permissions (what
+/// `cube dev` runs): queries, the journal, a submission, live updates and a stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
+    use cube_bus::auth::{random_password, server_config, Role, User};
+    cube_tests::init_tracing();
+    let manager = User {
+        role: Role::Manager,
+        password: random_password(),
+    };
+    let nats = NatsServer::start_with(&server_config(std::slice::from_ref(&manager))).await?;
+    let conn = cube_bus::Credentials::user(manager.name(), &manager.password)
+        .options()
+        .await?
+        .connect(nats.url())
+        .await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let manager_task = tokio::spawn(cube_manager::run(
+        cube_manager::Config::default(),
+        conn.clone(),
+        shutdown.child_token(),
+    ));
+    let server = cube_web::Server::bind("127.0.0.1:0".parse()?).await?;
+    let base = format!("http://{}", server.local_addr());
+    let web_task = tokio::spawn(server.run(conn, shutdown.child_token()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+
+    let nodes = eventually(WITHIN, "the API lists nodes", || async {
+        let r = http.get(format!("{base}/api/nodes")).send().await?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+        Ok(r.json::<Value>().await?)
+    })
+    .await?;
+    assert_eq!(nodes, json!([]));
+    // Live updates open, and carry the node list.
+    let mut stream = http.get(format!("{base}/api/stream")).send().await?;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = tokio::time::timeout(WITHIN, stream.chunk())
+        .await
+        .map_err(|_| anyhow!("no live update within {WITHIN:?}"))??
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&first).contains("event: nodes"),
+        "{first:?}"
+    );
+
+    // No worker: the task waits, pending.
+    let r = http
+        .post(format!("{base}/api/tasks"))
+        .json(&json!({ "image": IMAGE }))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let task = eventually(WITHIN, "the task is recorded", || async {
+        let r = http.get(format!("{base}/api/tasks/{id}")).send().await?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+        Ok(r.json::<Task>().await?)
+    })
+    .await?;
+    assert_eq!(task.state.as_str(), "pending");
+    let r = http
+        .get(format!("{base}/api/events?task={id}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .get(format!("{base}/api/tasks/{id}/logs"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(format!("{base}/api/tasks/{id}/stop"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    eventually(WITHIN, "the stopped task completes", || async {
+        let t: Task = http
+            .get(format!("{base}/api/tasks/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(t.state.as_str() == "completed", "{}", t.state);
+        Ok(())
+    })
+    .await?;
+    drop(stream);
+    shutdown.cancel();
+    tokio::time::timeout(WITHIN, web_task)
+        .await
+        .map_err(|_| anyhow!("the HTTP server did not stop"))???;
+    let _ = tokio::time::timeout(WITHIN, manager_task).await;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+// Cube dashboard: keeps the server-rendered page current from /api/stream (server-sent
+// events). Text from the cluster is only ever set with textContent, never as markup.
+"use strict";
+(function () {
+  const page = document.body.dataset.page;
+  const live = document.getElementById("live");
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null) e.setAttribute(k, v);
+    }
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function badge(state) { return el("span", { class: "badge " + state }, state); }
+  function short(id) { return String(id).slice(0, 8); }
+  function bytes(n) {
+    const units = ["B", "Ki", "Mi", "Gi", "Ti"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + units[i];
+  }
+  function age(iso) {
+    if (!iso) return "-";
+    const s = Math.max(0, Math.floor((Date.now() - Date.parse(iso)) / 1000));
+    if (s < 120) return s + "s";
+    if (s < 7200) return Math.floor(s / 60) + "m";
+    if (s < 172800) return Math.floor(s / 3600) + "h";
+    return Math.floor(s / 86400) + "d";
+  }
+  function bar(label, reserved, used, total) {
+    const pct = (v) => total > 0 ? Math.min(100, Math.max(0, v / total * 100)) : 0;
+    const b = el("div", { class: "bar", title: label });
+    b.appendChild(el("div", { class: "fill", style: "width:" + pct(reserved).toFixed(1) + "%" }));
+    b.appendChild(el("div", { class: "used", style: "left:" + pct(used).toFixed(1) + "%" }));
+    b.appendChild(el("span", {}, label));
+    return b;
+  }
+
+  // ---- overview ----
+  function nodeRow(n) {
+    const tr = el("tr", { "data-node": n.name });
+    tr.appendChild(el("td", {}, n.name));
+    const st = el("td"); st.appendChild(badge(n.state)); tr.appendChild(st);
+    const cpu = el("td");
+    cpu.appendChild(bar(n.cpu_allocated.toFixed(1) + "/" + n.cores + " cores reserved, " +
+      (n.cpu_usage * 100).toFixed(0) + "% busy", n.cpu_allocated, n.cpu_usage * n.cores, n.cores));
+    tr.appendChild(cpu);
+    const mem = el("td");
+    mem.appendChild(bar(bytes(n.memory_allocated) + "/" + bytes(n.memory) + " reserved, " +
+      bytes(n.memory_used) + " used", n.memory_allocated, n.memory_used, n.memory));
+    tr.appendChild(mem);
+    tr.appendChild(el("td", { class: "num" }, String(n.task_count)));
+    tr.appendChild(el("td", {}, age(n.last_heartbeat) + " ago"));
+    return tr;
+  }
+  function renderNodes(nodes) {
+    const body = document.getElementById("nodes");
+    if (!body) return;
+    body.replaceChildren(...nodes.map(nodeRow));
+    const none = document.getElementById("no-nodes");
+    if (none) none.hidden = nodes.length > 0;
+  }
+  function taskCells(tr, t) {
+    const a = el("a", { href: "/tasks/" + t.id }, short(t.id));
+    const id = el("td", { class: "mono" }); id.appendChild(a);
+    const state = el("td", { class: "state" }); state.appendChild(badge(t.state));
+    tr.replaceChildren(id, el("td", { class: "name" }, t.name || short(t.id)), state,
+      el("td", { class: "worker" }, t.worker || "-"), el("td", { class: "image" }, t.image),
+      el("td", { class: "age", "data-time": t.submitted_at }, age(t.submitted_at)));
+  }
+  function count(state, delta) {
+    const c = document.querySelector('[data-count="' + state + '"] .count');
+    if (c) c.textContent = String(Math.max(0, Number(c.textContent) + delta));
+  }
+  function onTask(t) {
+    const table = document.querySelector("table.tasks");
+    if (!table) return;
+    const body = document.getElementById("tasks");
+    let tr = body.querySelector('tr[data-task="' + t.id + '"]');
+    const before = tr ? tr.dataset.state : null;
+    if (before !== t.state) {
+      if (before) count(before, -1);
+      count(t.state, +1);
+    }
+    const wantState = table.dataset.filterState, wantNode = table.dataset.filterNode;
+    const matches = (!wantState || wantState === t.state) && (!wantNode || wantNode === t.worker);
+    if (!matches) { if (tr) tr.remove(); return; }
+    if (!tr) {
+      tr = el("tr", { "data-task": t.id, class: "new" });
+      body.insertBefore(tr, body.firstChild);
+    }
+    tr.dataset.state = t.state;
+    taskCells(tr, t);
+  }
+  function journalRow(e) {
+    const tr = el("tr");
+    tr.appendChild(el("td", { class: "mono" }, new Date(e.time).toISOString().slice(11, 23)));
+    tr.appendChild(el("td", {}, e.kind));
+    const task = el("td", { class: "mono" });
+    if (e.task_id) task.appendChild(el("a", { href: "/tasks/" + e.task_id }, short(e.task_id)));
+    else task.textContent = "-";
+    tr.appendChild(task);
+    tr.appendChild(el("td", {}, e.worker || "-"));
+    tr.appendChild(el("td", {}, e.message));
+    return tr;
+  }
+  function onJournal(e) {
+    const body = document.getElementById("journal");
+    if (!body) return;
+    if (page === "task" && e.task_id !== document.getElementById("task").dataset.task) return;
+    const tr = journalRow(e);
+    tr.className = "new";
+    body.insertBefore(tr, body.firstChild);
+    while (body.children.length > 200) body.lastChild.remove();
+  }
+
+  // ---- task page ----
+  function onTaskDetail(t) {
+    const box = document.getElementById("task");
+    if (!box || box.dataset.task !== t.id) return;
+    const changed = box.dataset.state !== t.state;
+    box.dataset.state = t.state;
+    const st = document.getElementById("task-state");
+    st.className = "badge " + t.state;
+    st.textContent = t.state;
+    const set = (k, v) => {
+      const dd = box.querySelector('dd[data-field="' + k + '"]');
+      if (dd) dd.textContent = v === undefined || v === null || v === "" ? "-" : String(v);
+    };
+    set("worker", t.worker);
+    set("restarts", t.restart_count);
+    set("health", t.health);
+    set("started", t.start_time);
+    set("finished", t.finish_time);
+    set("exit code", t.exit_code);
+    set(t.state === "pending" ? "waiting because" : "error", t.error);
+    if (t.state === "completed") { const b = document.getElementById("stop"); if (b) b.remove(); }
+    if (changed) refreshLog();
+  }
+  function refreshLog() {
+    const box = document.getElementById("task");
+    const log = document.getElementById("log");
+    if (!box || !log) return;
+    fetch("/api/tasks/" + box.dataset.task + "/logs").then((r) => r.ok ? r.json() : null).then((l) => {
+      if (!l || !l.kept) return;
+      let pre = log;
+      if (log.tagName !== "PRE") {
+        pre = el("pre", { id: "log", "data-kept": "true" });
+        log.replaceWith(pre);
+      }
+      pre.textContent = l.text;
+      pre.scrollTop = pre.scrollHeight;
+    }).catch(() => {});
+  }
+  const stop = document.getElementById("stop");
+  if (stop) {
+    stop.addEventListener("click", () => {
+      const id = document.getElementById("task").dataset.task;
+      stop.disabled = true;
+      fetch("/api/tasks/" + id + "/stop", { method: "POST" }).then((r) => r.json()).then((b) => {
+        if (b.error) { stop.disabled = false; alert(b.error); }
+      });
+    });
+  }
+  if (page === "task") {
+    setInterval(() => {
+      const s = document.getElementById("task").dataset.state;
+      if (s === "running" || s === "scheduled") refreshLog();
+    }, 3000);
+  }
+
+  // ---- the stream ----
+  function connect() {
+    const source = new EventSource("/api/stream");
+    source.onopen = () => {
+      live.textContent = "live";
+      live.className = "live on";
+      document.body.dataset.live = "connected";
+    };
+    source.onerror = () => {
+      live.textContent = "reconnecting…";
+      live.className = "live off";
+      document.body.dataset.live = "disconnected";
+    };
+    source.addEventListener("task", (m) => {
+      const t = JSON.parse(m.data);
+      if (page === "overview") onTask(t);
+      if (page === "task") onTaskDetail(t);
+    });
+    source.addEventListener("journal", (m) => onJournal(JSON.parse(m.data)));
+    source.addEventListener("nodes", (m) => { if (page === "overview") renderNodes(JSON.parse(m.data)); });
+  }
+  connect();
+  setInterval(() => {
+    document.querySelectorAll("td.age[data-time]").forEach((td) => { td.textContent = age(td.dataset.time); });
+  }, 5000);
+})();

@@ -1,0 +1,334 @@
+//! The JSON API: tasks, one task, nodes, events, logs; submit and stop. Errors are
+//! `{"error": "..."}` with a status that says whose fault it is.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cube_manager::api::{TaskList, TaskListQuery};
+use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
+use cube_shared::{State as TaskState, Task, TaskEvent};
+use serde::{Deserialize, Serialize};
+use tracing::{info, info_span, Instrument};
+use uuid::Uuid;
+
+use crate::{App, Error, Routes, OPENAPI};
+
+pub(crate) fn routes(r: Routes) -> Routes {
+    r.add(Method::GET, "/api/openapi.json", openapi)
+        .add(Method::GET, "/api/tasks", list_tasks)
+        .add(Method::POST, "/api/tasks", submit)
+        .add(Method::GET, "/api/tasks/{id}", get_task)
+        .add(Method::DELETE, "/api/tasks/{id}", stop)
+        .add(Method::POST, "/api/tasks/{id}/stop", stop)
+        .add(Method::GET, "/api/tasks/{id}/logs", logs)
+        .add(Method::GET, "/api/nodes", nodes)
+        .add(Method::GET, "/api/events", events)
+}
+
+/// An error answer: `{"error": message}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A lookup of one task: the manager's refusal means no single task matched.
+    pub fn lookup(e: Error) -> ApiError {
+        match e {
+            Error::Manager(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            other => other.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let status = match e {
+            Error::NoManager(_) | Error::NoStream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Manager(_) => StatusCode::BAD_REQUEST,
+            Error::Nats(_) | Error::Http { .. } => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Query of `GET /api/tasks`; strings so that a bad value gets Cube's own words.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TasksFilter {
+    pub state: Option<String>,
+    pub node: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Tasks newest first, by state and node. With a node filter, the manager's list (up to its
+/// reply size) is filtered here.
+pub(crate) async fn filtered_tasks(app: &App, filter: &TasksFilter) -> ApiResult<TaskList> {
+    let state = match filter.state.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(s.parse::<TaskState>().map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    let node = filter.node.as_deref().filter(|s| !s.is_empty());
+    let limit = filter.limit.unwrap_or(1000);
+    let query = TaskListQuery {
+        state,
+        limit: Some(if node.is_some() { usize::MAX } else { limit }),
+    };
+    let mut list = app.cube.tasks(&query).await?;
+    if let Some(node) = node {
+        list.tasks.retain(|t| t.worker.as_deref() == Some(node));
+        list.total = list.tasks.len();
+        list.tasks.truncate(limit);
+    }
+    Ok(list)
+}
+
+async fn list_tasks(
+    State(app): State<App>,
+    Query(filter): Query<TasksFilter>,
+) -> ApiResult<Json<TaskList>> {
+    Ok(Json(filtered_tasks(&app, &filter).await?))
+}
+
+async fn get_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(app.cube.task(&id).await.map_err(ApiError::lookup)?))
+}
+
+async fn nodes(State(app): State<App>) -> ApiResult<Json<Vec<cube_shared::Node>>> {
+    Ok(Json(app.cube.nodes().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// How many entries (default 50, at most 10,000).
+    last: Option<u64>,
+    /// Only this task's (full id, unique prefix or name).
+    task: Option<String>,
+}
+
+async fn events(
+    State(app): State<App>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Vec<cube_shared::JournalEntry>>> {
+    let last = q.last.unwrap_or(50).min(crate::cube::JOURNAL_SCAN);
+    let task = match q.task.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(app.cube.task(t).await.map_err(ApiError::lookup)?.id),
+        None => None,
+    };
+    match app.cube.journal(last, task).await {
+        Err(Error::NoStream(_)) => Ok(Json(Vec::new())),
+        other => Ok(Json(other?)),
+    }
+}
+
+async fn logs(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::cube::LogTail>> {
+    let task = app.cube.task(&id).await.map_err(ApiError::lookup)?;
+    Ok(Json(app.cube.logs(task.id).await?))
+}
+
+/// The answer to a submission or a stop.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The task's id.
+    pub id: Uuid,
+    /// The id of the TaskEvent published to `tasks.events`.
+    pub event_id: Uuid,
+}
+
+/// Reads a submission (a Task, or a TaskEvent with `state: running`) and checks it as the
+/// manager will: the bytes published are the bytes checked by `wire::decode_event`.
+pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
+    if body.len() > MAX_EVENT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is {} bytes; the limit is {MAX_EVENT_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object: a Task, or a TaskEvent with a `task`",
+        ));
+    };
+    let event = if object.contains_key("task") {
+        let event: TaskEvent = wire::decode(body, MAX_EVENT_BYTES)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if event.is_stop() {
+            return Err(ApiError::bad_request(format!(
+                "this event stops task {}: use POST /api/tasks/{}/stop",
+                event.task.id, event.task.id
+            )));
+        }
+        event
+    } else {
+        // A bare task may leave its id to Cube, as `cube submit -f` does.
+        object
+            .entry("id")
+            .or_insert_with(|| Uuid::new_v4().to_string().into());
+        let bytes = serde_json::to_vec(&value).expect("JSON values serialise");
+        let task: Task = wire::decode(&bytes, MAX_EVENT_BYTES)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        TaskEvent::submit(task)
+    };
+    wire::decode_event(&encode(&event)).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn submit(State(app): State<App>, body: Bytes) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let event = read_submission(&body)?;
+    let span = info_span!("http_submit", task.id = %event.task.id, event.id = %event.id);
+    async {
+        // The manager refuses a known id with another specification only in the journal;
+        // an HTTP client deserves to hear it now.
+        match app.cube.task(&event.task.id.to_string()).await {
+            Ok(existing) if !existing.same_spec(&event.task) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "task {} already exists with a different specification; use a new id",
+                        existing.id
+                    ),
+                ))
+            }
+            Ok(_) | Err(Error::Manager(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        app.cube.publish(&event).await?;
+        info!("submitted over HTTP");
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                id: event.task.id,
+                event_id: event.id,
+            }),
+        ))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn stop(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let task = app.cube.task(&id).await.map_err(ApiError::lookup)?;
+    if task.state == TaskState::Completed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("task {} has already completed", task.id),
+        ));
+    }
+    let event = TaskEvent::stop(task.id);
+    app.cube.publish(&event).await?;
+    info!(task.id = %task.id, event.id = %event.id, "stop requested over HTTP");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id: task.id,
+            event_id: event.id,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_task_gets_an_id_and_is_checked_like_the_manager_checks() {
+        let event = read_submission(br#"{"image":"cube-busybox:latest","cmd":["sleep","1"]}"#)
+            .expect("a valid task");
+        assert_eq!(event.state, TaskState::Running);
+        assert_eq!(event.task.image, "cube-busybox:latest");
+
+        let bad = read_submission(br#"{"image":"Not An Image!"}"#).unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(bad.message.contains("task.image"), "{}", bad.message);
+
+        let unknown = read_submission(br#"{"image":"busybox","colour":"red"}"#).unwrap_err();
+        assert!(unknown.message.contains("colour"), "{}", unknown.message);
+
+        let typed = read_submission(br#"{"image":"busybox","memory":"lots"}"#).unwrap_err();
+        assert!(typed.message.contains("memory"), "{}", typed.message);
+
+        assert_eq!(
+            read_submission(b"[1]").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            read_submission(&vec![b' '; MAX_EVENT_BYTES + 1])
+                .unwrap_err()
+                .status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn a_task_event_is_accepted_but_not_a_stop() {
+        let id = Uuid::new_v4();
+        let body = format!(
+            r#"{{"id":"{}","state":"running","task":{{"id":"{id}","image":"busybox"}}}}"#,
+            Uuid::new_v4()
+        );
+        assert_eq!(read_submission(body.as_bytes()).unwrap().task.id, id);
+        let stop = format!(
+            r#"{{"id":"{}","state":"completed","task":{{"id":"{id}"}}}}"#,
+            Uuid::new_v4()
+        );
+        let err = read_submission(stop.as_bytes()).unwrap_err();
+        assert!(err.message.contains("/stop"), "{}", err.message);
+        let failed = format!(
+            r#"{{"id":"{}","state":"failed","task":{{"id":"{id}","image":"busybox"}}}}"#,
+            Uuid::new_v4()
+        );
+        assert!(read_submission(failed.as_bytes())
+            .unwrap_err()
+            .message
+            .contains("cannot be requested"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Cube's HTTP API and live dashboard. The manager serves them on `--http-addr`, but they
+//! hold no state of their own and reach the cluster only through NATS, exactly as the `cube`
+//! CLI does: `cube.api.*` for queries, `tasks.events` for submissions and stops, the journal
+//! and logs streams, the Task DB's updates and the workers' heartbeats for live updates.
+
+mod api;
+pub mod cube;
+mod live;
+mod pages;
+
+use std::net::SocketAddr;
+
+use axum::http::Method;
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use cube::Cube;
+
+/// The OpenAPI 3 document of every route, served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("../assets/openapi.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no manager is running (nobody answers {0})")]
+    NoManager(&'static str),
+    #[error("no answer from {0} within 10 s")]
+    Timeout(&'static str),
+    /// The manager's own words, e.g. "no task matches `x`".
+    #[error("{0}")]
+    Manager(String),
+    #[error("stream {0} does not exist")]
+    NoStream(&'static str),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("HTTP server on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub cube: Cube,
+    pub shutdown: CancellationToken,
+}
+
+/// The router, with the list of (method, path) it serves: the OpenAPI test compares the two.
+pub(crate) struct Routes {
+    router: Router<App>,
+    served: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, App>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.served.push((method, path));
+        self
+    }
+}
+
+pub(crate) fn routes() -> Routes {
+    let r = Routes {
+        router: Router::new(),
+        served: Vec::new(),
+    };
+    let r = api::routes(r);
+    let r = live::routes(r);
+    pages::routes(r)
+}
+
+/// Every (method, path) the server answers.
+pub fn served_routes() -> Vec<(Method, &'static str)> {
+    routes().served
+}
+
+/// The HTTP server, bound and ready to run.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds `addr` now, so that a busy port is an error at start-up.
+    pub async fn bind(addr: SocketAddr) -> Result<Server, Error> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Http { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Http { addr, source })?;
+        Ok(Server { listener, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown`; live streams end then too, so that it returns promptly.
+    pub async fn run(
+        self,
+        client: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let app = App {
+            cube: Cube::new(client),
+            shutdown: shutdown.clone(),
+        };
+        let router = routes().router.with_state(app);
+        info!(addr = %self.addr, "dashboard and HTTP API on http://{}/", self.addr);
+        let addr = self.addr;
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|source| Error::Http { addr, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router serves is documented, and nothing else is.
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().expect("paths");
+        let served = served_routes();
+        assert!(!served.is_empty());
+        for (method, path) in &served {
+            let op = paths
+                .get(*path)
+                .and_then(|p| p.get(method.as_str().to_lowercase()));
+            assert!(op.is_some(), "{method} {path} is not in openapi.json");
+            assert!(
+                op.unwrap().get("responses").is_some(),
+                "{method} {path} has no responses in openapi.json"
+            );
+        }
+        for (path, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                if method == "parameters" {
+                    continue;
+                }
+                assert!(
+                    served
+                        .iter()
+                        .any(|(m, p)| p == path && m.as_str().eq_ignore_ascii_case(method)),
+                    "openapi.json documents {method} {path}, which is not served"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The dashboard: server-rendered HTML (maud escapes every interpolated string) and one small
+//! script, `app.js`, that keeps the page current from `/api/stream`. Assets are compiled in.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cube_shared::units::{age, format_bytes};
+use cube_shared::{JournalEntry, Node, State as TaskState, Task};
+use maud::{html, Markup, DOCTYPE};
+
+use crate::api::{filtered_tasks, ApiError, TasksFilter};
+use crate::cube::LogTail;
+use crate::{App, Error, Routes};
+
+pub(crate) fn routes(r: Routes) -> Routes {
+    r.add(Method::GET, "/", overview)
+        .add(Method::GET, "/tasks/{id}", task_page)
+        .add(Method::GET, "/assets/{file}", asset)
+}
+
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match file.as_str() {
+        "app.js" => (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            APP_JS,
+        )
+            .into_response(),
+        "style.css" => (
+            [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+            STYLE_CSS,
+        )
+            .into_response(),
+        _ => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
+}
+
+/// An error as a page.
+struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl From<Error> for PageError {
+    fn from(e: Error) -> Self {
+        PageError(e.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let body = layout(
+            "error",
+            "Cube",
+            html! {
+                h2 { "Error " (self.0.status.as_u16()) }
+                p.error { (self.0.message) }
+                p { a href="/" { "Back to the dashboard" } }
+            },
+        );
+        (self.0.status, Html(body.into_string())).into_response()
+    }
+}
+
+fn layout(page: &str, title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href="/assets/style.css";
+            }
+            body data-page=(page) {
+                header {
+                    h1 { a href="/" { "Cube" } }
+                    span #live.live title="live updates" { "connecting…" }
+                }
+                main { (body) }
+                script src="/assets/app.js" {}
+            }
+        }
+    }
+}
+
+/// A bar: `reserved` of `total` filled, `used` as a marker line.
+fn bar(label: String, reserved: f64, used: f64, total: f64) -> Markup {
+    let pct = |v: f64| {
+        if total > 0.0 {
+            (v / total * 100.0).clamp(0.0, 100.0)
+        } else {
+            0.0
+        }
+    };
+    html! {
+        div.bar title=(label) {
+            div.fill style=(format!("width:{:.1}%", pct(reserved))) {}
+            div.used style=(format!("left:{:.1}%", pct(used))) {}
+            span { (label) }
+        }
+    }
+}
+
+fn node_row(n: &Node) -> Markup {
+    let used_cores = n.cpu_usage * n.cores;
+    html! {
+        tr data-node=(n.name) {
+            td { (n.name) }
+            td { span class=(format!("badge {}", n.state)) { (n.state) } }
+            td { (bar(format!("{:.1}/{} cores reserved, {:.0}% busy", n.cpu_allocated, n.cores, n.cpu_usage * 100.0), n.cpu_allocated, used_cores, n.cores)) }
+            td { (bar(format!("{}/{} reserved, {} used", format_bytes(n.memory_allocated), format_bytes(n.memory), format_bytes(n.memory_used)), n.memory_allocated as f64, n.memory_used as f64, n.memory as f64)) }
+            td.num { (n.task_count) }
+            td { (age(Some(n.last_heartbeat))) " ago" }
+        }
+    }
+}
+
+fn task_row(t: &Task) -> Markup {
+    html! {
+        tr data-task=(t.id) data-state=(t.state) {
+            td.mono { a href=(format!("/tasks/{}", t.id)) { (t.id.to_string()[..8]) } }
+            td.name { (t.display_name()) }
+            td.state { span class=(format!("badge {}", t.state)) { (t.state) } }
+            td.worker { (t.worker.as_deref().unwrap_or("-")) }
+            td.image { (t.image) }
+            td.age data-time=[t.submitted_at.map(|s| s.to_rfc3339())] { (age(t.submitted_at)) }
+        }
+    }
+}
+
+fn journal_row(e: &JournalEntry) -> Markup {
+    html! {
+        tr {
+            td.mono { (e.time.format("%H:%M:%S%.3f")) }
+            td { (e.kind) }
+            td.mono {
+                @if let Some(id) = e.task_id {
+                    a href=(format!("/tasks/{id}")) { (id.to_string()[..8]) }
+                } @else { "-" }
+            }
+            td { (e.worker.as_deref().unwrap_or("-")) }
+            td { (e.message) }
+        }
+    }
+}
+
+fn journal_table(id: &str, entries: &[JournalEntry]) -> Markup {
+    html! {
+        table.events {
+            thead { tr { th { "time" } th { "kind" } th { "task" } th { "worker" } th { "message" } } }
+            tbody #(id) {
+                @for e in entries.iter().rev() { (journal_row(e)) }
+            }
+        }
+    }
+}
+
+/// Every page and API-driven fetch of the journal copes with its stream not existing yet.
+async fn journal(
+    app: &App,
+    last: u64,
+    task: Option<uuid::Uuid>,
+) -> Result<Vec<JournalEntry>, Error> {
+    match app.cube.journal(last, task).await {
+        Err(Error::NoStream(_)) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+async fn overview(
+    State(app): State<App>,
+    Query(filter): Query<TasksFilter>,
+) -> Result<Html<String>, PageError> {
+    let nodes = app.cube.nodes().await?;
+    let list = filtered_tasks(&app, &filter).await?;
+    // Counts by state over all tasks (one small request per state).
+    let mut counts = Vec::new();
+    for s in TaskState::ALL {
+        let q = cube_manager::api::TaskListQuery {
+            state: Some(s),
+            limit: Some(0),
+        };
+        counts.push((s, app.cube.tasks(&q).await?.total));
+    }
+    let events = journal(&app, 30, None).await?;
+    let state = filter.state.clone().unwrap_or_default();
+    let node = filter.node.clone().unwrap_or_default();
+    let link = |s: &str| {
+        let mut q = Vec::new();
+        if !s.is_empty() {
+            q.push(format!("state={s}"));
+        }
+        if !node.is_empty() {
+            q.push(format!("node={}", urlencode(&node)));
+        }
+        if q.is_empty() {
+            "/".to_string()
+        } else {
+            format!("/?{}", q.join("&"))
+        }
+    };
+    let body = html! {
+        section {
+            h2 { "Nodes" }
+            table.nodes {
+                thead { tr { th { "name" } th { "state" } th { "cpu" } th { "memory" } th { "tasks" } th { "last seen" } } }
+                tbody #nodes { @for n in &nodes { (node_row(n)) } }
+            }
+            @if nodes.is_empty() { p.empty #no-nodes { "No workers yet: start one with `cube worker`." } }
+        }
+        section {
+            h2 { "Tasks" }
+            nav.filters {
+                a href=(link("")) class=[state.is_empty().then_some("on")] { "all" }
+                @for (s, n) in &counts {
+                    a href=(link(s.as_str())) class=[(state == s.as_str()).then_some("on")] data-count=(s) {
+                        (s) " " span.count { (n) }
+                    }
+                }
+                form method="get" action="/" {
+                    @if !state.is_empty() { input type="hidden" name="state" value=(state); }
+                    label { "node " select name="node" onchange="this.form.submit()" {
+                        option value="" { "any" }
+                        @for n in &nodes {
+                            option value=(n.name) selected[n.name == node] { (n.name) }
+                        }
+                    } }
+                }
+            }
+            table.tasks data-filter-state=(state) data-filter-node=(node) {
+                thead { tr { th { "id" } th { "name" } th { "state" } th { "worker" } th { "image" } th { "age" } } }
+                tbody #tasks { @for t in &list.tasks { (task_row(t)) } }
+            }
+            @if list.total > list.tasks.len() {
+                p.note { (list.tasks.len()) " of " (list.total) " tasks shown" }
+            }
+        }
+        section {
+            h2 { "Events" }
+            (journal_table("journal", &events))
+        }
+    };
+    Ok(Html(layout("overview", "Cube", body).into_string()))
+}
+
+async fn task_page(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let task = app.cube.task(&id).await.map_err(ApiError::lookup)?;
+    let events = journal(&app, 200, Some(task.id)).await?;
+    let logs = app.cube.logs(task.id).await?;
+    Ok(Html(
+        layout(
+            "task",
+            &format!("{} · Cube", task.display_name()),
+            render_task(&task, &events, &logs),
+        )
+        .into_string(),
+    ))
+}
+
+pub(crate) fn render_task(task: &Task, events: &[JournalEntry], logs: &LogTail) -> Markup {
+    let time = |t: Option<DateTime<Utc>>| t.map_or("-".to_string(), |t| t.to_rfc3339());
+    let fields: Vec<(&str, String)> = vec![
+        ("image", task.image.clone()),
+        (
+            "command",
+            if task.cmd.is_empty() {
+                "-".into()
+            } else {
+                task.cmd.join(" ")
+            },
+        ),
+        ("worker", task.worker.clone().unwrap_or("-".into())),
+        ("cpu", task.cpu.to_string()),
+        (
+            "memory",
+            if task.memory == 0 {
+                "-".into()
+            } else {
+                format_bytes(task.memory)
+            },
+        ),
+        ("restart policy", task.restart_policy.to_string()),
+        ("restarts", task.restart_count.to_string()),
+        (
+            "health",
+            task.health.map_or("-".to_string(), |h| h.to_string()),
+        ),
+        ("submitted", time(task.submitted_at)),
+        ("started", time(task.start_time)),
+        ("finished", time(task.finish_time)),
+        (
+            "exit code",
+            task.exit_code.map_or("-".into(), |c| c.to_string()),
+        ),
+        (
+            if task.state == TaskState::Pending {
+                "waiting because"
+            } else {
+                "error"
+            },
+            task.error.clone().unwrap_or("-".into()),
+        ),
+    ];
+    html! {
+        div #task data-task=(task.id) data-state=(task.state) {
+            h2 {
+                span.name { (task.display_name()) } " "
+                span #task-state class=(format!("badge {}", task.state)) { (task.state) }
+                @if task.state != TaskState::Completed {
+                    button #stop type="button" { "Stop" }
+                }
+            }
+            p.mono { (task.id) }
+            dl.fields {
+                @for (k, v) in &fields {
+                    dt { (k) } dd data-field=(k) { (v) }
+                }
+                @if !task.env.is_empty() {
+                    dt { "env" }
+                    dd { ul.env { @for e in &task.env { li.mono { (e) } } } }
+                }
+                @if !task.port_bindings.is_empty() {
+                    dt { "ports" }
+                    dd { @for (c, h) in &task.port_bindings { span.mono { (h) "→" (c) } " " } }
+                }
+            }
+        }
+        section {
+            h2 { "Events" }
+            (journal_table("journal", events))
+        }
+        section {
+            h2 { "Output" @if logs.truncated { " (last " (crate::cube::LOG_TAIL_BYTES / 1024) " KiB)" } }
+            @if logs.kept {
+                pre #log data-kept="true" { (logs.text) }
+            } @else {
+                p #log data-kept="false" .empty { "no output kept" }
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a client put in a task shows as text, never as markup.
+    #[test]
+    fn user_controlled_text_is_escaped() {
+        let evil = "<script>alert('x')</script>";
+        let mut task = Task::new("cube-busybox:latest");
+        task.name = "web-1".into();
+        task.env = vec![format!("EVIL={evil}\"><img src=x onerror=alert(1)>")];
+        task.cmd = vec!["sh".into(), "-c".into(), format!("echo {evil}")];
+        task.error = Some(format!("rejected: {evil}"));
+        task.port_bindings
+            .insert("80/tcp".into(), "8080\"<b>".into());
+        let entry = JournalEntry::new("submitted", evil)
+            .task(task.id)
+            .worker("<w>");
+        let logs = LogTail {
+            kept: true,
+            text: format!("{evil}\n</pre><script>x()</script>"),
+            truncated: false,
+        };
+        let page = layout(
+            "task",
+            &format!("{evil} · Cube"),
+            render_task(&task, &[entry], &logs),
+        )
+        .into_string();
+        assert!(!page.contains("<script>alert"), "{page}");
+        assert!(!page.contains("<img"), "{page}");
+        assert!(!page.contains("</pre><script>"), "{page}");
+        assert!(!page.contains("<w>"), "{page}");
+        assert!(!page.contains("<b>"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;")
+                || page.contains("&lt;script&gt;alert('x')&lt;/script&gt;"),
+            "{page}"
+        );
+        // The only scripts are the dashboard's own.
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
+
+        let mut row = task.clone();
+        row.image = format!("img{evil}");
+        let html = task_row(&row).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(urlencode("a b&c=d"), "a%20b%26c%3Dd");
+        assert_eq!(urlencode("node-1_x.y"), "node-1_x.y");
+    }
+}
