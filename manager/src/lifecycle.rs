@@ -203,7 +203,13 @@ impl Manager {
                     let current = t.worker.as_deref() == Some(node.name.as_str())
                         && t.generation == r.generation
                         && t.state.is_active();
-                    !current && t.previous.as_ref() != Some(&here)
+                    // Queued on the shared queue: whichever worker took it runs the current
+                    // placement, and its `running` report may still be on the way behind
+                    // this heartbeat.
+                    let taken_from_queue = t.worker.is_none()
+                        && t.state == State::Scheduled
+                        && t.generation == r.generation;
+                    !current && !taken_from_queue && t.previous.as_ref() != Some(&here)
                 }
             };
             if !stale || self.fenced.contains_key(&(r.id, r.generation)) {
