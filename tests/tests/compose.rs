@@ -82,6 +82,9 @@ struct Stack {
     workers: Mutex<Vec<String>>,
     client_password: String,
     port: u16,
+    /// The host ports of the manager's HTTP API and metrics.
+    http_port: u16,
+    metrics_port: u16,
 }
 
 impl Stack {
@@ -93,6 +96,8 @@ impl Stack {
         let nats_image = format!("cube-nats-test:{id}");
         let cube_image = format!("cube-test:{id}");
         let port = free_port()?;
+        let http_port = free_port()?;
+        let metrics_port = free_port()?;
         let password = cube_bus::auth::random_password;
         let client_password = password();
         let env: Vec<(String, String)> = [
@@ -102,6 +107,8 @@ impl Stack {
             ("CUBE_NATS_IMAGE", nats_image.clone()),
             ("CUBE_IMAGE", cube_image.clone()),
             ("CUBE_NATS_PORT", port.to_string()),
+            ("CUBE_HTTP_PORT", http_port.to_string()),
+            ("CUBE_METRICS_PORT", metrics_port.to_string()),
             // A stopped worker keeps its tasks for a minute, however slow this machine is.
             ("CUBE_NODE_GRACE", "60s".to_string()),
             ("RUST_LOG", "info,async_nats=warn".to_string()),
@@ -123,6 +130,8 @@ impl Stack {
             workers: Mutex::new(Vec::new()),
             client_password,
             port,
+            http_port,
+            metrics_port,
         };
         run(Command::new(root().join("scripts/compose-images"))
             .arg("--cube")
@@ -276,6 +285,45 @@ async fn scenario(stack: &Stack) -> Result<()> {
     .await?;
     let client = stack.client().await?;
     ensure!(nodes(&client).await?.len() == 2, "more nodes than workers");
+
+    // The manager's dashboard, HTTP API and metrics, on the host's loopback.
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", stack.http_port);
+    let page = http
+        .get(format!("{base}/"))
+        .send()
+        .await?
+        .error_for_status()?;
+    ensure!(
+        page.text().await?.contains("Nodes"),
+        "the dashboard did not render"
+    );
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("{base}/api/nodes"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(
+        listed.len() == 2,
+        "GET /api/nodes lists {} nodes",
+        listed.len()
+    );
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", stack.metrics_port);
+    eventually(
+        WITHIN,
+        "the manager's metrics count 2 ready nodes",
+        || async {
+            let text = http.get(&metrics_url).send().await?.text().await?;
+            ensure!(
+                text.lines().any(|l| l == r#"cube_nodes{state="ready"} 2"#),
+                "{text}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
 
     // A task submitted with the host's `cube` runs in a container on the host's engine,
     // started by one of the workers.
