@@ -159,7 +159,9 @@
     stop.addEventListener("click", () => {
       const id = document.getElementById("task").dataset.task;
       stop.disabled = true;
-      fetch("/api/tasks/" + id + "/stop", { method: "POST" }).then((r) => r.json()).then((b) => {
+      fetch("/api/tasks/" + id + "/stop", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+      }).then((r) => r.json()).then((b) => {
         if (b.error) { stop.disabled = false; alert(b.error); }
       });
     });
