@@ -417,6 +417,47 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
     })
     .await?;
     assert_eq!(task.state.as_str(), "pending");
+    // The same task sent twice is accepted twice, though the manager keeps it normalised
+    // (`80` becomes `80/tcp`, and is exposed). It stays pending: no worker binds the port.
+    let ported = Uuid::new_v4();
+    let same = json!({ "id": ported, "image": IMAGE, "port_bindings": { "80": "8080" } });
+    for attempt in ["first", "again"] {
+        let r = http
+            .post(format!("{base}/api/tasks"))
+            .json(&same)
+            .send()
+            .await?;
+        let status = r.status();
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{attempt}: {}",
+            r.text().await?
+        );
+        eventually(WITHIN, "the ported task is recorded", || async {
+            let t: Task = http
+                .get(format!("{base}/api/tasks/{ported}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            ensure!(
+                t.port_bindings.contains_key("80/tcp"),
+                "{:?}",
+                t.port_bindings
+            );
+            Ok(())
+        })
+        .await?;
+    }
+    let mut changed = same.clone();
+    changed["port_bindings"] = json!({ "80": "8081" });
+    let r = http
+        .post(format!("{base}/api/tasks"))
+        .json(&changed)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
     let r = http
         .get(format!("{base}/api/events?task={id}"))
         .send()

@@ -225,8 +225,12 @@ async fn submit(State(app): State<App>, body: Bytes) -> ApiResult<(StatusCode, J
     async {
         // The manager refuses a known id with another specification only in the journal;
         // an HTTP client deserves to hear it now.
+        // The manager compares the normalised task (`80` is `80/tcp`, bound ports are
+        // exposed): so must this check, or an identical retry is a false conflict.
+        let mut task = event.task.clone();
+        task.normalise();
         match app.cube.task(&event.task.id.to_string()).await {
-            Ok(existing) if !existing.same_spec(&event.task) => {
+            Ok(existing) if !existing.same_spec(&task) => {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     format!(
