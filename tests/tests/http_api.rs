@@ -116,6 +116,11 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
     assert!(!ids(&done).contains(&id.to_string()), "{done}");
     let (_, on_node) = get_json(&web, &format!("/api/tasks?node={worker}")).await?;
     assert!(ids(&on_node).contains(&id.to_string()), "{on_node}");
+    // Counts by state come with every list, whatever its filter and length.
+    let (_, none) = get_json(&web, "/api/tasks?state=completed&limit=0").await?;
+    assert_eq!(none["total"], json!(0), "{none}");
+    assert_eq!(none["tasks"], json!([]), "{none}");
+    assert_eq!(none["counts"], json!({ "running": 1 }), "{none}");
     let (_, elsewhere) = get_json(&web, "/api/tasks?node=nobody").await?;
     assert!(ids(&elsewhere).is_empty(), "{elsewhere}");
     assert_error(
