@@ -76,21 +76,27 @@
   }
   // The last known state of every task seen, so that the counts by state stay right for
   // tasks whose row is not on the page (filtered out, or beyond the list's length). A task
-  // never seen may be new or merely off the page: then the counts are fetched anew.
+  // never seen may be new or merely off the page: then the counts are fetched anew, and
+  // changes that arrive while a fetch is due or under way are left to it (or to another).
   const known = new Map();
   document.querySelectorAll("tr[data-task]").forEach((tr) => known.set(tr.dataset.task, tr.dataset.state));
-  let recount = null;
+  let recount = null, fetching = false, again = false;
   function refreshCounts() {
+    if (fetching) { again = true; return; }
     if (recount) return;
     recount = setTimeout(() => {
       recount = null;
+      fetching = true;
       fetch("/api/tasks?limit=0").then((r) => r.ok ? r.json() : null).then((l) => {
         if (!l || !l.counts) return;
         document.querySelectorAll("[data-count]").forEach((a) => {
           const c = a.querySelector(".count");
           if (c) c.textContent = String(l.counts[a.dataset.count] || 0);
         });
-      }).catch(() => {});
+      }).catch(() => {}).finally(() => {
+        fetching = false;
+        if (again) { again = false; refreshCounts(); }
+      });
     }, 300);
   }
   function onTask(t) {
@@ -100,8 +106,8 @@
     let tr = body.querySelector('tr[data-task="' + t.id + '"]');
     const before = known.get(t.id);
     known.set(t.id, t.state);
-    if (before === undefined) {
-      refreshCounts();
+    if (before === undefined || recount || fetching) {
+      if (before !== t.state) refreshCounts();
     } else if (before !== t.state) {
       count(before, -1);
       count(t.state, +1);
