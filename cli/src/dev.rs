@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// Where the HTTP API and dashboard listen.
     #[arg(long, env = "CUBE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
+    /// Host names, comma-separated, that HTTP requests may name besides IP addresses and
+    /// localhost; others are refused (DNS rebinding).
+    #[arg(long, env = "CUBE_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub http_allowed_hosts: Vec<String>,
     /// Do not serve the HTTP API and dashboard.
     #[arg(long, env = "CUBE_DEV_NO_HTTP")]
     pub no_http: bool,
@@ -51,9 +55,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     let web = if args.no_http {
         None
     } else {
-        Some(cube_web::Server::bind(args.http_addr).await.context(
-            "the dashboard's address is taken: pick another with --http-addr, or --no-http",
-        )?)
+        Some(
+            cube_web::Server::bind(args.http_addr)
+                .await
+                .context(
+                    "the dashboard's address is taken: pick another with --http-addr, or --no-http",
+                )?
+                .allow_hosts(args.http_allowed_hosts.clone()),
+        )
     };
     let dashboard = web.as_ref().map(|w| format!("http://{}/", w.local_addr()));
 

@@ -41,6 +41,10 @@ pub struct ManagerArgs {
     /// default). They speak to the cluster through NATS with the manager's credentials.
     #[arg(long, env = "CUBE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Host names, comma-separated, that HTTP requests may name besides IP addresses and
+    /// localhost (e.g. the name of a proxy in front); others are refused (DNS rebinding).
+    #[arg(long, env = "CUBE_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub http_allowed_hosts: Vec<String>,
 }
 
 impl ManagerArgs {
@@ -255,7 +259,11 @@ fn sysinfo_hostname() -> String {
 pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<()> {
     // Bound first, so that a busy port is an error before anything starts.
     let web = match args.http_addr {
-        Some(addr) => Some(cube_web::Server::bind(addr).await?),
+        Some(addr) => Some(
+            cube_web::Server::bind(addr)
+                .await?
+                .allow_hosts(args.http_allowed_hosts.clone()),
+        ),
         None => None,
     };
     let cfg = args.config();

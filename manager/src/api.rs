@@ -1,5 +1,7 @@
 //! `cube.api.*`: queries answered at once from the manager's picture of the cluster.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use cube_shared::subjects::{API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
@@ -26,6 +28,10 @@ pub struct TaskList {
     /// How many tasks matched; `tasks` may hold fewer.
     pub total: usize,
     pub tasks: Vec<Task>,
+    /// How many tasks the manager knows in each state, whatever the query (states with
+    /// none are left out), so that one request gives a list and its counts.
+    #[serde(default)]
+    pub counts: BTreeMap<cube_shared::State, usize>,
 }
 
 /// A reply must fit in one NATS message (1 MiB by default); lists stop short of that.
@@ -71,9 +77,11 @@ impl Manager {
         } else {
             wire::decode(body, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?
         };
+        let mut counts = BTreeMap::new();
         let mut matching: Vec<&Task> = self
             .cluster
             .tasks()
+            .inspect(|t| *counts.entry(t.state).or_insert(0) += 1)
             .filter(|t| query.state.is_none_or(|s| t.state == s))
             .collect();
         let total = matching.len();
@@ -88,7 +96,11 @@ impl Manager {
             })
             .cloned()
             .collect();
-        Ok(TaskList { total, tasks })
+        Ok(TaskList {
+            total,
+            tasks,
+            counts,
+        })
     }
 }
 

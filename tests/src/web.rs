@@ -24,9 +24,17 @@ impl WebCluster {
     /// nats-server, `cube manager --http-addr 127.0.0.1:<free port>` and `workers` Docker
     /// workers; returns once the API answers.
     pub async fn start(workers: usize) -> Result<WebCluster> {
+        WebCluster::start_with(workers, &[]).await
+    }
+
+    /// As [`WebCluster::start`], with more arguments for `cube manager`.
+    pub async fn start_with(workers: usize, manager_args: &[&str]) -> Result<WebCluster> {
         let mut cluster = ProcCluster::new().await?;
         let port = free_port()?;
         cluster.manager_args = vec!["--http-addr".into(), format!("127.0.0.1:{port}")];
+        cluster
+            .manager_args
+            .extend(manager_args.iter().map(|a| a.to_string()));
         cluster.start_manager().await?;
         for _ in 0..workers {
             cluster.add_worker().await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use cube_tests::web::{Browser, WebCluster};
-use cube_tests::{unique, IMAGE};
+use cube_tests::{eventually, unique, IMAGE};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -143,6 +143,35 @@ async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload(
         .unwrap_or_default();
     assert!(kinds.contains(&"submitted"), "{kinds:?}");
     assert!(kinds.contains(&"stop-requested"), "{kinds:?}");
+
+    // The counts by state stay right for a task whose row is not on the page (filtered
+    // out here): it is not counted once more in every state it passes through.
+    browser.navigate(&web.url("/?state=completed")).await?;
+    wait_live(&mut browser).await?;
+    let other = submit(&web, json!({ "image": IMAGE, "cmd": ["sleep", "300"] })).await?;
+    eventually(WITHIN, "the second task runs", || async {
+        let t: Value = web
+            .http
+            .get(web.url(&format!("/api/tasks/{other}")))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(t["state"] == json!("running"), "{t}");
+        Ok(())
+    })
+    .await?;
+    let counts = "(() => { const c = (s) => Number(document.querySelector('[data-count=\"' + s \
+         + '\"] .count').textContent); return ['pending', 'scheduled', 'running', 'completed', \
+         'failed'].map(c).join(' '); })()";
+    browser
+        .wait_for(
+            &format!("{counts} === '0 0 1 1 0'"),
+            WITHIN,
+            "the counts show one running and one completed task",
+        )
+        .await?;
+    assert_eq!(browser.eval(&row(other)).await?, Value::Null);
     browser.close().await?;
     Ok(())
 }

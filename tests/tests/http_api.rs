@@ -30,6 +30,20 @@ async fn post(web: &WebCluster, path: &str, body: &str) -> Result<(StatusCode, V
     Ok((r.status(), r.json().await?))
 }
 
+/// A POST as the dashboard's own script makes it, with `Origin` and `Sec-Fetch-Site`.
+async fn send_from_own_origin(web: &WebCluster, body: &str) -> Result<(StatusCode, Value)> {
+    let r = web
+        .http
+        .post(web.url("/api/tasks"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("origin", web.base.as_str())
+        .header("sec-fetch-site", "same-origin")
+        .body(body.to_string())
+        .send()
+        .await?;
+    Ok((r.status(), r.json().await?))
+}
+
 async fn wait_state(web: &WebCluster, id: Uuid, state: &str) -> Result<Task> {
     eventually(WITHIN, &format!("task {id} becomes {state}"), || async {
         let (status, body) = get_json(web, &format!("/api/tasks/{id}")).await?;
@@ -102,6 +116,11 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
     assert!(!ids(&done).contains(&id.to_string()), "{done}");
     let (_, on_node) = get_json(&web, &format!("/api/tasks?node={worker}")).await?;
     assert!(ids(&on_node).contains(&id.to_string()), "{on_node}");
+    // Counts by state come with every list, whatever its filter and length.
+    let (_, none) = get_json(&web, "/api/tasks?state=completed&limit=0").await?;
+    assert_eq!(none["total"], json!(0), "{none}");
+    assert_eq!(none["tasks"], json!([]), "{none}");
+    assert_eq!(none["counts"], json!({ "running": 1 }), "{none}");
     let (_, elsewhere) = get_json(&web, "/api/tasks?node=nobody").await?;
     assert!(ids(&elsewhere).is_empty(), "{elsewhere}");
     assert_error(
@@ -138,11 +157,91 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
         StatusCode::CONFLICT,
         "different specification",
     );
-    // A TaskEvent is accepted too.
+    // What a web page could send on the user's behalf is refused, and nothing is published.
+    let unseen = Uuid::new_v4();
+    let task = json!({ "id": unseen, "image": IMAGE }).to_string();
+    let send = |content_type: Option<&'static str>, extra: &[(&'static str, String)]| {
+        let mut r = web.http.post(web.url("/api/tasks")).body(task.clone());
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        for (k, v) in extra {
+            r = r.header(*k, v.as_str());
+        }
+        async move {
+            let r = r.send().await?;
+            anyhow::Ok((r.status(), r.json::<Value>().await?))
+        }
+    };
+    assert_error(
+        &send(Some("text/plain"), &[]).await?,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "application/json",
+    );
+    assert_error(
+        &send(None, &[]).await?,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "application/json",
+    );
+    let json_ct = Some("application/json");
+    assert_error(
+        &send(json_ct, &[("origin", "http://evil.example".into())]).await?,
+        StatusCode::FORBIDDEN,
+        "another origin",
+    );
+    assert_error(
+        &send(json_ct, &[("sec-fetch-site", "cross-site".into())]).await?,
+        StatusCode::FORBIDDEN,
+        "cross-site",
+    );
+    let r = web
+        .http
+        .post(web.url(&format!("/api/tasks/{id}/stop")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = web
+        .http
+        .delete(web.url(&format!("/api/tasks/{id}")))
+        .header("origin", "http://evil.example")
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // DNS rebinding: a name that is not this server's.
+    let port = web.base.rsplit(':').next().unwrap_or_default().to_string();
+    let r = web
+        .http
+        .get(web.url("/api/tasks"))
+        .header("host", format!("evil.example:{port}"))
+        .send()
+        .await?;
+    let refused = (r.status(), r.json::<Value>().await?);
+    assert_error(
+        &refused,
+        StatusCode::MISDIRECTED_REQUEST,
+        "--http-allowed-hosts",
+    );
+    let r = web
+        .http
+        .get(web.url("/"))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_error(
+        &get_json(&web, &format!("/api/tasks/{unseen}")).await?,
+        StatusCode::NOT_FOUND,
+        "no task",
+    );
+    // The task is still running: the refused stops did nothing.
+    assert_eq!(wait_state(&web, id, "running").await?.id, id);
+
+    // A TaskEvent is accepted too, from the server's own origin (as the dashboard sends).
     let other = Uuid::new_v4();
     let event = json!({ "id": Uuid::new_v4(), "state": "running",
         "task": { "id": other, "image": IMAGE, "cmd": ["sleep", "300"] } });
-    let (status, accepted) = post(&web, "/api/tasks", &event.to_string()).await?;
+    let (status, accepted) = send_from_own_origin(&web, &event.to_string()).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["id"], json!(other.to_string()));
     wait_state(&web, other, "running").await?;
@@ -227,7 +326,12 @@ async fn the_dashboard_escapes_what_clients_send() -> Result<()> {
     let id: Uuid = serde_json::from_value(accepted["id"].clone())?;
     wait_state(&web, id, "running").await?;
 
-    for path in ["/".to_string(), format!("/tasks/{id}")] {
+    // Pages ignore query parameters they do not know; the API refuses them.
+    for path in [
+        "/".to_string(),
+        "/?utm_source=elsewhere&state=running".to_string(),
+        format!("/tasks/{id}"),
+    ] {
         let r = web.http.get(web.url(&path)).send().await?;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         assert!(r.headers()["content-type"]
@@ -239,6 +343,12 @@ async fn the_dashboard_escapes_what_clients_send() -> Result<()> {
         assert!(!page.contains("<img"), "{path}: {page}");
         assert_eq!(page.matches("<script").count(), 1, "{path}: {page}");
     }
+    let r = web
+        .http
+        .get(web.url("/api/tasks?status=running"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let page = web
         .http
         .get(web.url(&format!("/tasks/{id}")))
@@ -323,6 +433,47 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
     })
     .await?;
     assert_eq!(task.state.as_str(), "pending");
+    // The same task sent twice is accepted twice, though the manager keeps it normalised
+    // (`80` becomes `80/tcp`, and is exposed). It stays pending: no worker binds the port.
+    let ported = Uuid::new_v4();
+    let same = json!({ "id": ported, "image": IMAGE, "port_bindings": { "80": "8080" } });
+    for attempt in ["first", "again"] {
+        let r = http
+            .post(format!("{base}/api/tasks"))
+            .json(&same)
+            .send()
+            .await?;
+        let status = r.status();
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{attempt}: {}",
+            r.text().await?
+        );
+        eventually(WITHIN, "the ported task is recorded", || async {
+            let t: Task = http
+                .get(format!("{base}/api/tasks/{ported}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            ensure!(
+                t.port_bindings.contains_key("80/tcp"),
+                "{:?}",
+                t.port_bindings
+            );
+            Ok(())
+        })
+        .await?;
+    }
+    let mut changed = same.clone();
+    changed["port_bindings"] = json!({ "80": "8081" });
+    let r = http
+        .post(format!("{base}/api/tasks"))
+        .json(&changed)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
     let r = http
         .get(format!("{base}/api/events?task={id}"))
         .send()
@@ -335,6 +486,7 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
     assert_eq!(r.status(), StatusCode::OK);
     let r = http
         .post(format!("{base}/api/tasks/{id}/stop"))
+        .header("content-type", "application/json")
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -355,5 +507,26 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
         .await
         .map_err(|_| anyhow!("the HTTP server did not stop"))???;
     let _ = tokio::time::timeout(WITHIN, manager_task).await;
+    Ok(())
+}
+
+/// A name given to `--http-allowed-hosts` is served; another name is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_host_names_are_served() -> Result<()> {
+    let web = WebCluster::start_with(0, &["--http-allowed-hosts", "cube.test,Other.Test"]).await?;
+    let port = web.base.rsplit(':').next().unwrap_or_default().to_string();
+    for (host, status) in [
+        ("cube.test", StatusCode::OK),
+        ("other.test", StatusCode::OK),
+        ("evil.test", StatusCode::MISDIRECTED_REQUEST),
+    ] {
+        let r = web
+            .http
+            .get(web.url("/api/nodes"))
+            .header("host", format!("{host}:{port}"))
+            .send()
+            .await?;
+        assert_eq!(r.status(), status, "{host}");
+    }
     Ok(())
 }

@@ -74,14 +74,42 @@
     const c = document.querySelector('[data-count="' + state + '"] .count');
     if (c) c.textContent = String(Math.max(0, Number(c.textContent) + delta));
   }
+  // The last known state of every task seen, so that the counts by state stay right for
+  // tasks whose row is not on the page (filtered out, or beyond the list's length). A task
+  // never seen may be new or merely off the page: then the counts are fetched anew, and
+  // changes that arrive while a fetch is due or under way are left to it (or to another).
+  const known = new Map();
+  document.querySelectorAll("tr[data-task]").forEach((tr) => known.set(tr.dataset.task, tr.dataset.state));
+  let recount = null, fetching = false, again = false;
+  function refreshCounts() {
+    if (fetching) { again = true; return; }
+    if (recount) return;
+    recount = setTimeout(() => {
+      recount = null;
+      fetching = true;
+      fetch("/api/tasks?limit=0").then((r) => r.ok ? r.json() : null).then((l) => {
+        if (!l || !l.counts) return;
+        document.querySelectorAll("[data-count]").forEach((a) => {
+          const c = a.querySelector(".count");
+          if (c) c.textContent = String(l.counts[a.dataset.count] || 0);
+        });
+      }).catch(() => {}).finally(() => {
+        fetching = false;
+        if (again) { again = false; refreshCounts(); }
+      });
+    }, 300);
+  }
   function onTask(t) {
     const table = document.querySelector("table.tasks");
     if (!table) return;
     const body = document.getElementById("tasks");
     let tr = body.querySelector('tr[data-task="' + t.id + '"]');
-    const before = tr ? tr.dataset.state : null;
-    if (before !== t.state) {
-      if (before) count(before, -1);
+    const before = known.get(t.id);
+    known.set(t.id, t.state);
+    if (before === undefined || recount || fetching) {
+      if (before !== t.state) refreshCounts();
+    } else if (before !== t.state) {
+      count(before, -1);
       count(t.state, +1);
     }
     const wantState = table.dataset.filterState, wantNode = table.dataset.filterNode;
@@ -159,7 +187,9 @@
     stop.addEventListener("click", () => {
       const id = document.getElementById("task").dataset.task;
       stop.disabled = true;
-      fetch("/api/tasks/" + id + "/stop", { method: "POST" }).then((r) => r.json()).then((b) => {
+      fetch("/api/tasks/" + id + "/stop", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+      }).then((r) => r.json()).then((b) => {
         if (b.error) { stop.disabled = false; alert(b.error); }
       });
     });

@@ -90,13 +90,23 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-/// Query of `GET /api/tasks`; strings so that a bad value gets Cube's own words.
+/// Which tasks to list; strings so that a bad value gets Cube's own words. The dashboard's
+/// pages ignore query parameters they do not know (a link may carry anything).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct TasksFilter {
     pub state: Option<String>,
     pub node: Option<String>,
     pub limit: Option<usize>,
+}
+
+/// Query of `GET /api/tasks`: the API refuses an unknown parameter, so that a misspelt
+/// filter (`?status=running`) is an error rather than the whole list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictTasksFilter {
+    state: Option<String>,
+    node: Option<String>,
+    limit: Option<usize>,
 }
 
 /// Tasks newest first, by state and node. With a node filter, the manager's list (up to its
@@ -123,8 +133,10 @@ pub(crate) async fn filtered_tasks(app: &App, filter: &TasksFilter) -> ApiResult
 
 async fn list_tasks(
     State(app): State<App>,
-    Query(filter): Query<TasksFilter>,
+    Query(filter): Query<StrictTasksFilter>,
 ) -> ApiResult<Json<TaskList>> {
+    let StrictTasksFilter { state, node, limit } = filter;
+    let filter = TasksFilter { state, node, limit };
     Ok(Json(filtered_tasks(&app, &filter).await?))
 }
 
@@ -225,8 +237,12 @@ async fn submit(State(app): State<App>, body: Bytes) -> ApiResult<(StatusCode, J
     async {
         // The manager refuses a known id with another specification only in the journal;
         // an HTTP client deserves to hear it now.
+        // The manager compares the normalised task (`80` is `80/tcp`, bound ports are
+        // exposed): so must this check, or an identical retry is a false conflict.
+        let mut task = event.task.clone();
+        task.normalise();
         match app.cube.task(&event.task.id.to_string()).await {
-            Ok(existing) if !existing.same_spec(&event.task) => {
+            Ok(existing) if !existing.same_spec(&task) => {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     format!(

@@ -1,6 +1,7 @@
 //! The dashboard's only way to the cluster: the same public NATS contract the CLI speaks
 //! (`cube.api.*` requests, `tasks.events`, the journal stream, the logs stream).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::GetStreamErrorKind};
@@ -117,7 +118,13 @@ impl Cube {
 
     /// The end of a task's output, or `kept: false` if there is no logs stream.
     pub async fn logs(&self, task: Uuid) -> Result<LogTail, Error> {
-        let chunks = match self.tail(LOGS_STREAM, Some(logs_for(task)), u64::MAX).await {
+        let mut tail = ByteTail::new(LOG_TAIL_BYTES);
+        match self
+            .read(LOGS_STREAM, Some(logs_for(task)), u64::MAX, |chunk| {
+                tail.push(chunk)
+            })
+            .await
+        {
             Err(Error::NoStream(_)) => {
                 return Ok(LogTail {
                     kept: false,
@@ -127,16 +134,10 @@ impl Cube {
             }
             other => other?,
         };
-        let total: usize = chunks.iter().map(|c| c.len()).sum();
-        let mut bytes = Vec::with_capacity(total.min(LOG_TAIL_BYTES));
-        for chunk in &chunks {
-            bytes.extend_from_slice(chunk);
-        }
-        let truncated = bytes.len() > LOG_TAIL_BYTES;
-        let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
+        let (bytes, truncated) = tail.into_bytes();
         Ok(LogTail {
             kept: true,
-            text: String::from_utf8_lossy(&bytes[start..]).into_owned(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
             truncated,
         })
     }
@@ -149,6 +150,25 @@ impl Cube {
         subject: Option<String>,
         last: u64,
     ) -> Result<Vec<bytes::Bytes>, Error> {
+        let mut out = Vec::new();
+        self.read(stream, subject, last, |m| out.push(m)).await?;
+        let excess = out
+            .len()
+            .saturating_sub(usize::try_from(last).unwrap_or(usize::MAX));
+        out.drain(..excess);
+        Ok(out)
+    }
+
+    /// Hands `keep` the payloads of `stream` (on `subject`, if given) oldest first: the last
+    /// `last` of the stream without a subject, every one of the subject with one. Only the
+    /// messages present when the read starts: a busy writer cannot keep it going.
+    async fn read(
+        &self,
+        stream: &'static str,
+        subject: Option<String>,
+        last: u64,
+        mut keep: impl FnMut(bytes::Bytes),
+    ) -> Result<(), Error> {
         let read = async {
             let mut handle = self
                 .js
@@ -168,7 +188,7 @@ impl Cube {
                 .map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?;
             let (first, last_seq) = (info.state.first_sequence, info.state.last_sequence);
             if last_seq == 0 || last == 0 {
-                return Ok(Vec::new());
+                return Ok(());
             }
             // Without a subject filter the tail is a range of sequences; with one, every
             // message of the subject is read (a task's output is capped per subject).
@@ -187,35 +207,109 @@ impl Cube {
                 })
                 .await
                 .map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?;
+            // What is there now; messages stored later are not waited for.
             let pending = consumer
                 .info()
                 .await
                 .map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?
                 .num_pending;
-            let mut out = Vec::new();
             if pending == 0 {
-                return Ok(out);
+                return Ok(());
             }
             let mut messages = consumer
                 .messages()
                 .await
                 .map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?;
+            let mut delivered = 0u64;
             while let Some(msg) = messages.next().await {
                 let msg = msg.map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?;
-                out.push(msg.payload.clone());
-                let left = msg.info().map_or(0, |i| i.pending);
-                if left == 0 {
+                let (sequence, left) = msg
+                    .info()
+                    .map_or((0, 0), |i| (i.stream_sequence, i.pending));
+                if sequence > last_seq {
+                    break;
+                }
+                keep(msg.payload.clone());
+                delivered += 1;
+                if left == 0 || delivered >= pending || sequence == last_seq {
                     break;
                 }
             }
-            let excess = out
-                .len()
-                .saturating_sub(usize::try_from(last).unwrap_or(usize::MAX));
-            out.drain(..excess);
-            Ok(out)
+            Ok(())
         };
         tokio::time::timeout(READ_TIMEOUT, read)
             .await
             .map_err(|_| Error::Timeout(stream))?
+    }
+}
+
+/// The last `budget` bytes of a sequence of chunks, keeping no more than that (plus one
+/// chunk) while they arrive.
+struct ByteTail {
+    budget: usize,
+    chunks: VecDeque<bytes::Bytes>,
+    held: usize,
+    dropped: bool,
+}
+
+impl ByteTail {
+    fn new(budget: usize) -> ByteTail {
+        ByteTail {
+            budget,
+            chunks: VecDeque::new(),
+            held: 0,
+            dropped: false,
+        }
+    }
+
+    fn push(&mut self, chunk: bytes::Bytes) {
+        self.held += chunk.len();
+        self.chunks.push_back(chunk);
+        // Drop whole chunks while what is left still covers the budget.
+        while let Some(front) = self.chunks.front() {
+            if self.held - front.len() < self.budget {
+                break;
+            }
+            self.held -= front.len();
+            self.chunks.pop_front();
+            self.dropped = true;
+        }
+    }
+
+    /// The last `budget` bytes at most, and whether earlier bytes were left out.
+    fn into_bytes(self) -> (Vec<u8>, bool) {
+        let mut bytes = Vec::with_capacity(self.held);
+        for chunk in &self.chunks {
+            bytes.extend_from_slice(chunk);
+        }
+        let start = bytes.len().saturating_sub(self.budget);
+        (bytes.split_off(start), self.dropped || start > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(chunks: &[&str], budget: usize) -> (String, bool, usize) {
+        let mut tail = ByteTail::new(budget);
+        let mut most = 0;
+        for c in chunks {
+            tail.push(bytes::Bytes::copy_from_slice(c.as_bytes()));
+            most = most.max(tail.held);
+        }
+        let (bytes, truncated) = tail.into_bytes();
+        (String::from_utf8(bytes).unwrap(), truncated, most)
+    }
+
+    #[test]
+    fn the_byte_tail_keeps_the_last_bytes_only() {
+        assert_eq!(tail_of(&[], 4), (String::new(), false, 0));
+        assert_eq!(tail_of(&["ab", "cd"], 4), ("abcd".into(), false, 4));
+        assert_eq!(tail_of(&["ab", "cd", "e"], 4), ("bcde".into(), true, 5));
+        let (text, truncated, most) = tail_of(&["abc", "def", "ghi", "jkl", "m"], 4);
+        assert_eq!((text.as_str(), truncated), ("jklm", true));
+        assert!(most <= 4 + 3, "held {most} bytes");
+        assert_eq!(tail_of(&["abcdefgh"], 4), ("efgh".into(), true, 8));
     }
 }

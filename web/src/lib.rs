@@ -5,6 +5,7 @@
 
 mod api;
 pub mod cube;
+mod guard;
 mod live;
 mod pages;
 
@@ -86,6 +87,7 @@ pub fn served_routes() -> Vec<(Method, &'static str)> {
 pub struct Server {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    allowed_hosts: guard::AllowedHosts,
 }
 
 impl Server {
@@ -97,7 +99,19 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Http { addr, source })?;
-        Ok(Server { listener, addr })
+        Ok(Server {
+            listener,
+            addr,
+            allowed_hosts: guard::AllowedHosts::default(),
+        })
+    }
+
+    /// Host names, besides IP literals and `localhost`, that requests may name in their
+    /// `Host` header (e.g. the name of a proxy in front). Others are refused, against DNS
+    /// rebinding.
+    pub fn allow_hosts(mut self, names: impl IntoIterator<Item = String>) -> Server {
+        self.allowed_hosts = guard::AllowedHosts::new(names);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -114,7 +128,13 @@ impl Server {
             cube: Cube::new(client),
             shutdown: shutdown.clone(),
         };
-        let router = routes().router.with_state(app);
+        let router = routes()
+            .router
+            .layer(axum::middleware::from_fn_with_state(
+                self.allowed_hosts,
+                guard::guard,
+            ))
+            .with_state(app);
         info!(addr = %self.addr, "dashboard and HTTP API on http://{}/", self.addr);
         let addr = self.addr;
         axum::serve(self.listener, router)

@@ -180,15 +180,11 @@ async fn overview(
 ) -> Result<Html<String>, PageError> {
     let nodes = app.cube.nodes().await?;
     let list = filtered_tasks(&app, &filter).await?;
-    // Counts by state over all tasks (one small request per state).
-    let mut counts = Vec::new();
-    for s in TaskState::ALL {
-        let q = cube_manager::api::TaskListQuery {
-            state: Some(s),
-            limit: Some(0),
-        };
-        counts.push((s, app.cube.tasks(&q).await?.total));
-    }
+    // Counts by state over all tasks: the manager sends them with every list.
+    let counts: Vec<(TaskState, usize)> = TaskState::ALL
+        .into_iter()
+        .map(|s| (s, list.counts.get(&s).copied().unwrap_or(0)))
+        .collect();
     let events = journal(&app, 30, None).await?;
     let state = filter.state.clone().unwrap_or_default();
     let node = filter.node.clone().unwrap_or_default();
