@@ -117,8 +117,12 @@ impl Follower {
     pub(crate) async fn drain(mut self, within: Duration) {
         let mut failing = self.failing.clone();
         tokio::select! {
+            // The follower ended: done, whatever else is ready too.
+            biased;
             _ = &mut self.done => return,
-            _ = failing.wait_for(|f| *f) => {
+            // `Err` is only the follower ending (its sender dropped): not a failure, and
+            // `done` is about to be ready.
+            Ok(_) = failing.wait_for(|f| *f) => {
                 warn!("cannot publish the container's output; giving up on the rest");
             }
             _ = tokio::time::sleep(within) => {
