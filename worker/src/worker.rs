@@ -735,6 +735,10 @@ impl Inner {
                             "the container ended while the worker was away"
                         )
                     });
+                    // Its output since the last chunk published before the worker went
+                    // away: the follower resumes there, and `finish` lets it publish the rest
+                    // before the container is removed.
+                    self.follow_logs(task.id, task.generation);
                     let run = (Some(o.container_id.clone()), o.start_time);
                     self.finish(exit, task.generation, run)
                         .instrument(span)
