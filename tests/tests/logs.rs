@@ -236,7 +236,7 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
 
 /// Submits a task that prints `line-1` to `line-<lines>`, five a second, and waits until it
 /// runs.
-async fn submit_counter(c: &ProcCluster, lines: usize) -> Result<Uuid> {
+async fn submit_counter(c: &mut ProcCluster, lines: usize) -> Result<Uuid> {
     let id = c
         .submit(task(&[
             "sh",
@@ -356,6 +356,50 @@ async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
     ensure!(
         !left.iter().any(|o| o.task_id == id),
         "the ended container was not removed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_task_writes_when_stopped_is_kept() -> Result<()> {
+    let mut c = ProcCluster::start(1).await?;
+    let result = written_at_stop(&mut c).await;
+    c.explain(result)
+}
+
+async fn written_at_stop(c: &mut ProcCluster) -> Result<()> {
+    // Its TERM handler writes a good deal (about 50 KB), so that the follower is still
+    // reading when the container has exited.
+    const LAST: usize = 5000;
+    let url = c.nats.url();
+    let id = c
+        .submit(task(&[
+            "sh",
+            "-c",
+            &format!(
+                "trap 'seq 1 {LAST} | sed s/^/bye-/; exit 0' TERM; \
+                 echo started; while true; do sleep 0.1; done"
+            ),
+        ]))
+        .await?;
+    c.wait_state(id, State::Running, WITHIN).await?;
+    eventually(WITHIN, "`cube logs` shows the task started", || async {
+        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        ensure!(out.stdout.contains("started\n"), "{:?}", out.stdout);
+        Ok(())
+    })
+    .await?;
+
+    let out = run_cube(&url, &["stop", &id.to_string()]).await?;
+    ensure!(out.ok, "cube stop: {}", out.stderr);
+    c.wait_state(id, State::Completed, WITHIN).await?;
+    let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+    ensure!(out.ok, "{}", out.stderr);
+    let expected: Vec<String> = (1..=LAST).map(|i| format!("bye-{i}")).collect();
+    assert_eq!(
+        lines_with(&out.stdout, "bye-"),
+        expected,
+        "all the TERM handler wrote, once, in order, when the stop is reported"
     );
     Ok(())
 }

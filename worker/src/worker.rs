@@ -597,8 +597,11 @@ impl Inner {
             Ok(code) => {
                 info!(exit_code = ?code, generation = g, "stopped on request");
                 if running == Some(g) {
+                    // What it wrote while stopping (a TERM handler) is published before the
+                    // container goes.
                     self.drain_logs(id, LOGS_DRAIN).await;
                 }
+                self.remove_container(id, g).await;
                 self.lock_finished().insert(id, g);
                 if running == Some(g) {
                     self.forget(id);
@@ -669,8 +672,13 @@ impl Inner {
         r.container_id = container_id;
         r.start_time = start_time;
         self.report(r).await;
+        self.remove_container(task_id, generation).await;
+    }
+
+    /// Removes the container of a placement that has ended or was stopped.
+    async fn remove_container(&self, task_id: Uuid, generation: u64) {
         if let Err(e) = self.runtime.remove(task_id, generation).await {
-            warn!(error = %e, "removing the exited container");
+            warn!(error = %e, "removing the ended container");
         }
     }
 
@@ -747,12 +755,17 @@ impl Inner {
                 (None, _) => {
                     removed += 1;
                     span.in_scope(|| info!("removing a container this worker no longer owns"));
-                    if let Err(e) = self
+                    match self
                         .runtime
                         .stop(o.task_id, o.generation, self.cfg.stop_grace)
                         .await
                     {
-                        span.in_scope(|| warn!(error = %e, "removing a stale container"));
+                        Ok(_) => {
+                            self.remove_container(o.task_id, o.generation)
+                                .instrument(span)
+                                .await
+                        }
+                        Err(e) => span.in_scope(|| warn!(error = %e, "removing a stale container")),
                     }
                 }
             }
@@ -865,6 +878,7 @@ impl Inner {
                 }
             };
             self.drain_logs(task.id, LOGS_DRAIN).await;
+            self.remove_container(task.id, task.generation).await;
             self.lock_finished().insert(task.id, task.generation);
             self.forget(task.id);
             let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
@@ -896,6 +910,7 @@ impl Inner {
                     .await
                     .ok()
                     .flatten();
+                self.remove_container(id, generation).await;
                 self.forget(id);
                 let mut r = StateReport::new(id, &self.cfg.name, State::Failed);
                 r.generation = Some(generation);

@@ -411,7 +411,6 @@ impl Runtime for DockerRuntime {
                 None
             }
         };
-        self.force_remove(&name).await?;
         Ok(code.or(Some(0)))
     }
 
