@@ -367,10 +367,14 @@ async fn what_a_task_writes_when_stopped_is_kept() -> Result<()> {
     c.explain(result)
 }
 
-async fn written_at_stop(c: &mut ProcCluster) -> Result<()> {
-    // Its TERM handler writes a good deal (about 50 KB), so that the follower is still
-    // reading when the container has exited.
-    const LAST: usize = 5000;
+/// How many lines a task of [`submit_term_writer`] writes when it gets SIGTERM.
+const AT_TERM: usize = 5000;
+
+/// Submits a task whose TERM handler writes `bye-1` to `bye-<AT_TERM>` (about 50 KB, so that
+/// its output publisher is still reading when the container has exited), and waits until its
+/// first output is published.
+async fn submit_term_writer(c: &mut ProcCluster) -> Result<Uuid> {
+    const LAST: usize = AT_TERM;
     let url = c.nats.url();
     let id = c
         .submit(task(&[
@@ -389,19 +393,49 @@ async fn written_at_stop(c: &mut ProcCluster) -> Result<()> {
         Ok(())
     })
     .await?;
+    Ok(id)
+}
 
-    let out = run_cube(&url, &["stop", &id.to_string()]).await?;
-    ensure!(out.ok, "cube stop: {}", out.stderr);
-    c.wait_state(id, State::Completed, WITHIN).await?;
-    let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+/// `cube logs` shows all a task of [`submit_term_writer`] wrote at SIGTERM, once, in order.
+async fn shows_all_written_at_term(url: &str, id: Uuid) -> Result<()> {
+    let out = run_cube(url, &["logs", &id.to_string()]).await?;
     ensure!(out.ok, "{}", out.stderr);
-    let expected: Vec<String> = (1..=LAST).map(|i| format!("bye-{i}")).collect();
+    let expected: Vec<String> = (1..=AT_TERM).map(|i| format!("bye-{i}")).collect();
     assert_eq!(
         lines_with(&out.stdout, "bye-"),
         expected,
-        "all the TERM handler wrote, once, in order, when the stop is reported"
+        "all the TERM handler wrote, once, in order, when the end is reported"
     );
     Ok(())
+}
+
+async fn written_at_stop(c: &mut ProcCluster) -> Result<()> {
+    let url = c.nats.url();
+    let id = submit_term_writer(c).await?;
+    let out = run_cube(&url, &["stop", &id.to_string()]).await?;
+    ensure!(out.ok, "cube stop: {}", out.stderr);
+    c.wait_state(id, State::Completed, WITHIN).await?;
+    shows_all_written_at_term(&url, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_its_tasks_on_exit_publishes_their_last_output() -> Result<()> {
+    let mut c = ProcCluster::new().await?;
+    c.start_manager().await?;
+    c.worker_args = vec!["--stop-tasks-on-exit".into()];
+    c.add_worker().await?;
+    let result = written_at_worker_exit(&mut c).await;
+    c.explain(result)
+}
+
+async fn written_at_worker_exit(c: &mut ProcCluster) -> Result<()> {
+    let url = c.nats.url();
+    let worker = c.worker_names()[0].clone();
+    let id = submit_term_writer(c).await?;
+    let status = c.term_worker(&worker).await?;
+    ensure!(status.success(), "the worker ended with {status}");
+    c.wait_state(id, State::Failed, WITHIN).await?;
+    shows_all_written_at_term(&url, id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,9 @@ struct Inner {
     /// The publisher of each running container's output (task id → generation, follower).
     logs: Mutex<HashMap<Uuid, (u64, logs::Follower)>>,
     log_tracker: TaskTracker,
+    /// Cancels the output publishers: after `leave`, so that the output of the containers a
+    /// worker stops on its way out is published.
+    logs_shutdown: CancellationToken,
 }
 
 /// Runs a worker until `shutdown` is cancelled. Containers are left running on exit, for the
@@ -140,7 +143,10 @@ pub async fn run(
         task_locks: Mutex::default(),
         logs: Mutex::default(),
         log_tracker: TaskTracker::new(),
+        logs_shutdown: CancellationToken::new(),
     });
+    // However `run` returns, the publishers end with it.
+    let _logs_shutdown = inner.logs_shutdown.clone().drop_guard();
     // Exits are watched before the containers are listed, so none falls in between.
     let mut exits = inner.runtime.exits(&inner.cfg.name);
     if !inner.reconcile_on_start().await {
@@ -198,8 +204,9 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     inner.leave(&client, &nodes).await;
-    // The output publishers end with the shutdown; a worker adopting the containers
-    // resumes where they stopped.
+    // The output publishers end now; a worker adopting the containers resumes where they
+    // stopped.
+    inner.logs_shutdown.cancel();
     inner.log_tracker.close();
     inner.log_tracker.wait().await;
     info!(worker = %inner.cfg.name, "worker stopped");
@@ -368,7 +375,7 @@ impl Inner {
             task_id,
             generation,
             &self.cfg.name,
-            &self.shutdown,
+            &self.logs_shutdown,
             &self.log_tracker,
         );
         if let Some((_, old)) = followers.insert(task_id, (generation, follower)) {
@@ -910,6 +917,7 @@ impl Inner {
                     .await
                     .ok()
                     .flatten();
+                self.drain_logs(id, LOGS_DRAIN).await;
                 self.remove_container(id, generation).await;
                 self.forget(id);
                 let mut r = StateReport::new(id, &self.cfg.name, State::Failed);
