@@ -11,6 +11,7 @@ use cube_shared::subjects::{logs_for, LOGS_STREAM, LOG_STREAM_HEADER};
 use cube_shared::State;
 use cube_tests::procs::ProcCluster;
 use cube_tests::{cube_bin, eventually, task};
+use cube_worker::runtime::Runtime;
 use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
@@ -233,6 +234,20 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
     Ok(())
 }
 
+/// Submits a task that prints `line-1` to `line-<lines>`, five a second, and waits until it
+/// runs.
+async fn submit_counter(c: &mut ProcCluster, lines: usize) -> Result<Uuid> {
+    let id = c
+        .submit(task(&[
+            "sh",
+            "-c",
+            &format!("for i in $(seq 1 {lines}); do echo line-$i; sleep 0.2; done"),
+        ]))
+        .await?;
+    c.wait_state(id, State::Running, WITHIN).await?;
+    Ok(id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_carries_on_across_a_worker_restart() -> Result<()> {
     let mut c = ProcCluster::start(1).await?;
@@ -244,14 +259,7 @@ async fn across_restart(c: &mut ProcCluster) -> Result<()> {
     const LINES: usize = 60;
     let url = c.nats.url();
     let worker = c.worker_names()[0].clone();
-    let id = c
-        .submit(task(&[
-            "sh",
-            "-c",
-            &format!("for i in $(seq 1 {LINES}); do echo line-$i; sleep 0.2; done"),
-        ]))
-        .await?;
-    c.wait_state(id, State::Running, WITHIN).await?;
+    let id = submit_counter(c, LINES).await?;
     let mut follow = Follow::start(&url, id)?;
     follow.wait_for("line-5\n").await?;
 
@@ -277,6 +285,157 @@ async fn across_restart(c: &mut ProcCluster) -> Result<()> {
     );
     assert_eq!(c.task(id).await?.state, State::Completed);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_while_the_worker_was_down_is_published_when_it_returns() -> Result<()> {
+    let mut c = ProcCluster::start(1).await?;
+    let result = ended_while_down(&mut c).await;
+    c.explain(result)
+}
+
+async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
+    const LINES: usize = 30;
+    let url = c.nats.url();
+    let worker = c.worker_names()[0].clone();
+    let id = submit_counter(c, LINES).await?;
+    eventually(WITHIN, "`cube logs` shows line-3", || async {
+        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        ensure!(out.stdout.contains("line-3\n"), "{:?}", out.stdout);
+        Ok(())
+    })
+    .await?;
+
+    // The worker dies (SIGKILL) while the task writes; the task prints its last lines and
+    // exits while no worker watches it.
+    c.kill_worker(&worker).await?;
+    let docker = c.docker.clone();
+    let running = |worker: String| {
+        let docker = docker.clone();
+        async move {
+            let observed = docker.list(&worker).await?;
+            Ok::<_, anyhow::Error>(observed.iter().any(|o| o.task_id == id && o.running))
+        }
+    };
+    ensure!(
+        running(worker.clone()).await?,
+        "the task ended before the worker was killed: nothing to test"
+    );
+    let before = run_cube(&url, &["logs", &id.to_string()]).await?;
+    let at_kill = lines_with(&before.stdout, "line-").len();
+    ensure!(at_kill < LINES, "all output was published before the kill");
+    eventually(WITHIN, "the container exits", || async {
+        ensure!(!running(worker.clone()).await?, "still running");
+        Ok(())
+    })
+    .await?;
+
+    // The worker comes back, reports the exit and publishes the rest before it removes the
+    // container.
+    c.start_worker(&worker).await?;
+    c.wait_state(id, State::Completed, WITHIN).await?;
+    let expected: Vec<String> = (1..=LINES).map(|i| format!("line-{i}")).collect();
+    eventually(WITHIN, "`cube logs` shows every line", || async {
+        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        ensure!(out.ok, "{}", out.stderr);
+        ensure!(
+            lines_with(&out.stdout, "line-").len() >= LINES,
+            "{} lines",
+            lines_with(&out.stdout, "line-").len()
+        );
+        Ok(())
+    })
+    .await?;
+    let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+    assert_eq!(
+        lines_with(&out.stdout, "line-"),
+        expected,
+        "every line exactly once, in order ({at_kill} published before the kill)"
+    );
+    let left = c.docker.list(&worker).await?;
+    ensure!(
+        !left.iter().any(|o| o.task_id == id),
+        "the ended container was not removed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_task_writes_when_stopped_is_kept() -> Result<()> {
+    let mut c = ProcCluster::start(1).await?;
+    let result = written_at_stop(&mut c).await;
+    c.explain(result)
+}
+
+/// How many lines a task of [`submit_term_writer`] writes when it gets SIGTERM.
+const AT_TERM: usize = 5000;
+
+/// Submits a task whose TERM handler writes `bye-1` to `bye-<AT_TERM>` (about 50 KB, so that
+/// its output publisher is still reading when the container has exited), and waits until its
+/// first output is published.
+async fn submit_term_writer(c: &mut ProcCluster) -> Result<Uuid> {
+    const LAST: usize = AT_TERM;
+    let url = c.nats.url();
+    let id = c
+        .submit(task(&[
+            "sh",
+            "-c",
+            &format!(
+                "trap 'seq 1 {LAST} | sed s/^/bye-/; exit 0' TERM; \
+                 echo started; while true; do sleep 0.1; done"
+            ),
+        ]))
+        .await?;
+    c.wait_state(id, State::Running, WITHIN).await?;
+    eventually(WITHIN, "`cube logs` shows the task started", || async {
+        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        ensure!(out.stdout.contains("started\n"), "{:?}", out.stdout);
+        Ok(())
+    })
+    .await?;
+    Ok(id)
+}
+
+/// `cube logs` shows all a task of [`submit_term_writer`] wrote at SIGTERM, once, in order.
+async fn shows_all_written_at_term(url: &str, id: Uuid) -> Result<()> {
+    let out = run_cube(url, &["logs", &id.to_string()]).await?;
+    ensure!(out.ok, "{}", out.stderr);
+    let expected: Vec<String> = (1..=AT_TERM).map(|i| format!("bye-{i}")).collect();
+    assert_eq!(
+        lines_with(&out.stdout, "bye-"),
+        expected,
+        "all the TERM handler wrote, once, in order, when the end is reported"
+    );
+    Ok(())
+}
+
+async fn written_at_stop(c: &mut ProcCluster) -> Result<()> {
+    let url = c.nats.url();
+    let id = submit_term_writer(c).await?;
+    let out = run_cube(&url, &["stop", &id.to_string()]).await?;
+    ensure!(out.ok, "cube stop: {}", out.stderr);
+    c.wait_state(id, State::Completed, WITHIN).await?;
+    shows_all_written_at_term(&url, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_its_tasks_on_exit_publishes_their_last_output() -> Result<()> {
+    let mut c = ProcCluster::new().await?;
+    c.start_manager().await?;
+    c.worker_args = vec!["--stop-tasks-on-exit".into()];
+    c.add_worker().await?;
+    let result = written_at_worker_exit(&mut c).await;
+    c.explain(result)
+}
+
+async fn written_at_worker_exit(c: &mut ProcCluster) -> Result<()> {
+    let url = c.nats.url();
+    let worker = c.worker_names()[0].clone();
+    let id = submit_term_writer(c).await?;
+    let status = c.term_worker(&worker).await?;
+    ensure!(status.success(), "the worker ended with {status}");
+    c.wait_state(id, State::Failed, WITHIN).await?;
+    shows_all_written_at_term(&url, id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

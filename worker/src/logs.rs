@@ -31,6 +31,10 @@ const FLUSH_AFTER: Duration = Duration::from_millis(200);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a broken Docker log stream is opened again before the follower gives up.
 const REOPEN_ATTEMPTS: u32 = 3;
+/// The first and the longest wait before a container that still runs is followed again
+/// after its output ended.
+const RESUME_MIN: Duration = Duration::from_secs(1);
+const RESUME_MAX: Duration = Duration::from_secs(30);
 
 /// A piece of output ready to publish: bytes of one output, and the time of the last line
 /// that ends in it.
@@ -117,8 +121,12 @@ impl Follower {
     pub(crate) async fn drain(mut self, within: Duration) {
         let mut failing = self.failing.clone();
         tokio::select! {
+            // The follower ended: done, whatever else is ready too.
+            biased;
             _ = &mut self.done => return,
-            _ = failing.wait_for(|f| *f) => {
+            // `Err` is only the follower ending (its sender dropped): not a failure, and
+            // `done` is about to be ready.
+            Ok(_) = failing.wait_for(|f| *f) => {
                 warn!("cannot publish the container's output; giving up on the rest");
             }
             _ = tokio::time::sleep(within) => {
@@ -154,7 +162,8 @@ pub(crate) fn follow(
         token: token.clone(),
         failing,
     };
-    let done = tracker.spawn(publisher.run(runtime, task_id).instrument(span));
+    let run = publisher.run(runtime, task_id, worker.to_string());
+    let done = tracker.spawn(run.instrument(span));
     Follower {
         token,
         done,
@@ -173,12 +182,15 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(mut self, runtime: Arc<dyn Runtime>, task_id: Uuid) {
+    async fn run(mut self, runtime: Arc<dyn Runtime>, task_id: Uuid, worker: String) {
         let Some(mut since) = self.resume_point().await else {
             return;
         };
         let mut chunker = Chunker::new(LOG_CHUNK_MAX);
         let mut attempts = 0;
+        // How long to wait before following again a container whose output ended while it
+        // still runs (Docker restarted, the stream broke for good).
+        let mut resume_after = RESUME_MIN;
         // Docker's follow can end a moment before the last lines of a container that exits
         // are in its log: once it ends, the rest is read once more, without following.
         let mut catching_up = false;
@@ -208,6 +220,7 @@ impl Publisher {
                             }
                         }
                         attempts = 0;
+                        resume_after = RESUME_MIN;
                         let time = line.time;
                         for chunk in chunker.push(line) {
                             if !self.publish(chunk).await {
@@ -230,15 +243,35 @@ impl Publisher {
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "cannot read the container's output");
-                        break 'open;
+                        break;
                     }
                     None if !catching_up => {
                         catching_up = true;
                         continue 'open;
                     }
-                    None => break 'open,
+                    None => break,
                 }
             }
+            // The output ended (and what followed was read once more), or cannot be read:
+            // over for good only if the container no longer runs.
+            if !still_runs(&*runtime, &worker, task_id, self.generation).await {
+                break 'open;
+            }
+            debug!(
+                ?resume_after,
+                "the container still runs; following it again"
+            );
+            if let Some(chunk) = chunker.flush() {
+                if !self.publish(chunk).await {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = self.token.cancelled() => return,
+                _ = tokio::time::sleep(resume_after) => {}
+            }
+            resume_after = (resume_after * 2).min(RESUME_MAX);
+            (attempts, catching_up) = (0, false);
         }
         if let Some(chunk) = chunker.flush() {
             self.publish(chunk).await;
@@ -338,6 +371,20 @@ impl Publisher {
             debug!(%error, "{what}; retrying");
         } else {
             warn!(%error, "{what}; retrying");
+        }
+    }
+}
+
+/// Whether the container of the task's placement `generation` still runs; if the runtime
+/// cannot say, it may.
+async fn still_runs(runtime: &dyn Runtime, worker: &str, task_id: Uuid, generation: u64) -> bool {
+    match runtime.list(worker).await {
+        Ok(observed) => observed
+            .iter()
+            .any(|o| o.task_id == task_id && o.generation == generation && o.running),
+        Err(e) => {
+            debug!(error = %e, "cannot tell whether the container still runs");
+            true
         }
     }
 }

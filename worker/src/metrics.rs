@@ -4,7 +4,7 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The Docker API calls the runtime makes: the `operation` label of `cube_docker_errors_total`.
-pub const DOCKER_OPERATIONS: [&str; 10] = [
+pub const DOCKER_OPERATIONS: [&str; 11] = [
     "inspect_image",
     "pull_image",
     "create_container",
@@ -15,6 +15,7 @@ pub const DOCKER_OPERATIONS: [&str; 10] = [
     "list_containers",
     "events",
     "exec",
+    "logs",
 ];
 
 /// A worker's metrics. Cloning shares them. A fresh set counts, but nobody sees it until it

@@ -102,6 +102,9 @@ struct Inner {
     /// The publisher of each running container's output (task id → generation, follower).
     logs: Mutex<HashMap<Uuid, (u64, logs::Follower)>>,
     log_tracker: TaskTracker,
+    /// Cancels the output publishers: after `leave`, so that the output of the containers a
+    /// worker stops on its way out is published.
+    logs_shutdown: CancellationToken,
 }
 
 /// Runs a worker until `shutdown` is cancelled. Containers are left running on exit, for the
@@ -140,7 +143,10 @@ pub async fn run(
         task_locks: Mutex::default(),
         logs: Mutex::default(),
         log_tracker: TaskTracker::new(),
+        logs_shutdown: CancellationToken::new(),
     });
+    // However `run` returns, the publishers end with it.
+    let _logs_shutdown = inner.logs_shutdown.clone().drop_guard();
     // Exits are watched before the containers are listed, so none falls in between.
     let mut exits = inner.runtime.exits(&inner.cfg.name);
     if !inner.reconcile_on_start().await {
@@ -198,8 +204,9 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     inner.leave(&client, &nodes).await;
-    // The output publishers end with the shutdown; a worker adopting the containers
-    // resumes where they stopped.
+    // The output publishers end now; a worker adopting the containers resumes where they
+    // stopped.
+    inner.logs_shutdown.cancel();
     inner.log_tracker.close();
     inner.log_tracker.wait().await;
     info!(worker = %inner.cfg.name, "worker stopped");
@@ -368,7 +375,7 @@ impl Inner {
             task_id,
             generation,
             &self.cfg.name,
-            &self.shutdown,
+            &self.logs_shutdown,
             &self.log_tracker,
         );
         if let Some((_, old)) = followers.insert(task_id, (generation, follower)) {
@@ -597,8 +604,11 @@ impl Inner {
             Ok(code) => {
                 info!(exit_code = ?code, generation = g, "stopped on request");
                 if running == Some(g) {
+                    // What it wrote while stopping (a TERM handler) is published before the
+                    // container goes.
                     self.drain_logs(id, LOGS_DRAIN).await;
                 }
+                self.remove_container(id, g).await;
                 self.lock_finished().insert(id, g);
                 if running == Some(g) {
                     self.forget(id);
@@ -669,8 +679,13 @@ impl Inner {
         r.container_id = container_id;
         r.start_time = start_time;
         self.report(r).await;
+        self.remove_container(task_id, generation).await;
+    }
+
+    /// Removes the container of a placement that has ended or was stopped.
+    async fn remove_container(&self, task_id: Uuid, generation: u64) {
         if let Err(e) = self.runtime.remove(task_id, generation).await {
-            warn!(error = %e, "removing the exited container");
+            warn!(error = %e, "removing the ended container");
         }
     }
 
@@ -735,6 +750,10 @@ impl Inner {
                             "the container ended while the worker was away"
                         )
                     });
+                    // Its output since the last chunk published before the worker went
+                    // away: the follower resumes there, and `finish` lets it publish the rest
+                    // before the container is removed.
+                    self.follow_logs(task.id, task.generation);
                     let run = (Some(o.container_id.clone()), o.start_time);
                     self.finish(exit, task.generation, run)
                         .instrument(span)
@@ -743,12 +762,17 @@ impl Inner {
                 (None, _) => {
                     removed += 1;
                     span.in_scope(|| info!("removing a container this worker no longer owns"));
-                    if let Err(e) = self
+                    match self
                         .runtime
                         .stop(o.task_id, o.generation, self.cfg.stop_grace)
                         .await
                     {
-                        span.in_scope(|| warn!(error = %e, "removing a stale container"));
+                        Ok(_) => {
+                            self.remove_container(o.task_id, o.generation)
+                                .instrument(span)
+                                .await
+                        }
+                        Err(e) => span.in_scope(|| warn!(error = %e, "removing a stale container")),
                     }
                 }
             }
@@ -861,6 +885,7 @@ impl Inner {
                 }
             };
             self.drain_logs(task.id, LOGS_DRAIN).await;
+            self.remove_container(task.id, task.generation).await;
             self.lock_finished().insert(task.id, task.generation);
             self.forget(task.id);
             let mut r = StateReport::new(task.id, &self.cfg.name, State::Failed);
@@ -892,6 +917,8 @@ impl Inner {
                     .await
                     .ok()
                     .flatten();
+                self.drain_logs(id, LOGS_DRAIN).await;
+                self.remove_container(id, generation).await;
                 self.forget(id);
                 let mut r = StateReport::new(id, &self.cfg.name, State::Failed);
                 r.generation = Some(generation);

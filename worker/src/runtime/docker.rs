@@ -411,7 +411,6 @@ impl Runtime for DockerRuntime {
                 None
             }
         };
-        self.force_remove(&name).await?;
         Ok(code.or(Some(0)))
     }
 
@@ -551,6 +550,7 @@ impl Runtime for DockerRuntime {
             .since(since.map_or(0, |t| t.timestamp().clamp(0, i32::MAX as i64) as i32))
             .build();
         let docker = self.docker.clone();
+        let errors = self.errors.clone();
         let name = container_name(task_id, generation);
         docker
             .logs(&name, Some(options))
@@ -558,17 +558,24 @@ impl Runtime for DockerRuntime {
             .take_while(|item| {
                 futures::future::ready(!matches!(item, Err(e) if status(e) == Some(404)))
             })
-            .filter_map(|item| async move {
-                use bollard::container::LogOutput;
-                match item {
-                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                        Some(Ok(log_line(Output::Stdout, message)))
+            .filter_map(move |item| {
+                let errors = errors.clone();
+                async move {
+                    use bollard::container::LogOutput;
+                    match item {
+                        Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                            Some(Ok(log_line(Output::Stdout, message)))
+                        }
+                        Ok(LogOutput::StdErr { message }) => {
+                            Some(Ok(log_line(Output::Stderr, message)))
+                        }
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        // Not a 404 (that ended the stream above): a real failure.
+                        Err(e) => {
+                            errors.inc("logs");
+                            Some(Err(unavailable("reading the container's output", e)))
+                        }
                     }
-                    Ok(LogOutput::StdErr { message }) => {
-                        Some(Ok(log_line(Output::Stderr, message)))
-                    }
-                    Ok(LogOutput::StdIn { .. }) => None,
-                    Err(e) => Some(Err(unavailable("reading the container's output", e))),
                 }
             })
             .boxed()

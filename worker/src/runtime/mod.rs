@@ -96,7 +96,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn start(&self, task: &Task, worker: &str) -> Result<Started, RuntimeError>;
 
     /// Stops the container of the task's placement `generation` (signal, then kill after
-    /// `grace`) and removes it. Returns its exit code, or `None` if there was no container.
+    /// `grace`). Returns its exit code, or `None` if there was no container. The container
+    /// (and its output) may remain until [`remove`](Runtime::remove): what it wrote while
+    /// stopping can still be read.
     async fn stop(
         &self,
         task_id: Uuid,
