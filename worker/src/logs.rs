@@ -112,25 +112,47 @@ pub(crate) struct Follower {
     done: JoinHandle<()>,
     /// Whether its last attempt to reach JetStream failed.
     failing: watch::Receiver<bool>,
+    /// How many chunks it has stored.
+    stored: watch::Receiver<u64>,
 }
 
+/// However steadily a follower makes progress, a drain waits at most this many times its
+/// bound without progress.
+const DRAIN_LIMIT_FACTOR: u32 = 12;
+
 impl Follower {
-    /// Waits up to `within` for the follower to publish the rest of the output (the
-    /// container has ended), then stops it. It is not waited for while it cannot reach
-    /// JetStream: a broken logs stream must not delay the worker.
+    /// Waits for the follower to publish the rest of the output (the container has ended),
+    /// then stops it: as long as it stores a chunk at least every `within` (a busy
+    /// nats-server acknowledges slowly, but the output still arrives), up to
+    /// [`DRAIN_LIMIT_FACTOR`] times `within` in all. It is not waited for while it cannot
+    /// reach JetStream: a broken logs stream must not delay the worker.
     pub(crate) async fn drain(mut self, within: Duration) {
         let mut failing = self.failing.clone();
-        tokio::select! {
-            // The follower ended: done, whatever else is ready too.
-            biased;
-            _ = &mut self.done => return,
-            // `Err` is only the follower ending (its sender dropped): not a failure, and
-            // `done` is about to be ready.
-            Ok(_) = failing.wait_for(|f| *f) => {
-                warn!("cannot publish the container's output; giving up on the rest");
-            }
-            _ = tokio::time::sleep(within) => {
-                warn!("container output not all published in {within:?}; giving up on the rest");
+        let limit = tokio::time::sleep(within * DRAIN_LIMIT_FACTOR);
+        tokio::pin!(limit);
+        loop {
+            tokio::select! {
+                // The follower ended: done, whatever else is ready too.
+                biased;
+                _ = &mut self.done => return,
+                // `Err` is only the follower ending (its sender dropped): not a failure, and
+                // `done` is about to be ready.
+                Ok(_) = failing.wait_for(|f| *f) => {
+                    warn!("cannot publish the container's output; giving up on the rest");
+                    break;
+                }
+                Ok(()) = self.stored.changed() => continue,
+                _ = &mut limit => {
+                    warn!(
+                        "container output not all published in {:?}; giving up on the rest",
+                        within * DRAIN_LIMIT_FACTOR
+                    );
+                    break;
+                }
+                _ = tokio::time::sleep(within) => {
+                    warn!("no container output published for {within:?}; giving up on the rest");
+                    break;
+                }
             }
         }
         self.token.cancel();
@@ -155,12 +177,14 @@ pub(crate) fn follow(
     // Its own span: it outlives the operation that started it.
     let span = info_span!(parent: None, "logs", task.id = %task_id, generation, worker);
     let (failing, failing_rx) = watch::channel(false);
+    let (stored, stored_rx) = watch::channel(0);
     let publisher = Publisher {
         js,
         subject: logs_for(task_id),
         generation,
         token: token.clone(),
         failing,
+        stored,
     };
     let run = publisher.run(runtime, task_id, worker.to_string());
     let done = tracker.spawn(run.instrument(span));
@@ -168,6 +192,7 @@ pub(crate) fn follow(
         token,
         done,
         failing: failing_rx,
+        stored: stored_rx,
     }
 }
 
@@ -179,6 +204,8 @@ struct Publisher {
     /// Whether the last attempt to reach JetStream failed (only the first failure in a row
     /// is a warning).
     failing: watch::Sender<bool>,
+    /// Chunks stored so far (a drain waits while this moves).
+    stored: watch::Sender<u64>,
 }
 
 impl Publisher {
@@ -353,6 +380,7 @@ impl Publisher {
             match result {
                 Ok(Ok(())) => {
                     self.failing.send_replace(false);
+                    self.stored.send_modify(|n| *n += 1);
                     return true;
                 }
                 Ok(Err(e)) => self.failed(&e, "publishing container output"),
