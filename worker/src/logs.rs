@@ -118,7 +118,7 @@ pub(crate) struct Follower {
 
 /// However steadily a follower makes progress, a drain waits at most this many times its
 /// bound without progress.
-const DRAIN_LIMIT_FACTOR: u32 = 12;
+const DRAIN_LIMIT_FACTOR: u32 = 4;
 
 impl Follower {
     /// Waits for the follower to publish the rest of the output (the container has ended),

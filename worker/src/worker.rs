@@ -30,10 +30,11 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How many ended placements a worker remembers, to refuse a late duplicate of their start.
 const FINISHED_MEMORY: usize = 100_000;
-/// How long a container that ended may take to have the rest of its output published
-/// before it is reported (and removed): `cube logs -f` ends once a task ended, and should
-/// have seen everything by then.
-const LOGS_DRAIN: Duration = Duration::from_secs(5);
+/// How long the rest of a container's output may go without a chunk stored before the
+/// container is reported ended (and removed) regardless: `cube logs -f` ends once a task
+/// ended, and should have seen everything by then. Under a loaded nats-server and Docker
+/// engine (the full test suite on two cores) a drain was seen to pause for 5 s.
+const LOGS_DRAIN: Duration = Duration::from_secs(15);
 
 /// What the Task DB says about a start this worker was handed.
 enum Verdict {
