@@ -162,14 +162,15 @@ fn print_chunk(msg: &jetstream::Message) -> Result<()> {
         .and_then(|h| h.get(LOG_STREAM_HEADER))
         .is_some_and(|v| v.as_str() == "stderr");
     if stderr {
-        let mut err = std::io::stderr().lock();
-        err.write_all(&msg.payload)?;
-        err.flush()?;
+        emit(std::io::stderr().lock(), &msg.payload)
     } else {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&msg.payload)?;
-        out.flush()?;
+        emit(std::io::stdout().lock(), &msg.payload)
     }
+}
+
+fn emit(mut to: impl Write, bytes: &[u8]) -> Result<()> {
+    to.write_all(bytes)?;
+    to.flush()?;
     Ok(())
 }
 

@@ -72,14 +72,6 @@ impl PlacementReason {
 
 const NODE_STATES: [NodeState; 3] = [NodeState::Ready, NodeState::Draining, NodeState::Down];
 
-fn node_state_label(s: NodeState) -> &'static str {
-    match s {
-        NodeState::Ready => "ready",
-        NodeState::Draining => "draining",
-        NodeState::Down => "down",
-    }
-}
-
 /// Scheduling latency buckets, in seconds: from a millisecond to a minute (a task may wait
 /// for a node with room).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,28 +109,21 @@ pub(crate) struct Placements([IntCounter; PlacementReason::ALL.len()]);
 
 impl Placements {
     pub(crate) fn inc(&self, reason: PlacementReason) {
-        let i = PlacementReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.0[i].inc();
+        // `ALL` lists the reasons in declaration order (a test checks it).
+        self.0[reason as usize].inc();
     }
-}
-
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help)
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         // The names and help texts are constants: building them cannot fail.
         let tasks = IntGaugeVec::new(
-            opts("cube_tasks", "Tasks in the Task DB, by state."),
+            Opts::new("cube_tasks", "Tasks in the Task DB, by state."),
             &["state"],
         )
         .expect("valid metric");
         let placements = IntCounterVec::new(
-            opts(
+            Opts::new(
                 "cube_placements_total",
                 "Placements published to workers or the shared queue, by scheduler and reason (new, restart, drain).",
             ),
@@ -146,7 +131,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let nodes = IntGaugeVec::new(
-            opts(
+            Opts::new(
                 "cube_nodes",
                 "Worker nodes, by state (ready, draining, down; silent longer than the TTL is down).",
             ),
@@ -154,7 +139,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let rejected = IntCounterVec::new(
-            opts(
+            Opts::new(
                 "cube_rejected_total",
                 "Messages refused and published on tasks.rejected, by kind.",
             ),
@@ -178,7 +163,7 @@ impl Metrics {
                 "Tasks started again by their restart policy (including after a lost node).",
             )
             .expect("valid metric"),
-            nodes_by_state: NODE_STATES.map(|s| nodes.with_label_values(&[node_state_label(s)])),
+            nodes_by_state: NODE_STATES.map(|s| nodes.with_label_values(&[s.to_string()])),
             nodes,
             rejected_by_kind: RejectKind::ALL.map(|k| rejected.with_label_values(&[k.as_str()])),
             rejected,
@@ -245,7 +230,8 @@ impl Metrics {
     }
 
     pub(crate) fn rejected(&self, kind: RejectKind) {
-        let i = RejectKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        // `ALL` lists the kinds in declaration order (a test checks it).
+        let i = kind as usize;
         self.rejected_by_kind[i].inc();
     }
 }
@@ -271,14 +257,21 @@ impl NodeCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::Encoder;
 
     fn scrape(registry: &Registry) -> String {
-        let mut out = Vec::new();
         prometheus::TextEncoder::new()
-            .encode(&registry.gather(), &mut out)
-            .unwrap();
-        String::from_utf8(out).unwrap()
+            .encode_to_string(&registry.gather())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_lists_are_in_declaration_order() {
+        for (i, r) in PlacementReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, k) in RejectKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
     }
 
     #[test]

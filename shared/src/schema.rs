@@ -210,13 +210,7 @@ mod tests {
 
     /// Events any client might send, and that Cube accepts.
     fn valid_events() -> Vec<String> {
-        let example = r#"{ "id": "5b0c2f7e-3a1d-4c55-9f57-2f1a8a3c9d01", "state": "running",
-          "timestamp": "2026-11-22T10:00:00Z",
-          "task": { "id": "c3a5e0f2-7b8e-4d6c-a1f0-9e2d3b4c5a60", "name": "web", "image": "nginx:1.27",
-            "cmd": ["nginx", "-g", "daemon off;"], "env": ["K=V"],
-            "cpu": 0.5, "memory": 268435456, "disk": 0,
-            "exposed_ports": ["80/tcp"], "port_bindings": { "80/tcp": "8080" },
-            "restart_policy": "on-failure", "health_check": "/health" } }"#;
+        let example = crate::wire::CONTRACT_EXAMPLE;
         let minimal = r#"{"id":"5b0c2f7e-3a1d-4c55-9f57-2f1a8a3c9d01","state":"running",
           "task":{"id":"c3a5e0f2-7b8e-4d6c-a1f0-9e2d3b4c5a60","image":"busybox"}}"#;
         let durations = r#"{"id":"5b0c2f7e-3a1d-4c55-9f57-2f1a8a3c9d01","state":"running",

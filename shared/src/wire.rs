@@ -127,6 +127,16 @@ pub fn salvage(bytes: &[u8]) -> Salvaged {
     }
 }
 
+/// The TaskEvent of the README's NATS contract, for tests.
+#[cfg(test)]
+pub(crate) const CONTRACT_EXAMPLE: &str = r#"{ "id": "5b0c2f7e-3a1d-4c55-9f57-2f1a8a3c9d01", "state": "running",
+  "timestamp": "2026-11-22T10:00:00Z",
+  "task": { "id": "c3a5e0f2-7b8e-4d6c-a1f0-9e2d3b4c5a60", "name": "web", "image": "nginx:1.27",
+    "cmd": ["nginx", "-g", "daemon off;"], "env": ["K=V"],
+    "cpu": 0.5, "memory": 268435456, "disk": 0,
+    "exposed_ports": ["80/tcp"], "port_bindings": { "80/tcp": "8080" },
+    "restart_policy": "on-failure", "health_check": "/health" } }"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,13 +154,7 @@ mod tests {
 
     #[test]
     fn contract_example_decodes() {
-        let json = r#"{ "id": "6c1d2f0e-8b7a-4c47-9d0e-2d4f3c5b6a71", "state": "running",
-          "timestamp": "2026-11-22T10:00:00Z",
-          "task": { "id": "0b6f3c1e-2a4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "web", "image": "nginx:1.27",
-            "cmd": ["nginx", "-g", "daemon off;"], "env": ["K=V"],
-            "cpu": 0.5, "memory": 268435456, "disk": 0,
-            "exposed_ports": ["80/tcp"], "port_bindings": { "80/tcp": "8080" },
-            "restart_policy": "on-failure", "health_check": "/health" } }"#;
+        let json = CONTRACT_EXAMPLE;
         let e = decode_event(json.as_bytes()).unwrap();
         assert_eq!(e.task.memory, 268435456);
         assert_eq!(e.task.port_bindings["80/tcp"], "8080");

@@ -166,10 +166,7 @@ async fn events(
         Some(t) => Some(app.cube.task(t).await.map_err(ApiError::lookup)?.id),
         None => None,
     };
-    match app.cube.journal(last, task).await {
-        Err(Error::NoStream(_)) => Ok(Json(Vec::new())),
-        other => Ok(Json(other?)),
-    }
+    Ok(Json(app.cube.journal(last, task).await?))
 }
 
 async fn logs(

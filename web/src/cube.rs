@@ -105,7 +105,11 @@ impl Cube {
     /// the last [`JOURNAL_SCAN`].
     pub async fn journal(&self, last: u64, task: Option<Uuid>) -> Result<Vec<JournalEntry>, Error> {
         let scan = if task.is_some() { JOURNAL_SCAN } else { last };
-        let messages = self.tail(JOURNAL_STREAM, None, scan).await?;
+        // A journal stream that does not exist yet holds no entries.
+        let messages = match self.tail(JOURNAL_STREAM, None, scan).await {
+            Err(Error::NoStream(_)) => Vec::new(),
+            other => other?,
+        };
         let mut entries: Vec<JournalEntry> = messages
             .into_iter()
             .filter_map(|m| wire::decode::<JournalEntry>(&m, MAX_MESSAGE_BYTES).ok())
@@ -169,8 +173,9 @@ impl Cube {
         last: u64,
         mut keep: impl FnMut(bytes::Bytes),
     ) -> Result<(), Error> {
+        let reading = |e: &dyn std::fmt::Display| Error::Nats(format!("reading {stream}: {e}"));
         let read = async {
-            let mut handle = self
+            let handle = self
                 .js
                 .get_stream(stream)
                 .await
@@ -182,10 +187,8 @@ impl Cube {
                     }
                     _ => Error::Nats(format!("stream {stream}: {e}")),
                 })?;
-            let info = handle
-                .info()
-                .await
-                .map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?;
+            // `get_stream` fetched the stream's info just now: no second round trip.
+            let info = handle.cached_info();
             let (first, last_seq) = (info.state.first_sequence, info.state.last_sequence);
             if last_seq == 0 || last == 0 {
                 return Ok(());
@@ -206,23 +209,16 @@ impl Cube {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?;
+                .map_err(|e| reading(&e))?;
             // What is there now; messages stored later are not waited for.
-            let pending = consumer
-                .info()
-                .await
-                .map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?
-                .num_pending;
+            let pending = consumer.info().await.map_err(|e| reading(&e))?.num_pending;
             if pending == 0 {
                 return Ok(());
             }
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?;
+            let mut messages = consumer.messages().await.map_err(|e| reading(&e))?;
             let mut delivered = 0u64;
             while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(|e| Error::Nats(format!("reading {stream}: {e}")))?;
+                let msg = msg.map_err(|e| reading(&e))?;
                 let (sequence, left) = msg
                     .info()
                     .map_or((0, 0), |i| (i.stream_sequence, i.pending));

@@ -97,7 +97,7 @@ async fn forward(
                     // Only what parses as a Task goes to the browser.
                     wire::decode::<Task>(&entry.value, MAX_EVENT_BYTES)
                         .ok()
-                        .map(|t| Event::default().event("task").data(String::from_utf8_lossy(&wire::encode(&t))))
+                        .map(|t| json_event("task", &t))
                 }
                 Ok(_) => None,
                 Err(e) => {
@@ -110,7 +110,7 @@ async fn forward(
                     if e.kind.starts_with("node") || e.kind == "drain" {
                         nodes_due = true;
                     }
-                    Event::default().event("journal").data(String::from_utf8_lossy(&wire::encode(&e)))
+                    json_event("journal", &e)
                 }),
                 Err(e) => {
                     debug!(error = %e, "following the journal");
@@ -126,7 +126,7 @@ async fn forward(
                     nodes_due = false;
                     last_nodes = tokio::time::Instant::now();
                     match app.cube.nodes().await {
-                        Ok(nodes) => Some(Event::default().event("nodes").data(String::from_utf8_lossy(&wire::encode(&nodes)))),
+                        Ok(nodes) => Some(json_event("nodes", &nodes)),
                         Err(e) => Some(Event::default().event("problem").data(e.to_string())),
                     }
                 } else {
@@ -140,4 +140,11 @@ async fn forward(
             }
         }
     }
+}
+
+/// A server-sent event named `name` whose data is `value` as JSON.
+fn json_event(name: &'static str, value: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(String::from_utf8_lossy(&wire::encode(value)))
 }

@@ -162,18 +162,6 @@ fn journal_table(id: &str, entries: &[JournalEntry]) -> Markup {
     }
 }
 
-/// Every page and API-driven fetch of the journal copes with its stream not existing yet.
-async fn journal(
-    app: &App,
-    last: u64,
-    task: Option<uuid::Uuid>,
-) -> Result<Vec<JournalEntry>, Error> {
-    match app.cube.journal(last, task).await {
-        Err(Error::NoStream(_)) => Ok(Vec::new()),
-        other => other,
-    }
-}
-
 async fn overview(
     State(app): State<App>,
     Query(filter): Query<TasksFilter>,
@@ -185,7 +173,7 @@ async fn overview(
         .into_iter()
         .map(|s| (s, list.counts.get(&s).copied().unwrap_or(0)))
         .collect();
-    let events = journal(&app, 30, None).await?;
+    let events = app.cube.journal(30, None).await?;
     let state = filter.state.clone().unwrap_or_default();
     let node = filter.node.clone().unwrap_or_default();
     let link = |s: &str| {
@@ -251,7 +239,7 @@ async fn task_page(
     Path(id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let task = app.cube.task(&id).await.map_err(ApiError::lookup)?;
-    let events = journal(&app, 200, Some(task.id)).await?;
+    let events = app.cube.journal(200, Some(task.id)).await?;
     let logs = app.cube.logs(task.id).await?;
     Ok(Html(
         layout(

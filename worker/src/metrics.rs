@@ -124,7 +124,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::Encoder;
 
     #[test]
     fn every_series_is_exposed_and_counts_separately() {
@@ -135,11 +134,9 @@ mod tests {
         m.docker_errors.inc("pull_image");
         m.containers_started.inc();
         m.tasks_running.set(3);
-        let mut out = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&registry.gather(), &mut out)
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
             .unwrap();
-        let text = String::from_utf8(out).unwrap();
         assert!(text.contains("cube_docker_errors_total{operation=\"pull_image\"} 2"));
         assert!(text.contains("cube_docker_errors_total{operation=\"create_container\"} 0"));
         assert!(text.contains("cube_containers_started_total 1"));

@@ -559,24 +559,21 @@ impl Runtime for DockerRuntime {
                 futures::future::ready(!matches!(item, Err(e) if status(e) == Some(404)))
             })
             .filter_map(move |item| {
-                let errors = errors.clone();
-                async move {
-                    use bollard::container::LogOutput;
-                    match item {
-                        Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                            Some(Ok(log_line(Output::Stdout, message)))
-                        }
-                        Ok(LogOutput::StdErr { message }) => {
-                            Some(Ok(log_line(Output::Stderr, message)))
-                        }
-                        Ok(LogOutput::StdIn { .. }) => None,
-                        // Not a 404 (that ended the stream above): a real failure.
-                        Err(e) => {
-                            errors.inc("logs");
-                            Some(Err(unavailable("reading the container's output", e)))
-                        }
+                use bollard::container::LogOutput;
+                futures::future::ready(match item {
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        Some(Ok(log_line(Output::Stdout, message)))
                     }
-                }
+                    Ok(LogOutput::StdErr { message }) => {
+                        Some(Ok(log_line(Output::Stderr, message)))
+                    }
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    // Not a 404 (that ended the stream above): a real failure.
+                    Err(e) => {
+                        errors.inc("logs");
+                        Some(Err(unavailable("reading the container's output", e)))
+                    }
+                })
             })
             .boxed()
     }
