@@ -190,7 +190,7 @@ mod tests {
     fn distribute(name: &str, nodes: &[Node], n: usize, memory: u64) -> BTreeMap<String, usize> {
         let mut cluster = Cluster::default();
         for node in nodes {
-            cluster.put_node(node.clone(), Duration::from_secs(60));
+            cluster.put_node(node.clone(), Utc::now(), Duration::from_secs(60));
         }
         let mut scheduler = by_name(name).unwrap();
         let mut counts = BTreeMap::new();
@@ -339,7 +339,7 @@ mod tests {
                 for (i, (cores, mib, zone)) in specs.iter().enumerate() {
                     let mut n = node(&format!("n{i}"), f64::from(*cores), mib * MIB);
                     n.labels.insert("zone".into(), format!("z{zone}"));
-                    cluster.put_node(n, ttl);
+                    cluster.put_node(n, Utc::now(), ttl);
                 }
                 let mut scheduler = by_name(name).unwrap();
                 let mut running = Vec::new();

@@ -9,7 +9,7 @@ use cube_shared::{ApiReply, DrainRequest, Task, TaskQuery};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::manager::Manager;
+use crate::run::Shell;
 
 /// Request body of `cube.api.tasks.list` (all fields optional).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub struct TaskList {
 /// A reply must fit in one NATS message (1 MiB by default); lists stop short of that.
 const MAX_REPLY_BYTES: usize = 900 * 1024;
 
-impl Manager {
+impl Shell {
     pub(crate) async fn on_api(&mut self, msg: async_nats::Message) {
         let Some(reply) = msg.reply.clone() else {
             return;
@@ -47,16 +47,17 @@ impl Manager {
             API_TASKS_GET => respond(
                 wire::decode::<TaskQuery>(&msg.payload, MAX_MESSAGE_BYTES)
                     .map_err(|e| e.to_string())
-                    .and_then(|q| self.cluster.find(&q.id).cloned()),
+                    .and_then(|q| self.rules.cluster().find(&q.id).cloned()),
             ),
             API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(self
-                .cluster
+                .rules
+                .cluster()
                 .node_list(Utc::now(), self.cfg.node_ttl))),
             API_NODES_DRAIN => {
                 let request = wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES)
                     .map_err(|e| e.to_string());
                 let result = match request {
-                    Ok(r) => self.set_drain(&r.name, r.drain).await,
+                    Ok(r) => self.drain(&r.name, r.drain).await,
                     Err(e) => Err(e),
                 };
                 respond(result)
@@ -79,7 +80,8 @@ impl Manager {
         };
         let mut counts = BTreeMap::new();
         let mut matching: Vec<&Task> = self
-            .cluster
+            .rules
+            .cluster()
             .tasks()
             .inspect(|t| *counts.entry(t.state).or_insert(0) += 1)
             .filter(|t| query.state.is_none_or(|s| t.state == s))
@@ -101,6 +103,34 @@ impl Manager {
             tasks,
             counts,
         })
+    }
+}
+
+impl Shell {
+    /// Drains or undrains a node: recorded in the `cube-admin` bucket first, so a restarted
+    /// manager keeps it, then applied by the rules.
+    async fn drain(&mut self, name: &str, drain: bool) -> Result<cube_shared::Node, String> {
+        self.rules.check_drain(name).map_err(|e| e.to_string())?;
+        let key = format!("drain.{name}");
+        let stored = if drain {
+            let at = Utc::now().to_rfc3339().into();
+            self.topo
+                .admin
+                .put(&key, at)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            self.topo
+                .admin
+                .delete(&key)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        stored.map_err(|e| format!("recording the drain: {e}"))?;
+        self.rules
+            .set_drain(name, drain, Utc::now())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -134,9 +134,11 @@ impl Cluster {
         }
     }
 
-    /// Failed tasks whose restart is due at `now`.
+    /// Failed tasks whose restart is due at `now`, in id order (decisions must not depend on
+    /// a hash map's order: the simulation test replays them from a seed).
     pub fn restarts_due(&self, now: DateTime<Utc>) -> Vec<Uuid> {
-        self.restarting
+        let mut due: Vec<Uuid> = self
+            .restarting
             .iter()
             .filter(|id| {
                 self.tasks
@@ -145,19 +147,24 @@ impl Cluster {
                     .is_some_and(|at| at <= now)
             })
             .copied()
-            .collect()
+            .collect();
+        due.sort_unstable();
+        due
     }
 
-    /// Tasks placed on `worker` that are scheduled or running there.
+    /// Tasks placed on `worker` that are scheduled or running there, in id order.
     pub fn active_on(&self, worker: &str) -> Vec<Uuid> {
         if self.reserved.get(worker).is_none_or(|r| r.tasks == 0) {
             return Vec::new();
         }
-        self.tasks
+        let mut ids: Vec<Uuid> = self
+            .tasks
             .values()
             .filter(|t| t.state.is_active() && t.worker.as_deref() == Some(worker))
             .map(|t| t.id)
-            .collect()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -168,11 +175,12 @@ impl Cluster {
         self.nodes.get(name)
     }
 
-    /// Records a heartbeat. Returns true if the node is new (or back).
-    pub fn put_node(&mut self, node: Node, ttl: Duration) -> bool {
+    /// Records a heartbeat. Returns true if the node is new (or back: silent for longer than
+    /// `ttl` at `now`).
+    pub fn put_node(&mut self, node: Node, now: DateTime<Utc>, ttl: Duration) -> bool {
         let fresh = match self.nodes.get(&node.name) {
             None => true,
-            Some(old) => !alive(old, Utc::now(), ttl),
+            Some(old) => !alive(old, now, ttl),
         };
         self.nodes.insert(node.name.clone(), node);
         fresh
@@ -303,10 +311,10 @@ mod tests {
             last_heartbeat: now - chrono::Duration::seconds(age),
             ..crate::testing::node(name, 1.0, 1 << 30)
         };
-        c.put_node(node("a", NodeState::Ready, 0), ttl);
-        c.put_node(node("b", NodeState::Draining, 1), ttl);
-        c.put_node(node("c", NodeState::Ready, 60), ttl);
-        c.put_node(node("d", NodeState::Down, 0), ttl);
+        c.put_node(node("a", NodeState::Ready, 0), now, ttl);
+        c.put_node(node("b", NodeState::Draining, 1), now, ttl);
+        c.put_node(node("c", NodeState::Ready, 60), now, ttl);
+        c.put_node(node("d", NodeState::Down, 0), now, ttl);
         let counts = c.node_counts(now, ttl);
         assert_eq!(
             counts,

@@ -6,9 +6,9 @@
 pub mod algorithms;
 pub mod api;
 pub mod cluster;
-pub mod lifecycle;
-mod manager;
 pub mod metrics;
+pub mod rules;
+mod run;
 pub mod scheduler;
 #[cfg(test)]
 mod testing;
@@ -17,7 +17,7 @@ mod writer;
 
 use std::time::Duration;
 
-pub use manager::run;
+pub use run::run;
 
 /// How the manager runs.
 #[derive(Debug, Clone)]
@@ -55,19 +55,50 @@ impl Default for Config {
 pub fn scheduler_by_name(name: &str) -> Result<Box<dyn scheduler::Scheduler>, Error> {
     algorithms::by_name(name).ok_or_else(|| {
         let known: Vec<&str> = algorithms::ALGORITHMS.iter().map(|(n, _)| *n).collect();
-        Error::Config(format!(
-            "unknown scheduler `{name}`: available: {}",
-            known.join(", ")
-        ))
+        Error::UnknownScheduler {
+            name: name.to_string(),
+            known: known.join(", "),
+        }
     })
 }
 
+/// A boxed error from NATS (async-nats has one error type per operation).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("setting up JetStream: {0}")]
-    Setup(String),
-    #[error("NATS: {0}")]
-    Nats(String),
-    #[error("configuration: {0}")]
-    Config(String),
+    #[error("setting up JetStream: {what}")]
+    Setup {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("consumer {name} on {stream}")]
+    Consumer {
+        name: String,
+        stream: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("subscribing to {subject}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    #[error(transparent)]
+    Bus(#[from] cube_bus::Error),
+    #[error("the writer of the Task DB stopped unexpectedly")]
+    WriterStopped,
+    #[error("configuration: unknown scheduler `{name}`: available: {known}")]
+    UnknownScheduler { name: String, known: String },
+}
+
+impl Error {
+    pub(crate) fn setup(what: String, source: impl Into<BoxError>) -> Error {
+        Error::Setup {
+            what,
+            source: source.into(),
+        }
+    }
 }

@@ -107,12 +107,12 @@ pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topolo
             // Servers before 2.12 cannot change a stream's consumer limit: keep the one it
             // has (those servers do not cap consumers by default either).
             let Ok(mut existing) = js.get_stream(&name).await else {
-                return Err(Error::Setup(format!("stream {name}: {e}")));
+                return Err(Error::setup(format!("stream {name}"), e));
             };
             let kept = existing
                 .info()
                 .await
-                .map_err(|e| Error::Setup(format!("stream {name}: {e}")))?
+                .map_err(|e| Error::setup(format!("stream {name}"), e))?
                 .config
                 .max_consumers;
             js.create_or_update_stream(stream::Config {
@@ -120,31 +120,31 @@ pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topolo
                 ..config
             })
             .await
-            .map_err(|e| Error::Setup(format!("stream {name}: {e}")))?;
+            .map_err(|e| Error::setup(format!("stream {name}"), e))?;
         }
     }
     let tasks = js
         .create_or_update_key_value(bucket(TASK_DB, "Cube's Task DB: task id → Task"))
         .await
-        .map_err(|e| Error::Setup(format!("bucket {TASK_DB}: {e}")))?;
+        .map_err(|e| Error::setup(format!("bucket {TASK_DB}"), e))?;
     let events = js
         .create_or_update_key_value(kv::Config {
             max_age: Duration::from_secs(7 * 24 * 3600),
             ..bucket(EVENT_DB, "Cube's Event DB: event id → TaskEvent")
         })
         .await
-        .map_err(|e| Error::Setup(format!("bucket {EVENT_DB}: {e}")))?;
+        .map_err(|e| Error::setup(format!("bucket {EVENT_DB}"), e))?;
     let nodes = js
         .create_or_update_key_value(bucket(NODE_DB, "Cube's nodes: worker name → Node"))
         .await
-        .map_err(|e| Error::Setup(format!("bucket {NODE_DB}: {e}")))?;
+        .map_err(|e| Error::setup(format!("bucket {NODE_DB}"), e))?;
     let admin = js
         .create_or_update_key_value(bucket(
             ADMIN_DB,
             "Cube's operator decisions: drain.<worker>",
         ))
         .await
-        .map_err(|e| Error::Setup(format!("bucket {ADMIN_DB}: {e}")))?;
+        .map_err(|e| Error::setup(format!("bucket {ADMIN_DB}"), e))?;
     Ok(Topology {
         js,
         tasks,
@@ -156,9 +156,7 @@ pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topolo
 
 /// Every current value of a bucket, read once (used to rebuild state on start).
 pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, Error> {
-    cube_bus::load_all(store)
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))
+    Ok(cube_bus::load_all(store).await?)
 }
 
 #[cfg(test)]

@@ -1,16 +1,17 @@
-//! The manager's writer: it makes each batch's decisions durable, in order, while the loop
-//! goes on deciding the next batch. A batch's records (Task DB, Event DB) are stored before
-//! the work that announces them (a worker checks the Task DB before it acts on work), and
-//! the messages the batch handled are acknowledged last, so a manager that dies mid-way has
-//! them delivered again.
+//! The manager's writer: it carries out each batch's decisions, in order, while the loop goes
+//! on deciding the next batch. A batch's records (Task DB, Event DB) are stored before the
+//! work that announces them (a worker checks the Task DB before it acts on work); the journal
+//! and rejections follow, so they never announce what was not stored; the messages the batch
+//! handled are acknowledged last, so a manager that dies mid-way has them delivered again.
 
 use std::time::Instant;
 
 use async_nats::jetstream;
+use chrono::{DateTime, Utc};
 use cube_bus::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 
@@ -19,20 +20,26 @@ use crate::metrics::Metrics;
 pub(crate) struct Commit {
     pub records: Vec<Outgoing>,
     pub work: Vec<Outgoing>,
+    /// Journal entries and rejections: core NATS, published after the work.
+    pub notices: Vec<(String, bytes::Bytes)>,
     /// When the submissions first placed by `work` arrived: the scheduling latency of each
     /// is observed once `work` is published.
-    pub placed: Vec<Instant>,
+    pub placed: Vec<DateTime<Utc>>,
     pub handled: Vec<jetstream::Message>,
 }
 
 impl Commit {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.work.is_empty() && self.handled.is_empty()
+        self.records.is_empty()
+            && self.work.is_empty()
+            && self.notices.is_empty()
+            && self.handled.is_empty()
     }
 
     fn append(&mut self, later: Commit) {
         self.records.extend(later.records);
         self.work.extend(later.work);
+        self.notices.extend(later.notices);
         self.placed.extend(later.placed);
         self.handled.extend(later.handled);
     }
@@ -45,6 +52,7 @@ const QUEUE: usize = 16;
 /// or at shutdown, leaving unwritten batches unacknowledged.
 pub(crate) fn spawn(
     js: jetstream::Context,
+    client: async_nats::Client,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<Commit>, tokio::task::JoinHandle<()>) {
@@ -64,10 +72,16 @@ pub(crate) fn spawn(
                     return;
                 }
             }
+            for (subject, payload) in commit.notices {
+                // Core NATS: this only queues the message in the client.
+                if let Err(e) = client.publish(subject, payload).await {
+                    debug!(error = %e, "publishing the journal");
+                }
+            }
+            let now = Utc::now();
             for received in commit.placed {
-                metrics
-                    .scheduling_latency
-                    .observe(received.elapsed().as_secs_f64());
+                let latency = (now - received).num_microseconds().unwrap_or(0).max(0);
+                metrics.scheduling_latency.observe(latency as f64 / 1e6);
             }
             for msg in commit.handled {
                 if let Err(e) = msg.ack().await {

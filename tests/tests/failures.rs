@@ -209,60 +209,50 @@ async fn entries_until(
     Ok(seen)
 }
 
-/// `on-failure` with 3 attempts: restarted 3 times, each after a longer wait (1 s, 2 s, 4 s),
-/// then it stays `failed`.
+/// `on-failure` end to end: a container that exits 1 is restarted on Docker, then the task
+/// stays `failed` once its one restart is spent. (The backoff's timing and the giving up after
+/// several attempts are rules, tested in milliseconds in `manager/src/rules/tests.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_failure_restarts_with_growing_backoff_then_gives_up() -> Result<()> {
+async fn on_failure_restarts_then_gives_up() -> Result<()> {
     let cluster = Cluster::start(1).await?;
     let mut sub = journal(&cluster.client).await?;
     let mut t = task(&["sh", "-c", "exit 1"]);
     t.restart_policy = RestartPolicy::OnFailure;
-    t.max_restarts = Some(3);
+    t.max_restarts = Some(1);
     let id = cluster.submit(t).await?;
 
     let mine = |e: &JournalEntry| e.task_id == Some(id);
-    let seen = entries_until(&mut sub, Duration::from_secs(40), |seen| {
+    let seen = entries_until(&mut sub, Duration::from_secs(30), |seen| {
         seen.iter()
             .filter(|e| mine(e) && e.kind == "failed")
             .count()
-            == 4
+            == 2
     })
     .await?;
-    let failed: Vec<_> = seen
+    let kinds: Vec<&str> = seen
         .iter()
-        .filter(|e| mine(e) && e.kind == "failed")
+        .filter(|e| mine(e) && matches!(e.kind.as_str(), "failed" | "restarted" | "running"))
+        .map(|e| e.kind.as_str())
         .collect();
-    let restarted: Vec<_> = seen
-        .iter()
-        .filter(|e| mine(e) && e.kind == "restarted")
-        .collect();
-    assert_eq!(restarted.len(), 3, "{seen:#?}");
-    let waits: Vec<f64> = (0..3)
-        .map(|i| (restarted[i].time - failed[i].time).num_milliseconds() as f64 / 1000.0)
-        .collect();
-    for (i, wait) in waits.iter().enumerate() {
-        let expected = f64::from(1u32 << i);
-        assert!(
-            *wait >= expected - 0.05 && *wait < expected + 1.5,
-            "restart {} waited {wait}s, expected about {expected}s ({waits:?})",
-            i + 1
-        );
-    }
-    assert!(
-        failed[3].message.contains("exit") || failed[3].message.contains('1'),
-        "{:?}",
-        failed[3]
+    assert_eq!(
+        kinds,
+        ["running", "failed", "restarted", "running", "failed"],
+        "{seen:#?}"
     );
+    let last = seen
+        .iter()
+        .rev()
+        .find(|e| mine(e) && e.kind == "failed")
+        .expect("seen");
+    assert_eq!(last.message, "exited with code 1", "{last:?}");
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let t = cluster.task(id).await?;
     assert_eq!(
-        (t.state, t.restart_count, t.exit_code),
-        (State::Failed, 3, Some(1))
+        (t.state, t.restart_count, t.exit_code, t.next_attempt_at),
+        (State::Failed, 1, Some(1), None)
     );
-    assert_eq!(t.next_attempt_at, None, "no further attempt");
     let detail = cube(&cluster.nats.url(), &["status", &id.to_string()]).await?;
-    assert!(detail.contains("3 of 3"), "{detail}");
+    assert!(detail.contains("1 of 1"), "{detail}");
     Ok(())
 }
 

@@ -1,0 +1,85 @@
+//! What the rules decide, waiting to be carried out: records to store, then work to publish,
+//! then the journal and rejections that describe them.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use cube_shared::{JournalEntry, Rejection, Task, TaskEvent};
+use uuid::Uuid;
+
+use crate::cluster::Cluster;
+
+/// A TaskEvent for the work stream, on `tasks.pending` or `tasks.pending.<worker>`. Published
+/// with `Nats-Msg-Id` = the event id, so a copy sent again is dropped by JetStream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Work {
+    pub subject: String,
+    pub event: TaskEvent,
+}
+
+/// Decisions accumulated by the handlers since the last [`super::Rules::take_effects`].
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Tasks changed, in the order first changed; each is stored once, as it is at the end.
+    tasks: Vec<Uuid>,
+    dirty: HashSet<Uuid>,
+    /// Submissions and stops to keep in the Event DB.
+    pub(super) events: Vec<TaskEvent>,
+    pub(super) work: Vec<Work>,
+    pub(super) journal: Vec<JournalEntry>,
+    pub(super) rejections: Vec<Rejection>,
+    /// When the submissions first placed by `work` arrived.
+    pub(super) placed: Vec<DateTime<Utc>>,
+}
+
+impl Effects {
+    pub(super) fn changed(&mut self, id: Uuid) {
+        if self.dirty.insert(id) {
+            self.tasks.push(id);
+        }
+    }
+
+    pub(super) fn resolve(self, cluster: &Cluster) -> Decided {
+        Decided {
+            tasks: self
+                .tasks
+                .iter()
+                .filter_map(|id| cluster.task(id).cloned())
+                .collect(),
+            events: self.events,
+            work: self.work,
+            journal: self.journal,
+            rejections: self.rejections,
+            placed: self.placed,
+        }
+    }
+}
+
+/// Effects to carry out, in this order: store `tasks` (the Task DB) and `events` (the Event
+/// DB); publish `work`; publish `journal` and `rejections`; acknowledge what was handled. A
+/// worker checks the Task DB before it acts on work, and the journal never announces what was
+/// not stored.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decided {
+    pub tasks: Vec<Task>,
+    pub events: Vec<TaskEvent>,
+    pub work: Vec<Work>,
+    pub journal: Vec<JournalEntry>,
+    pub rejections: Vec<Rejection>,
+    pub placed: Vec<DateTime<Utc>>,
+}
+
+impl Decided {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+            && self.events.is_empty()
+            && self.work.is_empty()
+            && self.journal.is_empty()
+            && self.rejections.is_empty()
+    }
+
+    /// The journal entries of `kind`, for tests.
+    pub fn journal_kinds(&self) -> Vec<&str> {
+        self.journal.iter().map(|e| e.kind.as_str()).collect()
+    }
+}

@@ -1,0 +1,143 @@
+//! Submissions and stops (`tasks.events`): decoded, checked, recorded, and handed to
+//! placement; what cannot be taken is refused with a reason.
+
+use chrono::{DateTime, Utc};
+use cube_shared::subjects::{pending_for, EVENTS};
+use cube_shared::wire::{self, encode};
+use cube_shared::{JournalEntry, State, Task, TaskEvent};
+use tracing::{debug, info_span};
+
+use super::{cap, Rules, Work};
+use crate::metrics::RejectKind;
+
+impl Rules {
+    /// A message from `tasks.events`, received at `now`.
+    pub fn on_event(&mut self, subject: &str, payload: &[u8], now: DateTime<Utc>) {
+        match wire::decode_event(payload) {
+            Err(e) => {
+                let reason = e.to_string();
+                self.reject(
+                    RejectKind::InvalidEvent,
+                    payload,
+                    subject,
+                    reason.clone(),
+                    now,
+                );
+                self.record_refused(payload, cap(reason), now);
+            }
+            Ok(event) => {
+                let span = info_span!("event", event.id = %event.id, task.id = %event.task.id);
+                let _entered = span.enter();
+                if event.is_stop() {
+                    self.stop(event, now)
+                } else {
+                    self.submit(event, now)
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, event: TaskEvent, now: DateTime<Utc>) {
+        let mut task = event.task.clone();
+        task.normalise();
+        if let Some(existing) = self.cluster.task(&task.id) {
+            if existing.same_spec(&task) {
+                // A redelivery or a repeated submission: make sure it progresses, nothing more.
+                debug!("task already known");
+                return self.ensure_progress(task.id, now);
+            }
+            let reason = format!(
+                "task {} already exists with a different specification; use a new id",
+                task.id
+            );
+            return self.reject(RejectKind::Conflict, &encode(&event), EVENTS, reason, now);
+        }
+        task.reset_status();
+        task.submitted_at = Some(now);
+        self.effects.events.push(event.clone());
+        self.journal(
+            JournalEntry::new(
+                "submitted",
+                format!("{} ({})", task.display_name(), task.image),
+            )
+            .task(task.id)
+            .event(event.id),
+            now,
+        );
+        let id = task.id;
+        self.save(task);
+        self.awaiting_placement.insert(id, now);
+        self.try_place(id, now);
+    }
+
+    fn stop(&mut self, event: TaskEvent, now: DateTime<Utc>) {
+        let Some(mut task) = self.cluster.task(&event.task.id).cloned() else {
+            let reason = format!("no task {} to stop", event.task.id);
+            return self.reject(
+                RejectKind::UnknownTask,
+                &encode(&event),
+                EVENTS,
+                reason,
+                now,
+            );
+        };
+        self.effects.events.push(event.clone());
+        if !task.stop_requested {
+            task.stop_requested = true;
+            task.next_attempt_at = None;
+            self.save(task.clone());
+        }
+        match (task.state, task.worker.clone()) {
+            (State::Scheduled | State::Running, Some(worker)) => {
+                // The worker stops exactly the current placement.
+                let mut stop = event.clone();
+                stop.task.generation = task.generation;
+                self.effects.work.push(Work {
+                    subject: pending_for(&worker),
+                    event: stop,
+                });
+                self.journal(
+                    JournalEntry::new("stop-requested", format!("asked {worker} to stop it"))
+                        .task(task.id)
+                        .event(event.id)
+                        .worker(worker),
+                    now,
+                );
+            }
+            (State::Pending, _) => {
+                task.state = State::Completed;
+                task.finish_time = Some(now);
+                task.error = None;
+                self.journal(
+                    JournalEntry::new("completed", "stopped before it was placed")
+                        .task(task.id)
+                        .event(event.id),
+                    now,
+                );
+                self.save(task);
+            }
+            // Queued on the shared queue: stopped once a worker reports where it runs.
+            (state, _) => debug!(%state, "stop requested for a task that is not running"),
+        }
+    }
+
+    /// A submission that was refused, but names a task id nobody uses yet, is recorded as a
+    /// `failed` task whose error says why: `cube status <id>` then answers the sender.
+    fn record_refused(&mut self, payload: &[u8], reason: String, now: DateTime<Utc>) {
+        let salvaged = wire::salvage(payload);
+        let Some(id) = salvaged.task_id else {
+            return;
+        };
+        if salvaged.is_stop || self.cluster.task(&id).is_some() {
+            return;
+        }
+        let mut task = Task::new(salvaged.image.unwrap_or_default());
+        task.id = id;
+        task.name = salvaged.name.unwrap_or_default();
+        task.state = State::Failed;
+        task.submitted_at = Some(now);
+        task.finish_time = Some(now);
+        task.error = Some(format!("rejected: {reason}"));
+        self.save(task);
+    }
+}

@@ -1,0 +1,216 @@
+//! The manager's rules: every decision it takes, as plain synchronous functions over its
+//! state with the time passed in.
+//!
+//! Each handler ([`Rules::on_event`], [`Rules::on_report`], [`Rules::on_heartbeat`],
+//! [`Rules::tick`], [`Rules::set_drain`], …) updates the picture of the cluster and records what
+//! must follow in [`Effects`]: task records to store, work to publish, journal entries and
+//! rejections. Nothing here touches NATS. The shell (`crate::run`) feeds the inputs and hands
+//! the effects to the writer, which stores the records first, then publishes the work, the
+//! journal and the rejections, then acknowledges the messages that caused them. That is
+//! Nomad's scheduler/planner split and kube-runtime's `reconcile -> Action` in Cube's terms,
+//! and it is what lets the rules be unit-tested in milliseconds and run under the seeded
+//! simulation in `manager/tests/simulation.rs`.
+//!
+//! One file per concern: `intake` (submissions and stops), `placement`, `reports`, `nodes`
+//! (heartbeats, liveness, fencing), `restarts`, `drain`.
+
+mod drain;
+mod effects;
+mod intake;
+mod nodes;
+mod placement;
+mod reports;
+mod restarts;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cube_shared::{JournalEntry, Node, NodeState, Rejection, State, Task};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::cluster::Cluster;
+use crate::metrics::{Metrics, Placements, RejectKind};
+use crate::scheduler::Scheduler;
+
+pub use drain::NoSuchNode;
+pub use effects::{Decided, Effects, Work};
+pub use nodes::FENCE_AGAIN;
+pub use restarts::{backoff, plan_restart, BACKOFF_BASE, BACKOFF_CAP, HEALTHY_RUN_RESETS};
+
+/// The timings the rules judge by.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// A worker whose last heartbeat is older than this is not given new work.
+    pub node_ttl: Duration,
+    /// After TTL + this grace without a heartbeat, a worker is `down` and its tasks are lost.
+    pub node_grace: Duration,
+}
+
+/// What the manager knows and has decided. Owned by the manager's loop (or a test).
+pub struct Rules {
+    timings: Timings,
+    cluster: Cluster,
+    scheduler: Box<dyn Scheduler>,
+    /// When this manager started listening: node liveness is judged only after a TTL.
+    started: DateTime<Utc>,
+    /// Stale copies recently asked to stop: (task, generation) → when.
+    fenced: HashMap<(Uuid, u64), DateTime<Utc>>,
+    /// Nodes an operator drained (kept in the `cube-admin` bucket by the shell).
+    drained: BTreeSet<String>,
+    /// Placements recorded before a restart are sent again once the state reports that
+    /// queued up meanwhile are applied: a task that ran and ended while the manager was down
+    /// must not be started again.
+    resend_due: bool,
+    /// When each submission not yet placed arrived, for the scheduling latency. Only tasks
+    /// submitted since this manager started: a restart forgets the others.
+    awaiting_placement: HashMap<Uuid, DateTime<Utc>>,
+    metrics: Metrics,
+    placements: Placements,
+    effects: Effects,
+}
+
+/// What a manager finds stored when it starts: the Task DB, the node list and the drains.
+#[derive(Debug, Default, Clone)]
+pub struct Stored {
+    pub tasks: Vec<Task>,
+    pub nodes: Vec<Node>,
+    pub drained: Vec<String>,
+}
+
+impl Rules {
+    /// Rules over what was stored, for a manager that starts listening at `now`.
+    pub fn new(
+        timings: Timings,
+        scheduler: Box<dyn Scheduler>,
+        metrics: Metrics,
+        stored: Stored,
+        now: DateTime<Utc>,
+    ) -> Rules {
+        let placements = metrics.placements(scheduler.name());
+        let mut rules = Rules {
+            timings,
+            cluster: Cluster::default(),
+            scheduler,
+            started: now,
+            fenced: HashMap::new(),
+            drained: stored.drained.into_iter().collect(),
+            resend_due: false,
+            awaiting_placement: HashMap::new(),
+            metrics,
+            placements,
+            effects: Effects::default(),
+        };
+        for task in stored.tasks {
+            rules.cluster.put_task(task);
+        }
+        for mut node in stored.nodes {
+            if rules.drained.contains(&node.name) {
+                node.state = NodeState::Draining;
+            }
+            rules.cluster.put_node(node, now, timings.node_ttl);
+        }
+        rules.resend_due = rules.cluster.tasks().any(|t| t.state == State::Scheduled);
+        rules.metrics.set_tasks(&rules.cluster.count_by_state());
+        rules
+    }
+
+    /// The manager's picture of the cluster, for queries.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    pub fn scheduler_name(&self) -> &'static str {
+        self.scheduler.name()
+    }
+
+    /// Whether placements recorded before this manager started still wait to be sent again.
+    pub fn resend_due(&self) -> bool {
+        self.resend_due
+    }
+
+    /// Everything the passage of time decides at `now`: nodes gone silent, restarts due,
+    /// drains to carry on, waiting tasks to place. The shell calls it every reconcile interval.
+    pub fn tick(&mut self, now: DateTime<Utc>) {
+        self.check_liveness(now);
+        self.restart_due(now);
+        self.migrate_drained(now);
+        self.place_pending(now);
+    }
+
+    /// Everything decided since the last call, with each changed task as it is now.
+    pub fn take_effects(&mut self) -> Decided {
+        let effects = std::mem::take(&mut self.effects);
+        self.metrics.set_tasks(&self.cluster.count_by_state());
+        effects.resolve(&self.cluster)
+    }
+
+    /// Records a task's new version: in the picture at once, in the Task DB with the effects.
+    fn save(&mut self, task: Task) {
+        if task.state != State::Pending {
+            // Placed (the time went with the placement) or ended before it was placed.
+            self.awaiting_placement.remove(&task.id);
+        }
+        self.effects.changed(task.id);
+        self.cluster.put_task(task);
+    }
+
+    /// Records a decision in the journal (`cube events`) and the log.
+    fn journal(&mut self, mut entry: JournalEntry, now: DateTime<Utc>) {
+        info!(kind = %entry.kind, task.id = ?entry.task_id, worker = ?entry.worker, "{}", entry.message);
+        entry.time = now;
+        self.effects.journal.push(entry);
+    }
+
+    /// Refuses a message: the reason goes to `tasks.rejected` and the journal.
+    fn reject(
+        &mut self,
+        kind: RejectKind,
+        payload: &[u8],
+        subject: &str,
+        reason: String,
+        now: DateTime<Utc>,
+    ) {
+        self.metrics.rejected(kind);
+        let reason = cap(reason);
+        let cube_shared::wire::Salvaged {
+            event_id, task_id, ..
+        } = cube_shared::wire::salvage(payload);
+        warn!(?event_id, ?task_id, %subject, %reason, "rejected");
+        self.effects.rejections.push(Rejection {
+            event_id,
+            task_id,
+            subject: subject.to_string(),
+            reason: reason.clone(),
+            timestamp: now,
+        });
+        let mut entry = JournalEntry::new("rejected", reason);
+        entry.event_id = event_id;
+        entry.task_id = task_id;
+        self.journal(entry, now);
+    }
+}
+
+/// A reason, shortened to at most 1,000 characters: a hostile message must not grow the
+/// rejections and the journal.
+fn cap(reason: String) -> String {
+    const MAX: usize = 1000;
+    if reason.chars().count() <= MAX {
+        return reason;
+    }
+    let mut short: String = reason.chars().take(MAX).collect();
+    short.push('…');
+    short
+}
+
+/// How long `node` has been silent at `now`.
+fn silent_for(node: &Node, now: DateTime<Utc>) -> Duration {
+    (now - node.last_heartbeat).to_std().unwrap_or_default()
+}

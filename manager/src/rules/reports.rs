@@ -1,0 +1,235 @@
+//! Workers' state reports (`tasks.state.<task>.<worker>`). Workers are the source of truth for
+//! what they run, but only the task's current placement may speak for it, and only legal
+//! moves are taken. A report goes through three steps: [`authorise`] (may this worker say
+//! this?), [`transition`] (what changes?) and [`Rules::after`] (what follows from the change).
+
+use chrono::{DateTime, Utc};
+use cube_shared::subjects;
+use cube_shared::wire::{self, MAX_MESSAGE_BYTES};
+use cube_shared::{JournalEntry, RestartPolicy, State, StateReport, Task};
+use tracing::{debug, info, info_span, warn};
+
+use super::Rules;
+use crate::metrics::RejectKind;
+
+/// Why a report changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ignored {
+    UnknownTask,
+    /// Another worker holds the task (or nobody asked this one).
+    NotAssigned,
+    /// About an older placement than the current one.
+    Superseded,
+    /// Workers report running, completed or failed only.
+    NotAReportableState,
+    /// The move is not legal from the recorded state (a late or repeated report).
+    Stale,
+}
+
+/// What a report did to a task.
+struct Change {
+    before: Task,
+    after: Task,
+}
+
+/// Whether `report` may speak for `task`; `Ok(true)` if the worker took it from the shared
+/// queue and becomes its worker by saying so.
+pub(crate) fn authorise(task: &Task, report: &StateReport) -> Result<bool, Ignored> {
+    let from_queue = task.worker.is_none()
+        && task.state == State::Scheduled
+        && report.generation == Some(task.generation);
+    if !from_queue && task.worker.as_deref() != Some(report.worker.as_str()) {
+        return Err(Ignored::NotAssigned);
+    }
+    if report.generation.is_some_and(|g| g != task.generation) {
+        return Err(Ignored::Superseded);
+    }
+    if !matches!(
+        report.state,
+        State::Running | State::Completed | State::Failed
+    ) {
+        return Err(Ignored::NotAReportableState);
+    }
+    Ok(from_queue)
+}
+
+/// What the report means under the task's restart policy: a task that should always run has
+/// failed to keep running when it completes, whatever its code.
+pub(crate) fn interpret(task: &Task, mut report: StateReport) -> StateReport {
+    if report.state == State::Completed
+        && task.restart_policy == RestartPolicy::Always
+        && !task.stop_requested
+    {
+        report.state = State::Failed;
+        report.error = report.error.or(Some(format!(
+            "exited with code {} (restart policy always)",
+            report.exit_code.unwrap_or(0)
+        )));
+    }
+    report
+}
+
+/// The task as the report leaves it, if the move is legal.
+fn transition(task: &Task, report: &StateReport) -> Result<Task, Ignored> {
+    if report.state != task.state && !task.state.can_transition_to(report.state) {
+        return Err(Ignored::Stale);
+    }
+    let mut t = task.clone();
+    t.state = report.state;
+    if report.state == State::Running {
+        t.health = report.health.or(t.health);
+    }
+    t.container_id = report.container_id.clone().or(t.container_id);
+    t.start_time = report.start_time.or(t.start_time);
+    t.finish_time = report.finish_time.or(t.finish_time);
+    t.exit_code = report.exit_code.or(t.exit_code);
+    if report.state != State::Running {
+        t.error = report.error.clone();
+    }
+    Ok(t)
+}
+
+impl Rules {
+    /// A message from the state stream, received at `now`.
+    pub fn on_report(&mut self, subject: &str, payload: &[u8], now: DateTime<Utc>) {
+        let report = match wire::decode::<StateReport>(payload, MAX_MESSAGE_BYTES) {
+            Err(e) => {
+                let reason = format!("state report: {e}");
+                return self.reject(RejectKind::InvalidReport, payload, subject, reason, now);
+            }
+            Ok(report) => report,
+        };
+        if subject != subjects::state_for(report.task_id, &report.worker) {
+            let reason = format!(
+                "state report for task {} by {} sent on {subject}",
+                report.task_id, report.worker
+            );
+            return self.reject(RejectKind::WrongSubject, payload, subject, reason, now);
+        }
+        let span = info_span!("report", task.id = %report.task_id, worker = %report.worker);
+        let _entered = span.enter();
+        if let Err(why) = self.apply_report(report, now) {
+            match why {
+                Ignored::UnknownTask => warn!("report for an unknown task"),
+                Ignored::NotAssigned => {
+                    warn!("report from a worker the task is not assigned to; ignored")
+                }
+                Ignored::NotAReportableState => {
+                    warn!("workers report running, completed or failed only")
+                }
+                Ignored::Superseded => info!("report about a superseded placement; ignored"),
+                Ignored::Stale => debug!("stale report ignored"),
+            }
+        }
+    }
+
+    /// Applies a decoded report.
+    pub(crate) fn apply_report(
+        &mut self,
+        report: StateReport,
+        now: DateTime<Utc>,
+    ) -> Result<(), Ignored> {
+        let mut task = self
+            .cluster
+            .task(&report.task_id)
+            .cloned()
+            .ok_or(Ignored::UnknownTask)?;
+        if authorise(&task, &report)? {
+            // A worker took the task from the shared queue: it is now the task's worker.
+            task.worker = Some(report.worker.clone());
+        }
+        let report = interpret(&task, report);
+        if report.state == State::Failed && task.previous.is_some() {
+            self.move_failed(task, &report, now);
+            return Ok(());
+        }
+        let after = transition(&task, &report)?;
+        if after != task {
+            self.after(
+                Change {
+                    before: task,
+                    after,
+                },
+                &report.worker,
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    /// What follows a change: journal entries, the old copy of a moved task stopped, a stop
+    /// forwarded to where a queued task turned up, a restart planned, room freed for others.
+    fn after(&mut self, change: Change, worker: &str, now: DateTime<Utc>) {
+        let Change { before, mut after } = change;
+        if after.state == State::Running && after.health != before.health {
+            if let Some(h) = after.health {
+                self.journal(
+                    JournalEntry::new(h.as_str(), format!("health check on {worker}"))
+                        .task(after.id)
+                        .worker(worker),
+                    now,
+                );
+            }
+        }
+        let started = after.state == State::Running && before.state != State::Running;
+        if started && after.previous.is_some() {
+            self.replacement_running(&mut after, now);
+        }
+        if started && after.stop_requested {
+            // Stopped while it waited in the shared queue: now we know where it runs.
+            self.stop_copy(after.id, after.generation, worker);
+        }
+        if !after.state.is_active() && before.state.is_active() {
+            super::plan_restart(&mut after, now, false);
+        }
+        if before.state != after.state {
+            let mut message = match (&after.exit_code, &after.error) {
+                (_, Some(err)) => err.clone(),
+                (Some(code), None) if after.state != State::Running => format!("exit code {code}"),
+                _ => format!("on {worker}"),
+            };
+            if let Some(at) = after.next_attempt_at {
+                let wait = (at - now).num_milliseconds().max(0) as f64 / 1000.0;
+                message.push_str(&format!(
+                    "; restart {} in {wait:.1}s",
+                    after.restart_count + 1
+                ));
+            }
+            self.journal(
+                JournalEntry::new(after.state.as_str(), message)
+                    .task(after.id)
+                    .worker(worker),
+                now,
+            );
+        }
+        let freed = before.state.is_active() && !after.state.is_active();
+        self.save(after);
+        if freed {
+            self.place_pending(now);
+        }
+    }
+
+    /// The new placement of a moving task failed: the task stays where it was.
+    fn move_failed(&mut self, mut task: Task, report: &StateReport, now: DateTime<Utc>) {
+        let Some(old) = task.previous.take() else {
+            return;
+        };
+        let reason = report.error.as_deref().unwrap_or("it failed");
+        self.journal(
+            JournalEntry::new(
+                "move-failed",
+                format!(
+                    "the copy on {} failed ({reason}); staying on {}",
+                    report.worker, old.worker
+                ),
+            )
+            .task(task.id)
+            .worker(&report.worker),
+            now,
+        );
+        task.worker = Some(old.worker);
+        task.generation = old.generation;
+        task.state = State::Running;
+        self.save(task);
+    }
+}

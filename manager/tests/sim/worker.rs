@@ -1,0 +1,324 @@
+//! A simulated worker that follows the real worker's protocol (`worker/src`): it checks the
+//! Task DB before it starts a placement, starts at most one container per placement (the
+//! container name is derived from the placement), reports every change on the state stream,
+//! lists what it runs in its heartbeats, and on start compares its containers with the Task
+//! DB. Its containers outlive it, as Docker's do; everything else it knows dies with it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cube_shared::subjects::{heartbeat_for, pending_for, state_for};
+use cube_shared::wire::{self, encode};
+use cube_shared::{Node, NodeState, RunningTask, State, StateReport, Task, TaskEvent};
+use uuid::Uuid;
+
+use super::Store;
+
+/// One container: when it ends by itself (and with which code), and whether it has ended.
+struct Container {
+    ends: Option<(DateTime<Utc>, i64)>,
+    exited: Option<i64>,
+    started: DateTime<Utc>,
+}
+
+pub struct Worker {
+    pub name: String,
+    pub up: bool,
+    /// Its heartbeats are lost on the way (its work and reports still flow).
+    pub partitioned: bool,
+    /// Docker's containers of this worker: (task, generation) → container.
+    containers: BTreeMap<(Uuid, u64), Container>,
+    /// What the process tracks: task → generation running here.
+    tracked: BTreeMap<Uuid, u64>,
+    /// Placements that ended here.
+    finished: BTreeMap<Uuid, u64>,
+    last_heartbeat: Option<DateTime<Utc>>,
+}
+
+impl Worker {
+    pub fn new(name: String) -> Worker {
+        Worker {
+            name,
+            up: false,
+            partitioned: false,
+            containers: BTreeMap::new(),
+            tracked: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            last_heartbeat: None,
+        }
+    }
+
+    /// Containers that have not ended.
+    pub fn live_containers(&self) -> Vec<(Uuid, u64)> {
+        self.containers
+            .iter()
+            .filter(|(_, c)| c.exited.is_none())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    pub fn crash(&mut self) {
+        self.up = false;
+        self.tracked.clear();
+        self.finished.clear();
+        self.last_heartbeat = None;
+    }
+
+    fn report(&self, store: &mut Store, mut r: StateReport, generation: u64, now: DateTime<Utc>) {
+        r.generation = Some(generation);
+        r.timestamp = now;
+        store
+            .states
+            .push(&state_for(r.task_id, &self.name), encode(&r).to_vec());
+    }
+
+    /// Time passes: containers end by themselves; a worker that is up sends a heartbeat every
+    /// second and notices the containers that ended.
+    pub fn on_time(&mut self, now: DateTime<Utc>, store: &mut Store) -> Vec<String> {
+        let mut lines = Vec::new();
+        for ((id, g), c) in self.containers.iter_mut() {
+            if let (None, Some((at, code))) = (c.exited, c.ends) {
+                if at <= now {
+                    c.exited = Some(code);
+                    lines.push(format!("{}: container {id}/{g} exits {code}", self.name));
+                }
+            }
+        }
+        if !self.up {
+            return lines;
+        }
+        let ended: Vec<(Uuid, u64, i64)> = self
+            .tracked
+            .iter()
+            .filter_map(|(id, g)| Some((*id, *g, self.containers.get(&(*id, *g))?.exited?)))
+            .collect();
+        for (id, g, code) in ended {
+            self.tracked.remove(&id);
+            self.finished.insert(id, g);
+            let state = if code == 0 {
+                State::Completed
+            } else {
+                State::Failed
+            };
+            let mut r = StateReport::new(id, &self.name, state);
+            r.exit_code = Some(code);
+            r.finish_time = Some(now);
+            if state == State::Failed {
+                r.error = Some(format!("exited with code {code}"));
+            }
+            self.report(store, r, g, now);
+            self.containers.remove(&(id, g));
+        }
+        if self
+            .last_heartbeat
+            .is_none_or(|at| now - at >= chrono::Duration::seconds(1))
+        {
+            self.last_heartbeat = Some(now);
+            let node = self.node(now);
+            store.node_db.insert(self.name.clone(), node.clone());
+            if !self.partitioned {
+                store
+                    .heartbeats
+                    .push_back((heartbeat_for(&self.name), encode(&node).to_vec()));
+            }
+        }
+        lines
+    }
+
+    fn node(&self, now: DateTime<Utc>) -> Node {
+        Node {
+            name: self.name.clone(),
+            address: String::new(),
+            cores: 4.0,
+            cpu_usage: 0.0,
+            memory: 8 << 30,
+            memory_used: 0,
+            memory_allocated: 0,
+            disk: 1 << 40,
+            disk_used: 0,
+            disk_allocated: 0,
+            cpu_allocated: 0.0,
+            task_count: self.tracked.len() as u32,
+            labels: Default::default(),
+            last_heartbeat: now,
+            version: String::new(),
+            state: NodeState::Ready,
+            running: self
+                .tracked
+                .iter()
+                .map(|(id, g)| RunningTask {
+                    id: *id,
+                    generation: *g,
+                })
+                .collect(),
+            leaving: false,
+        }
+    }
+
+    /// Takes the next piece of work from its consumer, if it is up; `lose_ack`: the
+    /// acknowledgement is lost and the work comes again.
+    pub fn take_work(
+        &mut self,
+        now: DateTime<Utc>,
+        store: &mut Store,
+        lose_ack: bool,
+    ) -> Option<String> {
+        if !self.up {
+            return None;
+        }
+        let queue = store.work.entry(self.name.clone()).or_default();
+        let msg = queue.first()?;
+        debug_assert_eq!(msg.subject, pending_for(&self.name));
+        let event = wire::decode_placement(&msg.payload).expect("the manager's work decodes");
+        let line = if event.is_stop() {
+            self.stop(&event, now, store)
+        } else {
+            self.start(event.task, now, store)
+        };
+        if !lose_ack {
+            store
+                .work
+                .entry(self.name.clone())
+                .or_default()
+                .ack(&[msg.seq]);
+        }
+        Some(line)
+    }
+
+    fn start(&mut self, task: Task, now: DateTime<Utc>, store: &mut Store) -> String {
+        let (id, g) = (task.id, task.generation);
+        match self.tracked.get(&id) {
+            Some(t) if *t >= g => {
+                return format!("{}: start {id}/{g}: already running here", self.name);
+            }
+            // A newer placement of a task whose old copy still runs here (it was lost and
+            // placed here again): the old copy makes way once the new one is confirmed current.
+            _ => {}
+        }
+        if self.finished.get(&id).is_some_and(|f| *f >= g) {
+            return format!("{}: start {id}/{g}: already ended here", self.name);
+        }
+        // The fencing read: act only on the current placement.
+        let Some(current) = store.task_db.get(&id) else {
+            return format!("{}: start {id}/{g}: not in the Task DB", self.name);
+        };
+        if current.generation != g
+            || current.worker.as_deref().is_some_and(|w| w != self.name)
+            || current.state.is_final()
+        {
+            return format!("{}: start {id}/{g}: superseded", self.name);
+        }
+        if current.stop_requested && current.state == State::Scheduled {
+            let mut r = StateReport::new(id, &self.name, State::Completed);
+            r.finish_time = Some(now);
+            self.report(store, r, g, now);
+            return format!("{}: start {id}/{g}: stopped before it started", self.name);
+        }
+        if let Some(old) = self.tracked.remove(&id) {
+            self.containers.remove(&(id, old));
+            self.finished.insert(id, old);
+        }
+        // The container name is the placement's: a second start finds the first container.
+        let ends = match task.cmd.as_slice() {
+            [ms, code] => Some((
+                now + chrono::Duration::milliseconds(ms.parse().unwrap_or(1000)),
+                code.parse().unwrap_or(0),
+            )),
+            _ => None,
+        };
+        let started = self
+            .containers
+            .entry((id, g))
+            .or_insert(Container {
+                ends,
+                exited: None,
+                started: now,
+            })
+            .started;
+        store.started.insert((id, g, self.name.clone()));
+        self.tracked.insert(id, g);
+        let mut r = StateReport::new(id, &self.name, State::Running);
+        r.container_id = Some(format!("{id}-{g}"));
+        r.start_time = Some(started);
+        self.report(store, r, g, now);
+        format!("{}: starts {id}/{g}", self.name)
+    }
+
+    fn stop(&mut self, event: &TaskEvent, now: DateTime<Utc>, store: &mut Store) -> String {
+        let id = event.task.id;
+        let running = self.tracked.get(&id).copied();
+        let Some(g) = Some(event.task.generation).filter(|g| *g > 0).or(running) else {
+            return format!("{}: stop {id}: nothing runs here", self.name);
+        };
+        let code = match self.containers.remove(&(id, g)) {
+            Some(c) => c.exited.unwrap_or(137),
+            None => 0,
+        };
+        self.finished.insert(id, g);
+        if running == Some(g) {
+            self.tracked.remove(&id);
+        }
+        let mut r = StateReport::new(id, &self.name, State::Completed);
+        r.exit_code = Some(code);
+        r.finish_time = Some(now);
+        self.report(store, r, g, now);
+        format!("{}: stops {id}/{g}", self.name)
+    }
+
+    /// Starts the process: adopts the containers the Task DB says it runs, reports those that
+    /// ended while it was away, removes the others, and reports as failed what should run
+    /// here but has no container.
+    pub fn restart(&mut self, now: DateTime<Utc>, store: &mut Store) -> Vec<String> {
+        self.up = true;
+        let mut lines = Vec::new();
+        let mut owned: BTreeMap<Uuid, Task> = store
+            .task_db
+            .values()
+            .filter(|t| t.worker.as_deref() == Some(self.name.as_str()) && t.state.is_active())
+            .map(|t| (t.id, t.clone()))
+            .collect();
+        let keys: Vec<(Uuid, u64)> = self.containers.keys().copied().collect();
+        for (id, g) in keys {
+            let current = owned.remove(&id).filter(|t| t.generation == g);
+            let exited = self.containers[&(id, g)].exited;
+            match (current, exited) {
+                (Some(task), None) => {
+                    self.tracked.insert(id, g);
+                    if task.state != State::Running {
+                        let mut r = StateReport::new(id, &self.name, State::Running);
+                        r.container_id = Some(format!("{id}-{g}"));
+                        r.start_time = Some(self.containers[&(id, g)].started);
+                        self.report(store, r, g, now);
+                    }
+                    lines.push(format!("{}: adopts {id}/{g}", self.name));
+                }
+                (Some(_), Some(code)) => {
+                    self.containers.remove(&(id, g));
+                    self.finished.insert(id, g);
+                    let state = if code == 0 {
+                        State::Completed
+                    } else {
+                        State::Failed
+                    };
+                    let mut r = StateReport::new(id, &self.name, state);
+                    r.exit_code = Some(code);
+                    r.finish_time = Some(now);
+                    self.report(store, r, g, now);
+                    lines.push(format!("{}: {id}/{g} ended while away", self.name));
+                }
+                (None, _) => {
+                    self.containers.remove(&(id, g));
+                    lines.push(format!("{}: removes {id}/{g}", self.name));
+                }
+            }
+        }
+        for task in owned.into_values().filter(|t| t.state == State::Running) {
+            self.finished.insert(task.id, task.generation);
+            let mut r = StateReport::new(task.id, &self.name, State::Failed);
+            r.finish_time = Some(now);
+            r.error = Some("the container disappeared while its worker was away".into());
+            self.report(store, r, task.generation, now);
+        }
+        lines
+    }
+}
