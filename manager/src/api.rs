@@ -47,7 +47,10 @@ impl Shell {
             API_TASKS_GET => respond(
                 wire::decode::<TaskQuery>(&msg.payload, MAX_MESSAGE_BYTES)
                     .map_err(|e| e.to_string())
-                    .and_then(|q| self.rules.cluster().find(&q.id).cloned()),
+                    .and_then(|q| {
+                        let found = self.rules.cluster().find(&q.id);
+                        found.cloned().map_err(|e| e.to_string())
+                    }),
             ),
             API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(self
                 .rules

@@ -35,6 +35,17 @@ impl Reservation {
     }
 }
 
+/// Why [`Cluster::find`] found no task; the text is what `cube status` prints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotFound {
+    #[error("no task {0}")]
+    NoTask(Uuid),
+    #[error("no task matches `{0}`")]
+    NoMatch(String),
+    #[error("`{0}` matches {1} tasks; give more of the id")]
+    Ambiguous(String, usize),
+}
+
 #[derive(Default)]
 pub struct Cluster {
     tasks: HashMap<Uuid, Task>,
@@ -115,9 +126,9 @@ impl Cluster {
     }
 
     /// Finds a task by full id, unique id prefix or unique name.
-    pub fn find(&self, query: &str) -> Result<&Task, String> {
+    pub fn find(&self, query: &str) -> Result<&Task, NotFound> {
         if let Ok(id) = query.parse::<Uuid>() {
-            return self.tasks.get(&id).ok_or_else(|| format!("no task {id}"));
+            return self.tasks.get(&id).ok_or(NotFound::NoTask(id));
         }
         let matches: Vec<&Task> = self
             .tasks
@@ -126,11 +137,8 @@ impl Cluster {
             .collect();
         match matches.as_slice() {
             [t] => Ok(t),
-            [] => Err(format!("no task matches `{query}`")),
-            _ => Err(format!(
-                "`{query}` matches {} tasks; give more of the id",
-                matches.len()
-            )),
+            [] => Err(NotFound::NoMatch(query.to_string())),
+            _ => Err(NotFound::Ambiguous(query.to_string(), matches.len())),
         }
     }
 

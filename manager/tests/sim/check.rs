@@ -1,0 +1,139 @@
+//! The invariants: checked as records are stored, after every step, and once quiet.
+
+use std::collections::BTreeMap;
+
+use cube_shared::{State, Task};
+use uuid::Uuid;
+
+use super::{short, Queue, World, CALM_ROUNDS};
+
+impl World {
+    /// Stores a Task DB record, checking the move against the record it replaces.
+    pub(super) fn store_task(&mut self, task: Task) {
+        if let Some(old) = self.store.task_db.get(&task.id) {
+            if old.state != task.state && !old.state.can_transition_to(task.state) {
+                self.broken.push(format!(
+                    "illegal stored transition of {}: {} -> {}",
+                    task.id, old.state, task.state
+                ));
+            }
+            if task.generation < old.generation {
+                self.broken.push(format!(
+                    "generation of {} went back: {} -> {}",
+                    task.id, old.generation, task.generation
+                ));
+            }
+        }
+        if task.state == State::Running {
+            let placement = (
+                task.id,
+                task.generation,
+                task.worker.clone().unwrap_or_default(),
+            );
+            if !self.store.started.contains(&placement) {
+                self.broken.push(format!(
+                    "the Task DB says placement {} of {} runs on {}, which never started it",
+                    placement.1, placement.0, placement.2
+                ));
+            }
+        }
+        self.store.task_db.insert(task.id, task);
+    }
+
+    /// After every step: never two live containers of one placement.
+    pub(super) fn check_always(&mut self) {
+        let mut seen: BTreeMap<(Uuid, u64), &str> = BTreeMap::new();
+        for w in &self.workers {
+            for key in w.live_containers() {
+                if let Some(other) = seen.insert(key, &w.name) {
+                    self.broken.push(format!(
+                        "placement {} of {} runs on both {other} and {}",
+                        key.1, key.0, w.name
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Nothing waits to be delivered, nothing is due, no stale copy runs.
+    pub(super) fn quiet(&self) -> bool {
+        let work_waits = self.store.work.values().any(|q| !q.is_empty());
+        let tasks_settled = self.store.task_db.values().all(|t| {
+            matches!(t.state, State::Running | State::Completed | State::Failed)
+                && t.next_attempt_at.is_none()
+        });
+        self.store.events.is_empty()
+            && self.store.states.is_empty()
+            && !work_waits
+            && tasks_settled
+            && self.stale_copies().is_empty()
+    }
+
+    /// Live containers that are not the current placement of a running task.
+    fn stale_copies(&self) -> Vec<String> {
+        let mut stale = Vec::new();
+        for w in &self.workers {
+            for (id, generation) in w.live_containers() {
+                let current = self.store.task_db.get(&id).is_some_and(|t| {
+                    t.state == State::Running
+                        && t.generation == generation
+                        && t.worker.as_deref() == Some(w.name.as_str())
+                });
+                if !current {
+                    stale.push(format!("{id} placement {generation} on {}", w.name));
+                }
+            }
+        }
+        stale
+    }
+
+    /// Once quiet: every accepted submission ended running or in a final state with a
+    /// reason, none is left scheduled, and what runs is exactly what the Task DB says.
+    pub(super) fn check_quiescent(&mut self) {
+        if !self.quiet() {
+            self.broken.push(format!(
+                "not quiet after {CALM_ROUNDS} calm rounds: events {}, reports {}, work {}, stale {:?}, unsettled {:?}",
+                self.store.events.len(),
+                self.store.states.len(),
+                self.store.work.values().map(Queue::len).sum::<usize>(),
+                self.stale_copies(),
+                self.store
+                    .task_db
+                    .values()
+                    .filter(|t| !matches!(t.state, State::Running | State::Completed | State::Failed)
+                        || t.next_attempt_at.is_some())
+                    .map(|t| format!("{} {} gen {} on {:?} next {:?} error {:?}", short(t.id), t.state, t.generation, t.worker, t.next_attempt_at, t.error))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        for id in self.submitted.keys() {
+            let Some(t) = self.store.task_db.get(id) else {
+                self.broken.push(format!(
+                    "submission {id} was acknowledged but never recorded"
+                ));
+                continue;
+            };
+            match t.state {
+                State::Running => {
+                    let w = t.worker.as_deref().unwrap_or("");
+                    let runs = self.workers.iter().any(|x| {
+                        x.name == w && x.live_containers().contains(&(t.id, t.generation))
+                    });
+                    if !runs {
+                        self.broken.push(format!(
+                            "{id} is running by the Task DB but no container runs it"
+                        ));
+                    }
+                    if self.stopped.contains(id) {
+                        self.broken.push(format!("{id} was stopped but still runs"));
+                    }
+                }
+                State::Failed if t.error.is_none() && t.exit_code.is_none() => {
+                    self.broken.push(format!("{id} failed without a reason"));
+                }
+                State::Completed | State::Failed => {}
+                other => self.broken.push(format!("{id} stays {other}")),
+            }
+        }
+    }
+}
