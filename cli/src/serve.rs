@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use cube_worker::metrics::DockerErrors;
 use cube_worker::runtime::{DockerRuntime, Runtime, SimConfig, SimRuntime};
 use tokio_util::sync::CancellationToken;
 
@@ -195,30 +194,25 @@ impl WorkerArgs {
             allow_docker_socket: self.allow_docker_socket,
             allow_capabilities: self.allow_capabilities,
             allow_devices: self.allow_devices,
-            default_memory: self.default_memory,
-            pids_limit: self.pids_limit,
+            limits: cube_worker::policy::Limits {
+                default_memory: self.default_memory,
+                pids_limit: self.pids_limit,
+            },
         };
         cfg
     }
 
-    /// The runtime; Docker's counts its failed API calls in `errors`.
-    pub async fn runtime(&self, errors: DockerErrors) -> Result<Arc<dyn Runtime>> {
+    /// The runtime for the worker `cfg` describes: Docker's applies its policy's limits and
+    /// counts its failed API calls in its metrics.
+    pub async fn runtime(&self, cfg: &cube_worker::Config) -> Result<Arc<dyn Runtime>> {
         Ok(match self.runtime {
-            RuntimeKind::Docker => {
-                let limits = cube_worker::runtime::Limits {
-                    default_memory: self.default_memory,
-                    pids_limit: self.pids_limit,
-                };
-                Arc::new(
-                    DockerRuntime::connect()
-                        .await
-                        .context(
-                            "the Docker engine is needed to run containers; is dockerd running?",
-                        )?
-                        .with_limits(limits)
-                        .with_metrics(errors),
-                )
-            }
+            RuntimeKind::Docker => Arc::new(
+                DockerRuntime::connect()
+                    .await
+                    .context("the Docker engine is needed to run containers; is dockerd running?")?
+                    .with_limits(cfg.policy.limits)
+                    .with_metrics(cfg.metrics.docker_errors.clone()),
+            ),
             RuntimeKind::Sim => Arc::new(SimRuntime::new(SimConfig {
                 start_latency: self.sim_start_latency,
                 run_time: self.sim_run_time,
@@ -303,7 +297,7 @@ pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<()>
     cfg.validate()?;
     let server =
         metrics::serve_if(args.metrics_addr, |r| cfg.metrics.register(r), &shutdown).await?;
-    let runtime = args.runtime(cfg.metrics.docker_errors.clone()).await?;
+    let runtime = args.runtime(&cfg).await?;
     let reconnects = cfg.metrics.nats_reconnects.clone();
     let name = format!("cube-worker-{}", cfg.name);
     let client = connect_counting(&args.nats, &name, Some(reconnects)).await?;

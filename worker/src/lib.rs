@@ -7,6 +7,7 @@
 pub mod logs;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod runtime;
 pub mod stats;
 mod worker;

@@ -5,8 +5,8 @@
 use cube_shared::validate::parse_mount;
 use cube_shared::Task;
 
-/// The worker's task policy; the defaults are the safe ones.
-#[derive(Debug, Clone)]
+/// The worker's task policy; the defaults are the safe ones (nothing allowed).
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub allow_privileged: bool,
     pub allow_host_network: bool,
@@ -18,23 +18,23 @@ pub struct Policy {
     pub allow_docker_socket: bool,
     pub allow_capabilities: bool,
     pub allow_devices: bool,
+    /// What every container gets, whatever its task asks. Set here, once; the Docker runtime
+    /// is given them (`DockerRuntime::with_limits`) and applies them.
+    pub limits: Limits,
+}
+
+/// Limits every container gets, whatever its task asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
     /// The memory limit of a task that sets none, in bytes (0: none).
     pub default_memory: u64,
-    /// The most processes one task's container may have (0: no limit).
+    /// The most processes in one container (0: no limit): a fork bomb stays inside.
     pub pids_limit: i64,
 }
 
-impl Default for Policy {
+impl Default for Limits {
     fn default() -> Self {
-        Policy {
-            allow_privileged: false,
-            allow_host_network: false,
-            allow_host_pid: false,
-            allow_host_ipc: false,
-            allow_host_mounts: false,
-            allow_docker_socket: false,
-            allow_capabilities: false,
-            allow_devices: false,
+        Limits {
             default_memory: 512 << 20,
             pids_limit: 512,
         }

@@ -820,7 +820,7 @@ impl Inner {
             }
             let outcome = tokio::select! {
                 _ = token.cancelled() => return,
-                outcome = self.runtime.probe(&task, timeout) => outcome,
+                outcome = crate::probe::probe(&*self.runtime, &task, timeout) => outcome,
             };
             if outcome.is_err() {
                 self.cfg.metrics.health_check_failures.inc();

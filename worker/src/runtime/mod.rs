@@ -13,7 +13,10 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-pub use docker::{DockerRuntime, Limits};
+use crate::probe::ProbeError;
+
+pub use crate::policy::Limits;
+pub use docker::{DockerError, DockerRuntime};
 pub use sim::{SimConfig, SimRuntime};
 
 /// A container that is running for a task.
@@ -76,17 +79,35 @@ pub struct LogLine {
     pub bytes: bytes::Bytes,
 }
 
+/// The runtime's own error beneath a [`RuntimeError`] or a failed probe (for Docker, a
+/// `DockerError` over bollard's), kept as the source so that callers can look inside.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a runtime operation failed. Each says its cause in its message too: a task's error is
+/// this one line.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The image is not on this node and could not be pulled.
-    #[error("image {image} is not present on this node and could not be pulled: {reason}")]
-    ImageUnavailable { image: String, reason: String },
+    #[error("image {image} is not present on this node and could not be pulled: {cause}")]
+    ImageUnavailable {
+        image: String,
+        #[source]
+        cause: Cause,
+    },
     /// The container was created but would not start (bad command, port in use, …).
     #[error("container would not start: {0}")]
-    StartFailed(String),
+    StartFailed(#[source] Cause),
     /// The runtime itself failed; the operation may succeed if tried again.
     #[error("runtime error: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
+}
+
+/// How a command run in a task's container ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exec {
+    pub exit_code: i64,
+    /// The end of what it wrote (its last 512 bytes), to say why it failed.
+    pub output: String,
 }
 
 #[async_trait]
@@ -115,9 +136,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container `worker` started that still exists, running or not.
     async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError>;
 
-    /// Runs the task's health check once against its current placement's container, within
-    /// `timeout`. `Err` says why it did not pass.
-    async fn probe(&self, task: &Task, timeout: Duration) -> Result<(), String>;
+    /// Whether health checks ask its containers (see [`crate::probe`]). The simulation's have
+    /// no process to ask and always pass, so its workers spend nothing on probing them.
+    fn probes(&self) -> bool {
+        false
+    }
+
+    /// Where the task's current container answers on its first exposed port, as `ip:port`:
+    /// what an HTTP health check connects to.
+    async fn probe_address(&self, task: &Task) -> Result<String, ProbeError>;
+
+    /// Runs `command` with `sh -c` in the task's current container, to its end: a command
+    /// health check.
+    async fn exec(&self, task: &Task, command: &str) -> Result<Exec, ProbeError>;
 
     /// Whether its containers have output worth publishing (the simulation's have none, so
     /// its workers spend nothing on it).

@@ -11,7 +11,8 @@ use cube_shared::Task;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Exit, Observed, Runtime, RuntimeError, Started};
+use super::{Exec, Exit, Observed, Runtime, RuntimeError, Started};
+use crate::probe::ProbeError;
 
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
@@ -106,7 +107,7 @@ impl Runtime for SimRuntime {
             if s.missing_images.contains(&task.image) {
                 return Err(RuntimeError::ImageUnavailable {
                     image: task.image.clone(),
-                    reason: "simulated: no such image".to_string(),
+                    cause: "simulated: no such image".into(),
                 });
             }
             if let Some(c) = s.running.get(&(task.id, task.generation)) {
@@ -161,9 +162,19 @@ impl Runtime for SimRuntime {
         rx
     }
 
-    /// Simulated containers are always healthy.
-    async fn probe(&self, _task: &Task, _timeout: Duration) -> Result<(), String> {
-        Ok(())
+    /// Never asked: [`probes`](Runtime::probes) says no, so simulated containers are always
+    /// healthy. They have no network to answer on.
+    async fn probe_address(&self, _task: &Task) -> Result<String, ProbeError> {
+        Err(ProbeError::NoAddress)
+    }
+
+    /// Never asked, like [`probe_address`](Runtime::probe_address): a simulated command
+    /// succeeds.
+    async fn exec(&self, _task: &Task, _command: &str) -> Result<Exec, ProbeError> {
+        Ok(Exec {
+            exit_code: 0,
+            output: String::new(),
+        })
     }
 
     /// Running containers only: a simulated container is gone once it exits.
