@@ -4,7 +4,6 @@
 //! that a fault test can kill ([`procs::ProcCluster`]). Every container a test creates carries
 //! its workers' unique names, and is removed when the test's cluster is dropped.
 
-use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,14 +18,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod cli;
 mod nats;
 pub mod procs;
 mod rng;
+mod wait;
 pub mod web;
 
+pub use cli::{cube, cube_bin, cube_output, cube_output_with_env, cube_with_env, CubeOutput};
 pub use nats::NatsServer;
 pub(crate) use nats::NATS_LOG;
 pub use rng::Rng;
+pub use wait::{consistently, eventually, in_state, wait_drained, wait_idle, Never, WITHIN};
 
 /// The image every test runs: busybox on `scratch`, built from the host's static busybox.
 pub const IMAGE: &str = "cube-busybox:latest";
@@ -319,155 +322,6 @@ pub async fn api<Q: serde::Serialize, T: serde::de::DeserializeOwned>(
     reply.into_result().map_err(|e| anyhow!(e))
 }
 
-/// How long a test waits for what should happen within seconds. Generous, because the
-/// suite shares two cores; a wait that can tell it is hopeless fails early instead ([`Never`]).
-pub const WITHIN: Duration = Duration::from_secs(60);
-
-/// A check's answer that no retry can change (the task awaited `running` has completed):
-/// [`eventually`] gives up at once on it instead of waiting out its deadline.
-#[derive(Debug)]
-pub struct Never(pub String);
-
-impl std::fmt::Display for Never {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (and it never will be)", self.0)
-    }
-}
-
-impl std::error::Error for Never {}
-
-/// Retries `check` every 100 ms until it succeeds or `within` passes; the error then says
-/// what was awaited and the last reason it was not yet true. A [`Never`] ends it at once.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let began = tokio::time::Instant::now();
-    let deadline = began + within;
-    loop {
-        match check().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.downcast_ref::<Never>().is_some() => {
-                bail!(
-                    "gave up after {:?} waiting until {what}: {e:#}",
-                    began.elapsed()
-                )
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                bail!("timed out after {within:?} waiting until {what}: {e:#}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-/// Checks every 100 ms, for `window`, that `check` holds, and fails the moment it does not:
-/// "it stays that way", where a sleep and one look would only see the end of the window.
-pub async fn consistently<F, Fut>(window: Duration, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let began = tokio::time::Instant::now();
-    loop {
-        if let Err(e) = check().await {
-            bail!(
-                "after {:?} of {window:?}, no longer {what}: {e:#}",
-                began.elapsed()
-            );
-        }
-        if began.elapsed() >= window {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One look at a task awaited in `state`: it is there (`Ok`), or not yet (an error to retry),
-/// or it has ended otherwise and never will be ([`Never`]): `completed` is final, and
-/// `failed` with no restart planned stays so.
-pub fn in_state(task: Task, state: State) -> Result<Task> {
-    let why = format!(
-        "task {} is {} (exit code {:?}, error {:?})",
-        task.id, task.state, task.exit_code, task.error
-    );
-    if task.state == state {
-        Ok(task)
-    } else if task.state.is_final()
-        || (task.state == State::Failed && task.next_attempt_at.is_none())
-    {
-        Err(Never(why).into())
-    } else {
-        Err(anyhow!(why))
-    }
-}
-
-/// The `cube` binary of this build.
-pub fn cube_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let bin = target.join("debug").join("cube");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs `cube ARGS` against `nats_url`; returns stdout, or an error with stderr.
-pub async fn cube(nats_url: &str, args: &[&str]) -> Result<String> {
-    cube_with_env(nats_url, &[], args).await
-}
-
-/// Runs `cube ARGS` against `nats_url` with extra environment variables (credentials, say).
-pub async fn cube_with_env(nats_url: &str, env: &[(&str, &str)], args: &[&str]) -> Result<String> {
-    let out = cube_output_with_env(nats_url, env, args).await?;
-    if !out.ok {
-        bail!("cube {}: {}", args.join(" "), out.stderr);
-    }
-    Ok(out.stdout)
-}
-
-/// What a `cube` command wrote, and whether it succeeded.
-pub struct CubeOutput {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `cube ARGS` against `nats_url`, whatever its exit status.
-pub async fn cube_output(nats_url: &str, args: &[&str]) -> Result<CubeOutput> {
-    cube_output_with_env(nats_url, &[], args).await
-}
-
-/// Runs `cube ARGS` against `nats_url` with extra environment variables, whatever its exit
-/// status; killed if it has not ended within [`WITHIN`].
-pub async fn cube_output_with_env(
-    nats_url: &str,
-    env: &[(&str, &str)],
-    args: &[&str],
-) -> Result<CubeOutput> {
-    let out = tokio::time::timeout(
-        WITHIN,
-        tokio::process::Command::new(cube_bin())
-            .args(args)
-            .env("CUBE_NATS_URL", nats_url)
-            .envs(env.iter().copied())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("cube {} did not end within {WITHIN:?}", args.join(" ")))??;
-    Ok(CubeOutput {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
 /// A command that runs until it is stopped and exits 0 on SIGTERM (busybox `sleep` alone
 /// ignores TERM as PID 1, which would make every stop wait out the grace period).
 pub fn long_running() -> Vec<String> {
@@ -488,60 +342,6 @@ pub fn task(cmd: &[&str]) -> Task {
     let mut task = Task::new(IMAGE);
     task.cmd = cmd.iter().map(|s| s.to_string()).collect();
     task
-}
-
-/// Waits until a durable consumer has delivered everything and had it all acknowledged.
-pub async fn wait_drained(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-    consumer: &str,
-    within: Duration,
-) -> Result<()> {
-    eventually(within, &format!("{consumer} has nothing left"), || {
-        drained(js, stream, consumer)
-    })
-    .await
-}
-
-/// Waits until nothing is in flight: the manager's submissions, then the work queues (the
-/// shared one and each of `workers`'), then the state reports, all seen drained in one
-/// pass. Cube acknowledges a message once its outcome is stored (work once the container
-/// started and its report is stored), and in that order each one's effects are in the next,
-/// so then everything the messages sent so far cause has happened.
-pub async fn wait_idle(
-    js: &async_nats::jetstream::Context,
-    workers: &[String],
-    within: Duration,
-) -> Result<()> {
-    use cube_shared::subjects::{self, EVENTS_STREAM, STATE_STREAM, WORK_STREAM};
-    let mut consumers = vec![
-        (EVENTS_STREAM, subjects::MANAGER_EVENTS_CONSUMER.to_string()),
-        (WORK_STREAM, subjects::SHARED_WORK_CONSUMER.to_string()),
-    ];
-    consumers.extend(
-        workers
-            .iter()
-            .map(|w| (WORK_STREAM, subjects::worker_consumer(w))),
-    );
-    consumers.push((STATE_STREAM, subjects::MANAGER_STATE_CONSUMER.to_string()));
-    eventually(within, "nothing is in flight", || async {
-        for (stream, consumer) in &consumers {
-            drained(js, stream, consumer).await?;
-        }
-        Ok(())
-    })
-    .await
-}
-
-async fn drained(js: &async_nats::jetstream::Context, stream: &str, consumer: &str) -> Result<()> {
-    let info = js.get_stream(stream).await?.consumer_info(consumer).await?;
-    anyhow::ensure!(
-        info.num_pending == 0 && info.num_ack_pending == 0,
-        "{consumer}: {} pending, {} unacknowledged",
-        info.num_pending,
-        info.num_ack_pending
-    );
-    Ok(())
 }
 
 /// A connection to `nats` as `user` (its role's permissions), and the server's errors (such
