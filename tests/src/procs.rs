@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::{api, cube_bin, remove_containers, tail, unique};
-use crate::{NatsServer, IMAGE, NATS_LOG};
+use crate::{in_state, NatsServer, Never, IMAGE, NATS_LOG};
 
 /// How many lines of each log a failure message shows.
 const TAIL_LINES: usize = 40;
@@ -684,20 +684,17 @@ impl ProcCluster {
         Ok(list.tasks.into_iter().map(|t| (t.id, t)).collect())
     }
 
-    /// Waits until the task is in `state`; fails at once if it is `completed` (final) and
-    /// `completed` is not what is awaited, or if a process exits.
+    /// Waits until the task is in `state`; fails at once if it has ended otherwise (see
+    /// [`in_state`]), or if a process exits.
     pub async fn wait_state(&mut self, id: Uuid, state: State, within: Duration) -> Result<Task> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             self.check_alive()?;
-            let last = match self.task(id).await {
-                Ok(task) if task.state == state => return Ok(task),
-                Ok(task) if task.state == State::Completed => bail!(
-                    "task {id} ended completed (exit code {:?}, error {:?}) instead of becoming {state}",
-                    task.exit_code,
-                    task.error
-                ),
-                Ok(task) => format!("it is {} (error {:?})", task.state, task.error),
+            let last = match self.task(id).await.and_then(|t| in_state(t, state)) {
+                Ok(task) => return Ok(task),
+                Err(e) if e.downcast_ref::<Never>().is_some() => {
+                    bail!("task {id} will not become {state}: {e:#}")
+                }
                 Err(e) => format!("{e:#}"),
             };
             if tokio::time::Instant::now() >= deadline {

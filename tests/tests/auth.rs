@@ -7,13 +7,11 @@ use std::time::Duration;
 use anyhow::Result;
 use async_nats::jetstream;
 use cube_bus::auth::{server_config, Role, User};
-use cube_shared::subjects::{state_for, EVENTS, WORK_STREAM};
+use cube_shared::subjects::{state_for, EVENTS, MANAGER_STATE_CONSUMER, STATE_STREAM, WORK_STREAM};
 use cube_shared::{State, StateReport, TaskEvent, LABEL_WORKER};
-use cube_tests::{api, connect_as, denied, remove_containers, unique, NatsServer};
+use cube_tests::{api, connect_as, denied, remove_containers, unique, NatsServer, WITHIN};
 use cube_worker::runtime::{DockerRuntime, Runtime};
 use tokio_util::sync::{CancellationToken, DropGuard};
-
-const WITHIN: Duration = Duration::from_secs(30);
 
 struct Cleanup(Vec<String>);
 
@@ -156,13 +154,17 @@ async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
     client_conn.publish(work.clone(), "{}".into()).await?;
     denied(&mut client_errors, &work).await?;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let t: cube_shared::Task = api(
-        &client_conn,
-        cube_shared::subjects::API_TASKS_GET,
-        &cube_shared::TaskQuery { id: id.to_string() },
+    // The manager has taken the forged report (it acknowledges a report once its outcome
+    // is stored): what it did with it shows now.
+    let (manager_conn, _) = connect_as(&nats, &manager).await?;
+    cube_tests::wait_drained(
+        &jetstream::new(manager_conn),
+        STATE_STREAM,
+        MANAGER_STATE_CONSUMER,
+        WITHIN,
     )
     .await?;
+    let t = task(&client_conn, id).await?;
     assert_eq!(
         (t.state, t.worker.as_deref()),
         (State::Running, Some(b.as_str())),

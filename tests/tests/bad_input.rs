@@ -6,10 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use cube_shared::subjects::{EVENTS, REJECTED};
 use cube_shared::{Rejection, State};
-use cube_tests::{cube, task, Cluster, IMAGE};
+use cube_tests::{cube, task, Cluster, IMAGE, WITHIN};
 use futures::StreamExt;
-
-const WITHIN: Duration = Duration::from_secs(30);
 
 async fn next_rejection(sub: &mut async_nats::Subscriber) -> anyhow::Result<Rejection> {
     let msg = tokio::time::timeout(WITHIN, sub.next())

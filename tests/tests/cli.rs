@@ -1,25 +1,11 @@
 //! The CLI's manners and the contract as a document: `submit --wait`, `-o json`, errors that
 //! name the fix, completions, `cube schema`, and a client in another language (Python).
 
-use std::process::Output;
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
 use cube_shared::State;
-use cube_tests::{cube, cube_bin, root, Cluster, NatsServer, IMAGE};
+use cube_tests::{cube, cube_bin, cube_output, root, Cluster, NatsServer, IMAGE, WITHIN};
 use serde_json::Value;
 use uuid::Uuid;
-
-const WITHIN: Duration = Duration::from_secs(60);
-
-/// Runs `cube ARGS` against `url`, whatever its exit status.
-async fn run(url: &str, args: &[&str]) -> Result<Output> {
-    Ok(tokio::process::Command::new(cube_bin())
-        .args(args)
-        .env("CUBE_NATS_URL", url)
-        .output()
-        .await?)
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -27,18 +13,15 @@ fn text(bytes: &[u8]) -> String {
 
 /// Its stderr, checking that it failed.
 async fn failure(url: &str, args: &[&str]) -> Result<String> {
-    let out = run(url, args).await?;
-    ensure!(!out.status.success(), "cube {args:?} succeeded");
-    Ok(text(&out.stderr))
+    let out = cube_output(url, args).await?;
+    ensure!(!out.ok, "cube {args:?} succeeded");
+    Ok(out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_name_the_problem_and_the_fix() -> Result<()> {
     // Nobody listens on the port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let url = format!("nats://127.0.0.1:{port}");
+    let url = format!("nats://127.0.0.1:{}", cube_tests::free_port()?);
     let err = failure(&url, &["status", "--nats-connect-timeout", "1s"]).await?;
     assert!(
         err.contains(&format!("cannot reach NATS at {url}"))
@@ -112,10 +95,10 @@ async fn submit_wait_and_json_listings() -> Result<()> {
         "submit", "--image", IMAGE, "--name", "waited", "--wait", "--",
     ];
     args.extend(long.iter().map(String::as_str));
-    let out = run(&url, &args).await?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "", "quiet when not a terminal");
-    let id: Uuid = text(&out.stdout).trim().parse()?;
+    let out = cube_output(&url, &args).await?;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stderr, "", "quiet when not a terminal");
+    let id: Uuid = out.stdout.trim().parse()?;
     assert_eq!(cluster.task(id).await?.state, State::Running);
 
     // One task, as JSON.
@@ -153,7 +136,7 @@ async fn submit_wait_and_json_listings() -> Result<()> {
     assert!(err.contains("yaml") && err.contains("json"), "{err}");
 
     // A command the container cannot run: the task fails, and --wait says why.
-    let out = run(
+    let err = failure(
         &url,
         &[
             "submit",
@@ -165,8 +148,6 @@ async fn submit_wait_and_json_listings() -> Result<()> {
         ],
     )
     .await?;
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
     assert!(
         err.contains("failed:") && err.contains("/no/such/program"),
         "{err}"

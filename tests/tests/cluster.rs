@@ -2,12 +2,11 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::time::Duration;
 
 use cube_shared::{State, LABEL_TASK_ID, LABEL_WORKER};
-use cube_tests::{cube_bin, cube_with_env, eventually, long_running, unique, Cluster, IMAGE};
-
-const WITHIN: Duration = Duration::from_secs(30);
+use cube_tests::{
+    cube_bin, cube_with_env, eventually, long_running, unique, Cluster, IMAGE, WITHIN,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_shared_between_workers() -> anyhow::Result<()> {
@@ -46,9 +45,7 @@ async fn tasks_are_shared_between_workers() -> anyhow::Result<()> {
 async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
     cube_tests::ensure_image()?;
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = cube_tests::free_port()?;
     let worker = unique("dev");
     let _cleanup = RemoveOnDrop(worker.clone());
     let mut dev = tokio::process::Command::new(cube_bin())

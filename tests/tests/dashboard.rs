@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use cube_tests::web::{Browser, WebCluster};
-use cube_tests::{eventually, unique, IMAGE};
+use cube_tests::{eventually, unique, IMAGE, WITHIN};
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-const WITHIN: Duration = Duration::from_secs(60);
 
 async fn submit(web: &WebCluster, body: Value) -> Result<Uuid> {
     let r = web

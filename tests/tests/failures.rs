@@ -12,11 +12,9 @@ use cube_shared::{
     JournalEntry, NodeState, RestartPolicy, State, Task, LABEL_TASK_ID, LABEL_WORKER,
 };
 use cube_tests::procs::ProcCluster;
-use cube_tests::{cube, eventually, task, Cluster};
+use cube_tests::{consistently, cube, eventually, task, Cluster, WITHIN};
 use futures::StreamExt;
 use uuid::Uuid;
-
-const WITHIN: Duration = Duration::from_secs(30);
 
 fn service() -> Task {
     let mut t = cube_tests::sleeper();
@@ -57,18 +55,25 @@ async fn one_copy_each_on(
     eventually(
         WITHIN,
         &format!("exactly one running copy of each task, on {worker}"),
-        || async {
-            let copies = running_copies(docker, ids).await?;
-            for (id, on) in &copies {
-                ensure!(
-                    on.len() == 1 && on[0] == worker,
-                    "task {id}: running on {on:?}"
-                );
-            }
-            Ok(())
-        },
+        || only_on(docker, ids, worker),
     )
     .await
+}
+
+/// Whether every task runs on `worker` in exactly one container, and none runs elsewhere.
+async fn only_on(
+    docker: &cube_worker::runtime::DockerRuntime,
+    ids: &[Uuid],
+    worker: &str,
+) -> Result<()> {
+    let copies = running_copies(docker, ids).await?;
+    for (id, on) in &copies {
+        ensure!(
+            on.len() == 1 && on[0] == worker,
+            "task {id}: running on {on:?}"
+        );
+    }
+    Ok(())
 }
 
 /// Waits until the Task DB says the task runs on `worker`.
@@ -145,8 +150,12 @@ async fn a_dead_workers_tasks_move_and_its_return_leaves_one_copy() -> Result<()
     c.start_worker(&doomed).await?;
     one_copy_each_on(&c.docker, &ids, &survivor).await?;
     // And it stays that way: nothing restarts the stale copies.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    one_copy_each_on(&c.docker, &ids, &survivor).await?;
+    consistently(
+        Duration::from_secs(2),
+        &format!("exactly one running copy of each task, on {survivor}"),
+        || only_on(&c.docker, &ids, &survivor),
+    )
+    .await?;
     Ok(())
 }
 
@@ -261,9 +270,7 @@ async fn on_failure_restarts_then_gives_up() -> Result<()> {
 async fn an_unhealthy_task_is_restarted() -> Result<()> {
     let cluster = Cluster::start(1).await?;
     let mut sub = journal(&cluster.client).await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = cube_tests::free_port()?;
     let mut t = task(&[
         "sh",
         "-c",
@@ -330,23 +337,33 @@ async fn drain_moves_tasks_without_a_gap() -> Result<()> {
     }
     let target = cluster.add_worker(|_| {}).await?;
 
-    // Watch Docker every 50 ms until the drain is over: the fewest running copies seen.
+    // Watch Docker every 50 ms from before the drain until it is over: the fewest running
+    // copies seen of each task.
     let watching = tokio_util::sync::CancellationToken::new();
+    let (first_look, looked) = tokio::sync::oneshot::channel();
     let watcher = {
         let (docker, ids, stop) = (cluster.docker.clone(), ids.clone(), watching.clone());
         tokio::spawn(async move {
-            let mut fewest: HashMap<Uuid, usize> = ids.iter().map(|id| (*id, usize::MAX)).collect();
+            let mut fewest: HashMap<Uuid, usize> = HashMap::new();
+            let mut first_look = Some(first_look);
             while !stop.is_cancelled() {
                 let copies = running_copies(&docker, &ids).await?;
                 for (id, on) in copies {
-                    let f = fewest.get_mut(&id).expect("watched");
+                    let f = fewest.entry(id).or_insert(on.len());
                     *f = (*f).min(on.len());
+                }
+                if let Some(tx) = first_look.take() {
+                    let _ = tx.send(());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             anyhow::Ok(fewest)
         })
     };
+    if looked.await.is_err() {
+        watcher.await??;
+        anyhow::bail!("the watcher ended before its first look");
+    }
     let url = cluster.nats.url();
     let out = cube(&url, &["nodes", "drain", &drained]).await?;
     assert!(out.contains("draining"), "{out}");
@@ -369,8 +386,9 @@ async fn drain_moves_tasks_without_a_gap() -> Result<()> {
     }
     watching.cancel();
     let fewest = watcher.await??;
-    for (id, n) in &fewest {
-        assert!(*n >= 1, "task {id} had {n} running copies at some moment");
+    for id in &ids {
+        let n = fewest[id];
+        assert!(n >= 1, "task {id} had {n} running copies at some moment");
     }
 
     // A drained node takes no new work; undrained, it does again.

@@ -11,43 +11,32 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::KillContainerOptionsBuilder;
-use cube_shared::subjects::{EVENTS_STREAM, MANAGER_EVENTS_CONSUMER};
 use cube_shared::{State, Task, TaskEvent, LABEL_TASK_ID};
 use cube_tests::procs::ProcCluster;
-use cube_tests::{eventually, task};
+use cube_tests::{consistently, eventually, task, Rng};
 use uuid::Uuid;
-
-/// A small, seedable random source (xorshift64*): the seed is printed, and
-/// `CUBE_FAULT_SEED=<seed>` replays a run's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env_or_random() -> Rng {
-        let seed = std::env::var("CUBE_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| Uuid::new_v4().as_u64_pair().0);
-        eprintln!("random choices from seed {seed} (CUBE_FAULT_SEED={seed} replays them)");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `lo..hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-}
 
 /// Exits 7 when sent SIGUSR1, runs (five minutes) until then: an exit the test can cause at
 /// the moment it wants, with a real exit code, from the container's own process.
 fn exits_7_on_usr1() -> Task {
     task(&["sh", "-c", "trap 'exit 7' USR1; sleep 300 & wait"])
+}
+
+/// Checks, as Docker lists them, that the task has one container, running, and that it is
+/// `expected`.
+async fn runs_alone_in(c: &ProcCluster, id: Uuid, expected: &Option<String>) -> Result<()> {
+    let containers = c.containers(LABEL_TASK_ID, &id.to_string()).await?;
+    ensure!(
+        containers.len() == 1
+            && containers[0].state == Some(ContainerSummaryStateEnum::RUNNING)
+            && containers[0].id == *expected,
+        "task {id} should run in one container, {expected:?}, alone: {:?}",
+        containers
+            .iter()
+            .map(|c| (&c.id, &c.state))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
 }
 
 /// Issue 3, fault test 1: 200 tasks submitted while the manager is SIGKILLed and restarted
@@ -63,7 +52,7 @@ async fn manager_killed_twice_while_200_tasks_are_submitted() -> Result<()> {
 async fn manager_killed_twice(c: &mut ProcCluster) -> Result<()> {
     const TASKS: usize = 200;
     let began = Instant::now();
-    let mut rng = Rng::from_env_or_random();
+    let mut rng = Rng::from_env_or_random("CUBE_FAULT_SEED");
     let kill1 = rng.range(10, 70);
     let restart1 = kill1 + rng.range(5, 40);
     let kill2 = restart1 + rng.range(10, 60);
@@ -153,18 +142,9 @@ async fn worker_killed_and_restarted(c: &mut ProcCluster) -> Result<()> {
     eprintln!("20 running after {:?}", began.elapsed());
     // Each runs in exactly one container, running, the one Cube recorded.
     for id in &all {
-        let containers = c.containers(LABEL_TASK_ID, &id.to_string()).await?;
-        ensure!(
-            containers.len() == 1
-                && containers[0].state == Some(ContainerSummaryStateEnum::RUNNING)
-                && containers[0].id == before[id].container_id,
-            "before the kill, task {id} should have one running container, {:?}: {:?}",
-            before[id].container_id,
-            containers
-                .iter()
-                .map(|c| (&c.id, &c.state))
-                .collect::<Vec<_>>()
-        );
+        runs_alone_in(c, *id, &before[id].container_id)
+            .await
+            .context("before the kill")?;
         ensure!(before[id].worker.as_deref() == Some(worker.as_str()));
     }
     c.creates.assert_exactly_one_each(&all)?;
@@ -224,35 +204,35 @@ async fn worker_killed_and_restarted(c: &mut ProcCluster) -> Result<()> {
             t.error
         );
     }
-    // Give a wrongly restarted task the time to show up in Docker's events.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = c.tasks().await?;
-    for id in &staying {
-        let t = &after[id];
-        ensure!(
-            t.state == State::Running && t.container_id == before[id].container_id,
-            "task {id} should still run in container {:?}: it is {} in {:?} (error {:?})",
-            before[id].container_id,
-            t.state,
-            t.container_id,
-            t.error
-        );
-        let containers = c.containers(LABEL_TASK_ID, &id.to_string()).await?;
-        ensure!(
-            containers.len() == 1
-                && containers[0].state == Some(ContainerSummaryStateEnum::RUNNING)
-                && containers[0].id == before[id].container_id,
-            "task {id}'s container {:?} should be adopted, still running, alone: {:?}",
-            before[id].container_id,
-            containers
-                .iter()
-                .map(|c| (&c.id, &c.state))
-                .collect::<Vec<_>>()
-        );
-    }
-    c.creates
-        .assert_exactly_one_each(&all)
-        .context("no container is created again after the restart")?;
+    // Everything the restart set off has been handled; then, for a few seconds (a wrongly
+    // restarted task would show up in Docker's events), the staying tasks keep their
+    // containers and none is created again.
+    cube_tests::wait_idle(&c.js, c.worker_names(), cube_tests::WITHIN).await?;
+    consistently(
+        Duration::from_secs(3),
+        "the staying tasks run in their own containers, each created once",
+        || async {
+            let after = c.tasks().await?;
+            for id in &staying {
+                let t = &after[id];
+                ensure!(
+                    t.state == State::Running && t.container_id == before[id].container_id,
+                    "task {id} should still run in container {:?}: it is {} in {:?} (error {:?})",
+                    before[id].container_id,
+                    t.state,
+                    t.container_id,
+                    t.error
+                );
+                runs_alone_in(c, *id, &before[id].container_id)
+                    .await
+                    .context("its container is adopted")?;
+            }
+            c.creates
+                .assert_exactly_one_each(&all)
+                .context("no container is created again after the restart")
+        },
+    )
+    .await?;
     eprintln!("done after {:?}", began.elapsed());
     Ok(())
 }
@@ -348,46 +328,35 @@ async fn published_five_times(c: &mut ProcCluster) -> Result<()> {
     let running = c
         .wait_state(id, State::Running, Duration::from_secs(30))
         .await?;
-    // The manager has taken in all five copies.
-    cube_tests::wait_drained(
-        &c.js,
-        EVENTS_STREAM,
-        MANAGER_EVENTS_CONSUMER,
-        Duration::from_secs(30),
+    // The manager has taken in all five copies, and the worker whatever work they caused;
+    // then, for a moment (Docker's events arrive on their own stream), one task, one
+    // container.
+    cube_tests::wait_idle(&c.js, c.worker_names(), cube_tests::WITHIN).await?;
+    consistently(
+        Duration::from_secs(2),
+        "one task, running in the one container Docker created",
+        || async {
+            let tasks = c.tasks().await?;
+            ensure!(
+                tasks.len() == 1 && tasks.contains_key(&id),
+                "one task in the Task DB, {id}: {:?}",
+                tasks.keys().collect::<Vec<_>>()
+            );
+            let now = &tasks[&id];
+            ensure!(
+                now.state == State::Running && now.container_id == running.container_id,
+                "still running in {:?}: {now:?}",
+                running.container_id
+            );
+            runs_alone_in(c, id, &running.container_id).await?;
+            c.creates.assert_exactly_one_each(&[id])?;
+            ensure!(
+                c.creates.total() == 1,
+                "Docker created {} containers",
+                c.creates.total()
+            );
+            Ok(())
+        },
     )
-    .await?;
-    // Time for a second container to appear, if one were coming.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    let tasks = c.tasks().await?;
-    ensure!(
-        tasks.len() == 1 && tasks.contains_key(&id),
-        "one task in the Task DB, {id}: {:?}",
-        tasks.keys().collect::<Vec<_>>()
-    );
-    let now = &tasks[&id];
-    ensure!(
-        now.state == State::Running && now.container_id == running.container_id,
-        "still running in {:?}: {now:?}",
-        running.container_id
-    );
-    let containers = c.containers(LABEL_TASK_ID, &id.to_string()).await?;
-    ensure!(
-        containers.len() == 1
-            && containers[0].state == Some(ContainerSummaryStateEnum::RUNNING)
-            && containers[0].id == running.container_id,
-        "one running container {:?}: {:?}",
-        running.container_id,
-        containers
-            .iter()
-            .map(|c| (&c.id, &c.state))
-            .collect::<Vec<_>>()
-    );
-    c.creates.assert_exactly_one_each(&[id])?;
-    ensure!(
-        c.creates.total() == 1,
-        "Docker created {} containers",
-        c.creates.total()
-    );
-    Ok(())
+    .await
 }

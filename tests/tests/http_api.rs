@@ -5,14 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
-use cube_shared::Task;
+use cube_shared::{State, Task};
 use cube_tests::web::WebCluster;
-use cube_tests::{eventually, unique, NatsServer, IMAGE};
+use cube_tests::{eventually, in_state, unique, NatsServer, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-const WITHIN: Duration = Duration::from_secs(60);
 
 async fn get_json(web: &WebCluster, path: &str) -> Result<(StatusCode, Value)> {
     let r = web.http.get(web.url(path)).send().await?;
@@ -44,16 +42,13 @@ async fn send_from_own_origin(web: &WebCluster, body: &str) -> Result<(StatusCod
     Ok((r.status(), r.json().await?))
 }
 
-async fn wait_state(web: &WebCluster, id: Uuid, state: &str) -> Result<Task> {
+/// Waits, reading the task over HTTP, until it is in `state` (failing early as
+/// [`in_state`] says).
+async fn wait_state(web: &WebCluster, id: Uuid, state: State) -> Result<Task> {
     eventually(WITHIN, &format!("task {id} becomes {state}"), || async {
         let (status, body) = get_json(web, &format!("/api/tasks/{id}")).await?;
         ensure!(status == StatusCode::OK, "{status}: {body}");
-        let task: Task = serde_json::from_value(body)?;
-        if task.state.as_str() == state {
-            Ok(task)
-        } else {
-            Err(anyhow!("task is {} ({:?})", task.state, task.error))
-        }
+        in_state(serde_json::from_value(body)?, state)
     })
     .await
 }
@@ -90,7 +85,7 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
     let (status, accepted) = post(&web, "/api/tasks", &body.to_string()).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let id: Uuid = serde_json::from_value(accepted["id"].clone())?;
-    let task = wait_state(&web, id, "running").await?;
+    let task = wait_state(&web, id, State::Running).await?;
     assert_eq!(task.worker.as_deref(), Some(worker.as_str()));
     assert_eq!(task.name, name);
 
@@ -235,7 +230,7 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
         "no task",
     );
     // The task is still running: the refused stops did nothing.
-    assert_eq!(wait_state(&web, id, "running").await?.id, id);
+    assert_eq!(wait_state(&web, id, State::Running).await?.id, id);
 
     // A TaskEvent is accepted too, from the server's own origin (as the dashboard sends).
     let other = Uuid::new_v4();
@@ -244,7 +239,7 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
     let (status, accepted) = send_from_own_origin(&web, &event.to_string()).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["id"], json!(other.to_string()));
-    wait_state(&web, other, "running").await?;
+    wait_state(&web, other, State::Running).await?;
 
     let missing = Uuid::new_v4();
     assert_error(
@@ -294,8 +289,8 @@ async fn submit_get_list_events_logs_and_stop_over_http() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    wait_state(&web, id, "completed").await?;
-    wait_state(&web, other, "completed").await?;
+    wait_state(&web, id, State::Completed).await?;
+    wait_state(&web, other, State::Completed).await?;
     assert_error(
         &post(&web, &format!("/api/tasks/{id}/stop"), "").await?,
         StatusCode::CONFLICT,
@@ -324,7 +319,7 @@ async fn the_dashboard_escapes_what_clients_send() -> Result<()> {
     let (status, accepted) = post(&web, "/api/tasks", &body.to_string()).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let id: Uuid = serde_json::from_value(accepted["id"].clone())?;
-    wait_state(&web, id, "running").await?;
+    wait_state(&web, id, State::Running).await?;
 
     // Pages ignore query parameters they do not know; the API refuses them.
     for path in [

@@ -10,43 +10,19 @@ use anyhow::{bail, ensure, Context, Result};
 use cube_shared::subjects::{logs_for, LOGS_STREAM, LOG_STREAM_HEADER};
 use cube_shared::State;
 use cube_tests::procs::ProcCluster;
-use cube_tests::{cube_bin, eventually, task};
+use cube_tests::{cube_bin, cube_output, eventually, task, CubeOutput, WITHIN};
 use cube_worker::runtime::Runtime;
 use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-const WITHIN: Duration = Duration::from_secs(60);
-
-/// What a `cube` command wrote, and how it ended.
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run_cube(url: &str, args: &[&str]) -> Result<Output> {
-    let out = tokio::time::timeout(
-        WITHIN,
-        tokio::process::Command::new(cube_bin())
-            .args(args)
-            .env("CUBE_NATS_URL", url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("cube {} did not end within {WITHIN:?}", args.join(" ")))??;
-    Ok(Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
 
 /// `cube logs -f ID` running in the background; what it printed so far is readable any time.
 struct Follow {
     child: tokio::process::Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The tasks reading its pipes: they end once it has ended and they have read all.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Follow {
@@ -58,12 +34,13 @@ impl Follow {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let stdout = collect(child.stdout.take().context("stdout")?);
-        let stderr = collect(child.stderr.take().context("stderr")?);
+        let (stdout, out_reader) = collect(child.stdout.take().context("stdout")?);
+        let (stderr, err_reader) = collect(child.stderr.take().context("stderr")?);
         Ok(Follow {
             child,
             stdout,
             stderr,
+            readers: vec![out_reader, err_reader],
         })
     }
 
@@ -107,8 +84,12 @@ impl Follow {
         let status = tokio::time::timeout(WITHIN, self.child.wait())
             .await
             .with_context(|| format!("`cube logs -f` did not end after {why}"))??;
-        // The readers finish with the pipes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Everything it wrote is read once the readers reach the ends of the pipes.
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(WITHIN, reader)
+                .await
+                .context("`cube logs -f` ended, but its output was not read to the end")??;
+        }
         ensure!(
             status.success(),
             "`cube logs -f` failed: {status}: {}",
@@ -118,10 +99,13 @@ impl Follow {
     }
 }
 
-fn collect(mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<String>> {
+/// What `pipe` delivers, gathered as it comes by the returned task.
+fn collect(
+    mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> (Arc<Mutex<String>>, JoinHandle<()>) {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = text.clone();
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut buf = [0u8; 4096];
         while let Ok(n) = pipe.read(&mut buf).await {
             if n == 0 {
@@ -132,7 +116,7 @@ fn collect(mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    text
+    (text, reader)
 }
 
 /// The lines of `text` that start with `prefix`.
@@ -164,7 +148,7 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
 
     // What is kept so far: stdout to stdout, stderr to stderr.
     let shown = eventually(WITHIN, "`cube logs` shows the first lines", || async {
-        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        let out = cube_output(&url, &["logs", &id.to_string()]).await?;
         ensure!(out.ok, "cube logs failed: {}", out.stderr);
         ensure!(
             out.stdout.contains("out-1") && out.stderr.contains("err-1"),
@@ -201,10 +185,10 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
     assert_eq!(done.state, State::Completed);
 
     // Once it ended, `cube logs` still prints all of it, and `-f` ends at once.
-    let all = run_cube(&url, &["logs", &id.to_string()]).await?;
+    let all = cube_output(&url, &["logs", &id.to_string()]).await?;
     ensure!(all.ok, "{}", all.stderr);
     assert_eq!(all.stdout, "out-1\nout-2\n");
-    let ended = run_cube(&url, &["logs", "--follow", &id.to_string()]).await?;
+    let ended = cube_output(&url, &["logs", "--follow", &id.to_string()]).await?;
     ensure!(ended.ok, "{}", ended.stderr);
     assert_eq!(ended.stdout, "out-1\nout-2\n");
 
@@ -224,7 +208,7 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
 
     // A task nobody knows is an error that says so.
     let unknown = Uuid::new_v4().to_string();
-    let out = run_cube(&url, &["logs", &unknown]).await?;
+    let out = cube_output(&url, &["logs", &unknown]).await?;
     ensure!(!out.ok, "cube logs of an unknown task succeeded");
     ensure!(
         out.stderr.contains(&unknown[..8]) || out.stderr.to_lowercase().contains("no task"),
@@ -300,7 +284,7 @@ async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
     let worker = c.worker_names()[0].clone();
     let id = submit_counter(c, LINES).await?;
     eventually(WITHIN, "`cube logs` shows line-3", || async {
-        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        let out = cube_output(&url, &["logs", &id.to_string()]).await?;
         ensure!(out.stdout.contains("line-3\n"), "{:?}", out.stdout);
         Ok(())
     })
@@ -321,7 +305,7 @@ async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
         running(worker.clone()).await?,
         "the task ended before the worker was killed: nothing to test"
     );
-    let before = run_cube(&url, &["logs", &id.to_string()]).await?;
+    let before = cube_output(&url, &["logs", &id.to_string()]).await?;
     let at_kill = lines_with(&before.stdout, "line-").len();
     ensure!(at_kill < LINES, "all output was published before the kill");
     eventually(WITHIN, "the container exits", || async {
@@ -336,7 +320,7 @@ async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
     c.wait_state(id, State::Completed, WITHIN).await?;
     let expected: Vec<String> = (1..=LINES).map(|i| format!("line-{i}")).collect();
     eventually(WITHIN, "`cube logs` shows every line", || async {
-        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        let out = cube_output(&url, &["logs", &id.to_string()]).await?;
         ensure!(out.ok, "{}", out.stderr);
         ensure!(
             lines_with(&out.stdout, "line-").len() >= LINES,
@@ -346,7 +330,7 @@ async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
         Ok(())
     })
     .await?;
-    let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+    let out = cube_output(&url, &["logs", &id.to_string()]).await?;
     assert_eq!(
         lines_with(&out.stdout, "line-"),
         expected,
@@ -388,7 +372,7 @@ async fn submit_term_writer(c: &mut ProcCluster) -> Result<Uuid> {
         .await?;
     c.wait_state(id, State::Running, WITHIN).await?;
     eventually(WITHIN, "`cube logs` shows the task started", || async {
-        let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+        let out = cube_output(&url, &["logs", &id.to_string()]).await?;
         ensure!(out.stdout.contains("started\n"), "{:?}", out.stdout);
         Ok(())
     })
@@ -398,7 +382,7 @@ async fn submit_term_writer(c: &mut ProcCluster) -> Result<Uuid> {
 
 /// `cube logs` shows all a task of [`submit_term_writer`] wrote at SIGTERM, once, in order.
 async fn shows_all_written_at_term(url: &str, id: Uuid) -> Result<()> {
-    let out = run_cube(url, &["logs", &id.to_string()]).await?;
+    let out = cube_output(url, &["logs", &id.to_string()]).await?;
     ensure!(out.ok, "{}", out.stderr);
     let expected: Vec<String> = (1..=AT_TERM).map(|i| format!("bye-{i}")).collect();
     assert_eq!(
@@ -412,7 +396,7 @@ async fn shows_all_written_at_term(url: &str, id: Uuid) -> Result<()> {
 async fn written_at_stop(c: &mut ProcCluster) -> Result<()> {
     let url = c.nats.url();
     let id = submit_term_writer(c).await?;
-    let out = run_cube(&url, &["stop", &id.to_string()]).await?;
+    let out = cube_output(&url, &["stop", &id.to_string()]).await?;
     ensure!(out.ok, "cube stop: {}", out.stderr);
     c.wait_state(id, State::Completed, WITHIN).await?;
     shows_all_written_at_term(&url, id).await
@@ -455,7 +439,7 @@ async fn capped(c: &mut ProcCluster) -> Result<()> {
     // About 110 KB of output.
     let id = c.submit(task(&["seq", "1", &LAST.to_string()])).await?;
     c.wait_state(id, State::Completed, WITHIN).await?;
-    let out = run_cube(&url, &["logs", &id.to_string()]).await?;
+    let out = cube_output(&url, &["logs", &id.to_string()]).await?;
     ensure!(out.ok, "{}", out.stderr);
     let kept = out.stdout;
     ensure!(
@@ -511,7 +495,7 @@ async fn without_stream(c: &mut ProcCluster) -> Result<()> {
         let mut args: Vec<&str> = args;
         let id = id.to_string();
         args.push(&id);
-        let out = run_cube(&url, &args).await?;
+        let out = cube_output(&url, &args).await?;
         ensure!(out.ok, "cube {}: {}", args.join(" "), out.stderr);
         assert_eq!(out.stdout, "", "cube {}", args.join(" "));
     }
@@ -588,18 +572,17 @@ async fn logs_work_under_the_nats_permissions() -> Result<()> {
         WITHIN,
         "`cube logs` as the client shows the output",
         || async {
-            let out = tokio::process::Command::new(cube_bin())
-                .args(["logs", &id.to_string()])
-                .env("CUBE_NATS_URL", nats.url())
-                .env("CUBE_NATS_USER", client.name())
-                .env("CUBE_NATS_PASSWORD", &client.password)
-                .output()
-                .await?;
-            let (stdout, stderr) = (
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            );
-            ensure!(out.status.success(), "cube logs failed: {stderr}");
+            let credentials = [
+                ("CUBE_NATS_USER", client.name()),
+                ("CUBE_NATS_PASSWORD", client.password.as_str()),
+            ];
+            let CubeOutput { ok, stdout, stderr } = cube_tests::cube_output_with_env(
+                &nats.url(),
+                &credentials,
+                &["logs", &id.to_string()],
+            )
+            .await?;
+            ensure!(ok, "cube logs failed: {stderr}");
             ensure!(
                 stdout.contains("auth-out") && stderr.contains("auth-err"),
                 "{stdout:?} / {stderr:?}"

@@ -7,9 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use cube_shared::{RestartPolicy, State, TaskEvent};
 use cube_tests::procs::ProcCluster;
-use cube_tests::{eventually, free_port, sleeper, task, unique};
-
-const WITHIN: Duration = Duration::from_secs(30);
+use cube_tests::{eventually, free_port, sleeper, task, unique, WITHIN};
 
 /// One scrape: every sample by its series (`name{labels}`), and the families' HELP and TYPE.
 #[derive(Debug)]

@@ -2,13 +2,11 @@
 //! shared queue, with real workers and containers.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::Result;
 use cube_shared::{State, Task};
-use cube_tests::Cluster;
+use cube_tests::{Cluster, WITHIN};
 
-const WITHIN: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
 
 fn service(memory: u64) -> Task {
