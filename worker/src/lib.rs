@@ -4,18 +4,24 @@
 //! `tasks.state.<id>`, streams each container's output to `tasks.logs.<id>`, and heartbeats
 //! its node's statistics.
 
+mod adopt;
+mod health;
 pub mod logs;
 pub mod metrics;
+mod node;
 pub mod policy;
 pub mod probe;
+mod report;
+mod run;
 pub mod runtime;
+mod slots;
 pub mod stats;
-mod worker;
+mod work;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use worker::run;
+pub use run::run;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -47,13 +53,9 @@ pub struct Config {
 impl Config {
     /// A usable name: a single NATS subject token, not one of the reserved role names.
     pub fn validate(&self) -> Result<(), Error> {
-        cube_shared::validate::validate_worker_name(&self.name)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        cube_shared::validate::validate_worker_name(&self.name).map_err(Error::Name)?;
         if cube_bus::auth::RESERVED.contains(&self.name.as_str()) {
-            return Err(Error::Config(format!(
-                "worker name `{}` is reserved for a NATS role; choose another",
-                self.name
-            )));
+            return Err(Error::ReservedName(self.name.clone()));
         }
         Ok(())
     }
@@ -75,10 +77,19 @@ impl Config {
     }
 }
 
+/// Why a worker could not run. Each keeps what caused it as its `source` (the CLI prints the
+/// whole chain); nothing is flattened into a string.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("NATS: {0}")]
-    Nats(String),
+    #[error("configuration: invalid worker name")]
+    Name(#[source] cube_shared::validate::Invalid),
+    #[error("configuration: worker name `{0}` is reserved for a NATS role; choose another")]
+    ReservedName(String),
+    /// A durable consumer of work could not be created or read.
+    #[error("consumer {name}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: cube_bus::Error,
+    },
 }

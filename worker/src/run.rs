@@ -1,0 +1,292 @@
+//! The worker's loop: work from two durable consumers, exits from the runtime, heartbeats;
+//! and the one place where what a handler decided becomes JetStream calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
+use cube_shared::subjects::*;
+use cube_shared::wire::{self, encode};
+use cube_shared::StateReport;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::runtime::Runtime;
+use crate::slots::{Table, Turn};
+use crate::work::Outcome;
+use crate::{Config, Error};
+
+/// How many times JetStream offers one piece of work before giving up on it. A start that
+/// keeps failing for runtime reasons is reported `failed` on the last attempt, so the task
+/// never silently stays `scheduled`.
+pub(crate) const MAX_DELIVER: i64 = 10;
+/// How long a worker may hold a message unacknowledged before JetStream offers it again. Long
+/// operations (image pulls) send progress acks well inside this.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What every part of a worker shares. The tasks' state is in `tasks`, its one owner.
+pub(crate) struct Worker {
+    pub(crate) cfg: Config,
+    pub(crate) js: jetstream::Context,
+    /// The Task DB, read to check that a piece of work is still current before acting on it.
+    pub(crate) task_db: kv::Store,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: Arc<Table>,
+    /// How many runtime operations run at once.
+    ops: Arc<Semaphore>,
+    /// Health checks and progress acks, waited for before `run` returns.
+    pub(crate) background: TaskTracker,
+    pub(crate) log_tracker: TaskTracker,
+    /// Cancels the output publishers: after `leave`, so that the output of the containers a
+    /// worker stops on its way out is published.
+    pub(crate) logs_shutdown: CancellationToken,
+}
+
+/// Runs a worker until `shutdown` is cancelled. Containers are left running on exit, for the
+/// next worker process of the same name to adopt.
+pub async fn run(
+    cfg: Config,
+    client: async_nats::Client,
+    runtime: Arc<dyn Runtime>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let js = jetstream::new(client.clone());
+    let Some(work) = wait_for(&shutdown, WORK_STREAM, || js.get_stream(WORK_STREAM)).await else {
+        return Ok(());
+    };
+    let Some(task_db) = wait_for(&shutdown, TASK_DB, || js.get_key_value(TASK_DB)).await else {
+        return Ok(());
+    };
+    // The manager creates the buckets one after another: wait for each.
+    let Some(nodes) = wait_for(&shutdown, NODE_DB, || js.get_key_value(NODE_DB)).await else {
+        return Ok(());
+    };
+
+    let worker = Arc::new(Worker {
+        ops: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+        tasks: Table::new(cfg.metrics.tasks_running.clone()),
+        cfg,
+        js,
+        task_db,
+        runtime,
+        shutdown: shutdown.clone(),
+        background: TaskTracker::new(),
+        log_tracker: TaskTracker::new(),
+        logs_shutdown: CancellationToken::new(),
+    });
+    // However `run` returns, the publishers end with it.
+    let _logs_shutdown = worker.logs_shutdown.clone().drop_guard();
+    // Exits are watched before the containers are listed, so none falls in between.
+    let mut exits = worker.runtime.exits(&worker.cfg.name);
+    if !worker.reconcile_on_start().await {
+        return Ok(());
+    }
+    let name = &worker.cfg.name;
+    let concurrency = worker.cfg.concurrency;
+    let own = &worker_consumer(name);
+    let mut own = consume(&work, own, &pending_for(name), concurrency, &shutdown).await?;
+    let shared = SHARED_WORK_CONSUMER;
+    let mut shared = consume(&work, shared, PENDING, concurrency, &shutdown).await?;
+    let tracker = TaskTracker::new();
+    // Heartbeats run on their own, so that a slow NATS never holds up work or exits.
+    tracker.spawn(worker.clone().beat(client.clone(), nodes.clone()));
+    info!(worker = %worker.cfg.name, "worker ready");
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = own.recv() => worker.dispatch(msg, &tracker).await,
+            Some(msg) = shared.recv() => worker.dispatch(msg, &tracker).await,
+            Some(exit) = exits.recv() => {
+                let turn = worker.turn(exit.task_id).await;
+                let worker = worker.clone();
+                tracker.spawn(async move {
+                    worker.on_exit(exit).await;
+                    drop(turn);
+                });
+            }
+        }
+    }
+    // Stop taking work, let what is in flight finish, then say goodbye.
+    drop((own, shared));
+    tracker.close();
+    tracker.wait().await;
+    worker.background.close();
+    worker.background.wait().await;
+    worker.leave(&client, &nodes).await;
+    // The output publishers end now; a worker adopting the containers resumes where they
+    // stopped.
+    worker.logs_shutdown.cancel();
+    worker.log_tracker.close();
+    worker.log_tracker.wait().await;
+    info!(worker = %worker.cfg.name, "worker stopped");
+    Ok(())
+}
+
+/// Runs `op` every `every` until it succeeds, or returns `None` on shutdown. The first
+/// failure is logged as a warning, later ones only at debug level.
+pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
+    shutdown: &CancellationToken,
+    every: Duration,
+    what: &str,
+    mut op: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut logged = false;
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) if !logged => {
+                warn!(error = %e, "{what}; retrying");
+                logged = true;
+            }
+            Err(e) => debug!(error = %e, "{what}; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The streams and buckets are the manager's to create; a worker started first waits.
+async fn wait_for<T, E: std::fmt::Display, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    get: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let what = format!("waiting for the manager to create {what}");
+    retry(shutdown, Duration::from_millis(250), &what, get).await
+}
+
+async fn consume(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    subject: &str,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) -> Result<tokio::sync::mpsc::Receiver<jetstream::Message>, Error> {
+    let config = pull::Config {
+        durable_name: Some(name.to_string()),
+        filter_subject: subject.to_string(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_deliver: MAX_DELIVER,
+        max_ack_pending: (concurrency * 8).max(64) as i64,
+        ..Default::default()
+    };
+    cube_bus::durable_messages(stream.clone(), config, concurrency, shutdown.child_token())
+        .await
+        .map_err(|source| Error::Consumer {
+            name: name.to_string(),
+            source,
+        })
+}
+
+impl Worker {
+    /// Takes one message off a consumer and hands it to a handler task. The task's turn is
+    /// taken here, in arrival order, so a stop never overtakes the start before it.
+    async fn dispatch(self: &Arc<Self>, msg: jetstream::Message, tracker: &TaskTracker) {
+        let event = match wire::decode_placement(&msg.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                // Only the manager publishes here; a bad message is dropped, not retried.
+                warn!(subject = %msg.subject, error = %e, "dropping unreadable work");
+                return self.settle(&msg, Outcome::Reject).await;
+            }
+        };
+        let turn = self.turn(event.task.id).await;
+        let worker = self.clone();
+        let span = info_span!(
+            "work",
+            task.id = %event.task.id,
+            generation = event.task.generation,
+            worker = %self.cfg.name
+        );
+        tracker.spawn(
+            async move {
+                let outcome = if event.is_stop() {
+                    worker.stop(event, &msg).await
+                } else {
+                    worker.start(event.task, &msg).await
+                };
+                worker.settle(&msg, outcome).await;
+                drop(turn);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Waits for the task's turn and for a free runtime operation.
+    pub(crate) async fn turn(&self, task_id: Uuid) -> Turn {
+        let ops = self.ops.clone();
+        let permit = async move { ops.acquire_owned().await.expect("never closed") };
+        self.tasks.turn(task_id, permit).await
+    }
+
+    /// Carries out what a handler decided about its message. A report is acknowledged only
+    /// once it is durable in JetStream; if it could not be stored, the message stays
+    /// unacknowledged and JetStream offers it again.
+    async fn settle(&self, msg: &jetstream::Message, outcome: Outcome) {
+        let ack = match outcome {
+            Outcome::Ack => AckKind::Ack,
+            Outcome::Retry(after) => AckKind::Nak(Some(after)),
+            Outcome::Reject => AckKind::Term,
+            Outcome::Report(report) => {
+                if !self.report(*report).await {
+                    return;
+                }
+                AckKind::Ack
+            }
+        };
+        if let Err(e) = msg.ack_with(ack).await {
+            debug!(error = %e, "acknowledging work");
+        }
+    }
+
+    /// Publishes a state report into JetStream, retrying until it is stored or the worker
+    /// shuts down. Returns whether it was stored.
+    pub(crate) async fn report(&self, report: StateReport) -> bool {
+        let subject = state_for(report.task_id, &report.worker);
+        // The same id on every retry, so a retry after a lost ack is not stored twice.
+        let msg_id = Uuid::new_v4().to_string();
+        cube_bus::publish_durably(&self.js, subject, encode(&report), &msg_id, &self.shutdown)
+            .await
+            .is_ok()
+    }
+
+    /// Tells JetStream "still working on it" about `msg` until the returned guard drops.
+    pub(crate) fn keep_alive(&self, msg: &jetstream::Message) -> tokio_util::sync::DropGuard {
+        let token = CancellationToken::new();
+        let (msg, done) = (msg.clone(), token.clone());
+        self.background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        });
+        token.drop_guard()
+    }
+}
+
+/// How many times JetStream has offered this message, this time included.
+pub(crate) fn delivered(msg: &jetstream::Message) -> i64 {
+    msg.info().map_or(1, |i| i.delivered)
+}

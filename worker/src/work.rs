@@ -1,0 +1,393 @@
+//! Work handlers: a start or a stop of a task, and a container that ended by itself. Each
+//! handler returns an [`Outcome`]; `Worker::settle` turns it into JetStream calls. What they
+//! decide is in plain functions ([`no_claim`], [`verdict`], [`admit`], [`start_failed`],
+//! [`exit_meaning`]), unit-tested in `work_tests.rs` without NATS or Docker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use cube_shared::subjects::{PENDING, TASK_DB};
+use cube_shared::{wire, Health, State, StateReport, Task, TaskEvent};
+use tracing::{debug, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::report::report;
+use crate::run::{delivered, Worker, MAX_DELIVER};
+use crate::runtime::{Exit, Runtime, RuntimeError, Started};
+use crate::slots::{Claim, NoClaim, Placement, Table};
+use crate::{logs, Config};
+
+/// How long the rest of a container's output may go without a chunk stored before the
+/// container is reported ended (and removed) regardless: `cube logs -f` ends once a task
+/// ended, and should have seen everything by then. Under a loaded nats-server and Docker
+/// engine (the full test suite on two cores) a drain was seen to pause for 5 s.
+const LOGS_DRAIN: Duration = Duration::from_secs(15);
+/// How soon a piece of work that failed for a passing reason is offered again.
+const RETRY_SOON: Duration = Duration::from_secs(2);
+/// How soon a task from the shared queue that did not fit here is offered again.
+const RETRY_ELSEWHERE: Duration = Duration::from_secs(1);
+
+/// What a handler decided about its message.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Done with it; nothing to say.
+    Ack,
+    /// Not now: offer it again after this long.
+    Retry(Duration),
+    /// Store this report, then acknowledge (boxed: it is most of the enum's size).
+    Report(Box<StateReport>),
+    /// Unreadable: never offer it again.
+    Reject,
+}
+
+impl From<StateReport> for Outcome {
+    fn from(report: StateReport) -> Outcome {
+        Outcome::Report(Box::new(report))
+    }
+}
+
+/// What the Task DB says about a start this worker was handed.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Verdict {
+    /// Act on it.
+    Current,
+    /// The task was stopped while it waited to start: report it ended, start nothing.
+    StoppedBeforeStart,
+    /// Not current any more (why): drop it.
+    Superseded(String),
+}
+
+impl Verdict {
+    /// This placement, or a later one, already ran here and ended: a late duplicate.
+    pub(crate) fn ended_here() -> Verdict {
+        Verdict::Superseded("this placement already ran here and ended".into())
+    }
+}
+
+/// The Task DB's record of a task, as far as it could be read.
+pub(crate) enum Record {
+    Missing,
+    Unreadable(wire::DecodeError),
+    Found(Box<Task>),
+}
+
+/// Whether to act on a start, given the task's record: not if the Task DB has moved on (a
+/// newer placement, another worker, a final state, a stop). The manager records a placement
+/// before it publishes it, so the Task DB is never behind.
+pub(crate) fn verdict(task: &Task, worker: &str, record: Record) -> Verdict {
+    let current = match record {
+        Record::Found(current) => *current,
+        Record::Missing => return Verdict::Superseded("the task is not in the Task DB".into()),
+        Record::Unreadable(e) => {
+            warn!(error = %e, "unreadable Task DB record; acting on the work as sent");
+            return Verdict::Current;
+        }
+    };
+    let superseded = |why: String| Verdict::Superseded(why);
+    if current.generation != task.generation {
+        return superseded(format!(
+            "placement {} was superseded by placement {}",
+            task.generation, current.generation
+        ));
+    }
+    if let Some(other) = current.worker.as_deref().filter(|w| *w != worker) {
+        return superseded(format!("the task is assigned to {other}"));
+    }
+    if current.state.is_final() {
+        return superseded(format!("the task has ended ({})", current.state));
+    }
+    if current.stop_requested && current.state == State::Scheduled {
+        return Verdict::StoppedBeforeStart;
+    }
+    Verdict::Current
+}
+
+/// Whether a start may go on under `claim`: `Ok` gives the claim back to start the container
+/// with; otherwise the outcome for the message, and the claim is released with it.
+pub(crate) fn admit(
+    cfg: &Config,
+    tasks: &Table,
+    task: &Task,
+    verdict: Verdict,
+    claim: Claim,
+) -> Result<Claim, Outcome> {
+    let report = || report(&cfg.name, task.id, task.generation);
+    match verdict {
+        Verdict::Current => {}
+        Verdict::StoppedBeforeStart => {
+            info!("stopped before it started");
+            return Err(Outcome::from(report().completed()));
+        }
+        Verdict::Superseded(reason) => {
+            info!(%reason, "skipping work that is no longer current");
+            return Err(Outcome::Ack);
+        }
+    }
+    if let Some(reason) = cfg.policy.refuses(task) {
+        warn!(%reason, "refused by the worker's policy");
+        cfg.metrics.containers_failed.inc();
+        tasks.ended(task.id, task.generation);
+        let why = format!("refused by worker {}: {reason}", cfg.name);
+        return Err(Outcome::from(report().failed(why)));
+    }
+    Ok(claim)
+}
+
+/// What to do about a start that got no claim, on the message's `attempt`th delivery.
+pub(crate) fn no_claim(worker: &str, task: &Task, why: NoClaim, attempt: i64) -> Outcome {
+    match why {
+        NoClaim::Running => {
+            debug!("already running; duplicate start ignored");
+            Outcome::Ack
+        }
+        NoClaim::NoRoom if attempt < MAX_DELIVER => {
+            debug!("no room for a task from the shared queue; leaving it to another worker");
+            Outcome::Retry(RETRY_ELSEWHERE)
+        }
+        NoClaim::NoRoom => {
+            let why =
+                format!("no worker had room for it in {MAX_DELIVER} offers from the shared queue");
+            Outcome::from(report(worker, task.id, task.generation).failed(why))
+        }
+    }
+}
+
+/// Starts the task's container under `claim`, on the message's `attempt`th delivery. If the
+/// runtime fails, the claim is given back and the outcome for the message returned.
+pub(crate) async fn launch(
+    runtime: &dyn Runtime,
+    cfg: &Config,
+    tasks: &Table,
+    task: &Task,
+    claim: Claim,
+    attempt: i64,
+) -> Result<(Started, Claim), Outcome> {
+    match runtime.start(task, &cfg.name).await {
+        Ok(started) => Ok((started, claim)),
+        Err(error) => Err(start_failed(cfg, tasks, task, error, attempt)),
+    }
+}
+
+/// What to do about a start the runtime failed, on the message's `attempt`th delivery: try
+/// again while the runtime itself is failing and offers remain, else report it failed.
+pub(crate) fn start_failed(
+    cfg: &Config,
+    tasks: &Table,
+    task: &Task,
+    error: RuntimeError,
+    attempt: i64,
+) -> Outcome {
+    if matches!(error, RuntimeError::Unavailable(_)) && attempt < MAX_DELIVER {
+        warn!(%error, "runtime unavailable; will retry");
+        return Outcome::Retry(RETRY_SOON);
+    }
+    cfg.metrics.containers_failed.inc();
+    warn!(%error, "start failed");
+    tasks.ended(task.id, task.generation);
+    let failed = report(&cfg.name, task.id, task.generation).failed(error.to_string());
+    Outcome::from(failed)
+}
+
+/// What the exit of a container means to the worker.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ExitMeaning {
+    /// Not the placement it runs (a replayed event, or a container of another placement): the
+    /// start-up reconciliation deals with those.
+    Untracked,
+    /// It was asked to stop: the stop reports it, this is no failure.
+    Stopped,
+    /// It ended by itself, in this placement: report it.
+    Ended(Placement),
+}
+
+/// What an exit means, given the placement that runs here and whether a stop was asked.
+pub(crate) fn exit_meaning(
+    exit: &Exit,
+    running: Option<Placement>,
+    stop_requested: bool,
+) -> ExitMeaning {
+    match running.filter(|p| p.generation == exit.generation) {
+        None => ExitMeaning::Untracked,
+        Some(_) if stop_requested => ExitMeaning::Stopped,
+        Some(placement) => ExitMeaning::Ended(placement),
+    }
+}
+
+impl Worker {
+    pub(crate) async fn start(self: &Arc<Self>, task: Task, msg: &jetstream::Message) -> Outcome {
+        let from_queue = msg.subject.as_str() == PENDING;
+        let claim = match self.tasks.claim(&task, from_queue) {
+            Ok(claim) => claim,
+            Err(why) => return no_claim(&self.cfg.name, &task, why, delivered(msg)),
+        };
+        let verdict = if self.tasks.has_ended(&task) {
+            Verdict::ended_here()
+        } else {
+            match self.record(task.id).await {
+                Ok(record) => verdict(&task, &self.cfg.name, record),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the task from {TASK_DB}; will retry");
+                    return Outcome::Retry(RETRY_SOON);
+                }
+            }
+        };
+        let claim = match admit(&self.cfg, &self.tasks, &task, verdict, claim) {
+            Ok(claim) => claim,
+            Err(outcome) => return outcome,
+        };
+        let launched = {
+            let _progress = self.keep_alive(msg);
+            let (cfg, tasks) = (&self.cfg, &self.tasks);
+            launch(&*self.runtime, cfg, tasks, &task, claim, delivered(msg)).await
+        };
+        match launched {
+            Ok((started, claim)) => Outcome::from(self.started(&task, started, claim)),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Records a container that now runs for `task` under `claim`, with its health checks
+    /// and its output follower.
+    fn started(self: &Arc<Self>, task: &Task, started: Started, claim: Claim) -> StateReport {
+        let checks = self.watch_health(task);
+        let placement = Placement {
+            generation: task.generation,
+            container_id: started.container_id.clone(),
+            start_time: Some(started.start_time),
+        };
+        self.tasks.run(claim, placement, checks);
+        self.cfg.metrics.containers_started.inc();
+        self.follow_logs(task.id, task.generation);
+        info!(container = %started.container_id, "started");
+        let health = task.health_check.as_ref().map(|_| Health::Starting);
+        report(&self.cfg.name, task.id, task.generation)
+            .container(started.container_id, Some(started.start_time))
+            .running(health)
+    }
+
+    /// The task's record in the Task DB.
+    async fn record(&self, id: Uuid) -> Result<Record, kv::EntryError> {
+        let entry = self.task_db.get(id.to_string()).await?;
+        Ok(match entry {
+            None => Record::Missing,
+            Some(bytes) => match wire::decode(&bytes, usize::MAX) {
+                Ok(task) => Record::Found(Box::new(task)),
+                Err(e) => Record::Unreadable(e),
+            },
+        })
+    }
+
+    pub(crate) async fn stop(&self, event: TaskEvent, msg: &jetstream::Message) -> Outcome {
+        let id = event.task.id;
+        let tracked = self.tasks.request_stop(id);
+        // The placement to stop: the one named in the request, else the one running here.
+        let running = tracked.as_ref().map(|p| p.generation);
+        let Some(g) = Some(event.task.generation).filter(|g| *g > 0).or(running) else {
+            debug!("nothing of this task runs here");
+            return Outcome::Ack;
+        };
+        let result = {
+            let _progress = self.keep_alive(msg);
+            self.runtime.stop(id, g, self.cfg.stop_grace).await
+        };
+        let code = match result {
+            Ok(code) => code,
+            Err(e) => {
+                warn!(error = %e, "stop failed; will retry");
+                return Outcome::Retry(RETRY_SOON);
+            }
+        };
+        info!(exit_code = ?code, generation = g, "stopped on request");
+        let tracked = tracked.filter(|p| p.generation == g);
+        if tracked.is_some() {
+            // What it wrote while stopping (a TERM handler) is published before the
+            // container goes.
+            self.drain_logs(id).await;
+        }
+        self.remove_container(id, g).await;
+        self.tasks.ended(id, g);
+        let mut r = report(&self.cfg.name, id, g).exit_code(code);
+        if let Some(p) = tracked {
+            self.tasks.forget(id);
+            r = r.container(p.container_id, p.start_time);
+        }
+        Outcome::from(r.completed())
+    }
+
+    /// A container ended by itself: report it and clean up.
+    pub(crate) async fn on_exit(&self, exit: Exit) {
+        let span = info_span!(
+            "exit",
+            task.id = %exit.task_id,
+            generation = exit.generation,
+            worker = %self.cfg.name
+        );
+        async {
+            let stop_requested = self.tasks.take_stop_request(exit.task_id);
+            let running = self.tasks.running(exit.task_id);
+            match exit_meaning(&exit, running, stop_requested) {
+                ExitMeaning::Untracked => {
+                    debug!("exit of a container this worker does not track; ignored");
+                }
+                ExitMeaning::Stopped => debug!("exit of a container being stopped"),
+                ExitMeaning::Ended(placement) => {
+                    info!(exit_code = exit.exit_code, container = %placement.container_id, "container exited");
+                    self.finish(exit, placement).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reports how the container of `placement` ended, forgets it and removes it.
+    pub(crate) async fn finish(&self, exit: Exit, placement: Placement) {
+        let task_id = exit.task_id;
+        let generation = placement.generation;
+        self.drain_logs(task_id).await;
+        self.tasks.ended(task_id, generation);
+        self.tasks.forget(task_id);
+        let r = report(&self.cfg.name, task_id, generation)
+            .container(placement.container_id, placement.start_time)
+            .exited(exit);
+        self.report(r).await;
+        self.remove_container(task_id, generation).await;
+    }
+
+    /// Removes the container of a placement that has ended or was stopped.
+    pub(crate) async fn remove_container(&self, task_id: Uuid, generation: u64) {
+        if let Err(e) = self.runtime.remove(task_id, generation).await {
+            warn!(error = %e, "removing the ended container");
+        }
+    }
+
+    /// Starts publishing the output of the task's container (once per placement).
+    pub(crate) fn follow_logs(&self, task_id: Uuid, generation: u64) {
+        if !self.runtime.has_output() {
+            return;
+        }
+        self.tasks.follow(task_id, generation, || {
+            logs::follow(
+                self.js.clone(),
+                self.runtime.clone(),
+                task_id,
+                generation,
+                &self.cfg.name,
+                &self.logs_shutdown,
+                &self.log_tracker,
+            )
+        });
+    }
+
+    /// Lets the output publisher of the task's ended container finish (see [`LOGS_DRAIN`]).
+    pub(crate) async fn drain_logs(&self, task_id: Uuid) {
+        if let Some(follower) = self.tasks.take_follower(task_id) {
+            follower.drain(LOGS_DRAIN).await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "work_tests.rs"]
+mod tests;
