@@ -187,11 +187,10 @@ impl Table {
     pub(crate) fn claim(self: &Arc<Self>, task: &Task, check_room: bool) -> Result<Claim, NoClaim> {
         let mut tasks = self.lock();
         let tasks = &mut *tasks;
-        if tasks
-            .slots
-            .get(&task.id)
-            .is_some_and(|s| s.running.is_some())
-        {
+        // An older placement that still runs here does not block a newer one: the task was
+        // lost (its node fell silent) and placed here again; the start retires the old copy.
+        let running = tasks.slots.get(&task.id).and_then(|s| s.running.as_ref());
+        if running.is_some_and(|r| r.placement.generation >= task.generation) {
             return Err(NoClaim::Running);
         }
         if check_room {
@@ -300,6 +299,27 @@ impl Table {
     /// Whether this placement of the task (or a later one) already ended here.
     pub(crate) fn has_ended(&self, task: &Task) -> bool {
         self.lock().finished.ended(&task.id, task.generation)
+    }
+
+    /// Forgets the running container of placement `generation` (stopped to make way for a
+    /// newer placement of the same task), keeping the task's claim for the newer one.
+    pub(crate) fn retire(&self, id: Uuid, generation: u64) {
+        let mut tasks = self.lock();
+        let Some(slot) = tasks.slots.get_mut(&id) else {
+            return;
+        };
+        if slot
+            .running
+            .as_ref()
+            .is_none_or(|r| r.placement.generation != generation)
+        {
+            return;
+        }
+        slot.running = None;
+        slot.stop_requested_at = None;
+        tasks.running -= 1;
+        self.gauge.set(tasks.running as i64);
+        tasks.finished.insert(id, generation);
     }
 
     /// Forgets the task's placement: its claim, container, health checks, follower and stop

@@ -236,6 +236,12 @@ impl Worker {
             Ok(claim) => claim,
             Err(outcome) => return outcome,
         };
+        let older = self.tasks.running(task.id);
+        if let Some(old) = older.filter(|p| p.generation < task.generation) {
+            if let Err(outcome) = self.retire(task.id, old, msg).await {
+                return outcome;
+            }
+        }
         let launched = {
             let _progress = self.keep_alive(msg);
             let (cfg, tasks) = (&self.cfg, &self.tasks);
@@ -245,6 +251,35 @@ impl Worker {
             Ok((started, claim)) => Outcome::from(self.started(&task, started, claim)),
             Err(outcome) => outcome,
         }
+    }
+
+    /// Stops and removes the container of an older placement of a task that was placed here
+    /// again (its node was declared lost while this copy ran on): the Task DB says the newer
+    /// placement is current, and one node runs one copy of a task.
+    async fn retire(
+        &self,
+        id: Uuid,
+        old: Placement,
+        msg: &jetstream::Message,
+    ) -> Result<(), Outcome> {
+        info!(
+            generation = old.generation,
+            "stopping the older copy to make way for the new placement"
+        );
+        let stopped = {
+            let _progress = self.keep_alive(msg);
+            self.runtime
+                .stop(id, old.generation, self.cfg.stop_grace)
+                .await
+        };
+        if let Err(e) = stopped {
+            warn!(error = %e, "stopping the older copy failed; will retry");
+            return Err(Outcome::Retry(RETRY_SOON));
+        }
+        self.drain_logs(id).await;
+        self.remove_container(id, old.generation).await;
+        self.tasks.retire(id, old.generation);
+        Ok(())
     }
 
     /// Records a container that now runs for `task` under `claim`, with its health checks

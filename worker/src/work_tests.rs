@@ -169,6 +169,40 @@ async fn a_duplicate_start_does_not_start_a_second_container() {
 }
 
 #[tokio::test]
+async fn a_newer_placement_is_not_taken_for_a_duplicate_of_the_copy_that_runs() {
+    // The simulation test found this: a task whose node fell silent was lost and placed on
+    // the same node again; the new placement's start was acked as a duplicate of the old
+    // copy's, and the task stayed `scheduled` for ever.
+    let (cfg, tasks, t) = (cfg(), table(), task());
+    let sim = SimRuntime::default();
+    let claim = tasks.claim(&t, false).unwrap();
+    let (started, claim) = launch(&sim, &cfg, &tasks, &t, claim, 1).await.unwrap();
+    let placement = Placement {
+        generation: t.generation,
+        container_id: started.container_id,
+        start_time: Some(started.start_time),
+    };
+    tasks.run(claim, placement, None);
+
+    let mut newer = t.clone();
+    newer.generation = t.generation + 1;
+    let claim = tasks
+        .claim(&newer, false)
+        .expect("an older copy does not block it");
+    tasks.retire(t.id, t.generation);
+    assert_eq!(tasks.running(t.id), None);
+    assert!(tasks.has_ended(&t), "the old placement ended here");
+    assert_eq!(
+        tasks.claimed().len(),
+        1,
+        "the claim stays for the new placement"
+    );
+    let (_, claim) = launch(&sim, &cfg, &tasks, &newer, claim, 1).await.unwrap();
+    assert_eq!(sim.starts(), 2, "the new placement has its own container");
+    drop(claim);
+}
+
+#[tokio::test]
 async fn a_start_the_runtime_fails_reports_failed_and_gives_the_claim_back() {
     let (cfg, tasks, t) = (cfg(), table(), task());
     let sim = SimRuntime::default();
