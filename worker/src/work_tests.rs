@@ -143,18 +143,24 @@ fn a_start_that_did_not_fit_is_offered_elsewhere_then_fails() {
     assert_eq!((r.state, r.generation), (State::Failed, Some(3)));
 }
 
-#[tokio::test]
-async fn a_duplicate_start_does_not_start_a_second_container() {
-    let (cfg, tasks, t) = (cfg(), table(), task());
-    let sim = SimRuntime::default();
-    let claim = tasks.claim(&t, false).unwrap();
-    let (started, claim) = launch(&sim, &cfg, &tasks, &t, claim, 1).await.unwrap();
+/// Starts `t` under a claim and records its container as running, as `Worker::start` does.
+async fn run_here(sim: &SimRuntime, cfg: &Config, tasks: &Arc<Table>, t: &Task) -> Started {
+    let claim = tasks.claim(t, false).unwrap();
+    let (started, claim) = launch(sim, cfg, tasks, t, claim, 1).await.unwrap();
     let placement = Placement {
         generation: t.generation,
         container_id: started.container_id.clone(),
         start_time: Some(started.start_time),
     };
     tasks.run(claim, placement, None);
+    started
+}
+
+#[tokio::test]
+async fn a_duplicate_start_does_not_start_a_second_container() {
+    let (cfg, tasks, t) = (cfg(), table(), task());
+    let sim = SimRuntime::default();
+    let started = run_here(&sim, &cfg, &tasks, &t).await;
 
     let again = tasks.claim(&t, false).map(|_| ()).unwrap_err();
     assert!(matches!(no_claim("w1", &t, again, 1), Outcome::Ack));
@@ -175,14 +181,7 @@ async fn a_newer_placement_is_not_taken_for_a_duplicate_of_the_copy_that_runs() 
     // copy's, and the task stayed `scheduled` for ever.
     let (cfg, tasks, t) = (cfg(), table(), task());
     let sim = SimRuntime::default();
-    let claim = tasks.claim(&t, false).unwrap();
-    let (started, claim) = launch(&sim, &cfg, &tasks, &t, claim, 1).await.unwrap();
-    let placement = Placement {
-        generation: t.generation,
-        container_id: started.container_id,
-        start_time: Some(started.start_time),
-    };
-    tasks.run(claim, placement, None);
+    run_here(&sim, &cfg, &tasks, &t).await;
 
     let mut newer = t.clone();
     newer.generation = t.generation + 1;

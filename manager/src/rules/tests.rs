@@ -122,6 +122,13 @@ impl Harness {
         self.effects()
     }
 
+    /// Where the task was placed, and the other of two workers `w1` and `w2`.
+    fn placed_and_other(&self, id: Uuid) -> (String, &'static str) {
+        let w = self.task(id).worker.expect("placed on a worker");
+        let other = if w == "w1" { "w2" } else { "w1" };
+        (w, other)
+    }
+
     fn tick(&mut self) -> Decided {
         self.rules.tick(self.now);
         self.effects()
@@ -223,8 +230,7 @@ fn reports_only_from_the_current_placement_and_only_legal_moves() {
     let mut h = Harness::new(&["w1", "w2"]);
     let t = sleeper(RestartPolicy::No);
     h.submit(t.clone());
-    let w = h.task(t.id).worker.unwrap();
-    let other = if w == "w1" { "w2" } else { "w1" };
+    let (w, other) = h.placed_and_other(t.id);
 
     let d = h.report(t.id, other, State::Running, None);
     assert!(d.is_empty(), "another worker cannot speak for it");
@@ -389,8 +395,7 @@ fn a_silent_node_is_down_and_its_tasks_move_but_not_right_after_a_start() {
     let mut h = Harness::new(&["w1", "w2"]);
     let t = sleeper(RestartPolicy::Always);
     h.submit(t.clone());
-    let w = h.task(t.id).worker.unwrap();
-    let other = if w == "w1" { "w2" } else { "w1" };
+    let (w, other) = h.placed_and_other(t.id);
     h.report(t.id, &w, State::Running, None);
     // Only the other node keeps speaking. Within TTL + grace of the start, nothing is judged.
     h.advance(14.0);
@@ -449,8 +454,7 @@ fn a_drain_starts_the_replacement_first_then_stops_the_old_copy() {
     let mut h = Harness::new(&["w1", "w2"]);
     let t = sleeper(RestartPolicy::No);
     h.submit(t.clone());
-    let from = h.task(t.id).worker.unwrap();
-    let to = if from == "w1" { "w2" } else { "w1" };
+    let (from, to) = h.placed_and_other(t.id);
     h.report(t.id, &from, State::Running, None);
     assert_eq!(h.rules.check_drain("nope"), Err(NoSuchNode("nope".into())));
     h.rules.set_drain(&from, true, h.now).unwrap();
@@ -479,8 +483,7 @@ fn a_failed_move_leaves_the_task_where_it_was() {
     let mut h = Harness::new(&["w1", "w2"]);
     let t = sleeper(RestartPolicy::No);
     h.submit(t.clone());
-    let from = h.task(t.id).worker.unwrap();
-    let to = if from == "w1" { "w2" } else { "w1" };
+    let (from, to) = h.placed_and_other(t.id);
     h.report(t.id, &from, State::Running, None);
     h.rules.set_drain(&from, true, h.now).unwrap();
     h.effects();

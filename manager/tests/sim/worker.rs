@@ -72,6 +72,22 @@ impl Worker {
             .push(&state_for(r.task_id, &self.name), encode(&r).to_vec());
     }
 
+    /// Reports how placement `g` of `id` ended by itself, as the worker's `exit_report` does.
+    fn report_exit(&self, store: &mut Store, id: Uuid, g: u64, code: i64, now: DateTime<Utc>) {
+        let state = if code == 0 {
+            State::Completed
+        } else {
+            State::Failed
+        };
+        let mut r = StateReport::new(id, &self.name, state);
+        r.exit_code = Some(code);
+        r.finish_time = Some(now);
+        if state == State::Failed {
+            r.error = Some(format!("exited with code {code}"));
+        }
+        self.report(store, r, g, now);
+    }
+
     /// Time passes: containers end by themselves; a worker that is up sends a heartbeat every
     /// second and notices the containers that ended.
     pub fn on_time(&mut self, now: DateTime<Utc>, store: &mut Store) -> Vec<String> {
@@ -95,18 +111,7 @@ impl Worker {
         for (id, g, code) in ended {
             self.tracked.remove(&id);
             self.finished.insert(id, g);
-            let state = if code == 0 {
-                State::Completed
-            } else {
-                State::Failed
-            };
-            let mut r = StateReport::new(id, &self.name, state);
-            r.exit_code = Some(code);
-            r.finish_time = Some(now);
-            if state == State::Failed {
-                r.error = Some(format!("exited with code {code}"));
-            }
-            self.report(store, r, g, now);
+            self.report_exit(store, id, g, code, now);
             self.containers.remove(&(id, g));
         }
         if self
@@ -295,15 +300,7 @@ impl Worker {
                 (Some(_), Some(code)) => {
                     self.containers.remove(&(id, g));
                     self.finished.insert(id, g);
-                    let state = if code == 0 {
-                        State::Completed
-                    } else {
-                        State::Failed
-                    };
-                    let mut r = StateReport::new(id, &self.name, state);
-                    r.exit_code = Some(code);
-                    r.finish_time = Some(now);
-                    self.report(store, r, g, now);
+                    self.report_exit(store, id, g, code, now);
                     lines.push(format!("{}: {id}/{g} ended while away", self.name));
                 }
                 (None, _) => {
