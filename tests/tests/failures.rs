@@ -220,7 +220,7 @@ async fn entries_until(
 
 /// `on-failure` end to end: a container that exits 1 is restarted on Docker, then the task
 /// stays `failed` once its one restart is spent. (The backoff's timing and the giving up after
-/// several attempts are rules, tested in milliseconds in `manager/src/rules/tests.rs`.)
+/// several attempts are rules, tested in milliseconds in `manager/src/rules/tests/`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_failure_restarts_then_gives_up() -> Result<()> {
     let cluster = Cluster::start(1).await?;

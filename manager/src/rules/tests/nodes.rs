@@ -1,0 +1,167 @@
+//! Liveness, fencing, drain, room freed, and a restarted manager.
+
+use super::*;
+
+#[test]
+fn a_silent_node_is_down_and_its_tasks_move_but_not_right_after_a_start() {
+    let mut h = Harness::new(&["w1", "w2"]);
+    let t = sleeper(RestartPolicy::Always);
+    h.submit(t.clone());
+    let (w, other) = h.placed_and_other(t.id);
+    h.report(t.id, &w, State::Running, None);
+    // Only the other node keeps speaking. Within TTL + grace of the start, nothing is judged.
+    h.advance(14.0);
+    h.heartbeat(other, &[]);
+    assert!(h.tick().is_empty());
+    h.advance(1.5);
+    h.heartbeat(other, &[]);
+    let d = h.tick();
+    assert_eq!(d.journal_kinds(), ["node-down", "lost", "rescheduled"]);
+    assert_eq!(starts(&d), vec![(pending_for(other), t.id, 2)]);
+    assert_eq!(h.rules.cluster().node(&w).unwrap().state, NodeState::Down);
+    // The node comes back listing the old copy: it is fenced, once per FENCE_AGAIN.
+    let d = h.heartbeat(&w, &[(t.id, 1)]);
+    assert_eq!(d.journal_kinds(), ["node-joined", "fenced"]);
+    assert_eq!(stops(&d), vec![(pending_for(&w), t.id, 1)]);
+    assert!(stops(&h.heartbeat(&w, &[(t.id, 1)])).is_empty());
+    h.advance(FENCE_AGAIN.as_secs_f64());
+    assert_eq!(stops(&h.heartbeat(&w, &[(t.id, 1)])).len(), 1);
+}
+
+#[test]
+fn fencing_spares_current_queued_and_moving_copies() {
+    let mut t = sleeper(RestartPolicy::No);
+    t.worker = Some("w1".into());
+    t.generation = 3;
+    t.state = State::Running;
+    assert!(!crate::rules::nodes::is_stale(Some(&t), "w1", 3));
+    assert!(crate::rules::nodes::is_stale(Some(&t), "w1", 2));
+    assert!(crate::rules::nodes::is_stale(Some(&t), "w2", 3));
+    assert!(
+        crate::rules::nodes::is_stale(None, "w1", 3),
+        "unknown to the manager"
+    );
+    t.worker = None;
+    t.state = State::Scheduled;
+    assert!(
+        !crate::rules::nodes::is_stale(Some(&t), "w2", 3),
+        "taken from the queue, report on its way"
+    );
+    t.worker = Some("w2".into());
+    t.previous = Some(cube_shared::Placement {
+        worker: "w1".into(),
+        generation: 2,
+    });
+    assert!(
+        !crate::rules::nodes::is_stale(Some(&t), "w1", 2),
+        "the copy being moved away from"
+    );
+    t.state = State::Completed;
+    t.previous = None;
+    assert!(
+        crate::rules::nodes::is_stale(Some(&t), "w2", 3),
+        "ended: its container must go"
+    );
+}
+
+#[test]
+fn a_drain_starts_the_replacement_first_then_stops_the_old_copy() {
+    let mut h = Harness::new(&["w1", "w2"]);
+    let t = sleeper(RestartPolicy::No);
+    h.submit(t.clone());
+    let (from, to) = h.placed_and_other(t.id);
+    h.report(t.id, &from, State::Running, None);
+    assert_eq!(h.rules.check_drain("nope"), Err(NoSuchNode("nope".into())));
+    h.rules.set_drain(&from, true, h.now).unwrap();
+    let d = h.effects();
+    assert_eq!(d.journal_kinds(), ["drain", "moving"]);
+    assert_eq!(starts(&d), vec![(pending_for(to), t.id, 2)]);
+    assert!(
+        stops(&d).is_empty(),
+        "the old copy runs until the new one does"
+    );
+    // Heartbeats of the draining node keep it draining, and its copy is not stale.
+    let d = h.heartbeat(&from, &[(t.id, 1)]);
+    assert!(d.work.is_empty());
+    assert_eq!(
+        h.rules.cluster().node(&from).unwrap().state,
+        NodeState::Draining
+    );
+    let d = h.report(t.id, to, State::Running, None);
+    assert_eq!(stops(&d), vec![(pending_for(&from), t.id, 1)]);
+    assert_eq!(d.journal_kinds(), ["moved", "running"]);
+    assert_eq!(h.task(t.id).previous, None);
+}
+
+#[test]
+fn a_failed_move_leaves_the_task_where_it_was() {
+    let mut h = Harness::new(&["w1", "w2"]);
+    let t = sleeper(RestartPolicy::No);
+    h.submit(t.clone());
+    let (from, to) = h.placed_and_other(t.id);
+    h.report(t.id, &from, State::Running, None);
+    h.rules.set_drain(&from, true, h.now).unwrap();
+    h.effects();
+    let d = h.report(t.id, to, State::Failed, Some(125));
+    assert_eq!(d.journal_kinds(), ["move-failed"]);
+    let t = h.task(t.id);
+    assert_eq!(
+        (t.state, t.worker.as_deref(), t.generation),
+        (State::Running, Some(from.as_str()), 1)
+    );
+}
+
+#[test]
+fn a_node_with_room_again_takes_the_waiting_tasks() {
+    let mut h = Harness::new(&["w1"]);
+    let mut big = sleeper(RestartPolicy::No);
+    big.cpu = 3.0;
+    let mut second = big.clone();
+    second.id = Uuid::new_v4();
+    h.submit(big.clone());
+    let d = h.submit(second.clone());
+    assert_eq!(d.journal_kinds(), ["submitted", "unschedulable"]);
+    h.report(big.id, "w1", State::Running, None);
+    let d = h.report(big.id, "w1", State::Completed, Some(0));
+    assert_eq!(
+        starts(&d),
+        vec![(pending_for("w1"), second.id, 1)],
+        "freed room is used at once"
+    );
+}
+
+#[test]
+fn a_restarted_manager_sends_recorded_placements_again_once() {
+    let mut h = Harness::new(&["w1"]);
+    let t = sleeper(RestartPolicy::No);
+    h.submit(t.clone());
+    let stored = Stored {
+        tasks: h.rules.cluster().tasks().cloned().collect(),
+        nodes: h.rules.cluster().nodes().cloned().collect(),
+        drained: vec![],
+    };
+    let mut rules = Rules::new(
+        h.rules.timings(),
+        algorithms::by_name("spread").unwrap(),
+        crate::metrics::Metrics::default(),
+        stored,
+        h.now,
+    );
+    assert!(rules.resend_due());
+    rules.resend_placements();
+    let d = rules.take_effects();
+    assert_eq!(starts(&d), vec![(pending_for("w1"), t.id, 1)]);
+    assert!(d.tasks.is_empty(), "nothing new to store");
+    rules.resend_placements();
+    assert!(rules.take_effects().is_empty());
+}
+
+#[test]
+fn heartbeats_that_lie_about_their_name_are_ignored() {
+    let mut h = Harness::new(&[]);
+    let node: Node = crate::testing::node("w1", 1.0, 1 << 30);
+    h.rules
+        .on_heartbeat(&HEARTBEAT_ALL.replace('*', "w2"), &encode(&node), h.now);
+    assert!(h.effects().is_empty());
+    assert!(h.rules.cluster().node("w1").is_none());
+}
