@@ -30,7 +30,8 @@ use cube_shared::wire::{
     self, DecodeError, Salvaged, MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, PLACEMENT_HEADROOM,
 };
 use cube_shared::{
-    DrainRequest, JournalEntry, Node, RestartPolicy, State, StateReport, Task, TaskEvent, TaskQuery,
+    DrainRequest, JournalEntry, Node, RestartPolicy, State, StateReport, Task, TaskEvent,
+    TaskListQuery, TaskQuery,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -66,18 +67,21 @@ enum Kind {
     Query,
     /// `cube.api.nodes.drain` (manager).
     Drain,
+    /// `cube.api.tasks.list` (manager).
+    ListQuery,
     /// `cube.journal.>` (`cube events`).
     Journal,
     /// `cube-tasks` records (manager and worker, unbounded) and task files (`cube submit -f`).
     Task,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind::Event,
     Kind::Report,
     Kind::Node,
     Kind::Query,
     Kind::Drain,
+    Kind::ListQuery,
     Kind::Journal,
     Kind::Task,
 ];
@@ -94,6 +98,7 @@ fn check(kind: Kind, bytes: &[u8]) -> Result<(), TestCaseError> {
         Kind::Node => check_message::<Node>(bytes, MAX_MESSAGE_BYTES),
         Kind::Query => check_message::<TaskQuery>(bytes, MAX_MESSAGE_BYTES),
         Kind::Drain => check_message::<DrainRequest>(bytes, MAX_MESSAGE_BYTES),
+        Kind::ListQuery => check_message::<TaskListQuery>(bytes, MAX_MESSAGE_BYTES),
         Kind::Journal => check_message::<JournalEntry>(bytes, MAX_MESSAGE_BYTES),
         Kind::Task => {
             check_message::<Task>(bytes, MAX_EVENT_BYTES)?;
@@ -110,6 +115,7 @@ fn accepts(kind: Kind, bytes: &[u8]) -> bool {
         Kind::Node => wire::decode::<Node>(bytes, MAX_MESSAGE_BYTES).is_ok(),
         Kind::Query => wire::decode::<TaskQuery>(bytes, MAX_MESSAGE_BYTES).is_ok(),
         Kind::Drain => wire::decode::<DrainRequest>(bytes, MAX_MESSAGE_BYTES).is_ok(),
+        Kind::ListQuery => wire::decode::<TaskListQuery>(bytes, MAX_MESSAGE_BYTES).is_ok(),
         Kind::Journal => wire::decode::<JournalEntry>(bytes, MAX_MESSAGE_BYTES).is_ok(),
         Kind::Task => wire::decode::<Task>(bytes, usize::MAX).is_ok(),
     }
@@ -278,6 +284,9 @@ fn base(kind: Kind, variant: usize) -> Value {
         }),
         (Kind::Query, _) => json!({ "id": id.to_string()[..8] }),
         (Kind::Drain, _) => json!({ "name": "w-1", "drain": variant.is_multiple_of(2) }),
+        (Kind::ListQuery, 0) => json!({ "state": "running", "limit": 5 }),
+        (Kind::ListQuery, 1) => json!({}),
+        (Kind::ListQuery, _) => json!({ "state": null, "limit": null }),
         (Kind::Journal, _) => to_value(
             &JournalEntry::new("submitted", "web (busybox)")
                 .task(id)
@@ -338,6 +347,7 @@ const FIELDS: &[&str] = &[
     "exit_code",
     "error",
     "drain",
+    "limit",
     "kind",
     "time",
     "message",
@@ -686,6 +696,11 @@ proptest! {
         let err = wire::decode::<StateReport>(&bytes_of(&report), MAX_MESSAGE_BYTES);
         prop_assert!(refused_at(&err, "state"), "{:?}", err);
 
+        let mut query = base(Kind::ListQuery, 0);
+        query["state"] = json!(state);
+        let err = wire::decode::<TaskListQuery>(&bytes_of(&query), MAX_MESSAGE_BYTES);
+        prop_assert!(refused_at(&err, "state"), "{:?}", err);
+
         let mut event = base(Kind::Event, 0);
         event["state"] = json!(real);
         let decoded = wire::decode_event(&bytes_of(&event));
@@ -893,6 +908,7 @@ proptest! {
                 Kind::Journal => "message",
                 Kind::Node => "version",
                 Kind::Query | Kind::Task | Kind::Drain => "name",
+                Kind::ListQuery => "state",
                 Kind::Event => "id",
             };
             doc[field] = json!("x".repeat(room));
