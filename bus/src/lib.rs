@@ -9,15 +9,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// Any error a NATS call returns: async-nats has an error type per call, hence the box.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// What was being done, and the async-nats error that stopped it (each NATS call has an
-    /// error type of its own, hence the box).
+    /// What was being done, and the async-nats error that stopped it.
     #[error("{what}")]
     Nats {
         what: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: NatsError,
     },
     #[error("shutting down")]
     Shutdown,

@@ -7,8 +7,7 @@ use std::time::Duration;
 use cube_shared::wire::DecodeError;
 use cube_shared::{SpecConflict, State, Task};
 
-/// Any error a NATS call returns: async-nats has one error type per call.
-pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+pub use cube_bus::NatsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
