@@ -258,6 +258,20 @@ mod tests {
             .task(uuid::Uuid::new_v4())
             .worker("w1");
         assert!(validator("journal-entry").is_valid(&serde_json::to_value(entry).unwrap()));
+        let list = TaskList {
+            total: 2,
+            tasks: vec![full_task()],
+            counts: [(State::Running, 1), (State::Failed, 1)].into(),
+        };
+        let list = serde_json::to_value(list).unwrap();
+        assert!(validator("task-list").is_valid(&list), "{list}");
+        let query = TaskListQuery {
+            state: Some(State::Running),
+            limit: Some(5),
+        };
+        let query = serde_json::to_value(query).unwrap();
+        assert!(validator("task-list-query").is_valid(&query), "{query}");
+        assert!(!validator("task-list-query").is_valid(&serde_json::json!({"state": "asleep"})));
     }
 
     /// Each is refused by serde and by the schema: the two agree on what is wrong.
