@@ -74,10 +74,7 @@ impl From<cube_client::Error> for ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        match e {
-            Error::Cube(e) => e.into(),
-            other => ApiError::new(StatusCode::BAD_GATEWAY, Chain(&other).to_string()),
-        }
+        ApiError::new(StatusCode::BAD_GATEWAY, Chain(&e).to_string())
     }
 }
 

@@ -21,11 +21,9 @@ use cube_client::Cube;
 /// The OpenAPI 3 document of every route, served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../assets/openapi.json");
 
+/// The web server's own failures; talking to the cluster fails with [`cube_client::Error`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Talking to the cluster, through the same client the CLI uses.
-    #[error(transparent)]
-    Cube(#[from] cube_client::Error),
     /// Setting up a live feed the client does not offer (Task DB updates, heartbeats).
     #[error("live updates: {what}")]
     Live {
