@@ -3,42 +3,68 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, kv};
+use async_nats::jetstream::{self, consumer::pull, context::PublishError, kv};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// Any error a NATS call returns: async-nats has an error type per call, hence the box.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {message}")]
-    Nats { what: String, message: String },
+    /// What was being done, and the async-nats error that stopped it.
+    #[error("{what}")]
+    Nats {
+        what: String,
+        #[source]
+        source: NatsError,
+    },
     #[error("shutting down")]
     Shutdown,
 }
 
-fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
-    Error::Nats {
-        what: what.into(),
-        message: e.to_string(),
+/// A closure for `map_err` that keeps a NATS error as the source of [`Error::Nats`].
+fn nats<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    move |e| Error::Nats {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// Shows an error with its chain of causes on one line (`a: b: c`), for logs and messages
+/// that carry an error as text: an error's own `Display` leaves its source out.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
 /// Every current value of a KV bucket, read once: how a process rebuilds its picture.
 pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, Error> {
     let what = || format!("reading bucket {}", store.name);
-    let info = store.status().await.map_err(|e| nats(what(), e))?;
+    let info = store.status().await.map_err(nats(what()))?;
     if info.values() == 0 {
         return Ok(Vec::new());
     }
     // The latest value of every key (`watch_all` would deliver only new writes).
-    let mut watch = store
-        .watch_with_history(">")
-        .await
-        .map_err(|e| nats(what(), e))?;
+    let mut watch = store.watch_with_history(">").await.map_err(nats(what()))?;
     let mut out = Vec::new();
     while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| nats(what(), e))?;
+        let entry = entry.map_err(nats(what()))?;
         if entry.operation == kv::Operation::Put {
             out.push((entry.key, entry.value));
         }
@@ -93,7 +119,7 @@ pub async fn publish_all(
         };
         warn!(
             unsent = messages.len() - first_failed,
-            %error,
+            error = %Chain(&error),
             "publishing to JetStream; retrying"
         );
         messages.drain(..first_failed);
@@ -111,10 +137,13 @@ const IN_FLIGHT: usize = 1024;
 
 /// One pipelined attempt: `None` if every message was stored, else the index of the first
 /// that was not, and why. Sends stay in order; acknowledgements are collected as they come.
-async fn publish_once(js: &jetstream::Context, messages: &[Outgoing]) -> Option<(usize, String)> {
+async fn publish_once(
+    js: &jetstream::Context,
+    messages: &[Outgoing],
+) -> Option<(usize, PublishError)> {
     use futures::stream::FuturesUnordered;
-    let mut first_failed: Option<(usize, String)> = None;
-    let mut note = |i: usize, e: String| {
+    let mut first_failed: Option<(usize, PublishError)> = None;
+    let mut note = |i: usize, e: PublishError| {
         if first_failed.as_ref().is_none_or(|(f, _)| i < *f) {
             first_failed = Some((i, e));
         }
@@ -132,13 +161,10 @@ async fn publish_once(js: &jetstream::Context, messages: &[Outgoing]) -> Option<
         }
         match js.send_publish(m.subject.clone(), publish).await {
             Ok(ack) => acks.push(async move {
-                let result = std::future::IntoFuture::into_future(ack)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let result = std::future::IntoFuture::into_future(ack).await.map(|_| ());
                 (i, result)
             }),
-            Err(e) => note(i, e.to_string()),
+            Err(e) => note(i, e),
         }
     }
     while let Some((j, result)) = acks.next().await {
@@ -177,7 +203,7 @@ pub async fn durable_messages(
                     match bind(&stream, &config).await {
                         Ok(m) => m,
                         Err(e) => {
-                            warn!(consumer = %name, error = %e, "binding the consumer; retrying");
+                            warn!(consumer = %name, error = %Chain(&e), "binding the consumer; retrying");
                             continue;
                         }
                     }
@@ -231,11 +257,11 @@ async fn bind(
     let consumer = stream
         .get_or_create_consumer(&name, config.clone())
         .await
-        .map_err(|e| nats(format!("consumer {name}"), e))?;
+        .map_err(nats(format!("consumer {name}")))?;
     consumer
         .messages()
         .await
-        .map_err(|e| nats(format!("consumer {name}"), e))
+        .map_err(nats(format!("consumer {name}")))
 }
 pub mod auth;
 
@@ -271,7 +297,7 @@ impl Credentials {
             Some(path) => async_nats::ConnectOptions::new()
                 .credentials_file(path)
                 .await
-                .map_err(|e| nats(format!("reading {}", path.display()), e))?,
+                .map_err(nats(format!("reading {}", path.display())))?,
             None => async_nats::ConnectOptions::new(),
         };
         if let Some(user) = &self.user {

@@ -7,13 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, stream::LastRawMessageErrorKind, ErrorCode};
 use clap::Args;
+use cube_client::has_ended;
 use cube_shared::subjects::*;
-use cube_shared::{State, Task};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::get_task;
-use crate::connect::connect;
+use crate::cmd::{cube, get_task};
 use crate::NatsArgs;
 
 #[derive(Args, Debug)]
@@ -33,12 +32,12 @@ pub struct LogsArgs {
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
-    let client = connect(&args.nats.client(), "cube-cli").await?;
+    let cube = cube(&args.nats).await?;
     // An unknown task is an error, not an empty log.
-    let task = get_task(&client, &args.id).await?;
+    let task = get_task(&cube, &args.id).await?;
     let subject = logs_for(task.id);
-    let js = jetstream::new(client.clone());
-    let stream = js
+    let stream = cube
+        .jetstream()
         .get_stream_no_info(LOGS_STREAM)
         .await
         .context("reading the logs stream")?;
@@ -59,9 +58,9 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
                 // The stream may not exist yet (a manager that has not run since Cube
                 // learned to keep logs): wait for it.
                 tracing::debug!(error = %e, "waiting for the logs stream");
-                if get_task(&client, &task.id.to_string())
+                if get_task(&cube, &task.id.to_string())
                     .await
-                    .is_ok_and(|t| ended(&t))
+                    .is_ok_and(|t| has_ended(&t))
                 {
                     return Ok(());
                 }
@@ -83,10 +82,10 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick(), if args.follow && end.is_none() => {
-                match get_task(&client, &task.id.to_string()).await {
+                match get_task(&cube, &task.id.to_string()).await {
                     // Everything the task will ever write is in the stream by now: its worker
                     // publishes a container's output before it reports the container ended.
-                    Ok(t) if ended(&t) => end = Some(last_sequence(&stream, &subject).await?.unwrap_or(0)),
+                    Ok(t) if has_ended(&t) => end = Some(last_sequence(&stream, &subject).await?.unwrap_or(0)),
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "asking whether the task ended"),
                 }
@@ -106,15 +105,6 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
                 print_chunk(&msg)?;
             }
         }
-    }
-}
-
-/// A task that will not run again: completed, or failed with no restart planned.
-fn ended(task: &Task) -> bool {
-    match task.state {
-        State::Completed => true,
-        State::Failed => task.next_attempt_at.is_none(),
-        _ => false,
     }
 }
 
@@ -172,29 +162,4 @@ fn emit(mut to: impl Write, bytes: &[u8]) -> Result<()> {
     to.write_all(bytes)?;
     to.flush()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_task_has_ended_when_nothing_will_run_it_again() {
-        let mut t = Task::new("busybox");
-        for (state, done) in [
-            (State::Pending, false),
-            (State::Scheduled, false),
-            (State::Running, false),
-            (State::Completed, true),
-            (State::Failed, true),
-        ] {
-            t.state = state;
-            assert_eq!(ended(&t), done, "{state}");
-        }
-        t.next_attempt_at = Some(chrono::Utc::now());
-        assert!(
-            !ended(&t),
-            "a failed task with a restart planned has not ended"
-        );
-    }
 }

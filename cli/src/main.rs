@@ -2,7 +2,7 @@
 //! worker, and the client commands.
 
 mod bench;
-mod client;
+mod cmd;
 mod connect;
 mod dev;
 mod logs;
@@ -44,15 +44,15 @@ enum Command {
     Worker(serve::WorkerArgs),
     /// Submit a task; prints its id.
     #[command(alias = "run")]
-    Submit(client::SubmitArgs),
+    Submit(cmd::submit::SubmitArgs),
     /// Stop a task.
-    Stop(client::StopArgs),
+    Stop(cmd::stop::StopArgs),
     /// Show tasks, or one task in detail.
-    Status(client::StatusArgs),
+    Status(cmd::status::StatusArgs),
     /// Show the workers' nodes.
-    Nodes(client::NodesArgs),
+    Nodes(cmd::nodes::NodesArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
-    Events(client::EventsArgs),
+    Events(cmd::events::EventsArgs),
     /// Print a task's container output, or follow it with -f.
     ///
     /// Prints what is kept (the newest output, up to the manager's `--logs-per-task`), its
@@ -277,23 +277,23 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Submit(args) => {
             init_tracing("warn");
-            client::submit(args).await
+            cmd::submit::submit(args).await
         }
         Command::Stop(args) => {
             init_tracing("warn");
-            client::stop(args).await
+            cmd::stop::stop(args).await
         }
         Command::Status(args) => {
             init_tracing("warn");
-            client::status(args).await
+            cmd::status::status(args).await
         }
         Command::Nodes(args) => {
             init_tracing("warn");
-            client::nodes(args).await
+            cmd::nodes::nodes(args).await
         }
         Command::Events(args) => {
             init_tracing("warn");
-            client::events(args).await
+            cmd::events::events(args).await
         }
         Command::Logs(args) => {
             init_tracing("warn");

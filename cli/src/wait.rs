@@ -144,7 +144,7 @@ pub async fn subscribe(client: &async_nats::Client) -> Result<async_nats::Subscr
 /// Follows task `id` until it runs or ends, or `timeout` passes. Succeeds if it runs or
 /// completed; fails with the reason if it failed, was refused, or is still not running.
 pub async fn wait(
-    client: &async_nats::Client,
+    cube: &cube_client::Cube,
     mut journal: async_nats::Subscriber,
     id: Uuid,
     timeout: Duration,
@@ -173,7 +173,7 @@ pub async fn wait(
                     stage = stage.advance(next);
                 }
             }
-            _ = poll.tick() => match crate::client::get_task(client, &id.to_string()).await {
+            _ = poll.tick() => match crate::cmd::get_task(cube, &id.to_string()).await {
                 Ok(task) => {
                     stage = stage.advance(Stage::of(&task));
                     last_error = None;

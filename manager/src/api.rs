@@ -6,33 +6,12 @@ use chrono::Utc;
 use cube_shared::subjects::{API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::{ApiReply, DrainRequest, Task, TaskQuery};
-use serde::{Deserialize, Serialize};
+// The wire types live in cube-shared; re-exported for code that still names them here.
+use cube_shared::{TaskList, TaskListQuery};
+use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::run::Shell;
-
-/// Request body of `cube.api.tasks.list` (all fields optional).
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskListQuery {
-    #[serde(default)]
-    pub state: Option<cube_shared::State>,
-    /// At most this many tasks, newest first (default 1000).
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
-/// Reply of `cube.api.tasks.list`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskList {
-    /// How many tasks matched; `tasks` may hold fewer.
-    pub total: usize,
-    pub tasks: Vec<Task>,
-    /// How many tasks the manager knows in each state, whatever the query (states with
-    /// none are left out), so that one request gives a list and its counts.
-    #[serde(default)]
-    pub counts: BTreeMap<cube_shared::State, usize>,
-}
 
 /// A reply must fit in one NATS message (1 MiB by default); lists stop short of that.
 const MAX_REPLY_BYTES: usize = 900 * 1024;

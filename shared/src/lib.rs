@@ -6,14 +6,19 @@ mod report;
 pub mod schema;
 mod state;
 pub mod subjects;
+mod submission;
 mod task;
 pub mod units;
 pub mod validate;
 pub mod wire;
 
 pub use node::{Node, NodeState, RunningTask};
-pub use report::{ApiReply, DrainRequest, JournalEntry, Rejection, StateReport, TaskQuery};
+pub use report::{
+    ApiReply, DrainRequest, JournalEntry, Rejection, StateReport, TaskList, TaskListQuery,
+    TaskQuery,
+};
 pub use state::State;
+pub use submission::{check_resubmission, task_with_optional_id, SpecConflict};
 pub use task::{container_name, Constraint, Health, Placement, RestartPolicy, Task, TaskEvent};
 
 /// Docker label carrying the task id on every container Cube starts.

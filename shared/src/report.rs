@@ -1,10 +1,12 @@
 //! Messages other than TaskEvents: state reports, rejections, the journal and API replies.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::State;
+use crate::{State, Task};
 
 /// A worker's account of what happened to a task. Workers are the source of truth for the
 /// state of what they run; the manager applies these to the Task DB.
@@ -139,4 +141,28 @@ pub struct DrainRequest {
 pub struct TaskQuery {
     /// A full task id, or a unique prefix of one, or a task name.
     pub id: String,
+}
+
+/// Request body of `cube.api.tasks.list` (all fields optional; an empty body is the default).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListQuery {
+    /// Only tasks in this state.
+    #[serde(default)]
+    pub state: Option<State>,
+    /// At most this many tasks, newest first (default 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Reply of `cube.api.tasks.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TaskList {
+    /// How many tasks matched; `tasks` may hold fewer.
+    pub total: usize,
+    pub tasks: Vec<Task>,
+    /// How many tasks the manager knows in each state, whatever the query (states with
+    /// none are left out), so that one request gives a list and its counts.
+    #[serde(default)]
+    pub counts: BTreeMap<State, usize>,
 }

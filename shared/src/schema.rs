@@ -5,7 +5,10 @@
 use schemars::{JsonSchema, Schema};
 use serde_json::Value;
 
-use crate::{DrainRequest, JournalEntry, Node, Rejection, StateReport, Task, TaskEvent, TaskQuery};
+use crate::{
+    DrainRequest, JournalEntry, Node, Rejection, StateReport, Task, TaskEvent, TaskList,
+    TaskListQuery, TaskQuery,
+};
 
 /// How a duration travels: text such as `"5s"`, `"500ms"` or `"1m30s"`, or a number of
 /// seconds. Only for the schema; serde reads it with [`crate::units::opt_duration`].
@@ -28,7 +31,7 @@ pub fn no_default_timestamp(schema: &mut Schema) {
 }
 
 /// The names `cube schema` knows, each with what it describes.
-pub const NAMES: [(&str, &str); 8] = [
+pub const NAMES: [(&str, &str); 10] = [
     (
         "task-event",
         "a request to submit or stop a task, on tasks.events",
@@ -49,6 +52,8 @@ pub const NAMES: [(&str, &str); 8] = [
     ("node", "a worker's node, on nodes.heartbeat.<worker>"),
     ("task-query", "the request body of cube.api.tasks.get"),
     ("drain-request", "the request body of cube.api.nodes.drain"),
+    ("task-list-query", "the request body of cube.api.tasks.list"),
+    ("task-list", "the answer to cube.api.tasks.list, under `ok`"),
 ];
 
 /// The JSON Schema of one wire type, by its name in [`NAMES`]. Draft-07, the dialect
@@ -63,6 +68,8 @@ pub fn schema(name: &str) -> Option<Value> {
         "node" => draft07::<Node>(),
         "task-query" => draft07::<TaskQuery>(),
         "drain-request" => draft07::<DrainRequest>(),
+        "task-list-query" => draft07::<TaskListQuery>(),
+        "task-list" => draft07::<TaskList>(),
         _ => return None,
     };
     let mut value = schema.to_value();
@@ -251,6 +258,20 @@ mod tests {
             .task(uuid::Uuid::new_v4())
             .worker("w1");
         assert!(validator("journal-entry").is_valid(&serde_json::to_value(entry).unwrap()));
+        let list = TaskList {
+            total: 2,
+            tasks: vec![full_task()],
+            counts: [(State::Running, 1), (State::Failed, 1)].into(),
+        };
+        let list = serde_json::to_value(list).unwrap();
+        assert!(validator("task-list").is_valid(&list), "{list}");
+        let query = TaskListQuery {
+            state: Some(State::Running),
+            limit: Some(5),
+        };
+        let query = serde_json::to_value(query).unwrap();
+        assert!(validator("task-list-query").is_valid(&query), "{query}");
+        assert!(!validator("task-list-query").is_valid(&serde_json::json!({"state": "asleep"})));
     }
 
     /// Each is refused by serde and by the schema: the two agree on what is wrong.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cube_shared::subjects::API_TASKS_GET;
-use cube_shared::{ApiReply, State, Task, TaskEvent, TaskQuery};
+use cube_client::Cube;
+use cube_shared::{State, Task};
 use cube_worker::runtime::{DockerRuntime, Runtime};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -147,7 +147,7 @@ impl Cluster {
         let (client, token) = (self.client.clone(), self.shutdown.child_token());
         self.manager = Some(tokio::spawn(async move {
             if let Err(e) = cube_manager::run(cfg, client, token).await {
-                panic!("manager failed: {e}");
+                panic!("manager failed: {}", cube_bus::Chain(&e));
             }
         }));
     }
@@ -173,13 +173,12 @@ impl Cluster {
         });
         self.workers.push((name.clone(), token, handle));
         self.worker_names.push(name.clone());
-        let client = self.client.clone();
+        let cube = self.cube();
         let n = name.clone();
         eventually(Duration::from_secs(10), "the worker joins", move || {
-            let (client, n) = (client.clone(), n.clone());
+            let (cube, n) = (cube.clone(), n.clone());
             async move {
-                let nodes: Vec<cube_shared::Node> =
-                    api(&client, cube_shared::subjects::API_NODES_LIST, &()).await?;
+                let nodes = cube.nodes().await?;
                 nodes
                     .iter()
                     .find(|node| node.name == n)
@@ -191,37 +190,23 @@ impl Cluster {
         Ok(name)
     }
 
+    /// The cluster's client, as the CLI and the web API use it (every call bounded).
+    pub fn cube(&self) -> Cube {
+        Cube::new(self.client.clone())
+    }
+
     /// Submits a task the way any NATS client can: a TaskEvent JSON on `tasks.events`.
     pub async fn submit(&self, task: Task) -> Result<Uuid> {
-        let event = TaskEvent::submit(task);
-        let js = async_nats::jetstream::new(self.client.clone());
-        js.publish(
-            cube_shared::subjects::EVENTS,
-            cube_shared::wire::encode(&event),
-        )
-        .await?
-        .await?;
-        Ok(event.task.id)
+        Ok(self.cube().submit(task).await?.task.id)
     }
 
     pub async fn stop(&self, id: Uuid) -> Result<()> {
-        let js = async_nats::jetstream::new(self.client.clone());
-        js.publish(
-            cube_shared::subjects::EVENTS,
-            cube_shared::wire::encode(&TaskEvent::stop(id)),
-        )
-        .await?
-        .await?;
+        self.cube().stop(id).await?;
         Ok(())
     }
 
     pub async fn task(&self, id: Uuid) -> Result<Task> {
-        api(
-            &self.client,
-            API_TASKS_GET,
-            &TaskQuery { id: id.to_string() },
-        )
-        .await
+        Ok(self.cube().task(&id.to_string()).await?)
     }
 
     /// Waits until the task is in `state`, failing early if it has ended otherwise (see
@@ -309,17 +294,13 @@ pub async fn containers(
     Ok(docker.client().list_containers(Some(options)).await?)
 }
 
-/// A `cube.api.*` request.
+/// A `cube.api.*` request with any body, through the client (bounded by its timeout).
 pub async fn api<Q: serde::Serialize, T: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
     subject: &str,
     body: &Q,
 ) -> Result<T> {
-    let reply = client
-        .request(subject.to_string(), cube_shared::wire::encode(body))
-        .await?;
-    let reply: ApiReply<T> = serde_json::from_slice(&reply.payload)?;
-    reply.into_result().map_err(|e| anyhow!(e))
+    Ok(Cube::new(client.clone()).request(subject, body).await?)
 }
 
 /// A command that runs until it is stopped and exits 0 on SIGTERM (busybox `sleep` alone

@@ -15,17 +15,15 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use cube_manager::api::{TaskList, TaskListQuery};
-use cube_shared::subjects::{heartbeat_for, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
-use cube_shared::{
-    Node, NodeState, State, Task, TaskEvent, TaskQuery, LABEL_TASK_ID, LABEL_WORKER,
-};
+use cube_client::Cube;
+use cube_shared::subjects::{heartbeat_for, API_NODES_LIST};
+use cube_shared::{NodeState, State, Task, TaskListQuery, LABEL_TASK_ID, LABEL_WORKER};
 use cube_worker::runtime::DockerRuntime;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::{api, cube_bin, remove_containers, tail, unique};
+use crate::{cube_bin, remove_containers, tail, unique};
 use crate::{in_state, NatsServer, Never, IMAGE, NATS_LOG};
 
 /// How many lines of each log a failure message shows.
@@ -457,17 +455,12 @@ impl ProcCluster {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (cmd, log) = self.command("manager", &args);
         self.manager = Some(Proc::spawn("the manager", cmd, log)?);
-        let client = self.client.clone();
+        let cube = self.cube().with_timeout(Duration::from_secs(1));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             self.check_alive()?;
-            let answer = tokio::time::timeout(
-                Duration::from_secs(1),
-                api::<_, Vec<Node>>(&client, API_NODES_LIST, &()),
-            )
-            .await;
-            match answer {
-                Ok(Ok(_)) => return Ok(()),
+            match cube.nodes().await {
+                Ok(_) => return Ok(()),
                 _ if tokio::time::Instant::now() >= deadline => {
                     bail!(
                     "the manager did not answer {API_NODES_LIST} within 30 s; its log ends:\n{}",
@@ -551,7 +544,7 @@ impl ProcCluster {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
                 self.check_alive()?;
-                let nodes: Result<Vec<Node>> = api(&self.client, API_NODES_LIST, &()).await;
+                let nodes = self.cube().nodes().await;
                 let state = match &nodes {
                     Ok(nodes) => nodes.iter().find(|n| n.name == name).map(|n| n.state),
                     Err(_) => None,
@@ -625,10 +618,8 @@ impl ProcCluster {
 
     /// Submits a task the way any NATS client can: a TaskEvent JSON on `tasks.events`.
     pub async fn submit(&self, task: Task) -> Result<Uuid> {
-        let event = TaskEvent::submit(task);
-        self.publish_event(cube_shared::wire::encode(&event))
-            .await?;
-        Ok(event.task.id)
+        let cube = self.cube().with_timeout(Duration::from_secs(10));
+        Ok(cube.submit(task).await?.task.id)
     }
 
     /// Publishes `payload` on `tasks.events` (no `Nats-Msg-Id`: the server stores every copy)
@@ -649,18 +640,15 @@ impl ProcCluster {
         Ok(ack)
     }
 
+    /// The cluster's client, each call bounded by 5 s: a fault test asks often, and an
+    /// answer that slow means something is wrong.
+    pub fn cube(&self) -> Cube {
+        Cube::new(self.client.clone()).with_timeout(Duration::from_secs(5))
+    }
+
     /// The manager's view of one task (`cube.api.tasks.get`).
     pub async fn task(&self, id: Uuid) -> Result<Task> {
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            api(
-                &self.client,
-                API_TASKS_GET,
-                &TaskQuery { id: id.to_string() },
-            ),
-        )
-        .await
-        .context("cube.api.tasks.get: no answer within 5 s")?
+        Ok(self.cube().task(&id.to_string()).await?)
     }
 
     /// The manager's view of all tasks (`cube.api.tasks.list`).
@@ -669,12 +657,7 @@ impl ProcCluster {
             state: None,
             limit: Some(1_000_000),
         };
-        let list: TaskList = tokio::time::timeout(
-            Duration::from_secs(5),
-            api(&self.client, API_TASKS_LIST, &query),
-        )
-        .await
-        .context("cube.api.tasks.list: no answer within 5 s")??;
+        let list = self.cube().tasks(&query).await?;
         anyhow::ensure!(
             list.tasks.len() == list.total,
             "the task list is truncated: {} of {}",

@@ -83,9 +83,7 @@ pub fn in_state(task: Task, state: State) -> Result<Task> {
     );
     if task.state == state {
         Ok(task)
-    } else if task.state.is_final()
-        || (task.state == State::Failed && task.next_attempt_at.is_none())
-    {
+    } else if cube_client::has_ended(&task) {
         Err(Never(why).into())
     } else {
         Err(anyhow!(why))

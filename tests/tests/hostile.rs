@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use async_nats::jetstream;
-use cube_manager::api::TaskList;
 use cube_shared::subjects::{
     self, API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS, REJECTED,
 };
+use cube_shared::TaskList;
 use cube_shared::{ApiReply, Node, NodeState, Rejection, State, LABEL_WORKER};
 use cube_tests::{api, consistently, eventually, task, Cluster, Rng, IMAGE, WITHIN};
 use futures::StreamExt;

@@ -6,9 +6,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cube_manager::api::{TaskList, TaskListQuery};
+use cube_client::{Chain, LogTail, JOURNAL_SCAN};
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
-use cube_shared::{State as TaskState, Task, TaskEvent};
+use cube_shared::{task_with_optional_id, State as TaskState, Task, TaskEvent};
+use cube_shared::{TaskList, TaskListQuery};
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, Instrument};
 use uuid::Uuid;
@@ -47,23 +48,33 @@ impl ApiError {
     }
 
     /// A lookup of one task: the manager's refusal means no single task matched.
-    pub fn lookup(e: Error) -> ApiError {
+    pub fn lookup(e: cube_client::Error) -> ApiError {
         match e {
-            Error::Manager(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            cube_client::Error::Manager(m) => ApiError::new(StatusCode::NOT_FOUND, m),
             other => other.into(),
         }
     }
 }
 
+/// Whose fault it is, by the kind of error; the message carries every cause.
+impl From<cube_client::Error> for ApiError {
+    fn from(e: cube_client::Error) -> ApiError {
+        use cube_client::Error as E;
+        let status = match &e {
+            E::NoManager(_) | E::NoStream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            E::Manager(_) => StatusCode::BAD_REQUEST,
+            E::Conflict(_) => StatusCode::CONFLICT,
+            E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, Chain(&e).to_string())
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        let status = match e {
-            Error::NoManager(_) | Error::NoStream(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Manager(_) => StatusCode::BAD_REQUEST,
-            Error::Nats(_) | Error::Http { .. } => StatusCode::BAD_GATEWAY,
-        };
-        ApiError::new(status, e.to_string())
+        ApiError::new(StatusCode::BAD_GATEWAY, Chain(&e).to_string())
     }
 }
 
@@ -161,7 +172,7 @@ async fn events(
     State(app): State<App>,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Vec<cube_shared::JournalEntry>>> {
-    let last = q.last.unwrap_or(50).min(crate::cube::JOURNAL_SCAN);
+    let last = q.last.unwrap_or(50).min(JOURNAL_SCAN);
     let task = match q.task.as_deref().filter(|t| !t.is_empty()) {
         Some(t) => Some(app.cube.task(t).await.map_err(ApiError::lookup)?.id),
         None => None,
@@ -169,10 +180,7 @@ async fn events(
     Ok(Json(app.cube.journal(last, task).await?))
 }
 
-async fn logs(
-    State(app): State<App>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<crate::cube::LogTail>> {
+async fn logs(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<LogTail>> {
     let task = app.cube.task(&id).await.map_err(ApiError::lookup)?;
     Ok(Json(app.cube.logs(task.id).await?))
 }
@@ -198,9 +206,9 @@ pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
             ),
         ));
     }
-    let mut value: serde_json::Value = serde_json::from_slice(body)
+    let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-    let Some(object) = value.as_object_mut() else {
+    let Some(object) = value.as_object() else {
         return Err(ApiError::bad_request(
             "the body must be a JSON object: a Task, or a TaskEvent with a `task`",
         ));
@@ -217,12 +225,8 @@ pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
         event
     } else {
         // A bare task may leave its id to Cube, as `cube submit -f` does.
-        object
-            .entry("id")
-            .or_insert_with(|| Uuid::new_v4().to_string().into());
-        let bytes = serde_json::to_vec(&value).expect("JSON values serialise");
-        let task: Task = wire::decode(&bytes, MAX_EVENT_BYTES)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let task =
+            task_with_optional_id(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
         TaskEvent::submit(task)
     };
     wire::decode_event(&encode(&event)).map_err(|e| ApiError::bad_request(e.to_string()))
@@ -233,24 +237,8 @@ async fn submit(State(app): State<App>, body: Bytes) -> ApiResult<(StatusCode, J
     let span = info_span!("http_submit", task.id = %event.task.id, event.id = %event.id);
     async {
         // The manager refuses a known id with another specification only in the journal;
-        // an HTTP client deserves to hear it now.
-        // The manager compares the normalised task (`80` is `80/tcp`, bound ports are
-        // exposed): so must this check, or an identical retry is a false conflict.
-        let mut task = event.task.clone();
-        task.normalise();
-        match app.cube.task(&event.task.id.to_string()).await {
-            Ok(existing) if !existing.same_spec(&task) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "task {} already exists with a different specification; use a new id",
-                        existing.id
-                    ),
-                ))
-            }
-            Ok(_) | Err(Error::Manager(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        // an HTTP client deserves to hear it now (409).
+        app.cube.check_resubmission(&event.task).await?;
         app.cube.publish(&event).await?;
         info!("submitted over HTTP");
         Ok((
@@ -276,8 +264,7 @@ async fn stop(
             format!("task {} has already completed", task.id),
         ));
     }
-    let event = TaskEvent::stop(task.id);
-    app.cube.publish(&event).await?;
+    let event = app.cube.stop(task.id).await?;
     info!(task.id = %task.id, event.id = %event.id, "stop requested over HTTP");
     Ok((
         StatusCode::ACCEPTED,

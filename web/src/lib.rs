@@ -4,7 +4,6 @@
 //! and logs streams, the Task DB's updates and the workers' heartbeats for live updates.
 
 mod api;
-pub mod cube;
 mod guard;
 mod live;
 mod pages;
@@ -17,27 +16,25 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use cube::Cube;
+use cube_client::Cube;
 
 /// The OpenAPI 3 document of every route, served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../assets/openapi.json");
 
+/// The web server's own failures; talking to the cluster fails with [`cube_client::Error`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no manager is running (nobody answers {0})")]
-    NoManager(&'static str),
-    #[error("no answer from {0} within 10 s")]
-    Timeout(&'static str),
-    /// The manager's own words, e.g. "no task matches `x`".
-    #[error("{0}")]
-    Manager(String),
-    #[error("stream {0} does not exist")]
-    NoStream(&'static str),
-    #[error("NATS: {0}")]
-    Nats(String),
-    #[error("HTTP server on {addr}: {source}")]
+    /// Setting up a live feed the client does not offer (Task DB updates, heartbeats).
+    #[error("live updates: {what}")]
+    Live {
+        what: &'static str,
+        #[source]
+        source: cube_client::NatsError,
+    },
+    #[error("HTTP server on {addr}")]
     Http {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
 }

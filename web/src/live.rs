@@ -10,13 +10,13 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
 use axum::extract::State;
 use axum::http::Method;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use cube_shared::subjects::{HEARTBEAT_ALL, JOURNAL_STREAM, TASK_DB};
-use cube_shared::wire::{self, MAX_EVENT_BYTES, MAX_MESSAGE_BYTES};
-use cube_shared::{JournalEntry, Task};
+use cube_client::{Chain, JournalFollower};
+use cube_shared::subjects::{HEARTBEAT_ALL, TASK_DB};
+use cube_shared::wire::{self, MAX_EVENT_BYTES};
+use cube_shared::Task;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -34,38 +34,24 @@ const NODES_EVERY: Duration = Duration::from_secs(5);
 async fn stream(
     State(app): State<App>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let nats = |e: &dyn std::fmt::Display| Error::Nats(format!("live updates: {e}"));
     let tasks = app
         .cube
-        .js
+        .jetstream()
         .get_key_value(TASK_DB)
         .await
-        .map_err(|e| nats(&e))?
+        .map_err(live("the Task DB"))?
         .watch_all()
         .await
-        .map_err(|e| nats(&e))?;
-    let journal = app
-        .cube
-        .js
-        .get_stream(JOURNAL_STREAM)
-        .await
-        .map_err(|e| nats(&e))?
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats(&e))?
-        .messages()
-        .await
-        .map_err(|e| nats(&e))?;
+        .map_err(live("watching the Task DB"))?;
+    // From the next entry the manager writes.
+    let journal = app.cube.follow_journal(0).await?;
     let heartbeats = app
         .cube
-        .client
+        .nats()
         .subscribe(HEARTBEAT_ALL)
         .await
-        .map_err(|e| nats(&e))?;
-    app.cube.client.flush().await.map_err(|e| nats(&e))?;
+        .map_err(live("heartbeats"))?;
+    app.cube.nats().flush().await.map_err(live("flushing"))?;
 
     let (tx, rx) = mpsc::channel::<Event>(256);
     tokio::spawn(forward(app, tasks, journal, heartbeats, tx));
@@ -77,11 +63,22 @@ async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// A closure for `map_err` that keeps a NATS error as the source of [`Error::Live`].
+fn live<E>(what: &'static str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| Error::Live {
+        what,
+        source: Box::new(e),
+    }
+}
+
 /// Forwards one client's subscriptions until it disconnects or the server shuts down.
 async fn forward(
     app: App,
     mut tasks: async_nats::jetstream::kv::Watch,
-    mut journal: consumer::pull::Ordered,
+    mut journal: JournalFollower,
     mut heartbeats: async_nats::Subscriber,
     tx: mpsc::Sender<Event>,
 ) {
@@ -105,15 +102,15 @@ async fn forward(
                     break;
                 }
             },
-            Some(msg) = journal.next() => match msg {
-                Ok(msg) => wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES).ok().map(|e| {
+            Some(read) = journal.next() => match read {
+                Ok(read) => read.entry.ok().map(|e| {
                     if e.kind.starts_with("node") || e.kind == "drain" {
                         nodes_due = true;
                     }
                     json_event("journal", &e)
                 }),
                 Err(e) => {
-                    debug!(error = %e, "following the journal");
+                    debug!(error = %Chain(&e), "following the journal");
                     break;
                 }
             },
@@ -127,7 +124,7 @@ async fn forward(
                     last_nodes = tokio::time::Instant::now();
                     match app.cube.nodes().await {
                         Ok(nodes) => Some(json_event("nodes", &nodes)),
-                        Err(e) => Some(Event::default().event("problem").data(e.to_string())),
+                        Err(e) => Some(Event::default().event("problem").data(Chain(&e).to_string())),
                     }
                 } else {
                     None

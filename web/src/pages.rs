@@ -10,8 +10,8 @@ use cube_shared::{JournalEntry, Node, State as TaskState, Task};
 use maud::{html, Markup, DOCTYPE};
 
 use crate::api::{filtered_tasks, ApiError, TasksFilter};
-use crate::cube::LogTail;
-use crate::{App, Error, Routes};
+use crate::{App, Routes};
+use cube_client::{LogTail, LOG_TAIL_BYTES};
 
 pub(crate) fn routes(r: Routes) -> Routes {
     r.add(Method::GET, "/", overview)
@@ -47,8 +47,8 @@ impl From<ApiError> for PageError {
     }
 }
 
-impl From<Error> for PageError {
-    fn from(e: Error) -> Self {
+impl From<cube_client::Error> for PageError {
+    fn from(e: cube_client::Error) -> Self {
         PageError(e.into())
     }
 }
@@ -324,7 +324,7 @@ pub(crate) fn render_task(task: &Task, events: &[JournalEntry], logs: &LogTail) 
             (journal_table("journal", events))
         }
         section {
-            h2 { "Output" @if logs.truncated { " (last " (crate::cube::LOG_TAIL_BYTES / 1024) " KiB)" } }
+            h2 { "Output" @if logs.truncated { " (last " (LOG_TAIL_BYTES / 1024) " KiB)" } }
             @if logs.kept {
                 pre #log data-kept="true" { (logs.text) }
             } @else {

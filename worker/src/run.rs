@@ -131,7 +131,7 @@ pub async fn run(
 
 /// Runs `op` every `every` until it succeeds, or returns `None` on shutdown. The first
 /// failure is logged as a warning, later ones only at debug level.
-pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
+pub(crate) async fn retry<T, E, F, Fut>(
     shutdown: &CancellationToken,
     every: Duration,
     what: &str,
@@ -140,16 +140,17 @@ pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + 'static,
 {
     let mut logged = false;
     loop {
         match op().await {
             Ok(v) => return Some(v),
             Err(e) if !logged => {
-                warn!(error = %e, "{what}; retrying");
+                warn!(error = %cube_bus::Chain(&e), "{what}; retrying");
                 logged = true;
             }
-            Err(e) => debug!(error = %e, "{what}; retrying"),
+            Err(e) => debug!(error = %cube_bus::Chain(&e), "{what}; retrying"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -159,7 +160,7 @@ where
 }
 
 /// The streams and buckets are the manager's to create; a worker started first waits.
-async fn wait_for<T, E: std::fmt::Display, F, Fut>(
+async fn wait_for<T, E: std::error::Error + 'static, F, Fut>(
     shutdown: &CancellationToken,
     what: &str,
     get: F,

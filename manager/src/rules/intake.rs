@@ -41,16 +41,17 @@ impl Rules {
         let mut task = event.task.clone();
         task.normalise();
         if let Some(existing) = self.cluster.task(&task.id) {
-            if existing.same_spec(&task) {
-                // A redelivery or a repeated submission: make sure it progresses, nothing more.
-                debug!("task already known");
-                return self.ensure_progress(task.id, now);
-            }
-            let reason = format!(
-                "task {} already exists with a different specification; use a new id",
-                task.id
-            );
-            return self.reject(RejectKind::Conflict, &encode(&event), EVENTS, reason, now);
+            return match cube_shared::check_resubmission(existing, &task) {
+                Ok(()) => {
+                    // A redelivery or a repeated submission: make sure it progresses.
+                    debug!("task already known");
+                    self.ensure_progress(task.id, now)
+                }
+                Err(conflict) => {
+                    let reason = conflict.to_string();
+                    self.reject(RejectKind::Conflict, &encode(&event), EVENTS, reason, now)
+                }
+            };
         }
         task.reset_status();
         task.submitted_at = Some(now);

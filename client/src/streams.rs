@@ -1,38 +1,22 @@
-//! The dashboard's only way to the cluster: the same public NATS contract the CLI speaks
-//! (`cube.api.*` requests, `tasks.events`, the journal stream, the logs stream).
+//! Reading Cube's streams as any client may: the journal (`CUBE_JOURNAL`), its tail or live,
+//! and the tail of a task's output (`CUBE_LOGS`, subject `tasks.logs.<task-id>`).
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::GetStreamErrorKind};
-use cube_manager::api::{TaskList, TaskListQuery};
-use cube_shared::subjects::{
-    logs_for, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS, JOURNAL_STREAM, LOGS_STREAM,
-};
-use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{ApiReply, JournalEntry, Node, Task, TaskEvent, TaskQuery};
+use cube_shared::subjects::{logs_for, JOURNAL_STREAM, LOGS_STREAM};
+use cube_shared::wire::{self, DecodeError, MAX_MESSAGE_BYTES};
+use cube_shared::JournalEntry;
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::Error;
+use crate::{Cube, Error};
 
-/// How long a request to the manager may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long reading a stream's tail may take.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most journal entries scanned for one task's events.
 pub const JOURNAL_SCAN: u64 = 10_000;
-/// The most bytes of a task's output the dashboard shows.
+/// The most bytes of a task's output [`Cube::logs`] returns.
 pub const LOG_TAIL_BYTES: usize = 64 * 1024;
-
-/// A handle on the cluster, cheap to clone.
-#[derive(Clone)]
-pub struct Cube {
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-}
 
 /// The tail of a task's output.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -45,64 +29,45 @@ pub struct LogTail {
     pub truncated: bool,
 }
 
+/// The journal from some entry on, as it grows: see [`Cube::follow_journal`].
+pub struct JournalFollower {
+    messages: consumer::pull::Ordered,
+    was_empty: bool,
+}
+
+/// One entry read from the journal.
+#[derive(Debug)]
+pub struct JournalRead {
+    /// The entry, or why it could not be read (the journal is written by the manager alone,
+    /// but a reader should survive a stray message).
+    pub entry: Result<JournalEntry, DecodeError>,
+    /// Whether this was the newest entry stored when it was read.
+    pub caught_up: bool,
+}
+
+impl JournalFollower {
+    /// Whether the journal held no entry when following began: nothing will be read until
+    /// the manager writes one.
+    pub fn was_empty(&self) -> bool {
+        self.was_empty
+    }
+
+    /// The next entry, waiting for one if need be; `None` if the consumer ended.
+    pub async fn next(&mut self) -> Option<Result<JournalRead, Error>> {
+        let msg = match self.messages.next().await? {
+            Ok(msg) => msg,
+            Err(e) => return Some(Err(Error::nats("reading the journal")(e))),
+        };
+        Some(Ok(JournalRead {
+            entry: wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES),
+            caught_up: msg.info().map_or(0, |i| i.pending) == 0,
+        }))
+    }
+}
+
 impl Cube {
-    pub fn new(client: async_nats::Client) -> Cube {
-        Cube {
-            js: jetstream::new(client.clone()),
-            client,
-        }
-    }
-
-    /// A `cube.api.*` request.
-    async fn request<Q: Serialize, T: DeserializeOwned>(
-        &self,
-        subject: &'static str,
-        body: &Q,
-    ) -> Result<T, Error> {
-        let reply =
-            tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(subject, encode(body)))
-                .await
-                .map_err(|_| Error::Timeout(subject))?
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => Error::NoManager(subject),
-                    async_nats::RequestErrorKind::TimedOut => Error::Timeout(subject),
-                    _ => Error::Nats(format!("{subject}: {e}")),
-                })?;
-        let reply: ApiReply<T> = wire::decode(&reply.payload, usize::MAX)
-            .map_err(|e| Error::Nats(format!("the manager's answer to {subject}: {e}")))?;
-        reply.into_result().map_err(Error::Manager)
-    }
-
-    pub async fn tasks(&self, query: &TaskListQuery) -> Result<TaskList, Error> {
-        self.request(API_TASKS_LIST, query).await
-    }
-
-    /// One task by full id, unique id prefix, or name. [`Error::Manager`] if none matches.
-    pub async fn task(&self, id: &str) -> Result<Task, Error> {
-        self.request(API_TASKS_GET, &TaskQuery { id: id.to_string() })
-            .await
-    }
-
-    pub async fn nodes(&self) -> Result<Vec<Node>, Error> {
-        self.request(API_NODES_LIST, &()).await
-    }
-
-    /// Publishes a TaskEvent to `tasks.events` and waits until JetStream stored it.
-    pub async fn publish(&self, event: &TaskEvent) -> Result<(), Error> {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(encode(event))
-            .message_id(event.id.to_string());
-        self.js
-            .send_publish(EVENTS, publish)
-            .await
-            .map_err(|e| Error::Nats(format!("publishing to {EVENTS}: {e}")))?
-            .await
-            .map_err(|e| Error::Nats(format!("JetStream did not store the event: {e}")))?;
-        Ok(())
-    }
-
     /// The last `last` journal entries, oldest first; with `task`, only that task's among
-    /// the last [`JOURNAL_SCAN`].
+    /// the last [`JOURNAL_SCAN`]. Entries that do not read as JournalEntries are left out.
     pub async fn journal(&self, last: u64, task: Option<Uuid>) -> Result<Vec<JournalEntry>, Error> {
         let scan = if task.is_some() { JOURNAL_SCAN } else { last };
         // A journal stream that does not exist yet holds no entries.
@@ -118,6 +83,39 @@ impl Cube {
         let excess = entries.len().saturating_sub(last as usize);
         entries.drain(..excess);
         Ok(entries)
+    }
+
+    /// Follows the journal: from the `last` newest entries on, or, with `last` 0 or an empty
+    /// journal, from the next entry written. [`Error::NoStream`] if no manager ever created
+    /// the journal.
+    pub async fn follow_journal(&self, last: u64) -> Result<JournalFollower, Error> {
+        let follow = async {
+            let stream = self.stream(JOURNAL_STREAM).await?;
+            // `get_stream` fetched the stream's info just now: no second round trip.
+            let newest = stream.cached_info().state.last_sequence;
+            let deliver_policy = if last == 0 || newest == 0 {
+                consumer::DeliverPolicy::New
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: newest.saturating_sub(last - 1).max(1),
+                }
+            };
+            let messages = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+                .map_err(Error::nats("reading the journal"))?
+                .messages()
+                .await
+                .map_err(Error::nats("reading the journal"))?;
+            Ok(JournalFollower {
+                messages,
+                was_empty: newest == 0,
+            })
+        };
+        self.bounded(JOURNAL_STREAM, follow).await
     }
 
     /// The end of a task's output, or `kept: false` if there is no logs stream.
@@ -144,6 +142,32 @@ impl Cube {
             text: String::from_utf8_lossy(&bytes).into_owned(),
             truncated,
         })
+    }
+
+    /// A stream by name; [`Error::NoStream`] if it does not exist.
+    async fn stream(&self, name: &'static str) -> Result<jetstream::stream::Stream, Error> {
+        self.js.get_stream(name).await.map_err(|e| match e.kind() {
+            GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Error::NoStream(name)
+            }
+            _ => Error::nats(format!("stream {name}"))(e),
+        })
+    }
+
+    /// `work`, bounded by the client's timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: what.to_string(),
+                after: self.timeout,
+            })?
     }
 
     /// The payloads of the last `last` messages of `stream` (on `subject`, if given), oldest
@@ -173,21 +197,14 @@ impl Cube {
         last: u64,
         mut keep: impl FnMut(bytes::Bytes),
     ) -> Result<(), Error> {
-        let reading = |e: &dyn std::fmt::Display| Error::Nats(format!("reading {stream}: {e}"));
+        fn reading<E>(stream: &str) -> impl FnOnce(E) -> Error
+        where
+            E: std::error::Error + Send + Sync + 'static,
+        {
+            Error::nats(format!("reading {stream}"))
+        }
         let read = async {
-            let handle = self
-                .js
-                .get_stream(stream)
-                .await
-                .map_err(|e| match e.kind() {
-                    GetStreamErrorKind::JetStream(j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                    {
-                        Error::NoStream(stream)
-                    }
-                    _ => Error::Nats(format!("stream {stream}: {e}")),
-                })?;
-            // `get_stream` fetched the stream's info just now: no second round trip.
+            let handle = self.stream(stream).await?;
             let info = handle.cached_info();
             let (first, last_seq) = (info.state.first_sequence, info.state.last_sequence);
             if last_seq == 0 || last == 0 {
@@ -209,16 +226,16 @@ impl Cube {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| reading(&e))?;
+                .map_err(reading(stream))?;
             // What is there now; messages stored later are not waited for.
-            let pending = consumer.info().await.map_err(|e| reading(&e))?.num_pending;
+            let pending = consumer.info().await.map_err(reading(stream))?.num_pending;
             if pending == 0 {
                 return Ok(());
             }
-            let mut messages = consumer.messages().await.map_err(|e| reading(&e))?;
+            let mut messages = consumer.messages().await.map_err(reading(stream))?;
             let mut delivered = 0u64;
             while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(|e| reading(&e))?;
+                let msg = msg.map_err(reading(stream))?;
                 let (sequence, left) = msg
                     .info()
                     .map_or((0, 0), |i| (i.stream_sequence, i.pending));
@@ -233,9 +250,7 @@ impl Cube {
             }
             Ok(())
         };
-        tokio::time::timeout(READ_TIMEOUT, read)
-            .await
-            .map_err(|_| Error::Timeout(stream))?
+        self.bounded(stream, read).await
     }
 }
 

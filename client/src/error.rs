@@ -1,0 +1,112 @@
+//! What can go wrong talking to Cube, by kind, so that callers branch on the kind (the web
+//! API picks a status, the CLI a hint) and the underlying NATS error stays attached as the
+//! source.
+
+use std::time::Duration;
+
+use cube_shared::wire::DecodeError;
+use cube_shared::{SpecConflict, State, Task};
+
+pub use cube_bus::NatsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nobody answers `cube.api.*` requests: no manager runs against this NATS server.
+    #[error("no manager is running (nobody answers {0})")]
+    NoManager(String),
+    /// No answer, or no end to a read, within the client's timeout.
+    #[error("no answer from {what} within {after:?}")]
+    Timeout { what: String, after: Duration },
+    /// The manager answered and refused, in its own words (e.g. "no task matches `x`").
+    #[error("{0}")]
+    Manager(String),
+    /// A stream the manager creates does not exist: no manager has run against this server.
+    #[error("stream {0} does not exist")]
+    NoStream(&'static str),
+    /// The task id is taken by a task with another specification.
+    #[error(transparent)]
+    Conflict(#[from] SpecConflict),
+    /// The event is too large for Cube to accept; nothing was published.
+    #[error("the task is {size} bytes; the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    /// The event could not be sent to JetStream.
+    #[error("publishing to {subject}")]
+    Publish {
+        subject: &'static str,
+        #[source]
+        source: NatsError,
+    },
+    /// The event was sent, but JetStream did not acknowledge storing it (no stream takes
+    /// `tasks.events` until a manager has created it).
+    #[error("JetStream did not store the event")]
+    NotStored {
+        #[source]
+        source: NatsError,
+    },
+    /// The manager's answer is not what the contract says.
+    #[error("the manager's answer to {subject} is not readable")]
+    Reply {
+        subject: String,
+        #[source]
+        source: DecodeError,
+    },
+    /// [`crate::Cube::wait`]: the task ended in another state, for good.
+    #[error(
+        "task {} ended {} instead of becoming {wanted} (exit code {:?}, error {:?})",
+        task.id, task.state, task.exit_code, task.error
+    )]
+    Ended { task: Box<Task>, wanted: State },
+    /// [`crate::Cube::wait`]: the task did not reach the state in time.
+    #[error("task {id} is not {wanted} after {within:?}: {last}")]
+    NotYet {
+        id: uuid::Uuid,
+        wanted: State,
+        within: Duration,
+        /// Where it was last seen, or why it could not be seen.
+        last: String,
+    },
+    /// Connecting to NATS failed.
+    #[error("connecting to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: NatsError,
+    },
+    /// Any other NATS failure: what was being done, and the NATS error.
+    #[error("{what}")]
+    Nats {
+        what: String,
+        #[source]
+        source: NatsError,
+    },
+}
+
+impl Error {
+    /// A closure for `map_err` that wraps a NATS error with what was being done.
+    pub(crate) fn nats<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |e| Error::Nats {
+            what,
+            source: Box::new(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_keeps_every_cause() {
+        let io = std::io::Error::other("connection reset");
+        let e = Error::nats("reading CUBE_JOURNAL")(io);
+        assert_eq!(e.to_string(), "reading CUBE_JOURNAL");
+        assert_eq!(
+            cube_bus::Chain(&e).to_string(),
+            "reading CUBE_JOURNAL: connection reset"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! A client of Cube's public NATS contract, and the only one Cube itself uses: the `cube` CLI,
+//! the web API and the end-to-end tests all speak through [`Cube`]. Every call is bounded by
+//! the client's timeout and fails with a typed [`Error`] that keeps the NATS error as its
+//! source.
+//!
+//! What it speaks: `cube.api.*` requests (answered by the manager), TaskEvents published to
+//! `tasks.events` (stored by JetStream, then read by the manager), and the journal and logs
+//! streams. Nothing here needs more than the `client` role's permissions.
+
+mod error;
+mod streams;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use cube_shared::subjects::{
+    API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS,
+};
+use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
+use cube_shared::{
+    check_resubmission, ApiReply, DrainRequest, Node, State, Task, TaskEvent, TaskList,
+    TaskListQuery, TaskQuery,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use cube_bus::Chain;
+pub use error::{Error, NatsError};
+pub use streams::{JournalFollower, JournalRead, LogTail, JOURNAL_SCAN, LOG_TAIL_BYTES};
+
+/// How long a call may take unless [`Cube::with_timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often [`Cube::wait`] asks the manager about the task.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// A handle on a Cube cluster through one NATS connection; cheap to clone.
+#[derive(Clone)]
+pub struct Cube {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    timeout: Duration,
+}
+
+impl Cube {
+    /// Over an existing connection (which decides the credentials and inbox prefix).
+    pub fn new(client: async_nats::Client) -> Cube {
+        Cube {
+            js: jetstream::new(client.clone()),
+            client,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Connects to NATS at `url` once, with `credentials`. Callers that must wait for a
+    /// server to come up, or explain a refusal, connect themselves and use [`Cube::new`].
+    pub async fn connect(url: &str, credentials: &cube_bus::Credentials) -> Result<Cube, Error> {
+        let connect = |source: NatsError| Error::Connect {
+            url: url.to_string(),
+            source,
+        };
+        let options = credentials
+            .options()
+            .await
+            .map_err(|e| connect(Box::new(e)))?;
+        let client = options
+            .connect(url)
+            .await
+            .map_err(|e| connect(Box::new(e)))?;
+        Ok(Cube::new(client))
+    }
+
+    /// The same handle with another bound on each call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Cube {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The NATS connection, for what the contract offers beyond these calls (live feeds).
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context of the connection.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// A `cube.api.*` request with any body; the typed calls below are built on it.
+    pub async fn request<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        subject: &str,
+        body: &Q,
+    ) -> Result<T, Error> {
+        let timeout = || Error::Timeout {
+            what: subject.to_string(),
+            after: self.timeout,
+        };
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.client.request(subject.to_string(), encode(body)),
+        )
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Error::NoManager(subject.to_string()),
+            async_nats::RequestErrorKind::TimedOut => timeout(),
+            _ => Error::nats(format!("requesting {subject}"))(e),
+        })?;
+        let reply: ApiReply<T> =
+            wire::decode(&reply.payload, usize::MAX).map_err(|source| Error::Reply {
+                subject: subject.to_string(),
+                source,
+            })?;
+        reply.into_result().map_err(Error::Manager)
+    }
+
+    /// Tasks newest first, with how many matched and how many are in each state.
+    pub async fn tasks(&self, query: &TaskListQuery) -> Result<TaskList, Error> {
+        self.request(API_TASKS_LIST, query).await
+    }
+
+    /// One task by full id, unique id prefix, or name; [`Error::Manager`] if none matches.
+    pub async fn task(&self, id: &str) -> Result<Task, Error> {
+        self.request(API_TASKS_GET, &TaskQuery { id: id.to_string() })
+            .await
+    }
+
+    /// The workers' nodes, as the manager sees them.
+    pub async fn nodes(&self) -> Result<Vec<Node>, Error> {
+        self.request(API_NODES_LIST, &()).await
+    }
+
+    /// Drains a node (`drain`) or gives it work again; returns the node as it is now.
+    pub async fn drain(&self, name: &str, drain: bool) -> Result<Node, Error> {
+        let body = DrainRequest {
+            name: name.to_string(),
+            drain,
+        };
+        self.request(API_NODES_DRAIN, &body).await
+    }
+
+    /// Submits `task` (its id decides which task it is); returns the event published.
+    pub async fn submit(&self, task: Task) -> Result<TaskEvent, Error> {
+        let event = TaskEvent::submit(task);
+        self.publish(&event).await?;
+        Ok(event)
+    }
+
+    /// Asks Cube to stop task `id`; returns the event published.
+    pub async fn stop(&self, id: Uuid) -> Result<TaskEvent, Error> {
+        let event = TaskEvent::stop(id);
+        self.publish(&event).await?;
+        Ok(event)
+    }
+
+    /// Refuses, as [`Error::Conflict`], a submission of `task` whose id the manager already
+    /// records with another specification. The manager refuses it too, but only in its
+    /// journal: a client that can answer at once should.
+    pub async fn check_resubmission(&self, task: &Task) -> Result<(), Error> {
+        match self.task(&task.id.to_string()).await {
+            Ok(existing) => Ok(check_resubmission(&existing, task)?),
+            Err(Error::Manager(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publishes a TaskEvent to `tasks.events` and waits until JetStream has stored it. Its
+    /// id goes as `Nats-Msg-Id`, so publishing it again within the stream's window is
+    /// harmless.
+    pub async fn publish(&self, event: &TaskEvent) -> Result<(), Error> {
+        let payload = encode(event);
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(Error::TooLarge {
+                size: payload.len(),
+                max: MAX_EVENT_BYTES,
+            });
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(event.id.to_string());
+        let stored = async {
+            let ack = self
+                .js
+                .send_publish(EVENTS, publish)
+                .await
+                .map_err(|e| Error::Publish {
+                    subject: EVENTS,
+                    source: Box::new(e),
+                })?;
+            ack.await.map_err(|e| Error::NotStored {
+                source: Box::new(e),
+            })
+        };
+        tokio::time::timeout(self.timeout, stored)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("JetStream (storing an event on {EVENTS})"),
+                after: self.timeout,
+            })??;
+        Ok(())
+    }
+
+    /// Waits until task `id` is in `state`, asking the manager every 100 ms, and returns it.
+    /// Fails early, with [`Error::Ended`], once the task has ended in another state for good
+    /// (see [`has_ended`]); after `within`, with [`Error::NotYet`] and where the task was.
+    pub async fn wait(&self, id: Uuid, state: State, within: Duration) -> Result<Task, Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let last = match self.task(&id.to_string()).await {
+                Ok(task) if task.state == state => return Ok(task),
+                Ok(task) if has_ended(&task) => {
+                    return Err(Error::Ended {
+                        task: Box::new(task),
+                        wanted: state,
+                    })
+                }
+                Ok(task) => format!("it is {} (error {:?})", task.state, task.error),
+                Err(e) => Chain(&e).to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NotYet {
+                    id,
+                    wanted: state,
+                    within,
+                    last,
+                });
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+}
+
+/// Whether nothing will run `task` again: it completed, or failed with no restart planned.
+pub fn has_ended(task: &Task) -> bool {
+    match task.state {
+        State::Completed => true,
+        State::Failed => task.next_attempt_at.is_none(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_has_ended_when_nothing_will_run_it_again() {
+        let mut t = Task::new("busybox");
+        for (state, done) in [
+            (State::Pending, false),
+            (State::Scheduled, false),
+            (State::Running, false),
+            (State::Completed, true),
+            (State::Failed, true),
+        ] {
+            t.state = state;
+            assert_eq!(has_ended(&t), done, "{state}");
+        }
+        t.next_attempt_at = Some(chrono::Utc::now());
+        assert!(
+            !has_ended(&t),
+            "a failed task with a restart planned has not ended"
+        );
+    }
+}
