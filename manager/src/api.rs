@@ -25,28 +25,23 @@ impl Shell {
             API_TASKS_LIST => respond(self.list_tasks(&msg.payload)),
             API_TASKS_GET => respond(
                 wire::decode::<TaskQuery>(&msg.payload, MAX_MESSAGE_BYTES)
-                    .map_err(|e| e.to_string())
-                    .and_then(|q| {
-                        let found = self.rules.cluster().find(&q.id);
-                        found.cloned().map_err(|e| e.to_string())
-                    }),
+                    .map_err(ApiError::from)
+                    .and_then(|q| Ok(self.rules.cluster().find(&q.id)?.clone())),
             ),
             API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(self
                 .rules
                 .cluster()
                 .node_list(Utc::now(), self.cfg.node_ttl))),
             API_NODES_DRAIN => {
-                let request = wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES)
-                    .map_err(|e| e.to_string());
-                let result = match request {
+                let result = match wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES) {
                     Ok(r) => self.drain(&r.name, r.drain).await,
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 };
                 respond(result)
             }
             other => {
                 debug!(subject = other, "unknown API call");
-                respond::<()>(Err(format!("unknown API call {other}")))
+                respond::<()>(Err(ApiError::UnknownCall(other.to_string())))
             }
         };
         if let Err(e) = self.client.publish(reply, payload).await {
@@ -54,11 +49,11 @@ impl Shell {
         }
     }
 
-    fn list_tasks(&self, body: &[u8]) -> Result<TaskList, String> {
+    fn list_tasks(&self, body: &[u8]) -> Result<TaskList, ApiError> {
         let query: TaskListQuery = if body.is_empty() {
             TaskListQuery::default()
         } else {
-            wire::decode(body, MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?
+            wire::decode(body, MAX_MESSAGE_BYTES)?
         };
         let mut counts = BTreeMap::new();
         let mut matching: Vec<&Task> = self
@@ -91,34 +86,56 @@ impl Shell {
 impl Shell {
     /// Drains or undrains a node: recorded in the `cube-admin` bucket first, so a restarted
     /// manager keeps it, then applied by the rules.
-    async fn drain(&mut self, name: &str, drain: bool) -> Result<cube_shared::Node, String> {
-        self.rules.check_drain(name).map_err(|e| e.to_string())?;
+    async fn drain(&mut self, name: &str, drain: bool) -> Result<cube_shared::Node, ApiError> {
+        self.rules.check_drain(name)?;
         let key = format!("drain.{name}");
-        let stored = if drain {
+        if drain {
             let at = Utc::now().to_rfc3339().into();
             self.topo
                 .admin
                 .put(&key, at)
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| ApiError::RecordDrain(e.into()))?;
         } else {
             self.topo
                 .admin
                 .delete(&key)
                 .await
-                .map_err(|e| e.to_string())
-        };
-        stored.map_err(|e| format!("recording the drain: {e}"))?;
-        self.rules
-            .set_drain(name, drain, Utc::now())
-            .map_err(|e| e.to_string())
+                .map_err(|e| ApiError::RecordDrain(e.into()))?;
+        }
+        Ok(self.rules.set_drain(name, drain, Utc::now())?)
     }
 }
 
-fn respond<T: Serialize>(result: Result<T, String>) -> bytes::Bytes {
+/// Why an API call is refused; its text (with causes) is the reply's error.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error(transparent)]
+    BadRequest(#[from] wire::DecodeError),
+    #[error(transparent)]
+    NotFound(#[from] crate::cluster::NotFound),
+    #[error(transparent)]
+    NoSuchNode(#[from] crate::rules::NoSuchNode),
+    #[error("recording the drain")]
+    RecordDrain(#[source] crate::BoxError),
+    #[error("unknown API call {0}")]
+    UnknownCall(String),
+}
+
+impl ApiError {
+    /// The reply's text: the message, with the causes of a failed write (the others carry
+    /// their cause in their message already).
+    fn reason(&self) -> String {
+        match self {
+            ApiError::RecordDrain(_) => cube_bus::Chain(self).to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn respond<T: Serialize>(result: Result<T, ApiError>) -> bytes::Bytes {
     encode(&match result {
         Ok(v) => ApiReply::Ok(v),
-        Err(e) => ApiReply::Error(e),
+        Err(e) => ApiReply::Error(e.reason()),
     })
 }
