@@ -255,6 +255,12 @@ pub struct Task {
     /// the TaskEvent that carries it has an id derived from the task id and this number.
     #[serde(default)]
     pub generation: u64,
+    /// Set only while the task runs an older placement than its last one (a move off a
+    /// draining node failed and it stayed where it was): the highest generation it was given.
+    /// The next placement goes past it, because a generation is never given twice (the work's
+    /// message id and the workers' memory of ended placements are keyed by it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub highest_generation: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
     /// The last error: why the task failed, or why it cannot be placed yet.
@@ -263,6 +269,10 @@ pub struct Task {
     /// When the manager first accepted the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_at: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn pending() -> State {
@@ -309,6 +319,7 @@ impl Task {
             previous: None,
             stop_requested: false,
             generation: 0,
+            highest_generation: 0,
             exit_code: None,
             error: None,
             submitted_at: None,
@@ -328,6 +339,7 @@ impl Task {
         self.previous = None;
         self.stop_requested = false;
         self.generation = 0;
+        self.highest_generation = 0;
         self.exit_code = None;
         self.error = None;
         self.submitted_at = None;

@@ -14,6 +14,33 @@ use crate::run::{retry, Worker};
 use crate::runtime::Observed;
 use crate::slots::Placement;
 
+/// The placements the Task DB gives worker `name`, by task: the current placement of each
+/// active task assigned to it, and the copy it runs of a task that is moving off it (a drain),
+/// as that older placement (running). That copy is kept until the manager stops it once the
+/// new one runs: a worker restarted mid-drain must not end it early, and reports what became
+/// of it so the manager knows whether the task can still fall back to it.
+pub(crate) fn owned_placements(
+    tasks: impl Iterator<Item = Task>,
+    name: &str,
+) -> HashMap<Uuid, Task> {
+    let mut owned = HashMap::new();
+    for t in tasks.filter(|t| t.state.is_active()) {
+        if t.worker.as_deref() == Some(name) {
+            owned.insert(t.id, t);
+        } else if let Some(old) = t.previous.clone().filter(|p| p.worker == name) {
+            owned.entry(t.id).or_insert(Task {
+                worker: Some(old.worker),
+                generation: old.generation,
+                state: State::Running,
+                container_id: None,
+                previous: None,
+                ..t
+            });
+        }
+    }
+    owned
+}
+
 impl Worker {
     /// Adopts what should run, reports what ended while the worker was away (with the real
     /// exit code), and removes what should not exist. Returns false if it was shut down
@@ -29,12 +56,10 @@ impl Worker {
         let Some(records) = retry(&self.shutdown, every, "reading the Task DB", load).await else {
             return false;
         };
-        let mut owned: HashMap<Uuid, Task> = records
+        let tasks = records
             .into_iter()
-            .filter_map(|(_, bytes)| wire::decode::<Task>(&bytes, usize::MAX).ok())
-            .filter(|t| t.worker.as_deref() == Some(name.as_str()) && t.state.is_active())
-            .map(|t| (t.id, t))
-            .collect();
+            .filter_map(|(_, bytes)| wire::decode::<Task>(&bytes, usize::MAX).ok());
+        let mut owned = owned_placements(tasks, &name);
         let (mut adopted, mut ended, mut removed) = (0, 0, 0);
         for o in observed {
             let span = info_span!("reconcile", task.id = %o.task_id, generation = o.generation, worker = %name);
@@ -126,5 +151,47 @@ impl Worker {
             }
             Err(e) => span.in_scope(|| warn!(error = %e, "removing a stale container")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cube_shared::Placement as Assigned;
+
+    use super::*;
+
+    fn task(worker: &str, generation: u64, state: State) -> Task {
+        let mut t = Task::new("busybox");
+        t.worker = Some(worker.into());
+        t.generation = generation;
+        t.state = state;
+        t
+    }
+
+    #[test]
+    fn a_worker_owns_its_current_placements_and_the_copy_a_drain_moves_away() {
+        let mine = task("w1", 2, State::Running);
+        let ended = task("w1", 1, State::Completed);
+        let elsewhere = task("w2", 4, State::Running);
+        let mut moving = task("w2", 6, State::Scheduled);
+        moving.previous = Some(Assigned {
+            worker: "w1".into(),
+            generation: 5,
+        });
+        let tasks = [mine.clone(), ended, elsewhere, moving.clone()];
+        let owned = owned_placements(tasks.into_iter(), "w1");
+        assert_eq!(owned.len(), 2);
+        assert_eq!(owned[&mine.id], mine);
+        let old = &owned[&moving.id];
+        assert_eq!(
+            (
+                old.worker.as_deref(),
+                old.generation,
+                old.state,
+                old.previous.as_ref()
+            ),
+            (Some("w1"), 5, State::Running, None)
+        );
+        assert!(owned_placements([moving].into_iter(), "w2").contains_key(&old.id));
     }
 }

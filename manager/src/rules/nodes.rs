@@ -29,7 +29,8 @@ pub(crate) fn is_stale(task: Option<&Task>, node: &str, generation: u64) -> bool
         worker: node.to_string(),
         generation,
     };
-    !current && !taken_from_queue && t.previous.as_ref() != Some(&here)
+    let moving_from_here = t.state.is_active() && t.previous.as_ref() == Some(&here);
+    !current && !taken_from_queue && !moving_from_here
 }
 
 impl Rules {
@@ -128,6 +129,11 @@ impl Rules {
         let Some(mut task) = self.cluster.task(&id).cloned() else {
             return;
         };
+        if task.previous.is_some() {
+            // It was moving here: it stays on the copy it was moving away from.
+            let reason = format!("node lost: {worker} stopped sending heartbeats");
+            return self.move_failed(task, worker, &reason, now);
+        }
         task.state = State::Failed;
         task.finish_time = Some(now);
         task.exit_code = None;

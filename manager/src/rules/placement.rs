@@ -80,7 +80,8 @@ impl Rules {
     pub(super) fn assign(&mut self, mut task: Task, worker: Option<String>, why: PlacementReason) {
         task.state = State::Scheduled;
         task.worker = worker;
-        task.generation += 1;
+        task.generation = task.generation.max(task.highest_generation) + 1;
+        task.highest_generation = 0;
         task.container_id = None;
         task.health = None;
         self.placements.inc(why);

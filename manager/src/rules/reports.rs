@@ -134,13 +134,18 @@ impl Rules {
             .task(&report.task_id)
             .cloned()
             .ok_or(Ignored::UnknownTask)?;
+        if is_about_previous(&task, &report) {
+            self.previous_ended(task, &report, now);
+            return Ok(());
+        }
         if authorise(&task, &report)? {
             // A worker took the task from the shared queue: it is now the task's worker.
             task.worker = Some(report.worker.clone());
         }
         let report = interpret(&task, report);
         if report.state == State::Failed && task.previous.is_some() {
-            self.move_failed(task, &report, now);
+            let reason = report.error.as_deref().unwrap_or("it failed");
+            self.move_failed(task, &report.worker, reason, now);
             return Ok(());
         }
         let after = transition(&task, &report)?;
@@ -180,6 +185,10 @@ impl Rules {
             self.stop_copy(after.id, after.generation, worker);
         }
         if !after.state.is_active() && before.state.is_active() {
+            if let Some(old) = after.previous.take() {
+                // It ended (stopped, say) while moving: the copy it was moving away from goes.
+                self.stop_copy(after.id, old.generation, &old.worker);
+            }
             super::plan_restart(&mut after, now, false);
         }
         if before.state != after.state {
@@ -209,27 +218,67 @@ impl Rules {
         }
     }
 
-    /// The new placement of a moving task failed: the task stays where it was.
-    fn move_failed(&mut self, mut task: Task, report: &StateReport, now: DateTime<Utc>) {
+    /// The new placement of a moving task failed on `worker` (`reason`): the task stays where
+    /// it was, on the copy it was moving away from.
+    pub(super) fn move_failed(
+        &mut self,
+        mut task: Task,
+        worker: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) {
         let Some(old) = task.previous.take() else {
             return;
         };
-        let reason = report.error.as_deref().unwrap_or("it failed");
         self.journal(
             JournalEntry::new(
                 "move-failed",
                 format!(
-                    "the copy on {} failed ({reason}); staying on {}",
-                    report.worker, old.worker
+                    "the copy on {worker} failed ({reason}); staying on {}",
+                    old.worker
                 ),
             )
             .task(task.id)
-            .worker(&report.worker),
+            .worker(worker),
             now,
         );
         task.worker = Some(old.worker);
+        // The failed placement's generation is not given again.
+        task.highest_generation = task.generation.max(task.highest_generation);
         task.generation = old.generation;
         task.state = State::Running;
+        task.container_id = None;
         self.save(task);
     }
+
+    /// The copy a moving task was moving away from ended by itself before the new one ran:
+    /// there is nothing to fall back to any more, and the move goes on.
+    fn previous_ended(&mut self, mut task: Task, report: &StateReport, now: DateTime<Utc>) {
+        if !matches!(report.state, State::Completed | State::Failed) {
+            return;
+        }
+        let Some(old) = task.previous.take() else {
+            return;
+        };
+        self.journal(
+            JournalEntry::new(
+                "moving",
+                format!(
+                    "the copy on {} ended ({}); the move goes on",
+                    old.worker, report.state
+                ),
+            )
+            .task(task.id)
+            .worker(&old.worker),
+            now,
+        );
+        self.save(task);
+    }
+}
+
+/// Whether `report` is about the copy a moving task is moving away from.
+fn is_about_previous(task: &Task, report: &StateReport) -> bool {
+    task.previous
+        .as_ref()
+        .is_some_and(|p| p.worker == report.worker && report.generation == Some(p.generation))
 }

@@ -17,10 +17,15 @@ impl World {
                     task.id, old.state, task.state
                 ));
             }
-            if task.generation < old.generation {
+            // A failed move returns to the older placement, but the highest generation given
+            // never goes back.
+            let highest = |t: &Task| t.generation.max(t.highest_generation);
+            if highest(&task) < highest(old) {
                 self.broken.push(format!(
                     "generation of {} went back: {} -> {}",
-                    task.id, old.generation, task.generation
+                    task.id,
+                    highest(old),
+                    highest(&task)
                 ));
             }
         }

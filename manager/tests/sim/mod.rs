@@ -44,6 +44,8 @@ pub struct Store {
     pub node_db: BTreeMap<String, Node>,
     /// Core NATS on its way to the manager: heartbeats (subject, payload).
     pub heartbeats: VecDeque<(String, Vec<u8>)>,
+    /// Drained nodes (the `cube-admin` bucket).
+    pub drained: BTreeSet<String>,
     /// Every placement a worker ever started a container for: (task, generation, worker).
     pub started: BTreeSet<(Uuid, u64, String)>,
 }
@@ -167,12 +169,13 @@ impl World {
                     self.restart_worker(w);
                 }
             }
-            96..=97 => {
+            96 => {
                 let w = self.rng.below(WORKERS as u64) as usize;
                 let p = !self.workers[w].partitioned;
                 self.workers[w].partitioned = p;
                 self.note(format!("{} partitioned: {p}", self.workers[w].name));
             }
+            97 => self.operator_drains(),
             _ => {
                 // Queued deliveries overtake each other.
                 self.store.events.shuffle(&mut self.rng);
@@ -259,6 +262,29 @@ impl World {
         };
         t.max_restarts = Some(self.rng.below(3) as u32);
         t
+    }
+
+    /// An operator drains a node (at most two of the three at once) or undrains one, through
+    /// the manager's API: recorded in the admin bucket first, then applied.
+    fn operator_drains(&mut self) {
+        let Some(rules) = self.manager.as_mut() else {
+            return;
+        };
+        let name = self.workers[self.rng.below(WORKERS as u64) as usize]
+            .name
+            .clone();
+        let drain = !self.store.drained.contains(&name);
+        if (drain && self.store.drained.len() >= WORKERS - 1) || rules.check_drain(&name).is_err() {
+            return;
+        }
+        if drain {
+            self.store.drained.insert(name.clone());
+        } else {
+            self.store.drained.remove(&name);
+        }
+        rules.set_drain(&name, drain, self.now).expect("checked");
+        self.note(format!("operator drains {name}: {drain}"));
+        self.commit(Handled::Nothing);
     }
 
     fn crash_or_restart_manager(&mut self) {
@@ -426,7 +452,7 @@ fn new_manager(store: &Store, now: DateTime<Utc>) -> Rules {
     let stored = Stored {
         tasks: store.task_db.values().cloned().collect(),
         nodes: store.node_db.values().cloned().collect(),
-        drained: Vec::new(),
+        drained: store.drained.iter().cloned().collect(),
     };
     let scheduler = cube_manager::algorithms::by_name("spread").expect("known scheduler");
     Rules::new(TIMINGS, scheduler, Metrics::default(), stored, now)

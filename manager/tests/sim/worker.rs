@@ -276,12 +276,20 @@ impl Worker {
     pub fn restart(&mut self, now: DateTime<Utc>, store: &mut Store) -> Vec<String> {
         self.up = true;
         let mut lines = Vec::new();
-        let mut owned: BTreeMap<Uuid, Task> = store
-            .task_db
-            .values()
-            .filter(|t| t.worker.as_deref() == Some(self.name.as_str()) && t.state.is_active())
-            .map(|t| (t.id, t.clone()))
-            .collect();
+        // As the worker's `owned_placements`: its current placements, and the copy a drain
+        // is moving away from it, as that older placement.
+        let mut owned: BTreeMap<Uuid, Task> = BTreeMap::new();
+        for t in store.task_db.values().filter(|t| t.state.is_active()) {
+            if t.worker.as_deref() == Some(self.name.as_str()) {
+                owned.insert(t.id, t.clone());
+            } else if let Some(old) = t.previous.as_ref().filter(|p| p.worker == self.name) {
+                let mut copy = t.clone();
+                copy.generation = old.generation;
+                copy.state = State::Running;
+                copy.container_id = None;
+                owned.entry(t.id).or_insert(copy);
+            }
+        }
         let keys: Vec<(Uuid, u64)> = self.containers.keys().copied().collect();
         for (id, g) in keys {
             let current = owned.remove(&id).filter(|t| t.generation == g);
@@ -289,7 +297,7 @@ impl Worker {
             match (current, exited) {
                 (Some(task), None) => {
                     self.tracked.insert(id, g);
-                    if task.state != State::Running {
+                    if task.state != State::Running || task.container_id.is_none() {
                         let mut r = StateReport::new(id, &self.name, State::Running);
                         r.container_id = Some(format!("{id}-{g}"));
                         r.start_time = Some(self.containers[&(id, g)].started);

@@ -104,11 +104,19 @@ fn a_failed_move_leaves_the_task_where_it_was() {
     h.effects();
     let d = h.report(t.id, to, State::Failed, Some(125));
     assert_eq!(d.journal_kinds(), ["move-failed"]);
-    let t = h.task(t.id);
+    let task = h.task(t.id);
     assert_eq!(
-        (t.state, t.worker.as_deref(), t.generation),
+        (task.state, task.worker.as_deref(), task.generation),
         (State::Running, Some(from.as_str()), 1)
     );
+    // The drain tries again with a placement of its own: generation 2 failed on `to`, and a
+    // generation is never given twice (the worker there remembers it ended, and JetStream
+    // would drop its work as a duplicate).
+    h.heartbeat(&from, &[(t.id, 1)]);
+    h.heartbeat(to, &[]);
+    let d = h.tick();
+    assert_eq!(starts(&d), vec![(pending_for(to), t.id, 3)]);
+    assert_eq!(h.task(t.id).highest_generation, 0, "passed");
 }
 
 #[test]
@@ -164,4 +172,72 @@ fn heartbeats_that_lie_about_their_name_are_ignored() {
         .on_heartbeat(&HEARTBEAT_ALL.replace('*', "w2"), &encode(&node), h.now);
     assert!(h.effects().is_empty());
     assert!(h.rules.cluster().node("w1").is_none());
+}
+
+/// A task on a node being drained, moving to the other node: (harness, task, from, to).
+fn moving() -> (Harness, Task, String, &'static str) {
+    let mut h = Harness::new(&["w1", "w2"]);
+    let t = sleeper(RestartPolicy::OnFailure);
+    h.submit(t.clone());
+    let (from, to) = h.placed_and_other(t.id);
+    h.report(t.id, &from, State::Running, None);
+    h.rules.set_drain(&from, true, h.now).unwrap();
+    h.effects();
+    (h, t, from, to)
+}
+
+#[test]
+fn a_task_stopped_while_it_moves_stops_both_copies() {
+    let (mut h, t, from, to) = moving();
+    let d = h.stop(t.id);
+    assert_eq!(stops(&d), vec![(pending_for(to), t.id, 2)]);
+    let d = h.report(t.id, to, State::Completed, None);
+    assert_eq!(
+        stops(&d),
+        vec![(pending_for(&from), t.id, 1)],
+        "the old copy too"
+    );
+    assert_eq!(h.task(t.id).previous, None);
+    // Its heartbeat still lists the old copy until it is stopped: that copy is now stale.
+    h.advance(FENCE_AGAIN.as_secs_f64());
+    assert_eq!(stops(&h.heartbeat(&from, &[(t.id, 1)])).len(), 1);
+}
+
+#[test]
+fn when_the_old_copy_ends_mid_move_a_failed_move_is_a_failure() {
+    let (mut h, t, from, to) = moving();
+    let d = h.report_generation(t.id, &from, State::Failed, Some(1), 1);
+    assert_eq!(
+        d.journal_kinds(),
+        ["moving"],
+        "nothing to fall back to any more"
+    );
+    assert_eq!(h.task(t.id).state, State::Scheduled, "the move goes on");
+    let d = h.report(t.id, to, State::Failed, Some(1));
+    let task = &d.tasks[0];
+    assert_eq!((task.state, task.previous.clone()), (State::Failed, None));
+    assert!(task.next_attempt_at.is_some(), "its restart policy applies");
+}
+
+#[test]
+fn a_destination_lost_mid_move_leaves_the_task_where_it_was() {
+    let (mut h, t, from, to) = moving();
+    // Only the draining node keeps speaking.
+    for _ in 0..16 {
+        h.advance(1.0);
+        h.heartbeat(&from, &[(t.id, 1)]);
+    }
+    let d = h.tick();
+    assert_eq!(d.journal_kinds(), ["node-down", "move-failed"]);
+    let task = h.task(t.id);
+    assert_eq!(
+        (
+            task.state,
+            task.worker.as_deref(),
+            task.generation,
+            task.highest_generation
+        ),
+        (State::Running, Some(from.as_str()), 1, 2)
+    );
+    assert!(d.journal[1].message.contains(&format!("node lost: {to}")));
 }
