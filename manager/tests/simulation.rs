@@ -4,8 +4,10 @@
 //! from what was durably stored). Invariants are checked after every step and once the
 //! faults stop and the cluster has gone quiet.
 //!
-//! The operator drains and undrains nodes too. `CUBE_SIM_SEEDS` sets how many seeds run (default 10,000); `CUBE_SIM_SEED` replays one.
-//! A failure prints its seed and the tail of what happened.
+//! An operator drains and undrains nodes meanwhile.
+//!
+//! `CUBE_SIM_SEEDS` sets how many seeds run (default 10,000); `CUBE_SIM_SEED` replays one. A
+//! failure prints its seed and the tail of what happened.
 
 mod sim;
 
