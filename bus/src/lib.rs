@@ -26,7 +26,7 @@ pub enum Error {
 }
 
 /// A closure for `map_err` that keeps a NATS error as the source of [`Error::Nats`].
-fn nats<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
+pub fn nats<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {

@@ -73,12 +73,8 @@ pub enum Error {
         source: NatsError,
     },
     /// Any other NATS failure: what was being done, and the NATS error.
-    #[error("{what}")]
-    Nats {
-        what: String,
-        #[source]
-        source: NatsError,
-    },
+    #[error(transparent)]
+    Nats(#[from] cube_bus::Error),
 }
 
 impl Error {
@@ -87,11 +83,8 @@ impl Error {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        let what = what.into();
-        move |e| Error::Nats {
-            what,
-            source: Box::new(e),
-        }
+        let wrap = cube_bus::nats(what);
+        move |e| Error::Nats(wrap(e))
     }
 }
 

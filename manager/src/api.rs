@@ -6,7 +6,6 @@ use chrono::Utc;
 use cube_shared::subjects::{API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::{ApiReply, DrainRequest, Task, TaskQuery};
-// The wire types live in cube-shared; re-exported for code that still names them here.
 use cube_shared::{TaskList, TaskListQuery};
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -117,7 +116,7 @@ enum ApiError {
     #[error(transparent)]
     NoSuchNode(#[from] crate::rules::NoSuchNode),
     #[error("recording the drain")]
-    RecordDrain(#[source] crate::BoxError),
+    RecordDrain(#[source] cube_bus::NatsError),
     #[error("unknown API call {0}")]
     UnknownCall(String),
 }

@@ -62,8 +62,7 @@ pub fn scheduler_by_name(name: &str) -> Result<Box<dyn scheduler::Scheduler>, Er
     })
 }
 
-/// A boxed error from NATS (async-nats has one error type per operation).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use cube_bus::NatsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,14 +70,14 @@ pub enum Error {
     Setup {
         what: String,
         #[source]
-        source: BoxError,
+        source: NatsError,
     },
     #[error("consumer {name} on {stream}")]
     Consumer {
         name: String,
         stream: String,
         #[source]
-        source: BoxError,
+        source: NatsError,
     },
     #[error("subscribing to {subject}")]
     Subscribe {
@@ -95,7 +94,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn setup(what: String, source: impl Into<BoxError>) -> Error {
+    pub(crate) fn setup(what: String, source: impl Into<NatsError>) -> Error {
         Error::Setup {
             what,
             source: source.into(),

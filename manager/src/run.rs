@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
 use crate::rules::{Decided, Rules, Stored, Timings};
 use crate::topology::{self, Topology};
 use crate::writer::{self, Commit};
@@ -31,7 +30,6 @@ pub(crate) struct Shell {
     writer: mpsc::Sender<Commit>,
     /// The writer has stopped: nothing more can be made durable.
     writer_gone: bool,
-    metrics: Metrics,
 }
 
 /// At most this many messages are handled, then made durable together.
@@ -73,7 +71,6 @@ pub async fn run(
     let stored = load(&topo).await?;
     let rules = Rules::new(timings, scheduler, cfg.metrics.clone(), stored, Utc::now());
     let mut shell = Shell {
-        metrics: cfg.metrics.clone(),
         cfg,
         client: client.clone(),
         topo,
@@ -114,7 +111,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             Some(msg) = events.recv() => {
                 let batch = batch_of(msg, &mut events);
-                shell.metrics.batch_messages.observe(batch.len() as f64);
+                shell.cfg.metrics.batch_messages.observe(batch.len() as f64);
                 let now = Utc::now();
                 for msg in &batch {
                     shell.rules.on_event(msg.subject.as_str(), &msg.payload, now);
@@ -123,7 +120,7 @@ pub async fn run(
             }
             Some(msg) = states.recv() => {
                 let batch = batch_of(msg, &mut states);
-                shell.metrics.batch_messages.observe(batch.len() as f64);
+                shell.cfg.metrics.batch_messages.observe(batch.len() as f64);
                 let caught_up = batch
                     .last()
                     .and_then(|m| m.info().ok())
@@ -166,7 +163,7 @@ pub async fn run(
                 shell.rules.tick(now);
                 shell.flush(Vec::new()).await;
                 let nodes = shell.rules.cluster().node_counts(now, shell.cfg.node_ttl);
-                shell.metrics.set_nodes(nodes);
+                shell.cfg.metrics.set_nodes(nodes);
             }
             else => break,
         }
@@ -248,7 +245,7 @@ async fn durable(
     subject: &str,
     shutdown: &CancellationToken,
 ) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
-    let err = |source: crate::BoxError| Error::Consumer {
+    let err = |source: cube_bus::NatsError| Error::Consumer {
         name: name.to_string(),
         stream: stream.to_string(),
         source,

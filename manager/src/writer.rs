@@ -72,16 +72,16 @@ pub(crate) fn spawn(
                     return;
                 }
             }
+            let now = Utc::now();
+            for received in commit.placed {
+                let latency = (now - received).num_microseconds().unwrap_or(0).max(0);
+                metrics.scheduling_latency.observe(latency as f64 / 1e6);
+            }
             for (subject, payload) in commit.notices {
                 // Core NATS: this only queues the message in the client.
                 if let Err(e) = client.publish(subject, payload).await {
                     debug!(error = %e, "publishing the journal");
                 }
-            }
-            let now = Utc::now();
-            for received in commit.placed {
-                let latency = (now - received).num_microseconds().unwrap_or(0).max(0);
-                metrics.scheduling_latency.observe(latency as f64 / 1e6);
             }
             for msg in commit.handled {
                 if let Err(e) = msg.ack().await {

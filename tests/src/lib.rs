@@ -209,13 +209,10 @@ impl Cluster {
         Ok(self.cube().task(&id.to_string()).await?)
     }
 
-    /// Waits until the task is in `state`, failing early if it has ended otherwise (see
-    /// [`in_state`]).
+    /// Waits until the task is in `state`, failing early if it has ended otherwise (the
+    /// client's [`Cube::wait`]).
     pub async fn wait_state(&self, id: Uuid, state: State, within: Duration) -> Result<Task> {
-        eventually(within, &format!("task {id} becomes {state}"), || async {
-            in_state(self.task(id).await?, state)
-        })
-        .await
+        Ok(self.cube().wait(id, state, within).await?)
     }
 
     /// Containers with label `key=value`, as Docker lists them (running or not).

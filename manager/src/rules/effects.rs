@@ -19,7 +19,7 @@ pub struct Work {
 
 /// Decisions accumulated by the handlers since the last [`super::Rules::take_effects`].
 #[derive(Debug, Default)]
-pub struct Effects {
+pub(super) struct Effects {
     /// Tasks changed, in the order first changed; each is stored once, as it is at the end.
     tasks: Vec<Uuid>,
     dirty: HashSet<Uuid>,
@@ -78,8 +78,9 @@ impl Decided {
             && self.rejections.is_empty()
     }
 
-    /// The journal entries of `kind`, for tests.
-    pub fn journal_kinds(&self) -> Vec<&str> {
+    /// The kinds of the journal entries, in order, for tests.
+    #[cfg(test)]
+    pub(crate) fn journal_kinds(&self) -> Vec<&str> {
         self.journal.iter().map(|e| e.kind.as_str()).collect()
     }
 }

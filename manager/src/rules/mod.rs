@@ -37,9 +37,11 @@ use crate::metrics::{Metrics, Placements, RejectKind};
 use crate::scheduler::Scheduler;
 
 pub use drain::NoSuchNode;
-pub use effects::{Decided, Effects, Work};
+use effects::Effects;
+pub use effects::{Decided, Work};
 pub use nodes::FENCE_AGAIN;
-pub use restarts::{backoff, plan_restart, BACKOFF_BASE, BACKOFF_CAP, HEALTHY_RUN_RESETS};
+use restarts::plan_restart;
+pub use restarts::{backoff, BACKOFF_BASE, BACKOFF_CAP, HEALTHY_RUN_RESETS};
 
 /// The timings the rules judge by.
 #[derive(Debug, Clone, Copy)]
@@ -208,9 +210,4 @@ fn cap(reason: String) -> String {
     let mut short: String = reason.chars().take(MAX).collect();
     short.push('…');
     short
-}
-
-/// How long `node` has been silent at `now`.
-fn silent_for(node: &Node, now: DateTime<Utc>) -> Duration {
-    (now - node.last_heartbeat).to_std().unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use cube_shared::{JournalEntry, Node, NodeState, Placement, State, Task};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{silent_for, Rules};
+use super::Rules;
 
 /// How often a stale copy is asked again to stop.
 pub const FENCE_AGAIN: Duration = Duration::from_secs(10);
@@ -93,13 +93,13 @@ impl Rules {
     pub(super) fn check_liveness(&mut self, now: DateTime<Utc>) {
         let limit = self.timings.node_ttl + self.timings.node_grace;
         // Right after a start every heartbeat looks old: give the workers time to speak.
-        if silent_for_since(self.started, now) < limit {
+        if elapsed(self.started, now) < limit {
             return;
         }
         let silent: Vec<Node> = self
             .cluster
             .nodes()
-            .filter(|n| silent_for(n, now) > limit)
+            .filter(|n| elapsed(n.last_heartbeat, now) > limit)
             .cloned()
             .collect();
         for node in silent {
@@ -186,6 +186,6 @@ impl Rules {
 }
 
 /// How long since `since`, at `now` (zero if the clock went back).
-fn silent_for_since(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
 }

@@ -25,7 +25,7 @@ pub fn backoff(count: u32) -> Duration {
 
 /// A task's container ended (or was lost) at `now`: if its policy wants it back, say when
 /// (`immediately`: a lost node is not the task's fault, so no backoff).
-pub fn plan_restart(task: &mut Task, now: DateTime<Utc>, immediately: bool) {
+pub(super) fn plan_restart(task: &mut Task, now: DateTime<Utc>, immediately: bool) {
     if let (Some(start), Some(end)) = (task.start_time, task.finish_time) {
         if (end - start)
             .to_std()

@@ -152,8 +152,8 @@ impl World {
         self.exits_and_heartbeats();
         match self.rng.below(100) {
             0..=11 => self.client(),
-            12..=29 => self.manager_handles_events(),
-            30..=47 => self.manager_handles_states(),
+            12..=29 => self.manager_handles(Stream::Events),
+            30..=47 => self.manager_handles(Stream::States),
             48..=57 => self.manager_hears_heartbeats(),
             58..=65 => self.manager_ticks(),
             66..=87 => {
@@ -188,14 +188,14 @@ impl World {
     fn calm_round(&mut self) {
         self.now += chrono::Duration::milliseconds(500);
         self.exits_and_heartbeats();
-        self.manager_handles_events();
-        self.manager_handles_states();
+        self.manager_handles(Stream::Events);
+        self.manager_handles(Stream::States);
         self.manager_hears_heartbeats();
         self.manager_ticks();
         for w in 0..self.workers.len() {
             while self.worker_takes_work(w) {}
         }
-        self.manager_handles_states();
+        self.manager_handles(Stream::States);
     }
 
     fn client(&mut self) {
@@ -284,7 +284,7 @@ impl World {
         }
         rules.set_drain(&name, drain, self.now).expect("checked");
         self.note(format!("operator drains {name}: {drain}"));
-        self.commit(Handled::Nothing);
+        self.commit(None);
     }
 
     fn crash_or_restart_manager(&mut self) {
@@ -303,7 +303,7 @@ impl World {
 
     /// Carries out what the manager decided, as its writer does: records, then work, then
     /// the acknowledgements of `handled`. With faults, the manager may die at any point.
-    fn commit(&mut self, handled: Handled) {
+    fn commit(&mut self, handled: Option<(Stream, Vec<u64>)>) {
         let Some(rules) = self.manager.as_mut() else {
             return;
         };
@@ -329,10 +329,8 @@ impl World {
         if crash_at > 2 {
             // An acknowledgement may be lost: the message comes again.
             let lose = self.faulty && self.rng.chance(0.05);
-            match handled {
-                Handled::Events(seqs) if !lose => self.store.events.ack(&seqs),
-                Handled::States(seqs) if !lose => self.store.states.ack(&seqs),
-                _ => {}
+            if let Some((stream, seqs)) = handled.filter(|_| !lose) {
+                self.store.queue(stream).ack(&seqs);
             }
         } else {
             self.note(format!("manager dies mid-commit (step {crash_at})"));
@@ -340,40 +338,30 @@ impl World {
         }
     }
 
-    fn manager_handles_events(&mut self) {
+    /// The manager takes what its consumer on `stream` delivers, decides, and commits.
+    fn manager_handles(&mut self, stream: Stream) {
         let Some(rules) = self.manager.as_mut() else {
             return;
         };
-        let batch = self.store.events.deliver(&mut self.rng, self.faulty);
+        let queue = self.store.queue(stream);
+        let batch = queue.deliver(&mut self.rng, self.faulty);
         if batch.is_empty() {
             return;
         }
+        let caught_up = queue.len() == batch.len();
         for m in &batch {
-            rules.on_event(&m.subject, &m.payload, self.now);
+            match stream {
+                Stream::Events => rules.on_event(&m.subject, &m.payload, self.now),
+                Stream::States => rules.on_report(&m.subject, &m.payload, self.now),
+            }
         }
-        let seqs = batch.iter().map(|m| m.seq).collect();
-        self.note(format!("manager handles {} events", batch.len()));
-        self.commit(Handled::Events(seqs));
-    }
-
-    fn manager_handles_states(&mut self) {
-        let Some(rules) = self.manager.as_mut() else {
-            return;
-        };
-        let batch = self.store.states.deliver(&mut self.rng, self.faulty);
-        if batch.is_empty() {
-            return;
-        }
-        for m in &batch {
-            rules.on_report(&m.subject, &m.payload, self.now);
-        }
-        if self.store.states.len() == batch.len() {
+        if stream == Stream::States && caught_up {
             // Caught up: what was recorded before a restart can go out again.
             rules.resend_placements();
         }
         let seqs = batch.iter().map(|m| m.seq).collect();
-        self.note(format!("manager handles {} reports", batch.len()));
-        self.commit(Handled::States(seqs));
+        self.note(format!("manager handles {} {stream:?}", batch.len()));
+        self.commit(Some((stream, seqs)));
     }
 
     fn manager_hears_heartbeats(&mut self) {
@@ -384,7 +372,7 @@ impl World {
         for (subject, payload) in heard {
             rules.on_heartbeat(&subject, &payload, self.now);
         }
-        self.commit(Handled::Nothing);
+        self.commit(None);
     }
 
     fn manager_ticks(&mut self) {
@@ -395,19 +383,20 @@ impl World {
             rules.resend_placements();
         }
         rules.tick(self.now);
-        self.commit(Handled::Nothing);
+        self.commit(None);
     }
 
     /// Containers that end by themselves, and heartbeats of the workers that are up.
     fn exits_and_heartbeats(&mut self) {
         for i in 0..self.workers.len() {
             let now = self.now;
+            let queued = self.store.heartbeats.len();
             let lines = self.workers[i].on_time(now, &mut self.store);
             for line in lines {
                 self.note(line);
             }
-            if self.faulty && self.rng.chance(0.1) {
-                // A heartbeat lost on the way.
+            if self.faulty && self.rng.chance(0.1) && self.store.heartbeats.len() > queued {
+                // The heartbeat it just sent is lost on the way.
                 self.store.heartbeats.pop_back();
             }
         }
@@ -440,11 +429,20 @@ impl World {
     }
 }
 
-/// Which messages a commit acknowledges.
-enum Handled {
-    Events(Vec<u64>),
-    States(Vec<u64>),
-    Nothing,
+/// The manager's two durable consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Events,
+    States,
+}
+
+impl Store {
+    fn queue(&mut self, stream: Stream) -> &mut Queue {
+        match stream {
+            Stream::Events => &mut self.events,
+            Stream::States => &mut self.states,
+        }
+    }
 }
 
 /// A manager that starts with what is stored.
