@@ -88,6 +88,11 @@ impl Rules {
             task.next_attempt_at = None;
             self.save(task.clone());
         }
+        if let Some(old) = task.previous.as_ref().filter(|_| task.state.is_active()) {
+            // Stopped while it moves: the copy it moves away from is stopped too, or it would
+            // run on should the move fail.
+            self.stop_copy(task.id, old.generation, &old.worker);
+        }
         match (task.state, task.worker.clone()) {
             (State::Scheduled | State::Running, Some(worker)) => {
                 // The worker stops exactly the current placement.

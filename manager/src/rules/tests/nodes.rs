@@ -190,12 +190,16 @@ fn moving() -> (Harness, Task, String, &'static str) {
 fn a_task_stopped_while_it_moves_stops_both_copies() {
     let (mut h, t, from, to) = moving();
     let d = h.stop(t.id);
-    assert_eq!(stops(&d), vec![(pending_for(to), t.id, 2)]);
+    assert_eq!(
+        stops(&d),
+        vec![(pending_for(&from), t.id, 1), (pending_for(to), t.id, 2)],
+        "both copies at once: the old one would run on should the move fail"
+    );
     let d = h.report(t.id, to, State::Completed, None);
     assert_eq!(
         stops(&d),
         vec![(pending_for(&from), t.id, 1)],
-        "the old copy too"
+        "asked again"
     );
     assert_eq!(h.task(t.id).previous, None);
     // Its heartbeat still lists the old copy until it is stopped: that copy is now stale.
