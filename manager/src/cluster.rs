@@ -329,6 +329,7 @@ mod tests {
             NodeCounts {
                 ready: 1,
                 draining: 1,
+                unreachable: 0,
                 down: 2
             }
         );

@@ -70,7 +70,12 @@ impl PlacementReason {
     }
 }
 
-const NODE_STATES: [NodeState; 3] = [NodeState::Ready, NodeState::Draining, NodeState::Down];
+const NODE_STATES: [NodeState; 4] = [
+    NodeState::Ready,
+    NodeState::Draining,
+    NodeState::Unreachable,
+    NodeState::Down,
+];
 
 /// Scheduling latency buckets, in seconds: from a millisecond to a minute (a task may wait
 /// for a node with room).
@@ -95,6 +100,12 @@ pub struct Metrics {
     pub nats_reconnects: IntCounter,
     pub(crate) batch_messages: Histogram,
     pub(crate) commit_seconds: Histogram,
+    /// 1 while most nodes are silent at once: taken for the manager's own deafness, so
+    /// nothing is declared lost.
+    pub(crate) disruption: IntGauge,
+    /// Times liveness judgement was suspended because the manager could not hear (NATS
+    /// connection lost, loop stalled).
+    pub(crate) deaf: IntCounter,
 }
 
 impl Default for Metrics {
@@ -188,6 +199,16 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("valid metric"),
+            disruption: IntGauge::new(
+                "cube_disruption",
+                "1 while more than the threshold share of nodes are silent at once: no node is declared lost.",
+            )
+            .expect("valid metric"),
+            deaf: IntCounter::new(
+                "cube_manager_deaf_total",
+                "Times the manager could not hear (NATS connection lost, loop stalled) and gave every node a fresh TTL.",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -202,6 +223,8 @@ impl Metrics {
         registry.register(Box::new(self.nats_reconnects.clone()))?;
         registry.register(Box::new(self.batch_messages.clone()))?;
         registry.register(Box::new(self.commit_seconds.clone()))?;
+        registry.register(Box::new(self.disruption.clone()))?;
+        registry.register(Box::new(self.deaf.clone()))?;
         Ok(())
     }
 
@@ -214,9 +237,10 @@ impl Metrics {
 
     /// Sets the node gauges from counts of ready, draining and down nodes.
     pub(crate) fn set_nodes(&self, counts: NodeCounts) {
-        let [ready, draining, down] = &self.nodes_by_state;
+        let [ready, draining, unreachable, down] = &self.nodes_by_state;
         ready.set(counts.ready as i64);
         draining.set(counts.draining as i64);
+        unreachable.set(counts.unreachable as i64);
         down.set(counts.down as i64);
     }
 
@@ -241,6 +265,7 @@ impl Metrics {
 pub struct NodeCounts {
     pub ready: usize,
     pub draining: usize,
+    pub unreachable: usize,
     pub down: usize,
 }
 
@@ -249,6 +274,7 @@ impl NodeCounts {
         match state {
             NodeState::Ready => self.ready += 1,
             NodeState::Draining => self.draining += 1,
+            NodeState::Unreachable => self.unreachable += 1,
             NodeState::Down => self.down += 1,
         }
     }
@@ -310,6 +336,7 @@ mod tests {
         m.set_nodes(NodeCounts {
             ready: 2,
             draining: 1,
+            unreachable: 0,
             down: 0,
         });
         placements.inc(PlacementReason::Drain);

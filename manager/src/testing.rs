@@ -24,6 +24,7 @@ pub fn node(name: &str, cores: f64, memory: u64) -> Node {
         version: String::new(),
         state: NodeState::Ready,
         running: Vec::new(),
+        page: None,
         leaving: false,
     }
 }

@@ -12,7 +12,7 @@ pub mod units;
 pub mod validate;
 pub mod wire;
 
-pub use node::{Node, NodeState, RunningTask};
+pub use node::{Node, NodeState, Page, RunningTask, HEARTBEAT_PAGE};
 pub use report::{
     ApiReply, DrainRequest, JournalEntry, Rejection, StateReport, TaskList, TaskListQuery,
     TaskQuery,

@@ -16,6 +16,9 @@ pub enum NodeState {
     Ready,
     Down,
     Draining,
+    /// Silent for longer than the TTL: no new work, its tasks' fate unknown until it speaks
+    /// again or stays silent past the grace.
+    Unreachable,
 }
 
 impl fmt::Display for NodeState {
@@ -24,6 +27,7 @@ impl fmt::Display for NodeState {
             NodeState::Ready => "ready",
             NodeState::Down => "down",
             NodeState::Draining => "draining",
+            NodeState::Unreachable => "unreachable",
         })
     }
 }
@@ -69,12 +73,32 @@ pub struct Node {
     /// longer current (a worker that comes back after being declared down).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub running: Vec<RunningTask>,
+    /// Which part of the worker's placement list this heartbeat carries: a worker running
+    /// more than [`HEARTBEAT_PAGE`] placements sends one heartbeat message per page, so no
+    /// heartbeat grows with the task count. Absent: the list is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<Page>,
     /// The worker's last heartbeat before it shuts down: no new work for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
 }
 
-/// One placement a worker runs.
+/// At most this many placements are listed in one heartbeat message (about 30 KB of JSON,
+/// well under the 64 KiB a heartbeat may take).
+pub const HEARTBEAT_PAGE: usize = 500;
+
+/// One page of a worker's placement list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Page {
+    /// 0-based index of this page.
+    pub index: u32,
+    /// How many pages the worker sent for this heartbeat.
+    pub count: u32,
+    /// How many placements the worker runs, over all pages.
+    pub total: u32,
+}
+
+/// One placement a worker runs (or is starting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunningTask {
     pub id: uuid::Uuid,

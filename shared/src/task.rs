@@ -245,6 +245,11 @@ pub struct Task {
     /// The outcome of the health check, for a task that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Shown, never stored: the task's node has been silent for longer than its TTL, so
+    /// whether the task still runs is unknown (`cube status` shows `unknown (node
+    /// unreachable)`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_unreachable: bool,
     /// While a task moves (drain): the placement it moves from, stopped once the new one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Placement>,
@@ -316,6 +321,7 @@ impl Task {
             restart_count: 0,
             next_attempt_at: None,
             health: None,
+            node_unreachable: false,
             previous: None,
             stop_requested: false,
             generation: 0,
@@ -336,6 +342,7 @@ impl Task {
         self.restart_count = 0;
         self.next_attempt_at = None;
         self.health = None;
+        self.node_unreachable = false;
         self.previous = None;
         self.stop_requested = false;
         self.generation = 0;

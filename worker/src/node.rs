@@ -98,6 +98,7 @@ impl Worker {
             version: cube_shared::VERSION.to_string(),
             state: NodeState::Ready,
             running,
+            page: None,
             leaving,
         };
         let payload = encode(&node);

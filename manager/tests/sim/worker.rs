@@ -156,6 +156,7 @@ impl Worker {
                     generation: *g,
                 })
                 .collect(),
+            page: None,
             leaving: false,
         }
     }
