@@ -21,13 +21,23 @@ pub struct ManagerArgs {
     /// Placement algorithm.
     #[arg(long, env = "CUBE_SCHEDULER", value_enum, default_value_t = SchedulerKind::Spread)]
     pub scheduler: SchedulerKind,
-    /// A worker silent for longer than this gets no new work.
+    /// A worker silent for longer than this is unreachable: no new work for it, its tasks'
+    /// state unknown. Silence is measured by this manager's monotonic clock, from when it
+    /// received each heartbeat.
     #[arg(long, env = "CUBE_NODE_TTL", default_value = "10s", value_parser = duration)]
     pub node_ttl: Duration,
-    /// After TTL + grace without a heartbeat a worker is down: its tasks are lost and placed
-    /// elsewhere per their restart policy.
+    /// After TTL + grace without a heartbeat a worker is down: its tasks whose restart policy
+    /// allows it are placed elsewhere; the others wait for it (see --lost-after).
     #[arg(long, env = "CUBE_NODE_GRACE", default_value = "5s", value_parser = duration)]
     pub node_grace: Duration,
+    /// How long a task whose restart policy forbids a restart waits for its silent node
+    /// before it is declared failed (`cube nodes forget NAME` gives up at once).
+    #[arg(long, env = "CUBE_LOST_AFTER", default_value = "10m", value_parser = duration)]
+    pub lost_after: Duration,
+    /// When more than this share of the nodes is silent at once, the manager takes it for
+    /// its own loss of contact and declares no node down until they report again.
+    #[arg(long, env = "CUBE_DISRUPTION_THRESHOLD", default_value_t = 0.55, value_parser = share)]
+    pub disruption_threshold: f64,
     /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9090.
     /// Off by default.
     #[arg(long, env = "CUBE_METRICS_ADDR")]
@@ -49,12 +59,25 @@ pub struct ManagerArgs {
 impl ManagerArgs {
     pub fn config(&self) -> cube_manager::Config {
         cube_manager::Config {
-            node_ttl: self.node_ttl,
-            node_grace: self.node_grace,
+            timings: cube_manager::rules::Timings {
+                node_ttl: self.node_ttl,
+                node_grace: self.node_grace,
+                lost_after: self.lost_after,
+                disruption_threshold: self.disruption_threshold,
+                ..Default::default()
+            },
             scheduler: self.scheduler.name().to_string(),
             logs_per_task: self.logs_per_task,
             ..Default::default()
         }
+    }
+}
+
+/// A share between 0 and 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("`{s}` is not a share between 0 and 1 (e.g. 0.55)")),
     }
 }
 

@@ -173,9 +173,7 @@ impl Scheduler for RoundRobin {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
-    use chrono::Utc;
     use cube_shared::{Node, State};
     use proptest::prelude::*;
 
@@ -190,16 +188,14 @@ mod tests {
     fn distribute(name: &str, nodes: &[Node], n: usize, memory: u64) -> BTreeMap<String, usize> {
         let mut cluster = Cluster::default();
         for node in nodes {
-            cluster.put_node(node.clone(), Utc::now(), Duration::from_secs(60));
+            cluster.put_node(node.clone());
         }
         let mut scheduler = by_name(name).unwrap();
         let mut counts = BTreeMap::new();
         for _ in 0..n {
             let mut task = Task::new("busybox");
             task.memory = memory;
-            let chosen = scheduler
-                .place(&task, &cluster.views(Utc::now(), Duration::from_secs(60)))
-                .unwrap();
+            let chosen = scheduler.place(&task, &cluster.views()).unwrap();
             *counts.entry(chosen.clone()).or_default() += 1;
             task.state = State::Running;
             task.worker = Some(chosen);
@@ -333,13 +329,12 @@ mod tests {
             specs in proptest::collection::vec((1u32..8, 256u64..8192, 0u8..3), 1..6),
             ops in proptest::collection::vec(op(), 1..80),
         ) {
-            let ttl = Duration::from_secs(60);
             for (name, _) in ALGORITHMS.iter().filter(|(n, _)| *n != "queue") {
                 let mut cluster = Cluster::default();
                 for (i, (cores, mib, zone)) in specs.iter().enumerate() {
                     let mut n = node(&format!("n{i}"), f64::from(*cores), mib * MIB);
                     n.labels.insert("zone".into(), format!("z{zone}"));
-                    cluster.put_node(n, Utc::now(), ttl);
+                    cluster.put_node(n);
                 }
                 let mut scheduler = by_name(name).unwrap();
                 let mut running = Vec::new();
@@ -353,7 +348,7 @@ mod tests {
                                 let op = if *equal { "=" } else { "!=" };
                                 task.constraints = vec![format!("zone{op}z{z}")];
                             }
-                            let views = cluster.views(Utc::now(), ttl);
+                            let views = cluster.views();
                             match scheduler.place(&task, &views) {
                                 Ok(chosen) => {
                                     let view = views.iter().find(|v| v.node.name == chosen).unwrap();
@@ -377,7 +372,7 @@ mod tests {
                         }
                         Op::Exit(_) => {}
                     }
-                    for v in cluster.views(Utc::now(), ttl) {
+                    for v in cluster.views() {
                         prop_assert!(v.cpu_reserved <= v.node.cores + 1e-9, "{}: cpu over on {}", name, v.node.name);
                         prop_assert!(v.memory_reserved <= v.node.memory, "{}: memory over on {}", name, v.node.name);
                     }

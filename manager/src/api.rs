@@ -27,10 +27,9 @@ impl Shell {
                     .map_err(ApiError::from)
                     .and_then(|q| Ok(self.rules.cluster().find(&q.id)?.clone())),
             ),
-            API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(self
-                .rules
-                .cluster()
-                .node_list(Utc::now(), self.cfg.node_ttl))),
+            API_NODES_LIST => {
+                respond::<Vec<cube_shared::Node>>(Ok(self.rules.cluster().node_list()))
+            }
             API_NODES_DRAIN => {
                 let result = match wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES) {
                     Ok(r) => self.drain(&r.name, r.drain).await,

@@ -2,7 +2,6 @@
 //! Owned by the manager's single loop; rebuilt from JetStream on start.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cube_shared::{Node, NodeState, State, Task};
@@ -183,26 +182,25 @@ impl Cluster {
         self.nodes.get(name)
     }
 
-    /// Records a heartbeat. Returns true if the node is new (or back: silent for longer than
-    /// `ttl` at `now`).
-    pub fn put_node(&mut self, node: Node, now: DateTime<Utc>, ttl: Duration) -> bool {
-        let fresh = match self.nodes.get(&node.name) {
-            None => true,
-            Some(old) => !alive(old, now, ttl),
-        };
+    /// Records a node as the rules now see it.
+    pub fn put_node(&mut self, node: Node) {
         self.nodes.insert(node.name.clone(), node);
-        fresh
+    }
+
+    /// Forgets a node (`cube nodes forget`); what was reserved there goes with its tasks.
+    pub fn remove_node(&mut self, name: &str) -> Option<Node> {
+        self.nodes.remove(name)
     }
 
     /// Nodes as the scheduler sees them.
-    pub fn views(&self, now: DateTime<Utc>, ttl: Duration) -> Vec<NodeView<'_>> {
+    pub fn views(&self) -> Vec<NodeView<'_>> {
         self.nodes
             .values()
             .map(|n| {
                 let r = self.reserved.get(&n.name).copied().unwrap_or_default();
                 NodeView {
                     node: n,
-                    alive: alive(n, now, ttl),
+                    alive: alive(n),
                     cpu_reserved: r.cpu,
                     memory_reserved: r.memory,
                     disk_reserved: r.disk,
@@ -212,48 +210,53 @@ impl Cluster {
             .collect()
     }
 
-    /// How many nodes are ready, draining and down, as `cube nodes` shows them.
-    pub fn node_counts(&self, now: DateTime<Utc>, ttl: Duration) -> NodeCounts {
+    /// How many nodes are in each state, as `cube nodes` shows them.
+    pub fn node_counts(&self) -> NodeCounts {
         let mut counts = NodeCounts::default();
         for n in self.nodes.values() {
-            counts.add(if alive(n, now, ttl) {
-                n.state
-            } else {
-                NodeState::Down
-            });
+            counts.add(n.state);
         }
         counts
     }
 
     /// Nodes as `cube nodes` shows them: the heartbeat plus the manager's reservations.
-    pub fn node_list(&self, now: DateTime<Utc>, ttl: Duration) -> Vec<Node> {
-        self.views(now, ttl)
+    pub fn node_list(&self) -> Vec<Node> {
+        self.views()
             .into_iter()
             .map(|v| {
                 // Without the placements the worker listed for fencing: thousands of nodes with
                 // a hundred tasks each would not fit in one reply.
                 let mut n = Node {
                     running: Vec::new(),
+                    page: None,
                     ..v.node.clone()
                 };
                 n.cpu_allocated = v.cpu_reserved;
                 n.memory_allocated = v.memory_reserved;
                 n.disk_allocated = v.disk_reserved;
                 n.task_count = v.tasks;
-                if !v.alive {
-                    n.state = NodeState::Down;
-                }
                 n
             })
             .collect()
     }
+
+    /// A task as the API shows it: marked when its node has gone silent, so that `cube
+    /// status` does not claim it runs.
+    pub fn shown(&self, task: &Task) -> Task {
+        let mut t = task.clone();
+        t.node_unreachable = t.state.is_active()
+            && t.worker
+                .as_deref()
+                .and_then(|w| self.nodes.get(w))
+                .is_some_and(|n| matches!(n.state, NodeState::Unreachable | NodeState::Down));
+        t
+    }
 }
 
-/// A node is alive while its last heartbeat is younger than the TTL.
-pub fn alive(node: &Node, now: DateTime<Utc>, ttl: Duration) -> bool {
-    (now - node.last_heartbeat)
-        .to_std()
-        .map_or(true, |age| age <= ttl)
+/// A node takes work only while it is heard (the rules set its state from the manager's own
+/// monotonic clock; see `rules::liveness`).
+pub fn alive(node: &Node) -> bool {
+    matches!(node.state, NodeState::Ready | NodeState::Draining)
 }
 
 #[cfg(test)]
@@ -310,29 +313,43 @@ mod tests {
     }
 
     #[test]
-    fn silent_nodes_count_as_down() {
-        let ttl = Duration::from_secs(10);
-        let now = Utc::now();
+    fn nodes_count_by_the_state_the_rules_gave_them() {
         let mut c = Cluster::default();
-        let node = |name: &str, state, age: i64| Node {
+        let node = |name: &str, state| Node {
             state,
-            last_heartbeat: now - chrono::Duration::seconds(age),
             ..crate::testing::node(name, 1.0, 1 << 30)
         };
-        c.put_node(node("a", NodeState::Ready, 0), now, ttl);
-        c.put_node(node("b", NodeState::Draining, 1), now, ttl);
-        c.put_node(node("c", NodeState::Ready, 60), now, ttl);
-        c.put_node(node("d", NodeState::Down, 0), now, ttl);
-        let counts = c.node_counts(now, ttl);
+        c.put_node(node("a", NodeState::Ready));
+        c.put_node(node("b", NodeState::Draining));
+        c.put_node(node("c", NodeState::Unreachable));
+        c.put_node(node("d", NodeState::Down));
         assert_eq!(
-            counts,
+            c.node_counts(),
             NodeCounts {
                 ready: 1,
                 draining: 1,
-                unreachable: 0,
-                down: 2
+                unreachable: 1,
+                down: 1
             }
         );
+        let alive: Vec<bool> = c.views().iter().map(|v| v.alive).collect();
+        assert_eq!(alive, [true, true, false, false]);
+    }
+
+    #[test]
+    fn tasks_on_a_silent_node_show_as_unreachable() {
+        let mut c = Cluster::default();
+        c.put_node(Node {
+            state: NodeState::Unreachable,
+            ..crate::testing::node("w1", 1.0, 1 << 30)
+        });
+        let mut t = Task::new("busybox");
+        t.state = State::Running;
+        t.worker = Some("w1".into());
+        c.put_task(t.clone());
+        assert!(c.shown(&t).node_unreachable);
+        t.state = State::Completed;
+        assert!(!c.shown(&t).node_unreachable);
     }
 
     #[test]

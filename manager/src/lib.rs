@@ -15,20 +15,14 @@ mod testing;
 pub mod topology;
 mod writer;
 
-use std::time::Duration;
-
 pub use run::run;
 
 /// How the manager runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// A worker whose last heartbeat is older than this is not given new work.
-    pub node_ttl: Duration,
-    /// After TTL + this grace without a heartbeat, a worker is `down` and its tasks are lost
-    /// (and placed elsewhere per their restart policy).
-    pub node_grace: Duration,
-    /// How often the manager looks again at tasks that could not be placed.
-    pub reconcile_interval: Duration,
+    /// When nodes are judged unreachable, down and lost, and how often the manager looks
+    /// again at what time decides (`timings.tick`).
+    pub timings: rules::Timings,
     /// The placement algorithm: one of [`algorithms::ALGORITHMS`].
     pub scheduler: String,
     /// Where the manager counts what it does; register them to expose them.
@@ -41,9 +35,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            node_ttl: Duration::from_secs(10),
-            node_grace: Duration::from_secs(5),
-            reconcile_interval: Duration::from_secs(1),
+            timings: rules::Timings::default(),
             scheduler: "spread".to_string(),
             metrics: metrics::Metrics::default(),
             logs_per_task: topology::DEFAULT_LOGS_PER_TASK,

@@ -21,15 +21,18 @@ pub enum RejectKind {
     WrongSubject,
     /// A stop for a task nobody submitted.
     UnknownTask,
+    /// A heartbeat that could not be read (its node still counts as heard).
+    InvalidHeartbeat,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 5] = [
+    pub const ALL: [RejectKind; 6] = [
         RejectKind::InvalidEvent,
         RejectKind::Conflict,
         RejectKind::InvalidReport,
         RejectKind::WrongSubject,
         RejectKind::UnknownTask,
+        RejectKind::InvalidHeartbeat,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl RejectKind {
             RejectKind::InvalidReport => "invalid_report",
             RejectKind::WrongSubject => "wrong_subject",
             RejectKind::UnknownTask => "unknown_task",
+            RejectKind::InvalidHeartbeat => "invalid_heartbeat",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! decide to the writer. All of the manager's I/O is here and in the writer; every decision
 //! is in `rules/`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
 use chrono::Utc;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::rules::{Decided, Rules, Stored, Timings};
+use crate::rules::{Decided, Rules, Stored};
 use crate::topology::{self, Topology};
 use crate::writer::{self, Commit};
 use crate::{scheduler_by_name, Config, Error};
@@ -64,12 +64,14 @@ pub async fn run(
         cfg.metrics.clone(),
         shutdown.clone(),
     );
-    let timings = Timings {
-        node_ttl: cfg.node_ttl,
-        node_grace: cfg.node_grace,
-    };
     let stored = load(&topo).await?;
-    let rules = Rules::new(timings, scheduler, cfg.metrics.clone(), stored, Utc::now());
+    let rules = Rules::new(
+        cfg.timings,
+        scheduler,
+        cfg.metrics.clone(),
+        stored,
+        Instant::now(),
+    );
     let mut shell = Shell {
         cfg,
         client: client.clone(),
@@ -98,7 +100,8 @@ pub async fn run(
     .await?;
     let mut heartbeats = subscribe(&client, HEARTBEAT_ALL).await?;
     let mut api = subscribe(&client, "cube.api.>").await?;
-    let mut tick = tokio::time::interval(shell.cfg.reconcile_interval);
+    let mut tick = tokio::time::interval(shell.cfg.timings.tick);
+    let mut last_tick = Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
         scheduler = shell.rules.scheduler_name(),
@@ -135,20 +138,7 @@ pub async fn run(
                 shell.flush(batch).await;
             }
             Some(msg) = heartbeats.next() => {
-                // A large cluster heartbeats thousands of times a second: take every heartbeat
-                // that waits, or they queue behind batches of submissions and nodes that are
-                // alive look silent.
-                let now = Utc::now();
-                shell.rules.on_heartbeat(msg.subject.as_str(), &msg.payload, now);
-                for _ in 1..BATCH * 8 {
-                    // Unconstrained: tokio's cooperative budget would end the loop early.
-                    match tokio::task::unconstrained(heartbeats.next()).now_or_never() {
-                        Some(Some(msg)) => {
-                            shell.rules.on_heartbeat(msg.subject.as_str(), &msg.payload, now)
-                        }
-                        _ => break,
-                    }
-                }
+                shell.heartbeats(Some(msg), &mut heartbeats);
                 shell.flush(Vec::new()).await;
             }
             Some(msg) = api.next() => {
@@ -159,11 +149,17 @@ pub async fn run(
                 if shell.rules.resend_due() {
                     shell.resend_if_caught_up().await;
                 }
-                let now = Utc::now();
-                shell.rules.tick(now);
+                // Heartbeats that arrived are heard before anyone is judged silent.
+                shell.heartbeats(None, &mut heartbeats);
+                let can_hear =
+                    shell.client.connection_state() == async_nats::connection::State::Connected;
+                let (now, mono) = (Utc::now(), Instant::now());
+                shell.rules.set_hearing(can_hear, now, mono);
+                let gap = mono.saturating_duration_since(std::mem::replace(&mut last_tick, mono));
+                shell.rules.ticked_after(gap, now, mono);
+                shell.rules.tick(now, mono);
                 shell.flush(Vec::new()).await;
-                let nodes = shell.rules.cluster().node_counts(now, shell.cfg.node_ttl);
-                shell.cfg.metrics.set_nodes(nodes);
+                shell.cfg.metrics.set_nodes(shell.rules.cluster().node_counts());
             }
             else => break,
         }
@@ -262,6 +258,31 @@ async fn durable(
 }
 
 impl Shell {
+    /// Hands the rules `first` and every heartbeat waiting behind it. A large cluster
+    /// heartbeats thousands of times a second: they are taken all at once, or they queue
+    /// behind batches of submissions and nodes that are alive look silent.
+    fn heartbeats(
+        &mut self,
+        first: Option<async_nats::Message>,
+        heartbeats: &mut async_nats::Subscriber,
+    ) {
+        let (now, mono) = (Utc::now(), Instant::now());
+        if let Some(msg) = first {
+            self.rules
+                .on_heartbeat(msg.subject.as_str(), &msg.payload, now, mono);
+        }
+        for _ in 1..BATCH * 8 {
+            // Unconstrained: tokio's cooperative budget would end the loop early.
+            match tokio::task::unconstrained(heartbeats.next()).now_or_never() {
+                Some(Some(msg)) => {
+                    self.rules
+                        .on_heartbeat(msg.subject.as_str(), &msg.payload, now, mono)
+                }
+                _ => break,
+            }
+        }
+    }
+
     /// Sends the recorded placements again if no state report is waiting to be applied.
     async fn resend_if_caught_up(&mut self) {
         let info = async {

@@ -23,11 +23,12 @@ pub struct NodeView<'a> {
 impl NodeView<'_> {
     /// Why this node cannot take `task`, or `None` if it can.
     pub fn rejects(&self, task: &Task) -> Option<String> {
-        if !self.alive || self.node.state == NodeState::Down {
-            return Some("node down".into());
-        }
-        if self.node.state == NodeState::Draining {
-            return Some("node draining".into());
+        match self.node.state {
+            NodeState::Down => return Some("node down".into()),
+            NodeState::Unreachable => return Some("node unreachable".into()),
+            NodeState::Draining => return Some("node draining".into()),
+            NodeState::Ready if !self.alive => return Some("node unreachable".into()),
+            NodeState::Ready => {}
         }
         if let Some(c) = task
             .parsed_constraints()
@@ -192,7 +193,7 @@ mod tests {
         assert!(err.0.starts_with("0/3 nodes available:"), "{}", err.0);
         assert!(err.0.contains("1 insufficient cpu"), "{}", err.0);
         assert!(err.0.contains("1 insufficient memory"), "{}", err.0);
-        assert!(err.0.contains("1 node down"), "{}", err.0);
+        assert!(err.0.contains("1 node unreachable"), "{}", err.0);
     }
 
     #[test]

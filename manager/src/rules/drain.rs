@@ -40,12 +40,11 @@ impl Rules {
             self.drained.remove(name);
         }
         node.state = match (drain, node.state) {
-            (_, NodeState::Down) => NodeState::Down,
+            (_, silent @ (NodeState::Down | NodeState::Unreachable)) => silent,
             (true, _) => NodeState::Draining,
             (false, _) => NodeState::Ready,
         };
-        self.cluster
-            .put_node(node.clone(), now, self.timings.node_ttl);
+        self.cluster.put_node(node.clone());
         let (kind, message) = if drain {
             (
                 "drain",
@@ -83,7 +82,7 @@ impl Rules {
                 if task.previous.is_some() || task.state != State::Running {
                     continue;
                 }
-                let worker = match self.choose(&task, None, now) {
+                let worker = match self.choose(&task, None) {
                     Ok(w) => w,
                     Err(Unschedulable(reason)) => {
                         info!(task.id = %id, %reason, "cannot move the task off {name} yet");

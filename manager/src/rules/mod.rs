@@ -11,12 +11,14 @@
 //! and it is what lets the rules be unit-tested in milliseconds and run under the seeded
 //! simulation in `manager/tests/simulation.rs`.
 //!
-//! One file per concern: `intake` (submissions and stops), `placement`, `reports`, `nodes`
-//! (heartbeats, liveness, fencing), `restarts`, `drain`.
+//! One file per concern: `intake` (submissions and stops), `placement`, `reports`, `liveness`
+//! (judging silent nodes, only when the manager can hear), `nodes` (heartbeats, lost tasks,
+//! revival, fencing), `restarts`, `drain`.
 
 mod drain;
 mod effects;
 mod intake;
+mod liveness;
 mod nodes;
 mod placement;
 mod reports;
@@ -25,10 +27,10 @@ mod restarts;
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use cube_shared::{JournalEntry, Node, NodeState, Rejection, State, Task};
+use cube_shared::{JournalEntry, Node, NodeState, Placement, Rejection, State, Task};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -39,17 +41,41 @@ use crate::scheduler::Scheduler;
 pub use drain::NoSuchNode;
 use effects::Effects;
 pub use effects::{Decided, Work};
-pub use nodes::FENCE_AGAIN;
+use liveness::Hearing;
+pub use nodes::{ForgetError, FENCE_AGAIN};
 use restarts::plan_restart;
 pub use restarts::{backoff, BACKOFF_BASE, BACKOFF_CAP, HEALTHY_RUN_RESETS};
 
 /// The timings the rules judge by.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
-    /// A worker whose last heartbeat is older than this is not given new work.
+    /// A worker silent for longer than this is `unreachable`: no new work for it.
     pub node_ttl: Duration,
-    /// After TTL + this grace without a heartbeat, a worker is `down` and its tasks are lost.
+    /// After TTL + this grace without a heartbeat, a worker is `down`: its tasks that may
+    /// restart are placed elsewhere.
     pub node_grace: Duration,
+    /// After this long without a heartbeat, the tasks still waiting for a node are failed.
+    pub lost_after: Duration,
+    /// A share of silent nodes above this is taken for the manager's own loss of contact.
+    pub disruption_threshold: f64,
+    /// A placement nobody has taken up (listed in a heartbeat, reported running) after this
+    /// long is made again.
+    pub schedule_timeout: Duration,
+    /// How often the shell calls [`Rules::tick`]; a longer gap is a stall.
+    pub tick: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            node_ttl: Duration::from_secs(10),
+            node_grace: Duration::from_secs(5),
+            lost_after: Duration::from_secs(600),
+            disruption_threshold: 0.55,
+            schedule_timeout: Duration::from_secs(60),
+            tick: Duration::from_secs(1),
+        }
+    }
 }
 
 /// What the manager knows and has decided. Owned by the manager's loop (or a test).
@@ -57,8 +83,13 @@ pub struct Rules {
     timings: Timings,
     cluster: Cluster,
     scheduler: Box<dyn Scheduler>,
-    /// When this manager started listening: node liveness is judged only after a TTL.
-    started: DateTime<Utc>,
+    /// What the manager has heard, on its monotonic clock: node liveness.
+    hearing: Hearing,
+    /// Tasks placed elsewhere because their node was judged down, with the placement lost:
+    /// if that node comes back before the replacement starts, the original is kept.
+    lost: HashMap<Uuid, Placement>,
+    /// Nodes whose heartbeat could not be read, and when that was last journalled.
+    unreadable: HashMap<String, DateTime<Utc>>,
     /// Stale copies recently asked to stop: (task, generation) → when.
     fenced: HashMap<(Uuid, u64), DateTime<Utc>>,
     /// Nodes an operator drained (kept in the `cube-admin` bucket by the shell).
@@ -84,20 +115,24 @@ pub struct Stored {
 }
 
 impl Rules {
-    /// Rules over what was stored, for a manager that starts listening at `now`.
+    /// Rules over what was stored, for a manager that starts listening at `now` (`mono` on
+    /// its monotonic clock). The stored nodes are `unreachable` until this manager hears
+    /// them: it inherits no liveness from what workers wrote.
     pub fn new(
         timings: Timings,
         scheduler: Box<dyn Scheduler>,
         metrics: Metrics,
         stored: Stored,
-        now: DateTime<Utc>,
+        mono: Instant,
     ) -> Rules {
         let placements = metrics.placements(scheduler.name());
         let mut rules = Rules {
             timings,
             cluster: Cluster::default(),
             scheduler,
-            started: now,
+            hearing: Hearing::new(mono),
+            lost: HashMap::new(),
+            unreadable: HashMap::new(),
             fenced: HashMap::new(),
             drained: stored.drained.into_iter().collect(),
             resend_due: false,
@@ -110,10 +145,13 @@ impl Rules {
             rules.cluster.put_task(task);
         }
         for mut node in stored.nodes {
-            if rules.drained.contains(&node.name) {
-                node.state = NodeState::Draining;
-            }
-            rules.cluster.put_node(node, now, timings.node_ttl);
+            node.state = if node.leaving {
+                NodeState::Down
+            } else {
+                NodeState::Unreachable
+            };
+            node.running.clear();
+            rules.cluster.put_node(node);
         }
         rules.resend_due = rules.cluster.tasks().any(|t| t.state == State::Scheduled);
         rules.metrics.set_tasks(&rules.cluster.count_by_state());
@@ -138,10 +176,13 @@ impl Rules {
         self.resend_due
     }
 
-    /// Everything the passage of time decides at `now`: nodes gone silent, restarts due,
-    /// drains to carry on, waiting tasks to place. The shell calls it every reconcile interval.
-    pub fn tick(&mut self, now: DateTime<Utc>) {
-        self.check_liveness(now);
+    /// Everything the passage of time decides at `now` (`mono` on the monotonic clock): nodes
+    /// gone silent, placements in doubt, restarts due, drains to carry on, waiting tasks to
+    /// place. The shell calls it every [`Timings::tick`].
+    pub fn tick(&mut self, now: DateTime<Utc>, mono: Instant) {
+        self.hearing.at(mono);
+        self.check_liveness(now, mono);
+        self.check_placements(now, mono);
         self.restart_due(now);
         self.migrate_drained(now);
         self.place_pending(now);

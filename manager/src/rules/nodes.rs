@@ -1,15 +1,17 @@
-//! Nodes: heartbeats, liveness (a silent node is down and its tasks are lost) and fencing (a
-//! copy a heartbeat lists that is no longer current is stopped).
+//! Nodes: heartbeats, what becomes of the tasks of a node judged down (see `liveness` for the
+//! judging), revival of a returning node's copies, and fencing (a copy a heartbeat lists that
+//! is no longer current is stopped).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cube_shared::wire::{self, MAX_MESSAGE_BYTES};
-use cube_shared::{JournalEntry, Node, NodeState, Placement, State, Task};
+use cube_shared::{JournalEntry, Node, NodeState, Placement, RunningTask, State, Task};
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::Rules;
+use crate::metrics::RejectKind;
 
 /// How often a stale copy is asked again to stop.
 pub const FENCE_AGAIN: Duration = Duration::from_secs(10);
@@ -33,9 +35,27 @@ pub(crate) fn is_stale(task: Option<&Task>, node: &str, generation: u64) -> bool
     !current && !taken_from_queue && !moving_from_here
 }
 
+/// `cube nodes forget` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    #[error("no node {0}")]
+    NoSuchNode(String),
+    #[error("{0} is heard from: only a node that went silent can be forgotten (drain it to move its tasks)")]
+    Alive(String),
+}
+
 impl Rules {
-    /// A heartbeat on `nodes.heartbeat.<worker>`, received at `now`.
-    pub fn on_heartbeat(&mut self, subject: &str, payload: &[u8], now: DateTime<Utc>) {
+    /// A heartbeat on `nodes.heartbeat.<worker>`, received at `now` (`mono` on the manager's
+    /// monotonic clock: liveness is judged by when heartbeats arrive, never by the worker's
+    /// clock).
+    pub fn on_heartbeat(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        now: DateTime<Utc>,
+        mono: Instant,
+    ) {
+        self.hearing.at(mono);
         let token = subject.rsplit('.').next().unwrap_or_default();
         let mut node = match wire::decode::<Node>(payload, MAX_MESSAGE_BYTES) {
             Ok(node) if node.name == token => node,
@@ -43,18 +63,15 @@ impl Rules {
                 warn!(%subject, name = %node.name, "heartbeat names another worker; ignored");
                 return;
             }
-            Err(e) => {
-                warn!(%subject, error = %e, "unreadable heartbeat; ignored");
-                return;
-            }
+            Err(e) => return self.unreadable_heartbeat(token, &e.to_string(), now, mono),
         };
         if cube_shared::validate::validate_worker_name(&node.name).is_err() {
             return;
         }
-        // Liveness is judged by the manager's clock, never the worker's.
         node.last_heartbeat = now;
         let name = node.name.clone();
         let was = self.cluster.node(&name).map(|n| n.state);
+        let heard_before = self.hearing.heard(&name, mono);
         node.state = if node.leaving {
             NodeState::Down
         } else if self.drained.contains(&name) {
@@ -63,8 +80,9 @@ impl Rules {
             NodeState::Ready
         };
         let leaving = node.leaving;
-        let running = node.running.clone();
-        let fresh = self.cluster.put_node(node, now, self.timings.node_ttl);
+        let running = std::mem::take(&mut node.running);
+        // The list itself is not kept: it may be one page of several.
+        self.cluster.put_node(node);
         if leaving && was != Some(NodeState::Down) {
             self.journal(
                 JournalEntry::new(
@@ -74,71 +92,113 @@ impl Rules {
                 .worker(&name),
                 now,
             );
-        } else if !leaving && (fresh || was == Some(NodeState::Down)) {
-            let message = if was.is_some() {
-                format!("{name} is back")
-            } else {
-                format!("{name} is ready")
+        } else if !leaving {
+            let back = match was {
+                None => Some(format!("{name} is ready")),
+                Some(NodeState::Down) => Some(format!("{name} is back")),
+                Some(NodeState::Unreachable) if heard_before => Some(format!("{name} is back")),
+                _ => None,
             };
-            self.journal(JournalEntry::new("node-joined", message).worker(&name), now);
-            self.place_pending(now);
+            if let Some(message) = back {
+                self.journal(JournalEntry::new("node-joined", message).worker(&name), now);
+            }
+            if !matches!(was, Some(NodeState::Ready | NodeState::Draining)) {
+                self.place_pending(now);
+            }
         }
-        if !running.is_empty() {
-            self.fence(&name, &running, now);
+        for r in &running {
+            self.revive(&name, r, now);
+            if !is_stale(self.cluster.task(&r.id), &name, r.generation) {
+                self.hearing.listed(r.id, mono);
+            }
         }
+        self.fence(&name, &running, now);
     }
 
-    /// Nodes silent for longer than TTL + grace are down, and their tasks are lost: `failed`
-    /// with reason "node lost", then placed elsewhere per their restart policy.
-    pub(super) fn check_liveness(&mut self, now: DateTime<Utc>) {
-        let limit = self.timings.node_ttl + self.timings.node_grace;
-        // Right after a start every heartbeat looks old: give the workers time to speak.
-        if elapsed(self.started, now) < limit {
+    /// A heartbeat that cannot be read still says its node is there; nothing it would have
+    /// listed is held against the node until its heartbeats can be read again.
+    fn unreadable_heartbeat(
+        &mut self,
+        token: &str,
+        error: &str,
+        now: DateTime<Utc>,
+        mono: Instant,
+    ) {
+        self.metrics.rejected(RejectKind::InvalidHeartbeat);
+        warn!(worker = %token, %error, "unreadable heartbeat");
+        if self.cluster.node(token).is_none() {
             return;
         }
-        let silent: Vec<Node> = self
-            .cluster
-            .nodes()
-            .filter(|n| elapsed(n.last_heartbeat, now) > limit)
-            .cloned()
-            .collect();
-        for node in silent {
-            let name = node.name.clone();
-            if node.state != NodeState::Down {
-                let down = Node {
-                    state: NodeState::Down,
-                    ..node
-                };
-                self.cluster.put_node(down, now, self.timings.node_ttl);
-                self.journal(
-                    JournalEntry::new(
-                        "node-down",
-                        format!("{name} missed heartbeats for {limit:?}"),
-                    )
-                    .worker(&name),
-                    now,
-                );
-            }
-            for id in self.cluster.active_on(&name) {
-                self.lose(id, &name, now);
-            }
+        self.hearing.heard(token, mono);
+        for id in self.cluster.active_on(token) {
+            self.hearing.listed(id, mono);
+        }
+        let again = chrono::Duration::from_std(FENCE_AGAIN * 6).unwrap_or_default();
+        if self
+            .unreadable
+            .get(token)
+            .is_none_or(|at| now - *at >= again)
+        {
+            self.unreadable.insert(token.to_string(), now);
+            self.journal(
+                JournalEntry::new(
+                    "heartbeat-unreadable",
+                    format!("a heartbeat of {token} cannot be read ({error}); the node counts as heard, its placements are not checked"),
+                )
+                .worker(token),
+                now,
+            );
         }
     }
 
-    fn lose(&mut self, id: Uuid, worker: &str, now: DateTime<Utc>) {
-        let Some(mut task) = self.cluster.task(&id).cloned() else {
+    /// Task `id` on `worker`, a node just judged down: placed elsewhere if its restart policy
+    /// allows it, otherwise left waiting for its node (up to `lost_after`).
+    pub(super) fn node_lost_under(&mut self, id: Uuid, worker: &str, now: DateTime<Utc>) {
+        let Some(task) = self.cluster.task(&id).cloned() else {
             return;
         };
-        if task.previous.is_some() {
-            // It was moving here: it stays on the copy it was moving away from.
+        let mut failed = task.clone();
+        failed.state = State::Failed;
+        if task.previous.is_some() || failed.wants_restart(State::Failed) {
             let reason = format!("node lost: {worker} stopped sending heartbeats");
-            return self.move_failed(task, worker, &reason, now);
+            if task.previous.is_none() {
+                self.lost.insert(
+                    id,
+                    Placement {
+                        worker: worker.to_string(),
+                        generation: task.generation,
+                    },
+                );
+            }
+            return self.lose(task, worker, &reason, now);
         }
+        let lost_after = self.timings.lost_after;
+        self.journal(
+            JournalEntry::new(
+                "waiting",
+                format!(
+                    "its restart policy keeps it on {worker}: it waits for the node up to {lost_after:?} \
+                     (`cube nodes forget {worker}` gives up at once)"
+                ),
+            )
+            .task(id)
+            .worker(worker),
+            now,
+        );
+    }
+
+    /// Task placed on `worker` is lost: `failed` with `reason`, then placed elsewhere if its
+    /// policy wants it back. A task that was moving there stays on the copy it moved from.
+    pub(super) fn lose(&mut self, mut task: Task, worker: &str, reason: &str, now: DateTime<Utc>) {
+        if task.previous.is_some() {
+            return self.move_failed(task, worker, reason, now);
+        }
+        let id = task.id;
         task.state = State::Failed;
         task.finish_time = Some(now);
         task.exit_code = None;
         task.health = None;
-        task.error = Some(format!("node lost: {worker} stopped sending heartbeats"));
+        task.error = Some(reason.to_string());
         // A lost node is not the task's fault: no backoff.
         super::plan_restart(&mut task, now, true);
         let next = match task.next_attempt_at {
@@ -146,7 +206,7 @@ impl Rules {
             None => "; its restart policy keeps it failed",
         };
         self.journal(
-            JournalEntry::new("lost", format!("node lost: {worker}{next}"))
+            JournalEntry::new("lost", format!("{reason}{next}"))
                 .task(id)
                 .worker(worker),
             now,
@@ -154,10 +214,116 @@ impl Rules {
         self.save(task);
     }
 
+    /// A node that was judged down lists placement `r` of a task that was placed elsewhere
+    /// because of it: if the replacement has not started, the original is kept, without a
+    /// restart, and the replacement is called off. Returns whether it was.
+    fn revive(&mut self, node: &str, r: &RunningTask, now: DateTime<Utc>) -> bool {
+        let here = Placement {
+            worker: node.to_string(),
+            generation: r.generation,
+        };
+        let Some(mut task) = self.cluster.task(&r.id).cloned() else {
+            return false;
+        };
+        let remembered = self.lost.get(&r.id) == Some(&here);
+        // After a manager restart only the record tells: failed as lost, not yet restarted.
+        let recorded = task.state == State::Failed
+            && task.next_attempt_at.is_some()
+            && task.worker.as_deref() == Some(node)
+            && task.generation == r.generation
+            && task
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("node lost"));
+        if !(remembered || recorded) {
+            return false;
+        }
+        self.lost.remove(&r.id);
+        let replacement = match task.state {
+            State::Failed | State::Pending => None,
+            State::Scheduled => Some((task.worker.clone(), task.generation)),
+            // The replacement runs (or the task ended since): the returning copy is stale.
+            _ => return false,
+        };
+        if task.stop_requested {
+            return false;
+        }
+        let mut message = format!(
+            "{node} is back and still runs placement {}: kept, without a restart",
+            r.generation
+        );
+        if let Some((worker, generation)) = &replacement {
+            if let Some(w) = worker {
+                self.stop_copy(r.id, *generation, w);
+                message.push_str(&format!("; placement {generation} on {w} is called off"));
+            }
+            task.restart_count = task.restart_count.saturating_sub(1);
+        }
+        task.highest_generation = task.highest_generation.max(task.generation);
+        task.generation = r.generation;
+        task.worker = Some(node.to_string());
+        task.state = State::Running;
+        task.error = None;
+        task.finish_time = None;
+        task.next_attempt_at = None;
+        self.journal(
+            JournalEntry::new("revived", message)
+                .task(r.id)
+                .worker(node),
+            now,
+        );
+        self.save(task);
+        true
+    }
+
+    /// The copy `report` speaks of ended: if it was lost with its node, it cannot be revived.
+    pub(super) fn forget_lost(&mut self, report: &cube_shared::StateReport) {
+        let ended = Placement {
+            worker: report.worker.clone(),
+            generation: report.generation.unwrap_or_default(),
+        };
+        if self.lost.get(&report.task_id) == Some(&ended) {
+            self.lost.remove(&report.task_id);
+        }
+    }
+
+    /// Forgets a node that went silent (`cube nodes forget NAME`): its tasks are lost now,
+    /// restarted elsewhere per their policy or failed. If it comes back, it joins as a new
+    /// node and its copies are stopped.
+    pub fn forget(&mut self, name: &str, now: DateTime<Utc>) -> Result<(), ForgetError> {
+        let Some(node) = self.cluster.node(name) else {
+            return Err(ForgetError::NoSuchNode(name.to_string()));
+        };
+        if crate::cluster::alive(node) {
+            return Err(ForgetError::Alive(name.to_string()));
+        }
+        let reason = format!("node lost: {name} was forgotten by an operator");
+        for id in self.cluster.active_on(name) {
+            self.lost.remove(&id);
+            if let Some(task) = self.cluster.task(&id).cloned() {
+                self.lose(task, name, &reason, now);
+            }
+        }
+        self.cluster.remove_node(name);
+        self.hearing.forget_node(name);
+        self.journal(
+            JournalEntry::new(
+                "node-forgotten",
+                format!("{name} was forgotten by an operator"),
+            )
+            .worker(name),
+            now,
+        );
+        Ok(())
+    }
+
     /// A heartbeat lists the placements a worker runs; any that is no longer current (the
     /// task moved on while the worker was away, or was declared lost) is stopped there, and
     /// asked again every [`FENCE_AGAIN`] while it keeps being listed.
-    fn fence(&mut self, node: &str, running: &[cube_shared::RunningTask], now: DateTime<Utc>) {
+    fn fence(&mut self, node: &str, running: &[RunningTask], now: DateTime<Utc>) {
+        if running.is_empty() {
+            return;
+        }
         let again = chrono::Duration::from_std(FENCE_AGAIN).unwrap_or_default();
         self.fenced.retain(|_, at| now - *at < again);
         for r in running {
@@ -183,9 +349,4 @@ impl Rules {
             );
         }
     }
-}
-
-/// How long since `since`, at `now` (zero if the clock went back).
-fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
-    (now - since).to_std().unwrap_or_default()
 }

@@ -34,7 +34,7 @@ impl Rules {
         if task.state != State::Pending {
             return;
         }
-        match self.choose(&task, None, now) {
+        match self.choose(&task, None) {
             Ok(worker) => {
                 task.error = None;
                 let entry = match &worker {
@@ -89,6 +89,7 @@ impl Rules {
             self.effects.placed.push(received);
         }
         self.dispatch(&task);
+        self.hearing.touch(task.id);
         self.save(task);
     }
 
@@ -98,9 +99,8 @@ impl Rules {
         &mut self,
         task: &Task,
         prefer: Option<&str>,
-        now: DateTime<Utc>,
     ) -> Result<Option<String>, Unschedulable> {
-        let views = self.cluster.views(now, self.timings.node_ttl);
+        let views = self.cluster.views();
         if self.scheduler.uses_shared_queue() {
             // Some worker must be able to take it, or it would bounce around the queue.
             self.scheduler.select_candidates(task, &views)?;

@@ -108,6 +108,10 @@ impl Rules {
         }
         let span = info_span!("report", task.id = %report.task_id, worker = %report.worker);
         let _entered = span.enter();
+        if report.state.is_final() {
+            // A lost copy that ended cannot be kept when its node comes back.
+            self.forget_lost(&report);
+        }
         if let Err(why) = self.apply_report(report, now) {
             match why {
                 Ignored::UnknownTask => warn!("report for an unknown task"),
@@ -177,6 +181,10 @@ impl Rules {
             }
         }
         let started = after.state == State::Running && before.state != State::Running;
+        if started {
+            // Its worker has from now until TTL + grace to list it in a heartbeat.
+            self.hearing.touch(after.id);
+        }
         if started && after.previous.is_some() {
             self.replacement_running(&mut after, now);
         }

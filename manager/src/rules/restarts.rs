@@ -58,7 +58,7 @@ impl Rules {
 
     fn restart(&mut self, mut task: Task, now: DateTime<Utc>) {
         let previous_worker = task.worker.clone();
-        let worker = match self.choose(&task, previous_worker.as_deref(), now) {
+        let worker = match self.choose(&task, previous_worker.as_deref()) {
             Ok(w) => w,
             Err(Unschedulable(reason)) => {
                 let reason = format!("restart waits: {reason}");

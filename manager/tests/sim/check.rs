@@ -11,10 +11,15 @@ impl World {
     /// Stores a Task DB record, checking the move against the record it replaces.
     pub(super) fn store_task(&mut self, task: Task) {
         if let Some(old) = self.store.task_db.get(&task.id) {
-            if old.state != task.state && !old.state.can_transition_to(task.state) {
+            // A copy lost with its node, found running when the node came back before its
+            // replacement was placed, is revived: the same placement runs again.
+            let revived = old.state == State::Failed
+                && task.state == State::Running
+                && (old.worker.as_ref(), old.generation) == (task.worker.as_ref(), task.generation);
+            if old.state != task.state && !old.state.can_transition_to(task.state) && !revived {
                 self.broken.push(format!(
-                    "illegal stored transition of {}: {} -> {}",
-                    task.id, old.state, task.state
+                    "illegal stored transition of {}: {} -> {} (was gen {} on {:?}: {:?}; now gen {} on {:?})",
+                    task.id, old.state, task.state, old.generation, old.worker, old.error, task.generation, task.worker
                 ));
             }
             // A failed move returns to the older placement, but the highest generation given

@@ -7,7 +7,7 @@ mod check;
 mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use cube_manager::metrics::Metrics;
@@ -21,10 +21,15 @@ use bus::{Queue, Rng};
 use worker::Worker;
 
 /// Short timings, so that nodes are lost and found within a short schedule.
-const TIMINGS: Timings = Timings {
-    node_ttl: Duration::from_secs(3),
-    node_grace: Duration::from_secs(2),
-};
+fn timings() -> Timings {
+    Timings {
+        node_ttl: Duration::from_secs(3),
+        node_grace: Duration::from_secs(2),
+        lost_after: Duration::from_secs(60),
+        schedule_timeout: Duration::from_secs(20),
+        ..Timings::default()
+    }
+}
 const WORKERS: usize = 3;
 /// Steps with faults, then at most this many calm rounds to go quiet.
 const FAULT_STEPS: usize = 160;
@@ -54,6 +59,8 @@ pub struct World {
     seed: u64,
     rng: Rng,
     now: DateTime<Utc>,
+    /// The manager host's monotonic clock.
+    mono: Instant,
     store: Store,
     manager: Option<Rules>,
     workers: Vec<Worker>,
@@ -75,8 +82,9 @@ impl World {
             seed,
             rng: Rng::new(seed),
             now,
+            mono: Instant::now(),
             store: Store::default(),
-            manager: Some(new_manager(&Store::default(), now)),
+            manager: Some(new_manager(&Store::default(), Instant::now())),
             workers: (0..WORKERS).map(|i| Worker::new(format!("w{i}"))).collect(),
             submitted: BTreeMap::new(),
             stopped: BTreeSet::new(),
@@ -147,8 +155,15 @@ impl World {
     }
 
     /// One step with faults: time passes, then one thing happens.
+    /// `ms` milliseconds pass, on every clock.
+    fn pass(&mut self, ms: u64) {
+        self.now += chrono::Duration::milliseconds(ms as i64);
+        self.mono += Duration::from_millis(ms);
+    }
+
     fn step(&mut self) {
-        self.now += chrono::Duration::milliseconds(self.rng.below(400) as i64);
+        let ms = self.rng.below(400);
+        self.pass(ms);
         self.exits_and_heartbeats();
         match self.rng.below(100) {
             0..=11 => self.client(),
@@ -186,7 +201,7 @@ impl World {
 
     /// A round without faults: everything that waits is delivered.
     fn calm_round(&mut self) {
-        self.now += chrono::Duration::milliseconds(500);
+        self.pass(500);
         self.exits_and_heartbeats();
         self.manager_handles(Stream::Events);
         self.manager_handles(Stream::States);
@@ -298,7 +313,7 @@ impl World {
 
     fn restart_manager(&mut self) {
         self.note("manager starts".into());
-        self.manager = Some(new_manager(&self.store, self.now));
+        self.manager = Some(new_manager(&self.store, self.mono));
     }
 
     /// Carries out what the manager decided, as its writer does: records, then work, then
@@ -308,6 +323,14 @@ impl World {
             return;
         };
         let decided: Decided = rules.take_effects();
+        for e in &decided.journal {
+            let task = e.task_id.map(short).unwrap_or_default();
+            let worker = e.worker.clone().unwrap_or_default();
+            self.note(format!(
+                "manager: {} {task} {worker}: {}",
+                e.kind, e.message
+            ));
+        }
         let crash_at = if self.faulty && self.rng.chance(0.03) {
             self.rng.below(3)
         } else {
@@ -370,7 +393,7 @@ impl World {
             return;
         };
         for (subject, payload) in heard {
-            rules.on_heartbeat(&subject, &payload, self.now);
+            rules.on_heartbeat(&subject, &payload, self.now, self.mono);
         }
         self.commit(None);
     }
@@ -382,7 +405,8 @@ impl World {
         if rules.resend_due() && self.store.states.is_empty() {
             rules.resend_placements();
         }
-        rules.tick(self.now);
+        rules.set_hearing(true, self.now, self.mono);
+        rules.tick(self.now, self.mono);
         self.commit(None);
     }
 
@@ -446,14 +470,14 @@ impl Store {
 }
 
 /// A manager that starts with what is stored.
-fn new_manager(store: &Store, now: DateTime<Utc>) -> Rules {
+fn new_manager(store: &Store, mono: Instant) -> Rules {
     let stored = Stored {
         tasks: store.task_db.values().cloned().collect(),
         nodes: store.node_db.values().cloned().collect(),
         drained: store.drained.iter().cloned().collect(),
     };
     let scheduler = cube_manager::algorithms::by_name("spread").expect("known scheduler");
-    Rules::new(TIMINGS, scheduler, Metrics::default(), stored, now)
+    Rules::new(timings(), scheduler, Metrics::default(), stored, mono)
 }
 
 fn short(id: Uuid) -> String {

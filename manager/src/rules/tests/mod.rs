@@ -2,10 +2,11 @@
 //! Docker, no sleeps. The harness is here; the tests are by concern beside it.
 
 mod intake;
+mod liveness;
 mod nodes;
 mod restarts;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use cube_shared::subjects::{pending_for, state_for, EVENTS, HEARTBEAT_ALL, PENDING};
@@ -20,11 +21,23 @@ use crate::algorithms;
 
 const TTL: Duration = Duration::from_secs(10);
 const GRACE: Duration = Duration::from_secs(5);
+const LOST_AFTER: Duration = Duration::from_secs(600);
 
-/// The rules with a clock of their own.
+fn timings() -> Timings {
+    Timings {
+        node_ttl: TTL,
+        node_grace: GRACE,
+        lost_after: LOST_AFTER,
+        ..Timings::default()
+    }
+}
+
+/// The rules with clocks of their own: the wall clock (which may be stepped) and the
+/// monotonic one (which only moves forward, with time).
 struct Harness {
     rules: Rules,
     now: DateTime<Utc>,
+    mono: Instant,
 }
 
 fn start() -> DateTime<Utc> {
@@ -42,19 +55,18 @@ impl Harness {
     }
 
     fn with_scheduler(scheduler: &str, workers: &[&str]) -> Harness {
+        let mono = Instant::now();
         let rules = Rules::new(
-            Timings {
-                node_ttl: TTL,
-                node_grace: GRACE,
-            },
+            timings(),
             algorithms::by_name(scheduler).unwrap(),
             crate::metrics::Metrics::default(),
             Stored::default(),
-            start(),
+            mono,
         );
         let mut h = Harness {
             rules,
             now: start(),
+            mono,
         };
         for w in workers {
             h.heartbeat(w, &[]);
@@ -63,7 +75,14 @@ impl Harness {
         h
     }
 
+    /// Time passes: both clocks move.
     fn advance(&mut self, s: f64) {
+        self.now += secs(s);
+        self.mono += Duration::from_secs_f64(s);
+    }
+
+    /// The wall clock is stepped (NTP, a resumed VM); the monotonic clock does not move.
+    fn step_wall(&mut self, s: f64) {
         self.now += secs(s);
     }
 
@@ -94,7 +113,8 @@ impl Harness {
             .map(|&(id, generation)| RunningTask { id, generation })
             .collect();
         let subject = HEARTBEAT_ALL.replace('*', worker);
-        self.rules.on_heartbeat(&subject, &encode(&node), self.now);
+        self.rules
+            .on_heartbeat(&subject, &encode(&node), self.now, self.mono);
         self.effects()
     }
 
@@ -133,8 +153,14 @@ impl Harness {
         (w, other)
     }
 
+    /// The shell's tick: it first says whether the manager can hear.
     fn tick(&mut self) -> Decided {
-        self.rules.tick(self.now);
+        self.tick_hearing(true)
+    }
+
+    fn tick_hearing(&mut self, can_hear: bool) -> Decided {
+        self.rules.set_hearing(can_hear, self.now, self.mono);
+        self.rules.tick(self.now, self.mono);
         self.effects()
     }
 }

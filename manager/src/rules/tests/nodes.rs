@@ -1,32 +1,6 @@
-//! Liveness, fencing, drain, room freed, and a restarted manager.
+//! Fencing, drain, room freed, and a restarted manager.
 
 use super::*;
-
-#[test]
-fn a_silent_node_is_down_and_its_tasks_move_but_not_right_after_a_start() {
-    let mut h = Harness::new(&["w1", "w2"]);
-    let t = sleeper(RestartPolicy::Always);
-    h.submit(t.clone());
-    let (w, other) = h.placed_and_other(t.id);
-    h.report(t.id, &w, State::Running, None);
-    // Only the other node keeps speaking. Within TTL + grace of the start, nothing is judged.
-    h.advance(14.0);
-    h.heartbeat(other, &[]);
-    assert!(h.tick().is_empty());
-    h.advance(1.5);
-    h.heartbeat(other, &[]);
-    let d = h.tick();
-    assert_eq!(d.journal_kinds(), ["node-down", "lost", "rescheduled"]);
-    assert_eq!(starts(&d), vec![(pending_for(other), t.id, 2)]);
-    assert_eq!(h.rules.cluster().node(&w).unwrap().state, NodeState::Down);
-    // The node comes back listing the old copy: it is fenced, once per FENCE_AGAIN.
-    let d = h.heartbeat(&w, &[(t.id, 1)]);
-    assert_eq!(d.journal_kinds(), ["node-joined", "fenced"]);
-    assert_eq!(stops(&d), vec![(pending_for(&w), t.id, 1)]);
-    assert!(stops(&h.heartbeat(&w, &[(t.id, 1)])).is_empty());
-    h.advance(FENCE_AGAIN.as_secs_f64());
-    assert_eq!(stops(&h.heartbeat(&w, &[(t.id, 1)])).len(), 1);
-}
 
 #[test]
 fn fencing_spares_current_queued_and_moving_copies() {
@@ -153,7 +127,7 @@ fn a_restarted_manager_sends_recorded_placements_again_once() {
         algorithms::by_name("spread").unwrap(),
         crate::metrics::Metrics::default(),
         stored,
-        h.now,
+        h.mono,
     );
     assert!(rules.resend_due());
     rules.resend_placements();
@@ -168,8 +142,12 @@ fn a_restarted_manager_sends_recorded_placements_again_once() {
 fn heartbeats_that_lie_about_their_name_are_ignored() {
     let mut h = Harness::new(&[]);
     let node: Node = crate::testing::node("w1", 1.0, 1 << 30);
-    h.rules
-        .on_heartbeat(&HEARTBEAT_ALL.replace('*', "w2"), &encode(&node), h.now);
+    h.rules.on_heartbeat(
+        &HEARTBEAT_ALL.replace('*', "w2"),
+        &encode(&node),
+        h.now,
+        h.mono,
+    );
     assert!(h.effects().is_empty());
     assert!(h.rules.cluster().node("w1").is_none());
 }
