@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use cube_shared::subjects::{
-    API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS,
+    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS,
 };
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
 use cube_shared::{
-    check_resubmission, ApiReply, DrainRequest, Node, State, Task, TaskEvent, TaskList,
-    TaskListQuery, TaskQuery,
+    check_resubmission, ApiReply, DrainRequest, ForgetRequest, Node, State, Task, TaskEvent,
+    TaskList, TaskListQuery, TaskQuery,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -139,6 +139,15 @@ impl Cube {
             drain,
         };
         self.request(API_NODES_DRAIN, &body).await
+    }
+
+    /// Gives up on a silent node that will not return (`cube nodes forget`): its tasks are
+    /// lost at once and restarted elsewhere per their policy.
+    pub async fn forget(&self, name: &str) -> Result<(), Error> {
+        let body = ForgetRequest {
+            name: name.to_string(),
+        };
+        self.request(API_NODES_FORGET, &body).await
     }
 
     /// Submits `task` (its id decides which task it is); returns the event published.

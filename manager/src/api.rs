@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use cube_shared::subjects::{API_NODES_DRAIN, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST};
+use cube_shared::subjects::{
+    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST,
+};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{ApiReply, DrainRequest, Task, TaskQuery};
+use cube_shared::{ApiReply, DrainRequest, ForgetRequest, Task, TaskQuery};
 use cube_shared::{TaskList, TaskListQuery};
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -25,7 +27,10 @@ impl Shell {
             API_TASKS_GET => respond(
                 wire::decode::<TaskQuery>(&msg.payload, MAX_MESSAGE_BYTES)
                     .map_err(ApiError::from)
-                    .and_then(|q| Ok(self.rules.cluster().find(&q.id)?.clone())),
+                    .and_then(|q| {
+                        let cluster = self.rules.cluster();
+                        Ok(cluster.shown(cluster.find(&q.id)?))
+                    }),
             ),
             API_NODES_LIST => {
                 respond::<Vec<cube_shared::Node>>(Ok(self.rules.cluster().node_list()))
@@ -33,6 +38,13 @@ impl Shell {
             API_NODES_DRAIN => {
                 let result = match wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES) {
                     Ok(r) => self.drain(&r.name, r.drain).await,
+                    Err(e) => Err(e.into()),
+                };
+                respond(result)
+            }
+            API_NODES_FORGET => {
+                let result = match wire::decode::<ForgetRequest>(&msg.payload, MAX_MESSAGE_BYTES) {
+                    Ok(r) => self.forget(&r.name).await,
                     Err(e) => Err(e.into()),
                 };
                 respond(result)
@@ -64,14 +76,15 @@ impl Shell {
         let total = matching.len();
         matching.sort_unstable_by(|a, b| b.submitted_at.cmp(&a.submitted_at).then(a.id.cmp(&b.id)));
         let mut size = 0;
+        let cluster = self.rules.cluster();
         let tasks = matching
             .into_iter()
             .take(query.limit.unwrap_or(1000))
+            .map(|t| cluster.shown(t))
             .take_while(|t| {
                 size += encode(t).len() + 1;
                 size < MAX_REPLY_BYTES
             })
-            .cloned()
             .collect();
         Ok(TaskList {
             total,
@@ -105,6 +118,18 @@ impl Shell {
     }
 }
 
+impl Shell {
+    /// Forgets a silent node: the rules lose its tasks, then its record in the `cube-nodes`
+    /// bucket goes, so a restarted manager does not bring it back.
+    async fn forget(&mut self, name: &str) -> Result<(), ApiError> {
+        self.rules.forget(name, Utc::now())?;
+        if let Err(e) = self.topo.nodes.delete(name).await {
+            warn!(node = name, error = %e, "removing a forgotten node's record");
+        }
+        Ok(())
+    }
+}
+
 /// Why an API call is refused; its text (with causes) is the reply's error.
 #[derive(Debug, thiserror::Error)]
 enum ApiError {
@@ -114,6 +139,8 @@ enum ApiError {
     NotFound(#[from] crate::cluster::NotFound),
     #[error(transparent)]
     NoSuchNode(#[from] crate::rules::NoSuchNode),
+    #[error(transparent)]
+    Forget(#[from] crate::rules::ForgetError),
     #[error("recording the drain")]
     RecordDrain(#[source] cube_bus::NatsError),
     #[error("unknown API call {0}")]

@@ -136,6 +136,13 @@ pub struct DrainRequest {
     pub drain: bool,
 }
 
+/// Request body of `cube.api.nodes.forget`: a silent node to give up on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequest {
+    pub name: String,
+}
+
 /// Request body of `cube.api.tasks.get`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskQuery {

@@ -23,6 +23,8 @@ pub const API_TASKS_GET: &str = "cube.api.tasks.get";
 pub const API_NODES_LIST: &str = "cube.api.nodes.list";
 /// Body: [`DrainRequest`](crate::report::DrainRequest).
 pub const API_NODES_DRAIN: &str = "cube.api.nodes.drain";
+/// Body: [`ForgetRequest`](crate::report::ForgetRequest).
+pub const API_NODES_FORGET: &str = "cube.api.nodes.forget";
 
 pub const EVENTS_STREAM: &str = "CUBE_EVENTS";
 pub const WORK_STREAM: &str = "CUBE_WORK";
@@ -135,6 +137,7 @@ mod tests {
             API_TASKS_GET.to_string(),
             API_NODES_LIST.to_string(),
             API_NODES_DRAIN.to_string(),
+            API_NODES_FORGET.to_string(),
         ] {
             assert!(
                 ASYNCAPI.contains(&format!("address: {address}\n")),

@@ -25,6 +25,10 @@ pub enum NodesAction {
     Drain { name: String },
     /// The node takes work again.
     Undrain { name: String },
+    /// Give up on a silent node that will not come back: its tasks are lost now and
+    /// restarted elsewhere per their policy (tasks that may not restart fail). Refused for a
+    /// node that is heard from.
+    Forget { name: String },
 }
 
 pub async fn nodes(args: NodesArgs) -> Result<()> {
@@ -33,6 +37,11 @@ pub async fn nodes(args: NodesArgs) -> Result<()> {
         let (name, drain) = match action {
             NodesAction::Drain { name } => (name, true),
             NodesAction::Undrain { name } => (name, false),
+            NodesAction::Forget { name } => {
+                cube.forget(name).await.map_err(explain)?;
+                println!("{name} is forgotten; its tasks were restarted elsewhere or failed");
+                return Ok(());
+            }
         };
         let node = cube.drain(name, drain).await.map_err(explain)?;
         if args.output.json() {
