@@ -1,11 +1,21 @@
 //! What a worker does before it takes new work: it compares the containers labelled with its
-//! name with what the Task DB says it runs, and acts on the difference.
+//! name with what the Task DB says of their tasks, adopts what should run, and leaves the
+//! rest (containers that ended while it was away, containers it no longer owns) to be dealt
+//! with in the background once it has sent its first heartbeat: nothing there may delay
+//! readiness.
+//!
+//! Only the records of the tasks whose containers it found are read (one get per task, a
+//! bounded number at once), never the whole Task DB: start-up time does not grow with every
+//! task the cluster ever ran. A task the Task DB says runs here but whose container is gone is
+//! therefore not found here; the worker's heartbeats do not list it, and the manager, which
+//! compares what it recorded with what a worker lists, deals with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cube_shared::{wire, State, Task};
+use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument, Span};
 use uuid::Uuid;
 
@@ -41,26 +51,30 @@ pub(crate) fn owned_placements(
     owned
 }
 
+/// How many Task DB records a worker that starts reads at once.
+const READS_AT_ONCE: usize = 32;
+
+/// What start-up leaves to the background: containers of current placements that ended
+/// while the worker was away (to report), and containers no current placement owns (to
+/// remove).
+#[derive(Default)]
+pub(crate) struct Leftovers {
+    ended: Vec<(Task, Observed)>,
+    stale: Vec<Observed>,
+}
+
 impl Worker {
-    /// Adopts what should run, reports what ended while the worker was away (with the real
-    /// exit code), and removes what should not exist. Returns false if it was shut down
-    /// meanwhile.
-    pub(crate) async fn reconcile_on_start(self: &Arc<Self>) -> bool {
+    /// Adopts what should run, and returns what is left to do once the worker is ready (see
+    /// [`Worker::clean_up`]). `None` if it was shut down meanwhile.
+    pub(crate) async fn reconcile_on_start(self: &Arc<Self>) -> Option<Leftovers> {
         let name = self.cfg.name.clone();
         let every = Duration::from_secs(1);
         let list = || self.runtime.list(&name);
-        let Some(observed) = retry(&self.shutdown, every, "listing containers", list).await else {
-            return false;
-        };
-        let load = || cube_bus::load_all(&self.task_db);
-        let Some(records) = retry(&self.shutdown, every, "reading the Task DB", load).await else {
-            return false;
-        };
-        let tasks = records
-            .into_iter()
-            .filter_map(|(_, bytes)| wire::decode::<Task>(&bytes, usize::MAX).ok());
-        let mut owned = owned_placements(tasks, &name);
-        let (mut adopted, mut ended, mut removed) = (0, 0, 0);
+        let observed = retry(&self.shutdown, every, "listing containers", list).await?;
+        let tasks = self.records(observed.iter().map(|o| o.task_id)).await?;
+        let mut owned = owned_placements(tasks.into_iter(), &name);
+        let mut leftovers = Leftovers::default();
+        let mut adopted = 0;
         for o in observed {
             let span = info_span!("reconcile", task.id = %o.task_id, generation = o.generation, worker = %name);
             let current = owned
@@ -72,26 +86,69 @@ impl Worker {
                     self.adopt(task, o).instrument(span).await;
                 }
                 Some(task) => {
-                    ended += 1;
-                    self.ended_away(task, o).instrument(span).await;
+                    // A late duplicate of its start must not run it again meanwhile.
+                    self.tasks.ended(task.id, task.generation);
+                    leftovers.ended.push((task, o));
                 }
-                None => {
-                    removed += 1;
-                    self.remove_stale(o, span).await;
-                }
+                None => leftovers.stale.push(o),
             }
         }
-        // Running by the Task DB, but no container: it vanished while the worker was away.
-        let mut vanished = 0;
-        for task in owned.into_values().filter(|t| t.state == State::Running) {
-            vanished += 1;
-            self.tasks.ended(task.id, task.generation);
-            let why = "the container disappeared while its worker was away";
-            self.report(report(&name, task.id, task.generation).failed(why))
-                .await;
+        let (ended, stale) = (leftovers.ended.len(), leftovers.stale.len());
+        info!(worker = %name, adopted, ended, stale, "reconciled with the Task DB");
+        Some(leftovers)
+    }
+
+    /// The Task DB's records of the tasks `ids` (those it has and can decode), read a bounded
+    /// number at once, each retried until read. `None` if the worker was shut down meanwhile.
+    async fn records(&self, ids: impl Iterator<Item = Uuid>) -> Option<Vec<Task>> {
+        let ids: HashSet<Uuid> = ids.collect();
+        let every = Duration::from_secs(1);
+        let reads = futures::stream::iter(ids).map(|id| async move {
+            let get = || self.task_db.get(id.to_string());
+            retry(&self.shutdown, every, "reading the Task DB", get).await
+        });
+        let read: Vec<Option<Option<bytes::Bytes>>> =
+            reads.buffer_unordered(READS_AT_ONCE).collect().await;
+        let mut tasks = Vec::with_capacity(read.len());
+        for entry in read {
+            if let Some(task) = entry?.and_then(|b| wire::decode::<Task>(&b, usize::MAX).ok()) {
+                tasks.push(task);
+            }
         }
-        info!(worker = %name, adopted, ended, removed, vanished, "reconciled with the Task DB");
-        true
+        Some(tasks)
+    }
+
+    /// What start-up left: reports the containers that ended while the worker was away and
+    /// removes those it no longer owns, a bounded number at once, until done or shut down
+    /// (what is left then is the next worker's to do).
+    pub(crate) async fn clean_up(self: Arc<Self>, leftovers: Leftovers) {
+        let Leftovers { ended, stale } = leftovers;
+        if ended.is_empty() && stale.is_empty() {
+            return;
+        }
+        let at_once = self.cfg.concurrency.max(1);
+        let (n_ended, n_stale) = (ended.len(), stale.len());
+        let worker = &self;
+        let ended = futures::stream::iter(ended).for_each_concurrent(at_once, |(task, o)| {
+            let worker = worker.clone();
+            let span = info_span!("reconcile", task.id = %o.task_id, generation = o.generation, worker = %worker.cfg.name);
+            async move {
+                let _turn = worker.turn(task.id).await;
+                worker.ended_away(task, o).await;
+            }
+            .instrument(span)
+        });
+        let stale = futures::stream::iter(stale).for_each_concurrent(at_once, |o| {
+            let worker = worker.clone();
+            let span = info_span!("reconcile", task.id = %o.task_id, generation = o.generation, worker = %worker.cfg.name);
+            async move { worker.remove_stale(o, span).await }
+        });
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = futures::future::join(ended, stale) => {
+                info!(worker = %self.cfg.name, ended = n_ended, removed = n_stale, "cleaned up after start-up");
+            }
+        }
     }
 
     /// Takes over a container that runs for a current placement of this worker.
@@ -115,6 +172,12 @@ impl Worker {
             self.report(r).await;
         }
         info!("adopted the running container");
+        if task.stop_requested {
+            // A stop was asked and may have been lost with the worker that had it (see
+            // `stop::stop_failed`): this worker carries it out.
+            info!("a stop was requested for it; stopping it");
+            self.keep_stopping(task.id, task.generation);
+        }
     }
 
     /// Reports a container of a current placement that ended while the worker was away.

@@ -5,17 +5,20 @@
 //! its node's statistics.
 
 mod adopt;
+mod finished;
 mod health;
 pub mod logs;
 pub mod metrics;
 mod node;
 pub mod policy;
 pub mod probe;
+mod relist;
 mod report;
 mod run;
 pub mod runtime;
 mod slots;
 pub mod stats;
+mod stop;
 mod work;
 
 use std::collections::BTreeMap;

@@ -8,12 +8,13 @@ use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
 use cube_shared::subjects::*;
 use cube_shared::wire::{self, encode};
 use cube_shared::StateReport;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
+use crate::relist::RELIST_EVERY;
 use crate::runtime::Runtime;
 use crate::slots::{Table, Turn};
 use crate::work::Outcome;
@@ -27,6 +28,12 @@ pub(crate) const MAX_DELIVER: i64 = 10;
 /// operations (image pulls) send progress acks well inside this.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// On shutdown, how long the work in flight may take to finish before it is abandoned. With
+/// the last heartbeat (`node::LEAVE_TIMEOUT`, 2 s), the flush (1 s) and the output publishers
+/// ([`SHUTDOWN_LOGS`]), a worker ends within 10 s of SIGTERM whatever NATS does.
+const SHUTDOWN_WORK: Duration = Duration::from_secs(4);
+/// On shutdown, how long the output publishers may take to end once cancelled.
+const SHUTDOWN_LOGS: Duration = Duration::from_secs(1);
 
 /// What every part of a worker shares. The tasks' state is in `tasks`, its one owner.
 pub(crate) struct Worker {
@@ -84,9 +91,10 @@ pub async fn run(
     let _logs_shutdown = worker.logs_shutdown.clone().drop_guard();
     // Exits are watched before the containers are listed, so none falls in between.
     let mut exits = worker.runtime.exits(&worker.cfg.name);
-    if !worker.reconcile_on_start().await {
+    let mut resyncs = worker.runtime.resyncs();
+    let Some(leftovers) = worker.reconcile_on_start().await else {
         return Ok(());
-    }
+    };
     let name = &worker.cfg.name;
     let concurrency = worker.cfg.concurrency;
     let own = &worker_consumer(name);
@@ -95,36 +103,50 @@ pub async fn run(
     let mut shared = consume(&work, shared, PENDING, concurrency, &shutdown).await?;
     let tracker = TaskTracker::new();
     // Heartbeats run on their own, so that a slow NATS never holds up work or exits.
-    tracker.spawn(worker.clone().beat(client.clone(), nodes.clone()));
+    let (first_beat, after_first_beat) = oneshot::channel();
+    tracker.spawn(
+        worker
+            .clone()
+            .beat(client.clone(), nodes.clone(), first_beat),
+    );
+    // What start-up left (stale containers, exits while away) never delays readiness.
+    let cleaner = worker.clone();
+    tracker.spawn(async move {
+        let _ = after_first_beat.await;
+        cleaner.clean_up(leftovers).await;
+    });
     info!(worker = %worker.cfg.name, "worker ready");
 
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(msg) = own.recv() => worker.dispatch(msg, &tracker).await,
-            Some(msg) = shared.recv() => worker.dispatch(msg, &tracker).await,
-            Some(exit) = exits.recv() => {
-                let turn = worker.turn(exit.task_id).await;
-                let worker = worker.clone();
-                tracker.spawn(async move {
-                    worker.on_exit(exit).await;
-                    drop(turn);
-                });
+    let mut relist =
+        tokio::time::interval_at(tokio::time::Instant::now() + RELIST_EVERY, RELIST_EVERY);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let relisting = Arc::new(tokio::sync::Mutex::new(()));
+    let work = async {
+        loop {
+            tokio::select! {
+                Some(msg) = own.recv() => worker.dispatch(msg, &tracker).await,
+                Some(msg) = shared.recv() => worker.dispatch(msg, &tracker).await,
+                Some(exit) = exits.recv() => {
+                    let turn = worker.turn(exit.task_id).await;
+                    let worker = worker.clone();
+                    tracker.spawn(async move {
+                        worker.on_exit(exit).await;
+                        drop(turn);
+                    });
+                }
+                _ = relist.tick() => worker.spawn_relist(&relisting, &tracker),
+                Ok(()) = resyncs.changed() => worker.spawn_relist(&relisting, &tracker),
+                else => std::future::pending().await,
             }
         }
+    };
+    // Shutdown ends the loop wherever it waits (a handler's turn included).
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = work => {}
     }
-    // Stop taking work, let what is in flight finish, then say goodbye.
     drop((own, shared));
-    tracker.close();
-    tracker.wait().await;
-    worker.background.close();
-    worker.background.wait().await;
-    worker.leave(&client, &nodes).await;
-    // The output publishers end now; a worker adopting the containers resumes where they
-    // stopped.
-    worker.logs_shutdown.cancel();
-    worker.log_tracker.close();
-    worker.log_tracker.wait().await;
+    worker.shut_down(&client, &nodes, tracker).await;
     info!(worker = %worker.cfg.name, "worker stopped");
     Ok(())
 }
@@ -198,6 +220,65 @@ async fn consume(
 }
 
 impl Worker {
+    /// Stops taking work, lets what is in flight finish, says goodbye and ends the output
+    /// publishers, each step bounded in time (see [`SHUTDOWN_WORK`]), so that the worker ends
+    /// promptly whatever NATS does. What is still in flight then is abandoned: a message not
+    /// acknowledged is offered again, to the next worker of this name, which adopts the
+    /// containers. No container is stopped here (unless `stop_tasks_on_exit` asks for it).
+    async fn shut_down(
+        self: &Arc<Self>,
+        client: &async_nats::Client,
+        nodes: &kv::Store,
+        tracker: TaskTracker,
+    ) {
+        tracker.close();
+        self.background.close();
+        let in_flight = async {
+            tracker.wait().await;
+            self.background.wait().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_WORK, in_flight)
+            .await
+            .is_err()
+        {
+            warn!(
+                worker = %self.cfg.name,
+                in_flight = tracker.len() + self.background.len(),
+                "work in flight did not finish in {SHUTDOWN_WORK:?}; leaving it to the next worker of this name"
+            );
+        }
+        self.leave(client, nodes).await;
+        // The output publishers end now; a worker adopting the containers resumes where they
+        // stopped.
+        self.logs_shutdown.cancel();
+        self.log_tracker.close();
+        if tokio::time::timeout(SHUTDOWN_LOGS, self.log_tracker.wait())
+            .await
+            .is_err()
+        {
+            debug!("output publishers did not end in {SHUTDOWN_LOGS:?}");
+        }
+    }
+
+    /// Lists the runtime's containers in the background, unless a listing is under way.
+    fn spawn_relist(
+        self: &Arc<Self>,
+        relisting: &Arc<tokio::sync::Mutex<()>>,
+        tracker: &TaskTracker,
+    ) {
+        let Ok(guard) = relisting.clone().try_lock_owned() else {
+            return;
+        };
+        let worker = self.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = worker.shutdown.cancelled() => {}
+                _ = worker.relist() => {}
+            }
+            drop(guard);
+        });
+    }
+
     /// Takes one message off a consumer and hands it to a handler task. The task's turn is
     /// taken here, in arrival order, so a stop never overtakes the start before it.
     async fn dispatch(self: &Arc<Self>, msg: jetstream::Message, tracker: &TaskTracker) {

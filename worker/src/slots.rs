@@ -7,7 +7,7 @@
 //! - a slot with nothing in it (no claim, no container, no output follower) is removed as soon
 //!   as no operation on the task holds or awaits its turn.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,9 @@ use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
+use crate::finished::Finished;
 use crate::logs::Follower;
 
-/// How many ended placements a worker remembers, to refuse a late duplicate of their start.
-const FINISHED_MEMORY: usize = 100_000;
 /// How long a stop request explains the death of the container it was for.
 const STOP_MEMORY: Duration = Duration::from_secs(600);
 
@@ -47,12 +46,22 @@ struct Running {
 struct Slot {
     /// Operations on one task run one at a time, in the order their messages arrived.
     turn: Arc<tokio::sync::Mutex<()>>,
-    claim: Option<Resources>,
+    /// The room taken for the task, and the placement it was taken for: the one running, or
+    /// one being started (which a heartbeat lists too).
+    claim: Option<Held>,
     running: Option<Running>,
     /// The publisher of the running container's output, and the placement it follows.
     follower: Option<(u64, Follower)>,
-    /// When a stop was asked for the running container: its death is then not a failure.
-    stop_requested_at: Option<Instant>,
+    /// When a stop was asked for the running container, and for which placement: the death
+    /// of that placement's container is then not a failure (a later placement's still is).
+    stop_requested: Option<(u64, Instant)>,
+}
+
+/// Room held for one placement of a task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Held {
+    generation: u64,
+    resources: Resources,
 }
 
 impl Slot {
@@ -72,33 +81,6 @@ impl Drop for Slot {
         if let Some((_, follower)) = self.follower.take() {
             follower.cancel();
         }
-    }
-}
-
-/// Placements that ended here (task id → generation), oldest forgotten first.
-#[derive(Default)]
-pub(crate) struct Finished {
-    by_task: HashMap<Uuid, u64>,
-    order: VecDeque<Uuid>,
-    /// How many tasks it remembers ([`FINISHED_MEMORY`] unless a test says otherwise).
-    limit: Option<usize>,
-}
-
-impl Finished {
-    pub(crate) fn insert(&mut self, id: Uuid, generation: u64) {
-        if self.by_task.insert(id, generation).is_none() {
-            self.order.push_back(id);
-        }
-        while self.order.len() > self.limit.unwrap_or(FINISHED_MEMORY) {
-            if let Some(old) = self.order.pop_front() {
-                self.by_task.remove(&old);
-            }
-        }
-    }
-
-    /// Whether this placement of the task, or a later one, already ended here.
-    pub(crate) fn ended(&self, id: &Uuid, generation: u64) -> bool {
-        self.by_task.get(id).is_some_and(|g| *g >= generation)
     }
 }
 
@@ -195,14 +177,20 @@ impl Table {
         }
         if check_room {
             let others = tasks.slots.iter().filter(|(id, _)| **id != task.id);
-            if !fits(tasks.capacity, others.filter_map(|(_, s)| s.claim), task) {
+            let held = others.filter_map(|(_, s)| Some(s.claim?.resources));
+            if !fits(tasks.capacity, held, task) {
                 return Err(NoClaim::NoRoom);
             }
         }
-        tasks.slots.entry(task.id).or_default().claim = Some((task.cpu, task.memory));
+        let held = Held {
+            generation: task.generation,
+            resources: (task.cpu, task.memory),
+        };
+        let previous = tasks.slots.entry(task.id).or_default().claim.replace(held);
         Ok(Claim {
             table: self.clone(),
             id: task.id,
+            previous,
             committed: false,
         })
     }
@@ -246,25 +234,73 @@ impl Table {
             .collect()
     }
 
-    /// Notes that a stop was asked for the task; returns its running placement, if any.
-    pub(crate) fn request_stop(&self, id: Uuid) -> Option<Placement> {
+    /// Every placement this worker has accepted, by task: the one running, and one being
+    /// started (claimed, no container yet) if it is another. What a heartbeat lists, so that
+    /// the manager can tell work in hand from work that vanished.
+    pub(crate) fn all_accepted(&self) -> Vec<(Uuid, u64)> {
+        let tasks = self.lock();
+        let mut out = Vec::with_capacity(tasks.slots.len());
+        for (id, slot) in &tasks.slots {
+            let running = slot.running.as_ref().map(|r| r.placement.generation);
+            if let Some(g) = running {
+                out.push((*id, g));
+            }
+            if let Some(held) = slot.claim.filter(|h| Some(h.generation) != running) {
+                out.push((*id, held.generation));
+            }
+        }
+        out
+    }
+
+    /// Every running placement, with its container (for a re-list of the runtime).
+    pub(crate) fn running_placements(&self) -> Vec<(Uuid, Placement)> {
+        let tasks = self.lock();
+        let running = tasks
+            .slots
+            .iter()
+            .filter_map(|(id, s)| Some((*id, s.running.as_ref()?.placement.clone())));
+        running.collect()
+    }
+
+    /// Notes that a stop was asked for the task's placement `generation` (0: whichever runs);
+    /// returns the task's running placement, if any. The note is kept only if that placement
+    /// is the one running: a stop of an older one must not explain away the newer one's exit.
+    pub(crate) fn request_stop(&self, id: Uuid, generation: u64) -> Option<Placement> {
         let mut tasks = self.lock();
         let slot = tasks.slots.get_mut(&id)?;
         let running = slot.running.as_ref()?.placement.clone();
-        slot.stop_requested_at = Some(Instant::now());
+        if generation == 0 || generation == running.generation {
+            slot.stop_requested = Some((running.generation, Instant::now()));
+        }
         Some(running)
     }
 
-    /// Whether a stop was asked for the task lately, forgetting it: its container's death is
-    /// then the stop's to report.
-    pub(crate) fn take_stop_request(&self, id: Uuid) -> bool {
+    /// Forgets a stop request for the task's placement `generation` (the stop found no
+    /// container, so no exit will come to consume it).
+    pub(crate) fn clear_stop_request(&self, id: Uuid, generation: u64) {
+        let mut tasks = self.lock();
+        if let Some(slot) = tasks.slots.get_mut(&id) {
+            if slot.stop_requested.is_some_and(|(g, _)| g == generation) {
+                slot.stop_requested = None;
+            }
+        }
+    }
+
+    /// Whether a stop was asked lately for the task's placement `generation`, forgetting it:
+    /// that container's death is then the stop's to report. A request for another placement
+    /// stays.
+    pub(crate) fn take_stop_request(&self, id: Uuid, generation: u64) -> bool {
         let mut tasks = self.lock();
         let Some(slot) = tasks.slots.get_mut(&id) else {
             return false;
         };
-        slot.stop_requested_at
-            .take()
-            .is_some_and(|at| at.elapsed() < STOP_MEMORY)
+        match slot.stop_requested {
+            Some((g, at)) if g == generation => {
+                slot.stop_requested = None;
+                at.elapsed() < STOP_MEMORY
+            }
+            _ => false,
+        }
     }
 
     /// Keeps `start()`'s follower of the task's placement `generation`, unless one follows it
@@ -301,6 +337,11 @@ impl Table {
         self.lock().finished.ended(&task.id, task.generation)
     }
 
+    /// Whether placement `generation` of the task (or a later one) already ended here.
+    pub(crate) fn placement_ended(&self, id: Uuid, generation: u64) -> bool {
+        self.lock().finished.ended(&id, generation)
+    }
+
     /// Forgets the running container of placement `generation` (stopped to make way for a
     /// newer placement of the same task), keeping the task's claim for the newer one.
     pub(crate) fn retire(&self, id: Uuid, generation: u64) {
@@ -316,7 +357,7 @@ impl Table {
             return;
         }
         slot.running = None;
-        slot.stop_requested_at = None;
+        slot.stop_requested = None;
         tasks.running -= 1;
         self.gauge.set(tasks.running as i64);
         tasks.finished.insert(id, generation);
@@ -331,7 +372,7 @@ impl Table {
         };
         let was_running = slot.running.take().is_some();
         slot.claim = None;
-        slot.stop_requested_at = None;
+        slot.stop_requested = None;
         if let Some((_, follower)) = slot.follower.take() {
             follower.cancel();
         }
@@ -354,7 +395,7 @@ impl Table {
         let claims = tasks
             .slots
             .iter()
-            .filter_map(|(id, s)| Some((*id, s.claim?)));
+            .filter_map(|(id, s)| Some((*id, s.claim?.resources)));
         claims.collect()
     }
 
@@ -381,11 +422,14 @@ impl Drop for Turn {
     }
 }
 
-/// Room taken for a task that is starting. Dropped, it gives the room back; committed (the
-/// container runs), the room stays with the task until it is forgotten.
+/// Room taken for a task that is starting. Dropped, it gives the room back (to the older
+/// placement that still runs, if the start was of a newer one); committed (the container
+/// runs), the room stays with the task until it is forgotten.
 pub(crate) struct Claim {
     table: Arc<Table>,
     id: Uuid,
+    /// What the slot held before: an older placement's room, if one runs.
+    previous: Option<Held>,
     committed: bool,
 }
 
@@ -402,7 +446,9 @@ impl Drop for Claim {
         }
         let mut tasks = self.table.lock();
         if let Some(slot) = tasks.slots.get_mut(&self.id) {
-            slot.claim = None;
+            // The older placement keeps its room while it runs.
+            let running = slot.running.as_ref().map(|r| r.placement.generation);
+            slot.claim = self.previous.filter(|p| Some(p.generation) == running);
         }
         tasks.tidy(self.id);
     }

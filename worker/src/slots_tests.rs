@@ -133,19 +133,100 @@ fn a_start_of_a_running_task_gets_no_claim() {
 fn a_stop_request_is_kept_only_for_a_running_task_and_read_once() {
     let tasks = table();
     let t = task(0.0, 0);
-    assert_eq!(tasks.request_stop(t.id), None);
-    assert!(!tasks.take_stop_request(t.id));
+    assert_eq!(tasks.request_stop(t.id, 1), None);
+    assert!(!tasks.take_stop_request(t.id, 1));
     run(&tasks, &t);
-    assert_eq!(tasks.request_stop(t.id), Some(placement(&t)));
-    assert!(tasks.take_stop_request(t.id));
-    assert!(!tasks.take_stop_request(t.id), "read once");
-    tasks.request_stop(t.id);
+    assert_eq!(tasks.request_stop(t.id, 1), Some(placement(&t)));
+    assert!(tasks.take_stop_request(t.id, 1));
+    assert!(!tasks.take_stop_request(t.id, 1), "read once");
+    tasks.request_stop(t.id, 0);
+    assert!(tasks.take_stop_request(t.id, 1), "0: whichever runs");
+    tasks.request_stop(t.id, 1);
     tasks.forget(t.id);
     run(&tasks, &t);
     assert!(
-        !tasks.take_stop_request(t.id),
+        !tasks.take_stop_request(t.id, 1),
         "forgotten with its placement"
     );
+}
+
+/// With the generation in hand, run placement `g` of `t`.
+fn run_generation(tasks: &Arc<Table>, t: &Task, g: u64) -> Task {
+    let mut p = t.clone();
+    p.generation = g;
+    run(tasks, &p);
+    p
+}
+
+#[test]
+fn a_stop_of_an_older_placement_never_swallows_the_exit_of_the_newer_one() {
+    // Finding 4: a repeated fence for placement 1 arrives while placement 2 runs here.
+    let tasks = table();
+    let t = task(0.0, 0);
+    run_generation(&tasks, &t, 2);
+    assert_eq!(tasks.request_stop(t.id, 1).map(|p| p.generation), Some(2));
+    assert!(
+        !tasks.take_stop_request(t.id, 2),
+        "placement 2's own exit is a real exit"
+    );
+    // A stop of placement 2 that finds no container leaves no marker behind.
+    tasks.request_stop(t.id, 2);
+    tasks.clear_stop_request(t.id, 2);
+    assert!(!tasks.take_stop_request(t.id, 2));
+    // A stop of placement 2 that did stop it explains its exit.
+    tasks.request_stop(t.id, 2);
+    assert!(tasks.take_stop_request(t.id, 2));
+}
+
+#[test]
+fn an_older_placement_ending_never_makes_a_newer_one_startable_again() {
+    let tasks = table();
+    let t = task(0.0, 0);
+    tasks.ended(t.id, 5);
+    tasks.ended(t.id, 3);
+    assert!(tasks.placement_ended(t.id, 5), "5 stays remembered");
+    assert!(!tasks.placement_ended(t.id, 6));
+}
+
+#[test]
+fn a_newer_start_that_fails_gives_the_room_back_to_the_copy_that_runs() {
+    // Finding 5: a start of placement 2 while placement 1 runs is not a duplicate; if it
+    // fails (the old copy would not stop), the old copy keeps its room.
+    let tasks = table();
+    let t = task(1.0, 10);
+    run(&tasks, &t);
+    let mut newer = t.clone();
+    newer.generation = 2;
+    newer.cpu = 2.0;
+    let claim = tasks.claim(&newer, false).expect("not a duplicate");
+    assert_eq!(tasks.claimed(), vec![(t.id, (2.0, 10))]);
+    let mut accepted = tasks.all_accepted();
+    accepted.sort();
+    assert_eq!(accepted, vec![(t.id, 1), (t.id, 2)], "both listed");
+    drop(claim);
+    assert_eq!(tasks.claimed(), vec![(t.id, (1.0, 10))]);
+    assert_eq!(tasks.all_accepted(), vec![(t.id, 1)]);
+    // Once the old copy is retired, a failed newer start leaves nothing held.
+    let claim = tasks.claim(&newer, false).unwrap();
+    tasks.retire(t.id, 1);
+    drop(claim);
+    assert!(tasks.claimed().is_empty());
+    assert!(tasks.all_accepted().is_empty());
+}
+
+#[test]
+fn a_heartbeat_lists_the_placements_being_started_too() {
+    let tasks = table();
+    let (a, b) = (task(0.0, 0), task(0.0, 0));
+    run(&tasks, &a);
+    let starting = tasks.claim(&b, false).unwrap();
+    let mut accepted = tasks.all_accepted();
+    accepted.sort();
+    let mut want = vec![(a.id, 1), (b.id, 1)];
+    want.sort();
+    assert_eq!(accepted, want);
+    drop(starting);
+    assert_eq!(tasks.all_accepted(), vec![(a.id, 1)]);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use cube_shared::subjects::{PENDING, TASK_DB};
-use cube_shared::{wire, Health, State, StateReport, Task, TaskEvent};
+use cube_shared::{wire, Health, State, StateReport, Task};
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ use crate::{logs, Config};
 /// engine (the full test suite on two cores) a drain was seen to pause for 5 s.
 const LOGS_DRAIN: Duration = Duration::from_secs(15);
 /// How soon a piece of work that failed for a passing reason is offered again.
-const RETRY_SOON: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_SOON: Duration = Duration::from_secs(2);
 /// How soon a task from the shared queue that did not fit here is offered again.
 const RETRY_ELSEWHERE: Duration = Duration::from_secs(1);
 
@@ -189,6 +189,52 @@ pub(crate) fn start_failed(
     Outcome::from(failed)
 }
 
+/// What to do about a start whose Task DB record could not be read, on the message's
+/// `attempt`th delivery: try again while offers remain; on the last one report it failed
+/// (JetStream would drop it silently, leaving the task `scheduled` for ever), so the manager
+/// applies its restart policy.
+pub(crate) fn unreadable_db(
+    cfg: &Config,
+    tasks: &Table,
+    task: &Task,
+    error: &dyn std::error::Error,
+    attempt: i64,
+) -> Outcome {
+    if attempt < MAX_DELIVER {
+        warn!(error = %error, "cannot read the task from {TASK_DB}; will retry");
+        return Outcome::Retry(RETRY_SOON);
+    }
+    warn!(error = %error, "cannot read the task from {TASK_DB}; last offer, giving up");
+    cfg.metrics.containers_failed.inc();
+    tasks.ended(task.id, task.generation);
+    let why = format!(
+        "worker {} could not read the task from {TASK_DB} in {MAX_DELIVER} offers: {error}",
+        cfg.name
+    );
+    Outcome::from(report(&cfg.name, task.id, task.generation).failed(why))
+}
+
+/// What to do about a start that could not stop the older copy of its task (placement
+/// `older`) to make way, on the message's `attempt`th delivery: try again while offers
+/// remain; on the last one report the new placement failed (the older copy runs on, and the
+/// manager, told, applies the restart policy and stops the copy it no longer wants).
+pub(crate) fn retire_failed(
+    cfg: &Config,
+    task: &Task,
+    older: u64,
+    error: &RuntimeError,
+    attempt: i64,
+) -> Outcome {
+    if attempt < MAX_DELIVER {
+        warn!(%error, "stopping the older copy failed; will retry");
+        return Outcome::Retry(RETRY_SOON);
+    }
+    warn!(%error, "stopping the older copy failed on the last offer");
+    cfg.metrics.containers_failed.inc();
+    let why = format!("could not stop the older copy (placement {older}) to make way: {error}");
+    Outcome::from(report(&cfg.name, task.id, task.generation).failed(why))
+}
+
 /// What the exit of a container means to the worker.
 #[derive(Debug, PartialEq)]
 pub(crate) enum ExitMeaning {
@@ -226,10 +272,7 @@ impl Worker {
         } else {
             match self.record(task.id).await {
                 Ok(record) => verdict(&task, &self.cfg.name, record),
-                Err(e) => {
-                    warn!(error = %e, "cannot read the task from {TASK_DB}; will retry");
-                    return Outcome::Retry(RETRY_SOON);
-                }
+                Err(e) => return unreadable_db(&self.cfg, &self.tasks, &task, &e, delivered(msg)),
             }
         };
         let claim = match admit(&self.cfg, &self.tasks, &task, verdict, claim) {
@@ -238,7 +281,7 @@ impl Worker {
         };
         let older = self.tasks.running(task.id);
         if let Some(old) = older.filter(|p| p.generation < task.generation) {
-            if let Err(outcome) = self.retire(task.id, old, msg).await {
+            if let Err(outcome) = self.retire(&task, old, msg).await {
                 return outcome;
             }
         }
@@ -258,10 +301,11 @@ impl Worker {
     /// placement is current, and one node runs one copy of a task.
     async fn retire(
         &self,
-        id: Uuid,
+        task: &Task,
         old: Placement,
         msg: &jetstream::Message,
     ) -> Result<(), Outcome> {
+        let id = task.id;
         info!(
             generation = old.generation,
             "stopping the older copy to make way for the new placement"
@@ -273,8 +317,13 @@ impl Worker {
                 .await
         };
         if let Err(e) = stopped {
-            warn!(error = %e, "stopping the older copy failed; will retry");
-            return Err(Outcome::Retry(RETRY_SOON));
+            return Err(retire_failed(
+                &self.cfg,
+                task,
+                old.generation,
+                &e,
+                delivered(msg),
+            ));
         }
         self.drain_logs(id).await;
         self.remove_container(id, old.generation).await;
@@ -313,43 +362,6 @@ impl Worker {
         })
     }
 
-    pub(crate) async fn stop(&self, event: TaskEvent, msg: &jetstream::Message) -> Outcome {
-        let id = event.task.id;
-        let tracked = self.tasks.request_stop(id);
-        // The placement to stop: the one named in the request, else the one running here.
-        let running = tracked.as_ref().map(|p| p.generation);
-        let Some(g) = Some(event.task.generation).filter(|g| *g > 0).or(running) else {
-            debug!("nothing of this task runs here");
-            return Outcome::Ack;
-        };
-        let result = {
-            let _progress = self.keep_alive(msg);
-            self.runtime.stop(id, g, self.cfg.stop_grace).await
-        };
-        let code = match result {
-            Ok(code) => code,
-            Err(e) => {
-                warn!(error = %e, "stop failed; will retry");
-                return Outcome::Retry(RETRY_SOON);
-            }
-        };
-        info!(exit_code = ?code, generation = g, "stopped on request");
-        let tracked = tracked.filter(|p| p.generation == g);
-        if tracked.is_some() {
-            // What it wrote while stopping (a TERM handler) is published before the
-            // container goes.
-            self.drain_logs(id).await;
-        }
-        self.remove_container(id, g).await;
-        self.tasks.ended(id, g);
-        let mut r = report(&self.cfg.name, id, g).exit_code(code);
-        if let Some(p) = tracked {
-            self.tasks.forget(id);
-            r = r.container(p.container_id, p.start_time);
-        }
-        Outcome::from(r.completed())
-    }
-
     /// A container ended by itself: report it and clean up.
     pub(crate) async fn on_exit(&self, exit: Exit) {
         let span = info_span!(
@@ -359,7 +371,7 @@ impl Worker {
             worker = %self.cfg.name
         );
         async {
-            let stop_requested = self.tasks.take_stop_request(exit.task_id);
+            let stop_requested = self.tasks.take_stop_request(exit.task_id, exit.generation);
             let running = self.tasks.running(exit.task_id);
             match exit_meaning(&exit, running, stop_requested) {
                 ExitMeaning::Untracked => {

@@ -251,8 +251,8 @@ fn an_exit_while_a_stop_was_requested_is_not_a_failure() {
         start_time: None,
     };
     tasks.run(claim, placement.clone(), None);
-    tasks.request_stop(t.id);
-    let stop_requested = tasks.take_stop_request(t.id);
+    tasks.request_stop(t.id, 3);
+    let stop_requested = tasks.take_stop_request(t.id, 3);
     let meaning = exit_meaning(&exit(&t, 3), tasks.running(t.id), stop_requested);
     assert_eq!(meaning, ExitMeaning::Stopped);
 
@@ -274,4 +274,30 @@ fn an_exit_of_a_placement_not_running_here_is_ignored() {
         exit_meaning(&exit(&t, 3), None, false),
         ExitMeaning::Untracked
     );
+}
+
+#[test]
+fn a_start_whose_record_cannot_be_read_is_tried_again_then_reported_failed() {
+    // Finding 7: this nak had no MaxDeliver check; after the last offer JetStream dropped the
+    // work and the task stayed `scheduled` for ever.
+    let (cfg, tasks, t) = (cfg(), table(), task());
+    let e = std::io::Error::other("simulated: the Task DB stream has no leader");
+    let outcome = unreadable_db(&cfg, &tasks, &t, &e, MAX_DELIVER - 1);
+    assert!(matches!(outcome, Outcome::Retry(d) if d == RETRY_SOON));
+    assert!(!tasks.has_ended(&t));
+    let r = report_of(unreadable_db(&cfg, &tasks, &t, &e, MAX_DELIVER));
+    assert_eq!((r.state, r.generation), (State::Failed, Some(3)));
+    assert!(r.error.unwrap().contains("no leader"));
+    assert!(tasks.has_ended(&t), "a redelivery does not start it");
+}
+
+#[test]
+fn a_start_that_cannot_retire_the_older_copy_is_tried_again_then_reported_failed() {
+    let (cfg, t) = (cfg(), task());
+    let away = || RuntimeError::Unavailable("simulated: the engine is away".into());
+    let outcome = retire_failed(&cfg, &t, 2, &away(), 1);
+    assert!(matches!(outcome, Outcome::Retry(d) if d == RETRY_SOON));
+    let r = report_of(retire_failed(&cfg, &t, 2, &away(), MAX_DELIVER));
+    assert_eq!((r.state, r.generation), (State::Failed, Some(3)));
+    assert!(r.error.unwrap().contains("older copy (placement 2)"));
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cube_shared::Task;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::probe::ProbeError;
@@ -132,6 +132,13 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Exits of this worker's containers, as they happen, for as long as the receiver lives.
     fn exits(&self, worker: &str) -> mpsc::Receiver<Exit>;
+
+    /// Changes each time the runtime's exit events may have missed something (Docker: its
+    /// event stream reconnected): the worker then lists its containers. A runtime that never
+    /// misses an exit keeps the default, which never changes.
+    fn resyncs(&self) -> watch::Receiver<u64> {
+        watch::channel(0).1
+    }
 
     /// Every container `worker` started that still exists, running or not.
     async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError>;

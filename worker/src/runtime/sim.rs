@@ -82,6 +82,12 @@ impl SimRuntime {
         }
     }
 
+    /// Removes a running container without an exit event: a container removed behind the
+    /// worker's back, or an exit the event stream missed.
+    pub fn vanish(&self, task_id: Uuid) {
+        self.lock().running.retain(|(id, _), _| *id != task_id);
+    }
+
     pub fn running(&self) -> Vec<Uuid> {
         self.lock().running.keys().map(|(id, _)| *id).collect()
     }

@@ -32,7 +32,14 @@ impl DockerRuntime {
             // exit in between must not be lost), and after the stream breaks, from the last
             // event seen. Replayed duplicates are the worker's to ignore.
             let mut since: Option<i64> = Some(Utc::now().timestamp());
+            let mut reconnecting = false;
             while !tx.is_closed() {
+                if reconnecting {
+                    // Docker may not replay everything (a daemon restarted keeps no events):
+                    // the worker lists its containers.
+                    runtime.resyncs.send_modify(|n| *n += 1);
+                }
+                reconnecting = true;
                 let mut options = EventsOptionsBuilder::default().filters(&filters);
                 if let Some(t) = since {
                     options = options.since(&t.to_string());

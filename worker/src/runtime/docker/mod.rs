@@ -34,6 +34,9 @@ use crate::metrics::DockerErrors;
 use crate::policy::Limits;
 use crate::probe::ProbeError;
 
+/// How many containers a listing inspects at once.
+const INSPECTS_AT_ONCE: usize = 8;
+
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
@@ -42,6 +45,8 @@ pub struct DockerRuntime {
     limits: Limits,
     /// Counts the API calls that fail (`cube_docker_errors_total`).
     errors: DockerErrors,
+    /// Counts the reconnections of the exit event stream (see [`Runtime::resyncs`]).
+    resyncs: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl DockerRuntime {
@@ -61,6 +66,7 @@ impl DockerRuntime {
             pull_timeout: Duration::from_secs(120),
             limits: Limits::default(),
             errors: DockerErrors::default(),
+            resyncs: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -262,6 +268,10 @@ impl Runtime for DockerRuntime {
         self.watch_exits(worker)
     }
 
+    fn resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resyncs.subscribe()
+    }
+
     async fn list(&self, worker: &str) -> Result<Vec<Observed>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_WORKER}={worker}")])]);
         let options = ListContainersOptionsBuilder::default()
@@ -276,12 +286,17 @@ impl Runtime for DockerRuntime {
                 self.failed("list_containers");
                 unavailable("listing containers", e)
             })?;
-        let mut out = Vec::with_capacity(summaries.len());
-        for summary in summaries {
-            let Some(id) = summary.id else { continue };
-            if let Some(observed) = self.observe(&id).await? {
-                out.push(observed);
-            }
+        // Inspected a few at once: a worker with many containers lists them every
+        // `RELIST_EVERY` and at start-up.
+        let inspected: Vec<Result<Option<Observed>, RuntimeError>> =
+            futures::stream::iter(summaries.into_iter().filter_map(|s| s.id))
+                .map(|id| async move { self.observe(&id).await })
+                .buffer_unordered(INSPECTS_AT_ONCE)
+                .collect()
+                .await;
+        let mut out = Vec::with_capacity(inspected.len());
+        for observed in inspected {
+            out.extend(observed?);
         }
         Ok(out)
     }
