@@ -6,6 +6,7 @@
 pub mod algorithms;
 pub mod api;
 pub mod cluster;
+mod lease;
 pub mod metrics;
 pub mod rules;
 mod run;
@@ -17,6 +18,7 @@ mod writer;
 
 use std::time::Duration;
 
+pub use lease::{Holder, Lease, LEASE_KEY};
 pub use run::run;
 
 /// How the manager runs.
@@ -91,6 +93,16 @@ pub enum Error {
     WriterStopped,
     #[error("configuration: unknown scheduler `{name}`: available: {known}")]
     UnknownScheduler { name: String, known: String },
+    /// Another manager took the leadership lease (see [`Lease`]): this one must stop acting.
+    #[error("lost the leadership lease (epoch {epoch}) to manager {to}; stopping")]
+    LeaseLost { epoch: u64, to: String },
+    #[error("releasing the leadership lease")]
+    LeaseRelease {
+        #[source]
+        source: NatsError,
+    },
+    #[error("releasing the leadership lease: no answer within {within:?}")]
+    LeaseReleaseTimedOut { within: Duration },
 }
 
 impl Error {
