@@ -240,11 +240,21 @@ fn shutdown_on_signals() -> CancellationToken {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
             }
+            tracing::info!("shutting down (a second signal ends the process at once)");
+            cancel.cancel();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
         }
         #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        cancel.cancel();
+        {
+            let _ = ctrl_c.await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        }
     });
     token
 }

@@ -38,6 +38,11 @@ pub struct ManagerArgs {
     /// its own loss of contact and declares no node down until they report again.
     #[arg(long, env = "CUBE_DISRUPTION_THRESHOLD", default_value_t = 0.55, value_parser = share)]
     pub disruption_threshold: f64,
+    /// One manager acts at a time, holding a lease in the `cube-admin` bucket that it renews
+    /// every third of this; another manager started against the same NATS waits, doing
+    /// nothing, until the lease has gone unrenewed this long.
+    #[arg(long, env = "CUBE_LEASE_TTL", default_value = "6s", value_parser = duration)]
+    pub lease_ttl: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9090.
     /// Off by default.
     #[arg(long, env = "CUBE_METRICS_ADDR")]
@@ -68,6 +73,7 @@ impl ManagerArgs {
             },
             scheduler: self.scheduler.name().to_string(),
             logs_per_task: self.logs_per_task,
+            lease_ttl: self.lease_ttl,
             ..Default::default()
         }
     }

@@ -6,6 +6,7 @@
 pub mod algorithms;
 pub mod api;
 pub mod cluster;
+mod lease;
 pub mod metrics;
 pub mod rules;
 mod run;
@@ -15,6 +16,9 @@ mod testing;
 pub mod topology;
 mod writer;
 
+use std::time::Duration;
+
+pub use lease::{Holder, Lease, LEASE_KEY};
 pub use run::run;
 
 /// How the manager runs.
@@ -30,6 +34,9 @@ pub struct Config {
     /// Bytes of container output kept per task in `CUBE_LOGS` (the newest; see
     /// [`topology::logs_stream`]).
     pub logs_per_task: u64,
+    /// How long a manager's lease on leadership lasts unrenewed: a second manager waits
+    /// until the first has been silent this long before it acts.
+    pub lease_ttl: Duration,
 }
 
 impl Default for Config {
@@ -39,6 +46,7 @@ impl Default for Config {
             scheduler: "spread".to_string(),
             metrics: metrics::Metrics::default(),
             logs_per_task: topology::DEFAULT_LOGS_PER_TASK,
+            lease_ttl: Duration::from_secs(6),
         }
     }
 }
@@ -83,6 +91,16 @@ pub enum Error {
     WriterStopped,
     #[error("configuration: unknown scheduler `{name}`: available: {known}")]
     UnknownScheduler { name: String, known: String },
+    /// Another manager took the leadership lease (see [`Lease`]): this one must stop acting.
+    #[error("lost the leadership lease (epoch {epoch}) to manager {to}; stopping")]
+    LeaseLost { epoch: u64, to: String },
+    #[error("releasing the leadership lease")]
+    LeaseRelease {
+        #[source]
+        source: NatsError,
+    },
+    #[error("releasing the leadership lease: no answer within {within:?}")]
+    LeaseReleaseTimedOut { within: Duration },
 }
 
 impl Error {

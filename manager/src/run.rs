@@ -58,6 +58,18 @@ pub async fn run(
 ) -> Result<(), Error> {
     let scheduler = scheduler_by_name(&cfg.scheduler)?;
     let topo = topology::ensure(jetstream::new(client.clone()), cfg.logs_per_task).await?;
+    // One manager acts at a time: a second one waits here, reading and writing nothing,
+    // until the first has been silent for the lease's TTL.
+    let Some(lease) = crate::Lease::acquire(
+        &topo.admin,
+        crate::Holder::this_process(),
+        cfg.lease_ttl,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
     let (writer, writing) = writer::spawn(
         topo.js.clone(),
         client.clone(),
@@ -112,6 +124,11 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Another manager took over: this one must stop at once, writing nothing more.
+            lost = lease.lost() => {
+                writing.abort();
+                return Err(lost);
+            }
             Some(msg) = events.recv() => {
                 let batch = batch_of(msg, &mut events);
                 shell.cfg.metrics.batch_messages.observe(batch.len() as f64);
@@ -170,9 +187,12 @@ pub async fn run(
             return Err(Error::WriterStopped);
         }
     }
-    // What was decided is written before the manager goes.
+    // What was decided is written before the manager goes, and then another may act at once.
     drop(shell);
     let _ = writing.await;
+    if let Err(e) = lease.release(Duration::from_secs(2)).await {
+        warn!(error = %cube_bus::Chain(&e), "releasing the leadership lease");
+    }
     info!("manager stopped");
     Ok(())
 }

@@ -228,9 +228,10 @@ fn a_restarted_manager_trusts_no_timestamp_a_worker_wrote() {
     // Nobody speaks: both nodes are silent, which is a disruption, so nothing is lost ...
     let all = pass(&mut h2, 16, &[]);
     assert!(!kinds(&all).contains(&"node-down".to_string()));
-    // ... but once one speaks, the other is judged by this manager's clock alone.
+    // ... but once one speaks (the disruption ends, every node gets a fresh TTL + grace),
+    // the other is judged by this manager's clock alone.
     let other = if w == "w1" { "w2" } else { "w1" };
-    let all = pass(&mut h2, 16, &[(other, &[])]);
+    let all = pass(&mut h2, 17, &[(other, &[])]);
     assert!(
         kinds(&all).contains(&"node-down".to_string()),
         "{:?}",
