@@ -22,6 +22,7 @@ mod cli;
 pub mod clock;
 mod events;
 mod nats;
+pub mod oracle;
 mod proc;
 pub mod procs;
 pub mod proxy;
