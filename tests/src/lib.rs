@@ -19,8 +19,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod cli;
+pub mod clock;
+mod events;
 mod nats;
+pub mod oracle;
+mod proc;
 pub mod procs;
+pub mod proxy;
 mod rng;
 mod wait;
 pub mod web;

@@ -66,6 +66,17 @@ impl NatsServer {
         self.wait_ready().await
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends the server a signal: `STOP` pauses it (a broker stalled: connections stay open,
+    /// nothing is answered), `CONT` resumes it.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        crate::proc::signal(self.child.id(), signal)
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,365 +1,42 @@
 //! Cube's processes as children of the test, so that a fault test can kill them for real:
 //! the manager and the workers are the `cube` binary of this build (`cargo build --bins`),
 //! each with its log in a temporary directory; a [`CreateEvents`] recorder counts the
-//! containers Docker itself saw created, per task id, independently of what Cube believes.
+//! containers Docker itself saw created (and die), per task id, independently of what Cube
+//! believes. Gray faults (partitions through a proxy, pauses, clock steps) are in
+//! [`gray`]'s methods.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_nats::jetstream;
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, RemoveContainerOptionsBuilder,
-};
 use cube_client::Cube;
 use cube_shared::subjects::{heartbeat_for, API_NODES_LIST};
-use cube_shared::{NodeState, State, Task, TaskListQuery, LABEL_TASK_ID, LABEL_WORKER};
+use cube_shared::{NodeState, State, Task, TaskListQuery, LABEL_WORKER};
 use cube_worker::runtime::DockerRuntime;
 use futures::StreamExt;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::clock::FakeClock;
+use crate::events::first;
+pub use crate::events::CreateEvents;
+pub use crate::proc::Proc;
+use crate::proc::TAIL_LINES;
+use crate::proxy::Proxy;
 use crate::{cube_bin, remove_containers, tail, unique};
-use crate::{in_state, NatsServer, Never, IMAGE, NATS_LOG};
+use crate::{in_state, NatsServer, Never, NATS_LOG};
 
-/// How many lines of each log a failure message shows.
-const TAIL_LINES: usize = 40;
+mod gray;
 
-/// A child process with its stdout and stderr in a log file. Killed when dropped.
-pub struct Proc {
-    label: String,
-    child: tokio::process::Child,
-    pid: u32,
-    log: PathBuf,
-    exited: Option<ExitStatus>,
-}
+/// The label (log name, and key of its proxy) of the manager's process.
+const MANAGER: &str = "manager";
 
-impl Proc {
-    /// Spawns `cmd`, its output going to `log` (created or truncated).
-    pub fn spawn(label: &str, mut cmd: tokio::process::Command, log: PathBuf) -> Result<Proc> {
-        let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {label}"))?;
-        let pid = child.id().context("a just-spawned child has a pid")?;
-        Ok(Proc {
-            label: label.to_string(),
-            child,
-            pid,
-            log,
-            exited: None,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// The last `lines` lines of its log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log, lines)
-    }
-
-    /// How it exited, if it has.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().ok().flatten();
-        }
-        self.exited
-    }
-
-    /// SIGKILL, then waits (up to 10 s) until it is gone.
-    pub async fn kill(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.exited() {
-            return Ok(status);
-        }
-        // Fails only if it has exited meanwhile; `wait` then returns its status.
-        let _ = self.child.start_kill();
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "{} (pid {}) survived SIGKILL for 10 s",
-                    self.label,
-                    self.pid
-                )
-            })??;
-        self.exited = Some(status);
-        Ok(status)
-    }
-
-    /// SIGTERM, then waits up to `within` for it to exit. If it does not, it is killed and
-    /// this is an error that shows the end of its log.
-    pub async fn term(&mut self, within: Duration) -> Result<ExitStatus> {
-        if let Some(status) = self.exited() {
-            return Ok(status);
-        }
-        let sent = tokio::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await
-            .context("running kill -TERM")?;
-        if !sent.success() {
-            if let Some(status) = self.exited() {
-                return Ok(status);
-            }
-            bail!("kill -TERM {} failed: {sent}", self.pid);
-        }
-        match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                self.exited = Some(status);
-                Ok(status)
-            }
-            Err(_) => {
-                self.kill().await?;
-                bail!(
-                    "{} (pid {}) did not exit within {within:?} of SIGTERM and was killed; \
-                     its log ends:\n{}",
-                    self.label,
-                    self.pid,
-                    self.log_tail(TAIL_LINES)
-                )
-            }
-        }
-    }
-
-    /// Sends SIGKILL and waits (blocking, up to 5 s): for `Drop`.
-    fn kill_blocking(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let _ = self.child.start_kill();
-        for _ in 0..100 {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill_blocking();
-    }
-}
-
-/// What the Docker engine reported: the containers created for each task id, from its event
-/// stream (`type=container`, `event=create`, `label=cube.worker=<worker>`), recorded from
-/// before the worker starts. A container id is counted once however often it is seen (a
-/// reconnected stream replays recent events).
-#[derive(Default)]
-pub struct CreateEvents {
-    seen: Arc<Mutex<Seen>>,
-    streams: Vec<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Seen {
-    /// task id (the label's value, as Docker reported it) → container ids created for it.
-    creates: HashMap<String, HashSet<String>>,
-    /// Containers created with the worker label but no task id (the recorder's probes).
-    probes: HashSet<String>,
-    /// Problems with the event streams: if any, the counts cannot be trusted.
-    errors: Vec<String>,
-}
-
-impl CreateEvents {
-    /// Starts recording the containers Docker creates for `worker`, and returns once the
-    /// recording is known to be live: a probe container with the worker's label (and no task
-    /// id) has been created, seen in the stream, and removed.
-    pub async fn watch(&mut self, docker: &DockerRuntime, worker: &str) -> Result<()> {
-        let docker_client = docker.client().clone();
-        let seen = self.seen.clone();
-        let label = format!("{LABEL_WORKER}={worker}");
-        let handle = tokio::spawn(async move {
-            // Only a replay of the last moments: the probe below proves the stream is live.
-            let mut since = unix_now() - 2.0;
-            loop {
-                let filters = HashMap::from([
-                    ("type", vec!["container"]),
-                    ("event", vec!["create"]),
-                    ("label", vec![label.as_str()]),
-                ]);
-                let options = EventsOptionsBuilder::default()
-                    .since(&format!("{since:.9}"))
-                    .filters(&filters)
-                    .build();
-                let mut events = docker_client.events(Some(options));
-                while let Some(event) = events.next().await {
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(e) => {
-                            lock(&seen)
-                                .errors
-                                .push(format!("Docker event stream for {label}: {e}"));
-                            break;
-                        }
-                    };
-                    if let Some(nanos) = event.time_nano {
-                        since = since.max(nanos as f64 / 1e9 - 1.0);
-                    }
-                    let Some(actor) = event.actor else { continue };
-                    let Some(id) = actor.id else { continue };
-                    let attrs = actor.attributes.unwrap_or_default();
-                    let mut seen = lock(&seen);
-                    match attrs.get(LABEL_TASK_ID) {
-                        Some(task) => {
-                            seen.creates.entry(task.clone()).or_default().insert(id);
-                        }
-                        None => {
-                            seen.probes.insert(id);
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        self.streams.push(handle);
-
-        // The probe: created but never started.
-        let name = format!("cube-probe-{}", unique(worker));
-        let body = ContainerCreateBody {
-            image: Some(IMAGE.to_string()),
-            cmd: Some(vec!["true".to_string()]),
-            labels: Some(HashMap::from([
-                (LABEL_WORKER.to_string(), worker.to_string()),
-                ("cube.probe".to_string(), "true".to_string()),
-            ])),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let probe = docker
-            .client()
-            .create_container(Some(options), body)
-            .await
-            .context("creating the event recorder's probe container")?
-            .id;
-        let seen = self.seen.clone();
-        let live = crate::eventually(
-            Duration::from_secs(10),
-            &format!("Docker's event stream reports the probe container for {worker}"),
-            || {
-                let found = lock(&seen).probes.contains(&probe);
-                async move {
-                    anyhow::ensure!(found, "not seen yet");
-                    Ok(())
-                }
-            },
-        )
-        .await;
-        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-        docker
-            .client()
-            .remove_container(&probe, Some(remove))
-            .await
-            .context("removing the probe container")?;
-        live
-    }
-
-    /// How many containers Docker created for the task.
-    pub fn count(&self, task: Uuid) -> usize {
-        lock(&self.seen)
-            .creates
-            .get(&task.to_string())
-            .map_or(0, HashSet::len)
-    }
-
-    /// Task id (as Docker's label reported it) → containers created for it.
-    pub fn counts(&self) -> BTreeMap<String, usize> {
-        lock(&self.seen)
-            .creates
-            .iter()
-            .map(|(task, ids)| (task.clone(), ids.len()))
-            .collect()
-    }
-
-    /// All containers created for tasks.
-    pub fn total(&self) -> usize {
-        lock(&self.seen).creates.values().map(HashSet::len).sum()
-    }
-
-    /// Problems with the event streams (empty if the counts can be trusted).
-    pub fn errors(&self) -> Vec<String> {
-        lock(&self.seen).errors.clone()
-    }
-
-    /// Checks that Docker created exactly one container for each of `ids`, and none for any
-    /// other task, and that the event streams never broke.
-    pub fn assert_exactly_one_each(&self, ids: &[Uuid]) -> Result<()> {
-        let errors = self.errors();
-        anyhow::ensure!(
-            errors.is_empty(),
-            "the Docker event stream broke, counts are unreliable: {errors:?}"
-        );
-        let counts = self.counts();
-        let wanted: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
-        let missing: Vec<&String> = wanted
-            .iter()
-            .filter(|id| !counts.contains_key(*id))
-            .collect();
-        let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-        let strangers: Vec<&String> = counts.keys().filter(|id| !wanted.contains(*id)).collect();
-        anyhow::ensure!(
-            missing.is_empty() && doubled.is_empty() && strangers.is_empty(),
-            "Docker's create events: {} task ids with a container (want {}), {} containers in \
-             all; no container for {} tasks {}; more than one for {} tasks {}; containers \
-             for {} unknown task ids {}",
-            counts.len(),
-            wanted.len(),
-            self.total(),
-            missing.len(),
-            first(&missing),
-            doubled.len(),
-            first(&doubled),
-            strangers.len(),
-            first(&strangers),
-        );
-        Ok(())
-    }
-}
-
-impl Drop for CreateEvents {
-    fn drop(&mut self) {
-        for s in &self.streams {
-            s.abort();
-        }
-    }
-}
-
-fn first<T: std::fmt::Debug>(items: &[T]) -> String {
-    let shown: Vec<String> = items.iter().take(5).map(|i| format!("{i:?}")).collect();
-    if items.len() > 5 {
-        format!("[{}, …]", shown.join(", "))
-    } else {
-        format!("[{}]", shown.join(", "))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// The label of a worker's process.
+fn worker_label(name: &str) -> String {
+    format!("worker-{name}")
 }
 
 /// NATS (in this process's test), and the manager and workers as `cube` child processes.
@@ -384,6 +61,10 @@ pub struct ProcCluster {
     logs: Option<tempfile::TempDir>,
     kept_logs: Option<PathBuf>,
     spawned: usize,
+    /// Process label → the proxy it reaches NATS through (the others connect directly).
+    proxies: HashMap<String, Proxy>,
+    /// The manager's steppable wall clock, if it runs on one.
+    manager_clock: Option<FakeClock>,
 }
 
 impl ProcCluster {
@@ -406,6 +87,8 @@ impl ProcCluster {
             logs: Some(tempfile::Builder::new().prefix("cube-faults-").tempdir()?),
             kept_logs: None,
             spawned: 0,
+            proxies: HashMap::new(),
+            manager_clock: None,
         })
     }
 
@@ -432,14 +115,21 @@ impl ProcCluster {
         let log = self
             .logs_dir()
             .join(format!("{:02}-{label}.log", self.spawned));
+        let url = self
+            .proxies
+            .get(label)
+            .map_or_else(|| self.nats.url(), Proxy::url);
         let mut cmd = tokio::process::Command::new(cube_bin());
         cmd.args(args)
-            .env("CUBE_NATS_URL", self.nats.url())
+            .env("CUBE_NATS_URL", url)
             .env(
                 "RUST_LOG",
                 std::env::var("CUBE_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
             )
             .env("NO_COLOR", "1");
+        if let (MANAGER, Some(clock)) = (label, &self.manager_clock) {
+            cmd.envs(clock.env());
+        }
         (cmd, log)
     }
 
@@ -453,7 +143,7 @@ impl ProcCluster {
         let mut args = vec!["manager".to_string()];
         args.extend(self.manager_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (cmd, log) = self.command("manager", &args);
+        let (cmd, log) = self.command(MANAGER, &args);
         self.manager = Some(Proc::spawn("the manager", cmd, log)?);
         let cube = self.cube().with_timeout(Duration::from_secs(1));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -522,7 +212,7 @@ impl ProcCluster {
         ];
         let extra = self.worker_args.clone();
         args.extend(extra.iter().map(String::as_str));
-        let (cmd, log) = self.command(&format!("worker-{name}"), &args);
+        let (cmd, log) = self.command(&worker_label(name), &args);
         self.workers.insert(
             name.to_string(),
             Proc::spawn(&format!("worker {name}"), cmd, log)?,
@@ -558,20 +248,6 @@ impl ProcCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Ok(())
-    }
-
-    /// Pauses (SIGSTOP) or resumes (SIGCONT) a worker: a worker cut off, then back.
-    pub fn signal_worker(&mut self, name: &str, signal: &str) -> Result<()> {
-        let pid = self
-            .workers
-            .get(name)
-            .with_context(|| format!("no worker {name}"))?
-            .pid();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
         Ok(())
     }
 
