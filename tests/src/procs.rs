@@ -140,7 +140,8 @@ impl ProcCluster {
                 bail!("a manager (pid {}) is already running", old.pid());
             }
         }
-        let mut args = vec!["manager".to_string()];
+        // A manager restarted after a kill waits out its predecessor's lease: keep that short.
+        let mut args = vec!["manager".to_string(), "--lease-ttl".into(), "2s".into()];
         args.extend(self.manager_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (cmd, log) = self.command(MANAGER, &args);
