@@ -56,8 +56,11 @@ impl std::fmt::Display for Chain<'_> {
 /// Every current value of a KV bucket, read once: how a process rebuilds its picture.
 pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, Error> {
     let what = || format!("reading bucket {}", store.name);
-    let info = store.status().await.map_err(nats(what()))?;
-    if info.values() == 0 {
+    // Fresh from the server: `Store::status` answers from what was cached when the handle was
+    // made, and a manager that waited for the lease made its handle long before.
+    let mut stream = store.stream.clone();
+    let info = stream.info().await.map_err(nats(what()))?;
+    if info.state.messages == 0 {
         return Ok(Vec::new());
     }
     // The latest value of every key (`watch_all` would deliver only new writes).

@@ -419,6 +419,15 @@ impl Task {
                 .is_none_or(|limit| self.restart_count < limit)
     }
 
+    /// The state as people are shown it: a task whose node is silent is of unknown state.
+    pub fn shown_state(&self) -> String {
+        if self.node_unreachable && self.state.is_active() {
+            "unknown (node unreachable)".to_string()
+        } else {
+            self.state.to_string()
+        }
+    }
+
     pub fn display_name(&self) -> String {
         if self.name.is_empty() {
             self.id.to_string()[..8].to_string()

@@ -13,7 +13,12 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
-  function badge(state) { return el("span", { class: "badge " + state }, state); }
+  function badge(state, text) { return el("span", { class: "badge " + state }, text || state); }
+  // A task whose node is silent is of unknown state (the manager marks it node_unreachable).
+  function shownState(t) {
+    const active = t.state === "scheduled" || t.state === "running";
+    return t.node_unreachable && active ? "unknown (node unreachable)" : t.state;
+  }
   function short(id) { return String(id).slice(0, 8); }
   function bytes(n) {
     const units = ["B", "Ki", "Mi", "Gi", "Ti"];
@@ -65,7 +70,7 @@
   function taskCells(tr, t) {
     const a = el("a", { href: "/tasks/" + t.id }, short(t.id));
     const id = el("td", { class: "mono" }); id.appendChild(a);
-    const state = el("td", { class: "state" }); state.appendChild(badge(t.state));
+    const state = el("td", { class: "state" }); state.appendChild(badge(t.state, shownState(t)));
     tr.replaceChildren(id, el("td", { class: "name" }, t.name || short(t.id)), state,
       el("td", { class: "worker" }, t.worker || "-"), el("td", { class: "image" }, t.image),
       el("td", { class: "age", "data-time": t.submitted_at }, age(t.submitted_at)));
@@ -152,7 +157,7 @@
     box.dataset.state = t.state;
     const st = document.getElementById("task-state");
     st.className = "badge " + t.state;
-    st.textContent = t.state;
+    st.textContent = shownState(t);
     const set = (k, v) => {
       const dd = box.querySelector('dd[data-field="' + k + '"]');
       if (dd) dd.textContent = v === undefined || v === null || v === "" ? "-" : String(v);

@@ -127,7 +127,7 @@ fn task_row(t: &Task) -> Markup {
         tr data-task=(t.id) data-state=(t.state) {
             td.mono { a href=(format!("/tasks/{}", t.id)) { (t.id.to_string()[..8]) } }
             td.name { (t.display_name()) }
-            td.state { span class=(format!("badge {}", t.state)) { (t.state) } }
+            td.state { span class=(format!("badge {}", t.state)) { (t.shown_state()) } }
             td.worker { (t.worker.as_deref().unwrap_or("-")) }
             td.image { (t.image) }
             td.age data-time=[t.submitted_at.map(|s| s.to_rfc3339())] { (age(t.submitted_at)) }
@@ -299,7 +299,7 @@ pub(crate) fn render_task(task: &Task, events: &[JournalEntry], logs: &LogTail) 
         div #task data-task=(task.id) data-state=(task.state) {
             h2 {
                 span.name { (task.display_name()) } " "
-                span #task-state class=(format!("badge {}", task.state)) { (task.state) }
+                span #task-state class=(format!("badge {}", task.state)) { (task.shown_state()) }
                 @if task.state != TaskState::Completed {
                     button #stop type="button" { "Stop" }
                 }

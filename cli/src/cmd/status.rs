@@ -52,7 +52,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             vec![
                 t.id.to_string(),
                 t.display_name(),
-                t.state.to_string(),
+                t.shown_state(),
                 or_dash(t.worker.as_deref()),
                 t.image.clone(),
                 age(t.submitted_at),
@@ -72,7 +72,7 @@ fn print_task(t: &Task) {
     let mut lines = vec![
         ("ID", t.id.to_string()),
         ("Name", t.display_name()),
-        ("State", t.state.to_string()),
+        ("State", t.shown_state()),
         ("Worker", or_dash(t.worker.as_deref())),
         ("Image", t.image.clone()),
         (
