@@ -10,7 +10,7 @@ use chrono::Utc;
 use cube_bus::Outgoing;
 use cube_shared::subjects::*;
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{Node, Task};
+use cube_shared::Node;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -202,7 +202,7 @@ pub async fn run(
 async fn load(topo: &Topology) -> Result<Stored, Error> {
     let mut stored = Stored::default();
     for (key, value) in topology::load_all(&topo.tasks).await? {
-        match wire::decode::<Task>(&value, usize::MAX) {
+        match wire::decode_stored_task(&value) {
             Ok(task) => stored.tasks.push(task),
             Err(e) => warn!(key, error = %e, "skipping unreadable task record"),
         }

@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::validate::{validate_event, Invalid};
-use crate::TaskEvent;
+use crate::{Task, TaskEvent};
 
 /// The largest TaskEvent Cube accepts. Checked before parsing.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
@@ -56,6 +56,26 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, Decode
     // One document, nothing after it.
     de.end().map_err(|e| json(e, String::new()))?;
     Ok(value)
+}
+
+/// Reads a Task DB record, which a newer Cube may have written: fields this version does not
+/// know are set aside, so a manager or worker one version behind still reads the record
+/// (a submission, by contrast, must carry none: [`decode_event`]).
+pub fn decode_stored_task(bytes: &[u8]) -> Result<Task, DecodeError> {
+    static KNOWN: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        crate::schema::schema("task")
+            .and_then(|s| s.get("properties").and_then(|p| p.as_object()).cloned())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    });
+    let mut value: serde_json::Map<String, serde_json::Value> = decode(bytes, usize::MAX)?;
+    value.retain(|key, _| known.contains(key));
+    serde_json::from_value(serde_json::Value::Object(value)).map_err(|e| DecodeError::Json {
+        path: String::new(),
+        message: e.to_string(),
+    })
 }
 
 /// Room left under [`MAX_EVENT_BYTES`] for what the manager adds to a submitted task before
@@ -140,7 +160,24 @@ pub(crate) const CONTRACT_EXAMPLE: &str = r#"{ "id": "5b0c2f7e-3a1d-4c55-9f57-2f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Task;
+
+    #[test]
+    fn a_stored_task_from_a_newer_version_is_read_but_a_submission_must_be_exact() {
+        let mut task = Task::new("busybox");
+        task.generation = 3;
+        let mut json: serde_json::Value = serde_json::from_slice(&encode(&task)).unwrap();
+        json["added_in_a_later_version"] = serde_json::json!({"x": 1});
+        let bytes = serde_json::to_vec(&json).unwrap();
+        assert_eq!(decode_stored_task(&bytes).unwrap(), task);
+        assert!(decode::<Task>(&bytes, usize::MAX).is_err());
+        let event = format!(
+            r#"{{"id":"{}","state":"pending","timestamp":"2026-11-30T00:00:00Z","task":{}}}"#,
+            uuid::Uuid::new_v4(),
+            json
+        );
+        let e = decode_event(event.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("added_in_a_later_version"), "{e}");
+    }
 
     fn valid() -> String {
         String::from_utf8(encode(&TaskEvent::submit(Task::new("busybox"))).to_vec()).unwrap()

@@ -15,8 +15,7 @@ use axum::http::Method;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cube_client::{Chain, JournalFollower};
 use cube_shared::subjects::{HEARTBEAT_ALL, TASK_DB};
-use cube_shared::wire::{self, MAX_EVENT_BYTES};
-use cube_shared::Task;
+use cube_shared::wire;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -92,7 +91,7 @@ async fn forward(
             Some(entry) = tasks.next() => match entry {
                 Ok(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
                     // Only what parses as a Task goes to the browser.
-                    wire::decode::<Task>(&entry.value, MAX_EVENT_BYTES)
+                    wire::decode_stored_task(&entry.value)
                         .ok()
                         .map(|t| json_event("task", &t))
                 }

@@ -111,7 +111,7 @@ impl Worker {
             reads.buffer_unordered(READS_AT_ONCE).collect().await;
         let mut tasks = Vec::with_capacity(read.len());
         for entry in read {
-            if let Some(task) = entry?.and_then(|b| wire::decode::<Task>(&b, usize::MAX).ok()) {
+            if let Some(task) = entry?.and_then(|b| wire::decode_stored_task(&b).ok()) {
                 tasks.push(task);
             }
         }

@@ -355,7 +355,7 @@ impl Worker {
         let entry = self.task_db.get(id.to_string()).await?;
         Ok(match entry {
             None => Record::Missing,
-            Some(bytes) => match wire::decode(&bytes, usize::MAX) {
+            Some(bytes) => match wire::decode_stored_task(&bytes) {
                 Ok(task) => Record::Found(Box::new(task)),
                 Err(e) => Record::Unreadable(e),
             },
