@@ -6,8 +6,13 @@
 //!
 //! An operator drains and undrains nodes meanwhile.
 //!
+//! The manager also suffers gray faults: it cannot hear for a while (its NATS connection is
+//! down), it is cut off without knowing it, it pauses, its wall clock steps. Whatever the
+//! faults, no task fails while its worker and container are alive (`sim/check.rs`).
+//!
 //! `CUBE_SIM_SEEDS` sets how many seeds run (default 10,000); `CUBE_SIM_SEED` replays one. A
-//! failure prints its seed and the tail of what happened.
+//! failure is run again with a trace and prints its seed and the last `CUBE_SIM_TRACE` (80)
+//! lines of what happened.
 
 mod sim;
 
@@ -27,6 +32,15 @@ fn seeds() -> Vec<u64> {
     (1..=n).collect()
 }
 
+/// How many lines of the trace a failure shows (`CUBE_SIM_TRACE`, default 80).
+fn trace_len() -> usize {
+    std::env::var("CUBE_SIM_TRACE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(80)
+        .max(1)
+}
+
 /// Runs `seeds` on the machine's cores; the first failure is reported with its seed.
 fn run_all(seeds: Vec<u64>) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -39,8 +53,12 @@ fn run_all(seeds: Vec<u64>) {
             .map(|chunk| {
                 s.spawn(move || {
                     for seed in chunk {
-                        if let Err(report) = World::new(seed).run() {
-                            return Some((seed, report));
+                        if World::new(seed, 0).run().is_err() {
+                            // Again, with the trace of what happened.
+                            let report = World::new(seed, trace_len()).run().err();
+                            return Some((seed, report.unwrap_or_else(|| {
+                                "it passed when replayed: the simulation is not deterministic".into()
+                            })));
                         }
                     }
                     None

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use cube_shared::{State, Task};
 use uuid::Uuid;
 
-use super::{short, Queue, World, CALM_ROUNDS};
+use super::{short, timings, Queue, World, CALM_ROUNDS};
 
 impl World {
     /// Stores a Task DB record, checking the move against the record it replaces.
@@ -48,6 +48,45 @@ impl World {
             }
         }
         self.store.task_db.insert(task.id, task);
+    }
+
+    /// No task fails (or loses its placement to a replacement) while its worker and container
+    /// are alive: a placement the manager gives up must have a real cause. Its container
+    /// ended (once: a worker that forgot may start it again); or its worker, up, no longer lists it; or the worker was silent, in truth, for
+    /// TTL + grace: it crashed, was partitioned, or its heartbeats were lost on its side. The
+    /// manager's own deafness, pause, stalled connection or clock step are no cause.
+    pub(super) fn check_given_up(&mut self, old: &Task, new: &Task) {
+        let (Some(worker), g) = (old.worker.as_deref(), old.generation) else {
+            return;
+        };
+        if !old.state.is_active() || new.stop_requested {
+            return;
+        }
+        let kept = new.state.is_active() && new.worker == old.worker && new.generation == g;
+        let moving_from = new
+            .previous
+            .as_ref()
+            .is_some_and(|p| p.worker == worker && p.generation == g);
+        // A node judged down came back before the replacement ran: its copy is kept and the
+        // replacement called off, by design.
+        let revived = old.previous.is_none() && new.state == State::Running && new.generation < g;
+        if kept || moving_from || revived {
+            return;
+        }
+        let Some(i) = self.workers.iter().position(|w| w.name == worker) else {
+            return;
+        };
+        let limit = timings().node_ttl + timings().node_grace;
+        let silence = self.mono.saturating_duration_since(self.audible[i]);
+        let ended = self.store.ended.contains(&(new.id, g, worker.to_string()));
+        if ended || !self.workers[i].keeps(new.id, g) || silence >= limit {
+            return;
+        }
+        self.broken.push(format!(
+            "{} gave up placement {g} on {worker} ({} -> {} gen {} on {:?}: {:?}), though its container runs, \
+             its worker lists it and was silent only {silence:?} (less than {limit:?})",
+            new.id, old.state, new.state, new.generation, new.worker, new.error
+        ));
     }
 
     /// After every step: never two live containers of one placement.

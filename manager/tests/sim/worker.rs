@@ -57,6 +57,16 @@ impl Worker {
             .collect()
     }
 
+    /// Whether placement `g` of `id` is alive here: its container has not ended and the
+    /// worker, when up, lists it in its heartbeats.
+    pub fn keeps(&self, id: Uuid, g: u64) -> bool {
+        let live = self
+            .containers
+            .get(&(id, g))
+            .is_some_and(|c| c.exited.is_none());
+        live && (!self.up || self.tracked.get(&id) == Some(&g))
+    }
+
     pub fn crash(&mut self) {
         self.up = false;
         self.tracked.clear();
@@ -96,6 +106,7 @@ impl Worker {
             if let (None, Some((at, code))) = (c.exited, c.ends) {
                 if at <= now {
                     c.exited = Some(code);
+                    store.ended.insert((*id, *g, self.name.clone()));
                     lines.push(format!("{}: container {id}/{g} exits {code}", self.name));
                 }
             }
@@ -260,6 +271,7 @@ impl Worker {
             Some(c) => c.exited.unwrap_or(137),
             None => 0,
         };
+        store.ended.insert((id, g, self.name.clone()));
         self.finished.insert(id, g);
         if running == Some(g) {
             self.tracked.remove(&id);
