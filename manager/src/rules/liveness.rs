@@ -39,6 +39,8 @@ pub(crate) struct Hearing {
     disruption: bool,
     /// Nodes judged `down` whose tasks were dealt with.
     judged: BTreeSet<String>,
+    /// When the last heartbeat of any node arrived.
+    last_any: Option<Instant>,
     /// The latest reading of the monotonic clock a handler was given: what a placement made
     /// by a handler without one (a submission, a report) counts from.
     latest: Instant,
@@ -53,6 +55,7 @@ impl Hearing {
             deaf: false,
             disruption: false,
             judged: BTreeSet::new(),
+            last_any: None,
             latest: now,
         }
     }
@@ -72,6 +75,7 @@ impl Hearing {
     /// before.
     pub(crate) fn heard(&mut self, node: &str, now: Instant) -> bool {
         self.judged.remove(node);
+        self.last_any = Some(self.last_any.map_or(now, |t| t.max(now)));
         self.heard.insert(node.to_string(), now).is_some()
     }
 
@@ -101,6 +105,19 @@ impl Hearing {
     /// Whether nodes may be judged now.
     fn can_judge(&self) -> bool {
         !self.deaf && !self.disruption
+    }
+
+    /// Whether the manager has shown it can hear since `node` became overdue (silent for
+    /// `limit`): some other node's heartbeat arrived after that. A manager cut off without
+    /// knowing it hears nobody, so it judges nobody, however the silences line up.
+    fn heard_others_since_overdue(&self, node: &str, limit: Duration) -> bool {
+        let since = self
+            .heard
+            .get(node)
+            .copied()
+            .unwrap_or(self.rearmed)
+            .max(self.rearmed);
+        self.last_any.is_some_and(|any| any > since + limit)
     }
 }
 
@@ -179,9 +196,12 @@ impl Rules {
             .collect();
         for (name, state, leaving, quiet) in nodes {
             let judged = self.hearing.judged.contains(&name);
-            if quiet > self.timings.lost_after && judged {
+            let may_judge = leaving
+                || (self.hearing.can_judge()
+                    && self.hearing.heard_others_since_overdue(&name, limit));
+            if quiet > self.timings.lost_after && judged && may_judge {
                 self.give_up_waiting(&name, now);
-            } else if quiet > limit && !judged && (leaving || self.hearing.can_judge()) {
+            } else if quiet > limit && !judged && may_judge {
                 // A node that said goodbye is judged even in a disruption: it is known gone.
                 self.node_down(&name, quiet, now);
             } else if quiet > ttl && matches!(state, NodeState::Ready | NodeState::Draining) {

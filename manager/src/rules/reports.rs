@@ -108,7 +108,7 @@ impl Rules {
         }
         let span = info_span!("report", task.id = %report.task_id, worker = %report.worker);
         let _entered = span.enter();
-        if report.state.is_final() {
+        if report.state != State::Running {
             // A lost copy that ended cannot be kept when its node comes back.
             self.forget_lost(&report);
         }

@@ -351,3 +351,21 @@ fn only_a_silent_node_can_be_forgotten_and_its_tasks_go_at_once() {
     let d = h.heartbeat(&w, &[(t.id, 1)]);
     assert_eq!(d.journal_kinds(), ["node-joined", "fenced"]);
 }
+
+#[test]
+fn a_node_is_judged_down_only_once_another_was_heard_after_it_became_overdue() {
+    let (mut h, t, w, other) = running(RestartPolicy::Always);
+    // `w` falls silent; 12 s later the manager is cut off without knowing it (nothing more
+    // arrives from anyone), before the others' silence adds up to a disruption.
+    pass(&mut h, 12, &[(other, &[])]);
+    let all = pass(&mut h, 5, &[]);
+    assert!(
+        !kinds(&all).contains(&"node-down".to_string()),
+        "{:?}",
+        kinds(&all)
+    );
+    assert_eq!(h.task(t.id).worker.as_deref(), Some(w.as_str()));
+    // Once `other` is heard again, `w` is judged.
+    let all = pass(&mut h, 1, &[(other, &[])]);
+    assert!(kinds(&all).contains(&"node-down".to_string()));
+}
