@@ -22,6 +22,7 @@ use cube_shared::{JournalEntry, Node, NodeState, State};
 use tracing::warn;
 use uuid::Uuid;
 
+use super::nodes::Unseen;
 use super::Rules;
 
 /// What the manager has heard, on its monotonic clock.
@@ -339,28 +340,13 @@ impl Rules {
             .retain(|id, _| cluster.task(id).is_some_and(|t| t.state.is_active()));
     }
 
-    fn vanished(&mut self, mut task: cube_shared::Task, now: DateTime<Utc>) {
+    fn vanished(&mut self, task: cube_shared::Task, now: DateTime<Utc>) {
         let worker = task.worker.clone().unwrap_or_default();
         let reason = format!(
             "vanished: {worker} no longer lists placement {}",
             task.generation
         );
-        if task.previous.is_some() {
-            return self.move_failed(task, &worker, &reason, now);
-        }
-        task.state = State::Failed;
-        task.finish_time = Some(now);
-        task.exit_code = None;
-        task.health = None;
-        task.error = Some(reason.clone());
-        super::plan_restart(&mut task, now, false);
-        self.journal(
-            JournalEntry::new("vanished", reason)
-                .task(task.id)
-                .worker(&worker),
-            now,
-        );
-        self.save(task);
+        self.fail_unseen(task, &worker, &reason, Unseen::Vanished, now);
     }
 
     fn not_taken(&mut self, mut task: cube_shared::Task, now: DateTime<Utc>) {

@@ -35,6 +35,15 @@ pub(crate) fn is_stale(task: Option<&Task>, node: &str, generation: u64) -> bool
     !current && !taken_from_queue && !moving_from_here
 }
 
+/// Why a task ended without its worker reporting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unseen {
+    /// Its node was judged down, forgotten, or silent past `lost_after`.
+    NodeLost,
+    /// Its worker, though heard, stopped listing it.
+    Vanished,
+}
+
 /// `cube nodes forget` refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForgetError {
@@ -187,9 +196,24 @@ impl Rules {
         );
     }
 
-    /// Task placed on `worker` is lost: `failed` with `reason`, then placed elsewhere if its
-    /// policy wants it back. A task that was moving there stays on the copy it moved from.
-    pub(super) fn lose(&mut self, mut task: Task, worker: &str, reason: &str, now: DateTime<Utc>) {
+    /// Task placed on `worker` is lost with its node: `failed` with `reason`, then placed
+    /// elsewhere at once if its policy wants it back (a lost node is not the task's fault: no
+    /// backoff).
+    pub(super) fn lose(&mut self, task: Task, worker: &str, reason: &str, now: DateTime<Utc>) {
+        self.fail_unseen(task, worker, reason, Unseen::NodeLost, now);
+    }
+
+    /// Task placed on `worker` ended unseen: `failed` with `reason` (there is no exit code),
+    /// then restarted per its policy. A task that was moving there stays on the copy it moved
+    /// from.
+    pub(super) fn fail_unseen(
+        &mut self,
+        mut task: Task,
+        worker: &str,
+        reason: &str,
+        why: Unseen,
+        now: DateTime<Utc>,
+    ) {
         if task.previous.is_some() {
             return self.move_failed(task, worker, reason, now);
         }
@@ -199,14 +223,17 @@ impl Rules {
         task.exit_code = None;
         task.health = None;
         task.error = Some(reason.to_string());
-        // A lost node is not the task's fault: no backoff.
-        super::plan_restart(&mut task, now, true);
+        super::plan_restart(&mut task, now, why == Unseen::NodeLost);
         let next = match task.next_attempt_at {
-            Some(_) => "; placing it elsewhere",
+            Some(_) => "; restarting it",
             None => "; its restart policy keeps it failed",
         };
+        let kind = match why {
+            Unseen::NodeLost => "lost",
+            Unseen::Vanished => "vanished",
+        };
         self.journal(
-            JournalEntry::new("lost", format!("{reason}{next}"))
+            JournalEntry::new(kind, format!("{reason}{next}"))
                 .task(id)
                 .worker(worker),
             now,
