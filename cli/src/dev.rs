@@ -178,8 +178,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             Err(e) => warn!(error = %e, "HTTP server task"),
         }
     }
-    client.flush().await.ok();
-    worker_client.flush().await.ok();
+    // Bounded: with nats-server already gone (Ctrl-C reaches it too) a flush waits for ever.
+    for c in [&client, &worker_client] {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), c.flush()).await;
+    }
     let _ = std::fs::remove_file(&client_auth);
     nats.stop().await;
     match failed {
