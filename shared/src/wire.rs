@@ -1,7 +1,11 @@
 //! Decoding untrusted bytes: bounded in size, exact about what is wrong and where.
 
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::validate::{validate_event, Invalid};
 use crate::{Task, TaskEvent};
@@ -58,24 +62,46 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, Decode
     Ok(value)
 }
 
+/// The top-level fields this version of Cube knows in the wire type `schema` names.
+fn known_fields(schema: &'static str) -> &'static BTreeSet<String> {
+    static TASK: OnceLock<BTreeSet<String>> = OnceLock::new();
+    static EVENT: OnceLock<BTreeSet<String>> = OnceLock::new();
+    let cell = if schema == "task" { &TASK } else { &EVENT };
+    cell.get_or_init(|| {
+        crate::schema::schema(schema)
+            .and_then(|s| s.get("properties").and_then(|p| p.as_object()).cloned())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    })
+}
+
+fn from_json<T: DeserializeOwned>(value: Map<String, Value>) -> Result<T, DecodeError> {
+    serde_json::from_value(Value::Object(value)).map_err(|e| DecodeError::Json {
+        path: String::new(),
+        message: e.to_string(),
+    })
+}
+
 /// Reads a Task DB record, which a newer Cube may have written: fields this version does not
 /// know are set aside, so a manager or worker one version behind still reads the record
 /// (a submission, by contrast, must carry none: [`decode_event`]).
 pub fn decode_stored_task(bytes: &[u8]) -> Result<Task, DecodeError> {
-    static KNOWN: std::sync::OnceLock<std::collections::BTreeSet<String>> =
-        std::sync::OnceLock::new();
-    let known = KNOWN.get_or_init(|| {
-        crate::schema::schema("task")
-            .and_then(|s| s.get("properties").and_then(|p| p.as_object()).cloned())
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default()
-    });
-    let mut value: serde_json::Map<String, serde_json::Value> = decode(bytes, usize::MAX)?;
-    value.retain(|key, _| known.contains(key));
-    serde_json::from_value(serde_json::Value::Object(value)).map_err(|e| DecodeError::Json {
-        path: String::new(),
-        message: e.to_string(),
-    })
+    let mut task: Map<String, Value> = decode(bytes, usize::MAX)?;
+    task.retain(|key, _| known_fields("task").contains(key));
+    from_json(task)
+}
+
+/// Reads work the manager handed a worker (`tasks.pending.*`), which a newer manager may have
+/// written: as [`decode_placement`], with fields this version does not know set aside.
+pub fn decode_work(bytes: &[u8]) -> Result<TaskEvent, DecodeError> {
+    let mut event: Map<String, Value> = decode(bytes, MAX_EVENT_BYTES)?;
+    event.retain(|key, _| known_fields("task-event").contains(key));
+    if let Some(Value::Object(task)) = event.get_mut("task") {
+        task.retain(|key, _| known_fields("task").contains(key));
+    }
+    let event: TaskEvent = from_json(event)?;
+    validate_event(&event)?;
+    Ok(event)
 }
 
 /// Room left under [`MAX_EVENT_BYTES`] for what the manager adds to a submitted task before
@@ -171,12 +197,18 @@ mod tests {
         assert_eq!(decode_stored_task(&bytes).unwrap(), task);
         assert!(decode::<Task>(&bytes, usize::MAX).is_err());
         let event = format!(
-            r#"{{"id":"{}","state":"pending","timestamp":"2026-11-30T00:00:00Z","task":{}}}"#,
+            r#"{{"id":"{}","state":"running","timestamp":"2026-11-30T00:00:00Z","task":{}}}"#,
             uuid::Uuid::new_v4(),
             json
         );
         let e = decode_event(event.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("added_in_a_later_version"), "{e}");
+        // Work from a newer manager: new fields in the envelope or the task are set aside.
+        let mut work: serde_json::Value = serde_json::from_str(&event).unwrap();
+        work["new_envelope_field"] = serde_json::json!(true);
+        let work = serde_json::to_vec(&work).unwrap();
+        assert_eq!(decode_work(&work).unwrap().task, task);
+        assert!(decode_placement(&work).is_err());
     }
 
     fn valid() -> String {

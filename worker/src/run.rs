@@ -282,7 +282,7 @@ impl Worker {
     /// Takes one message off a consumer and hands it to a handler task. The task's turn is
     /// taken here, in arrival order, so a stop never overtakes the start before it.
     async fn dispatch(self: &Arc<Self>, msg: jetstream::Message, tracker: &TaskTracker) {
-        let event = match wire::decode_placement(&msg.payload) {
+        let event = match wire::decode_work(&msg.payload) {
             Ok(event) => event,
             Err(e) => {
                 // Only the manager publishes here; a bad message is dropped, not retried.
