@@ -92,9 +92,7 @@ impl Shell {
             counts,
         })
     }
-}
 
-impl Shell {
     /// Drains or undrains a node: recorded in the `cube-admin` bucket first, so a restarted
     /// manager keeps it, then applied by the rules.
     async fn drain(&mut self, name: &str, drain: bool) -> Result<cube_shared::Node, ApiError> {
@@ -116,9 +114,7 @@ impl Shell {
         }
         Ok(self.rules.set_drain(name, drain, Utc::now())?)
     }
-}
 
-impl Shell {
     /// Forgets a silent node: the rules lose its tasks, then its record in the `cube-nodes`
     /// bucket goes, so a restarted manager does not bring it back.
     async fn forget(&mut self, name: &str) -> Result<(), ApiError> {

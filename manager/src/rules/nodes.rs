@@ -15,6 +15,8 @@ use crate::metrics::RejectKind;
 
 /// How often a stale copy is asked again to stop.
 pub const FENCE_AGAIN: Duration = Duration::from_secs(10);
+/// How often an unreadable heartbeat of one node is journalled again.
+const UNREADABLE_AGAIN: Duration = Duration::from_secs(60);
 
 /// Whether the copy of `task` (`None`: unknown to the manager) at `generation` on `node` is
 /// stale: not the current placement, not a queued placement whose `running` report may still
@@ -115,13 +117,19 @@ impl Rules {
                 self.place_pending(now);
             }
         }
+        if running.is_empty() {
+            return;
+        }
+        let again = chrono::Duration::from_std(FENCE_AGAIN).unwrap_or_default();
+        self.fenced.retain(|_, at| now - *at < again);
         for r in &running {
             self.revive(&name, r, now);
-            if !is_stale(self.cluster.task(&r.id), &name, r.generation) {
+            if is_stale(self.cluster.task(&r.id), &name, r.generation) {
+                self.fence(&name, r, now);
+            } else {
                 self.hearing.listed(r.id, mono);
             }
         }
-        self.fence(&name, &running, now);
     }
 
     /// A heartbeat that cannot be read still says its node is there; nothing it would have
@@ -142,7 +150,7 @@ impl Rules {
         for id in self.cluster.active_on(token) {
             self.hearing.listed(id, mono);
         }
-        let again = chrono::Duration::from_std(FENCE_AGAIN * 6).unwrap_or_default();
+        let again = chrono::Duration::from_std(UNREADABLE_AGAIN).unwrap_or_default();
         if self
             .unreadable
             .get(token)
@@ -166,9 +174,7 @@ impl Rules {
         let Some(task) = self.cluster.task(&id).cloned() else {
             return;
         };
-        let mut failed = task.clone();
-        failed.state = State::Failed;
-        if task.previous.is_some() || failed.wants_restart(State::Failed) {
+        if task.previous.is_some() || task.wants_restart(State::Failed) {
             let reason = format!("node lost: {worker} stopped sending heartbeats");
             if task.previous.is_none() {
                 self.lost.insert(
@@ -245,14 +251,13 @@ impl Rules {
     /// because of it: if the replacement has not started, the original is kept, without a
     /// restart, and the replacement is called off. Returns whether it was.
     fn revive(&mut self, node: &str, r: &RunningTask, now: DateTime<Utc>) -> bool {
-        let here = Placement {
-            worker: node.to_string(),
-            generation: r.generation,
-        };
-        let Some(mut task) = self.cluster.task(&r.id).cloned() else {
+        let Some(task) = self.cluster.task(&r.id) else {
             return false;
         };
-        let remembered = self.lost.get(&r.id) == Some(&here);
+        let remembered = self
+            .lost
+            .get(&r.id)
+            .is_some_and(|p| p.worker == node && p.generation == r.generation);
         // After a manager restart only the record tells: failed as lost, not yet restarted.
         let recorded = task.state == State::Failed
             && task.next_attempt_at.is_some()
@@ -265,6 +270,7 @@ impl Rules {
         if !(remembered || recorded) {
             return false;
         }
+        let mut task = task.clone();
         self.lost.remove(&r.id);
         let replacement = match task.state {
             State::Failed | State::Pending => None,
@@ -344,36 +350,27 @@ impl Rules {
         Ok(())
     }
 
-    /// A heartbeat lists the placements a worker runs; any that is no longer current (the
-    /// task moved on while the worker was away, or was declared lost) is stopped there, and
-    /// asked again every [`FENCE_AGAIN`] while it keeps being listed.
-    fn fence(&mut self, node: &str, running: &[RunningTask], now: DateTime<Utc>) {
-        if running.is_empty() {
+    /// A stale copy a heartbeat lists (the task moved on while the worker was away, or was
+    /// declared lost) is stopped there, and asked again every [`FENCE_AGAIN`] while it keeps
+    /// being listed.
+    fn fence(&mut self, node: &str, r: &RunningTask, now: DateTime<Utc>) {
+        if self.fenced.contains_key(&(r.id, r.generation)) {
             return;
         }
-        let again = chrono::Duration::from_std(FENCE_AGAIN).unwrap_or_default();
-        self.fenced.retain(|_, at| now - *at < again);
-        for r in running {
-            if !is_stale(self.cluster.task(&r.id), node, r.generation)
-                || self.fenced.contains_key(&(r.id, r.generation))
-            {
-                continue;
-            }
-            self.fenced.insert((r.id, r.generation), now);
-            info!(task.id = %r.id, worker = %node, generation = r.generation, "stopping a stale copy");
-            self.stop_copy(r.id, r.generation, node);
-            self.journal(
-                JournalEntry::new(
-                    "fenced",
-                    format!(
-                        "stopping placement {} on {node}: no longer current",
-                        r.generation
-                    ),
-                )
-                .task(r.id)
-                .worker(node),
-                now,
-            );
-        }
+        self.fenced.insert((r.id, r.generation), now);
+        info!(task.id = %r.id, worker = %node, generation = r.generation, "stopping a stale copy");
+        self.stop_copy(r.id, r.generation, node);
+        self.journal(
+            JournalEntry::new(
+                "fenced",
+                format!(
+                    "stopping placement {} on {node}: no longer current",
+                    r.generation
+                ),
+            )
+            .task(r.id)
+            .worker(node),
+            now,
+        );
     }
 }
