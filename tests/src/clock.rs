@@ -69,11 +69,6 @@ impl FakeClock {
         self.write()
     }
 
-    /// The current offset from the real clock, in seconds.
-    pub fn offset_secs(&self) -> i64 {
-        self.offset_secs
-    }
-
     /// Writes the offset in libfaketime's relative form (`+40s`, `-5s`), through a rename so
     /// that a reader never sees a half-written file.
     fn write(&self) -> Result<()> {

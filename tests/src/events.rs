@@ -155,11 +155,6 @@ impl CreateEvents {
             .map_or(0, HashSet::len)
     }
 
-    /// All task containers that died.
-    pub fn died_total(&self) -> usize {
-        lock(&self.seen).deaths.values().map(HashSet::len).sum()
-    }
-
     /// Task id (as Docker's label reported it) → containers created for it.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         lock(&self.seen)

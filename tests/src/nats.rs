@@ -66,11 +66,6 @@ impl NatsServer {
         self.wait_ready().await
     }
 
-    /// The server process's id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends the server a signal: `STOP` pauses it (a broker stalled: connections stay open,
     /// nothing is answered), `CONT` resumes it.
     pub fn signal(&self, signal: &str) -> Result<()> {

@@ -47,18 +47,14 @@ pub async fn settled(
     linger: Duration,
 ) -> Result<()> {
     let names = c.worker_names().to_vec();
-    eventually(
-        Duration::from_secs(60),
-        "every worker is ready again",
-        || async {
-            let nodes = c.cube().nodes().await?;
-            for name in &names {
-                let state = nodes.iter().find(|n| &n.name == name).map(|n| n.state);
-                ensure!(state == Some(NodeState::Ready), "{name} is {state:?}");
-            }
-            Ok(())
-        },
-    )
+    eventually(crate::WITHIN, "every worker is ready again", || async {
+        let nodes = c.cube().nodes().await?;
+        for name in &names {
+            let state = nodes.iter().find(|n| &n.name == name).map(|n| n.state);
+            ensure!(state == Some(NodeState::Ready), "{name} is {state:?}");
+        }
+        Ok(())
+    })
     .await?;
     tokio::time::sleep(linger).await;
     c.check_alive()?;

@@ -33,7 +33,6 @@ pub enum Flow {
 /// connection through it.
 pub struct Proxy {
     port: u16,
-    upstream: u16,
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
 }
@@ -60,7 +59,6 @@ impl Proxy {
         let accept = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
         Ok(Proxy {
             port,
-            upstream,
             shared,
             accept,
         })
@@ -73,15 +71,6 @@ impl Proxy {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The server's port it forwards to.
-    pub fn upstream(&self) -> u16 {
-        self.upstream
-    }
-
-    pub fn flow(&self) -> Flow {
-        *self.shared.flow.borrow()
     }
 
     /// How many connections it has accepted so far (a client that reconnects adds one).

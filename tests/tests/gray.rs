@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use cube_shared::{NodeState, RestartPolicy, State, Task, TaskListQuery};
 use cube_tests::oracle::{self, untouched, Expect};
 use cube_tests::procs::ProcCluster;
-use cube_tests::{consistently, eventually};
+use cube_tests::{consistently, eventually, WITHIN};
 use futures::StreamExt;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -27,8 +27,6 @@ const GRACE: Duration = Duration::from_secs(2);
 const JUDGED: Duration = TTL.saturating_add(GRACE);
 /// How long the faults of the issue last.
 const OUTAGE: Duration = Duration::from_secs(30);
-/// How long the tests wait for what takes seconds (a worker ready, a task running).
-const WITHIN: Duration = Duration::from_secs(60);
 
 /// A manager with the short TTL and grace; its lost-after is the default (10 min), far beyond
 /// any test.

@@ -16,7 +16,7 @@ use bollard::models::ContainerSummaryStateEnum;
 use cube_manager::{topology, Error, Holder, Lease, LEASE_KEY};
 use cube_shared::{State, LABEL_TASK_ID};
 use cube_tests::procs::{Proc, ProcCluster};
-use cube_tests::{consistently, cube_bin, eventually, init_tracing, sleeper, NatsServer};
+use cube_tests::{consistently, cube_bin, eventually, init_tracing, sleeper, NatsServer, WITHIN};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -342,8 +342,7 @@ async fn second_manager(c: &mut ProcCluster, second: &mut Proc) -> Result<()> {
                 .with_context(|| format!("submitting task {i}"))?,
         );
     }
-    c.wait_all(&ids, State::Running, Duration::from_secs(60))
-        .await?;
+    c.wait_all(&ids, State::Running, WITHIN).await?;
     // Longer than the default node TTL + grace (15 s).
     let window = Duration::from_secs(20);
     let began = Instant::now();
@@ -363,22 +362,17 @@ async fn second_manager(c: &mut ProcCluster, second: &mut Proc) -> Result<()> {
     // The first dies: the second takes the lease over and answers; nothing is doubled.
     c.kill_manager().await?;
     let cube = c.cube();
-    eventually(
-        Duration::from_secs(60),
-        "the second manager answers",
-        || {
-            let cube = cube.clone();
-            async move {
-                cube.nodes().await?;
-                Ok(())
-            }
-        },
-    )
+    eventually(WITHIN, "the second manager answers", || {
+        let cube = cube.clone();
+        async move {
+            cube.nodes().await?;
+            Ok(())
+        }
+    })
     .await?;
     let last = c.submit(sleeper()).await?;
     ids.push(last);
-    c.wait_all(&ids, State::Running, Duration::from_secs(60))
-        .await?;
+    c.wait_all(&ids, State::Running, WITHIN).await?;
     c.creates.assert_exactly_one_each(&ids)?;
     each_runs_in_one_container(c, &ids).await?;
     second.kill().await?;

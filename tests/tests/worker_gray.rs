@@ -115,14 +115,10 @@ async fn stale_containers(c: &mut ProcCluster, name: &str) -> Result<()> {
         ready < Duration::from_secs(20),
         "the worker took {ready:?} to be ready with {STALE} stale containers"
     );
-    eventually(
-        Duration::from_secs(60),
-        "every stale container is removed",
-        || async {
-            let (_, all) = count(c, name).await?;
-            ensure!(all == 0, "{all} of {STALE} remain");
-            Ok(())
-        },
-    )
+    eventually(WITHIN, "every stale container is removed", || async {
+        let (_, all) = count(c, name).await?;
+        ensure!(all == 0, "{all} of {STALE} remain");
+        Ok(())
+    })
     .await
 }

@@ -28,7 +28,7 @@ impl Rng {
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }
 
