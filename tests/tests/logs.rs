@@ -336,11 +336,16 @@ async fn ended_while_down(c: &mut ProcCluster) -> Result<()> {
         expected,
         "every line exactly once, in order ({at_kill} published before the kill)"
     );
-    let left = c.docker.list(&worker).await?;
-    ensure!(
-        !left.iter().any(|o| o.task_id == id),
-        "the ended container was not removed"
-    );
+    // Removed after its output is published, in the background of the worker's start.
+    eventually(WITHIN, "the ended container is removed", || async {
+        let left = c.docker.list(&worker).await?;
+        ensure!(
+            !left.iter().any(|o| o.task_id == id),
+            "the ended container was not removed"
+        );
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 
