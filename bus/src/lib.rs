@@ -53,6 +53,26 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// The servers of a `--nats-url`: one URL, or several separated by commas (as the `nats` CLI
+/// takes them), e.g. `nats://a:4222,nats://b:4222,nats://c:4222`. The client connects to one
+/// of them and fails over to the others (and to any the cluster gossips).
+pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, Error> {
+    let list: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(Error::Nats {
+            what: format!("no NATS server in {urls:?}"),
+            source: "an empty list".into(),
+        });
+    }
+    list.into_iter()
+        .map(|u| u.parse().map_err(nats(format!("NATS server URL {u:?}"))))
+        .collect()
+}
+
 /// Every current value of a KV bucket, read once: how a process rebuilds its picture.
 pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, Error> {
     let what = || format!("reading bucket {}", store.name);

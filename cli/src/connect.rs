@@ -25,6 +25,7 @@ pub async fn connect_counting(
     reconnects: Option<IntCounter>,
 ) -> Result<async_nats::Client> {
     let deadline = tokio::time::Instant::now() + args.nats_connect_timeout;
+    let servers = cube_bus::servers(&args.nats_url)?;
     loop {
         let options = args
             .credentials()
@@ -39,7 +40,7 @@ pub async fn connect_counting(
             Some(counter) => options.event_callback(reconnect_counter(counter.clone())),
             None => options,
         };
-        match options.connect(&args.nats_url).await {
+        match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(e) if e.kind() == async_nats::ConnectErrorKind::Tls => {
                 anyhow::bail!(

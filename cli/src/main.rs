@@ -117,7 +117,7 @@ pub const IMAGE: &str = "cube-busybox:latest";
 /// How to reach NATS; every command takes these.
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
-    /// NATS server URL.
+    /// NATS server URL, or several separated by commas (the servers of one cluster).
     #[arg(
         long,
         env = "CUBE_NATS_URL",

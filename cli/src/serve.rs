@@ -43,6 +43,12 @@ pub struct ManagerArgs {
     /// nothing, until the lease has gone unrenewed this long.
     #[arg(long, env = "CUBE_LEASE_TTL", default_value = "6s", value_parser = duration)]
     pub lease_ttl: Duration,
+    /// How many copies JetStream keeps of every Cube stream and bucket: 1 on a single
+    /// nats-server, 3 on a cluster of three or more (each survives the loss of one server).
+    /// Existing streams and buckets are changed to this on start, so restarting the
+    /// managers with `--replicas 3` moves a single-server deployment onto a cluster.
+    #[arg(long, env = "CUBE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
     /// Serve Prometheus metrics on http://ADDR/metrics; ADDR is IP:PORT, e.g. 0.0.0.0:9090.
     /// Off by default.
     #[arg(long, env = "CUBE_METRICS_ADDR")]
@@ -74,6 +80,7 @@ impl ManagerArgs {
             scheduler: self.scheduler.name().to_string(),
             logs_per_task: self.logs_per_task,
             lease_ttl: self.lease_ttl,
+            replicas: self.replicas as usize,
             ..Default::default()
         }
     }

@@ -64,8 +64,9 @@ impl Cube {
             .options()
             .await
             .map_err(|e| connect(Box::new(e)))?;
+        let servers = cube_bus::servers(url).map_err(|e| connect(Box::new(e)))?;
         let client = options
-            .connect(url)
+            .connect(servers.as_slice())
             .await
             .map_err(|e| connect(Box::new(e)))?;
         Ok(Cube::new(client))

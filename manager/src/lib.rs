@@ -37,6 +37,8 @@ pub struct Config {
     /// How long a manager's lease on leadership lasts unrenewed: a second manager waits
     /// until the first has been silent this long before it acts.
     pub lease_ttl: Duration,
+    /// How many copies JetStream keeps of every stream and bucket (3 on a cluster).
+    pub replicas: usize,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             metrics: metrics::Metrics::default(),
             logs_per_task: topology::DEFAULT_LOGS_PER_TASK,
             lease_ttl: Duration::from_secs(6),
+            replicas: 1,
         }
     }
 }

@@ -57,7 +57,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let scheduler = scheduler_by_name(&cfg.scheduler)?;
-    let topo = topology::ensure(jetstream::new(client.clone()), cfg.logs_per_task).await?;
+    let topo = topology::ensure(
+        jetstream::new(client.clone()),
+        cfg.logs_per_task,
+        cfg.replicas,
+    )
+    .await?;
     // One manager acts at a time: a second one waits here, reading and writing nothing,
     // until the first has been silent for the lease's TTL.
     let Some(lease) = crate::Lease::acquire(

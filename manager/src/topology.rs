@@ -35,8 +35,9 @@ fn file_stream(name: &str, subjects: &[&str]) -> stream::Config {
     }
 }
 
-fn bucket(name: &str, description: &str) -> kv::Config {
+fn bucket(name: &str, description: &str, replicas: usize) -> kv::Config {
     kv::Config {
+        num_replicas: replicas,
         bucket: name.to_string(),
         description: description.to_string(),
         history: 1,
@@ -70,9 +71,14 @@ pub fn logs_stream(per_task: u64) -> stream::Config {
     }
 }
 
-/// Creates (or updates) every stream and bucket; `logs_per_task` is the per-task cap of
+/// Creates (or updates) every stream and bucket, each with `replicas` copies (an existing one
+/// is changed to that many: JetStream moves its data); `logs_per_task` is the per-task cap of
 /// [`LOGS_STREAM`] in bytes.
-pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topology, Error> {
+pub async fn ensure(
+    js: jetstream::Context,
+    logs_per_task: u64,
+    replicas: usize,
+) -> Result<Topology, Error> {
     let streams = [
         // Submissions wait here while the manager is down. The size cap is above Cube's own
         // limit so that the manager, not the server, explains an oversized event.
@@ -102,6 +108,10 @@ pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topolo
         logs_stream(logs_per_task),
     ];
     for config in streams {
+        let config = stream::Config {
+            num_replicas: replicas,
+            ..config
+        };
         let name = config.name.clone();
         if let Err(e) = js.create_or_update_stream(config.clone()).await {
             // Servers before 2.12 cannot change a stream's consumer limit: keep the one it
@@ -124,24 +134,29 @@ pub async fn ensure(js: jetstream::Context, logs_per_task: u64) -> Result<Topolo
         }
     }
     let tasks = js
-        .create_or_update_key_value(bucket(TASK_DB, "Cube's Task DB: task id → Task"))
+        .create_or_update_key_value(bucket(TASK_DB, "Cube's Task DB: task id → Task", replicas))
         .await
         .map_err(|e| Error::setup(format!("bucket {TASK_DB}"), e))?;
     let events = js
         .create_or_update_key_value(kv::Config {
             max_age: Duration::from_secs(7 * 24 * 3600),
-            ..bucket(EVENT_DB, "Cube's Event DB: event id → TaskEvent")
+            ..bucket(EVENT_DB, "Cube's Event DB: event id → TaskEvent", replicas)
         })
         .await
         .map_err(|e| Error::setup(format!("bucket {EVENT_DB}"), e))?;
     let nodes = js
-        .create_or_update_key_value(bucket(NODE_DB, "Cube's nodes: worker name → Node"))
+        .create_or_update_key_value(bucket(
+            NODE_DB,
+            "Cube's nodes: worker name → Node",
+            replicas,
+        ))
         .await
         .map_err(|e| Error::setup(format!("bucket {NODE_DB}"), e))?;
     let admin = js
         .create_or_update_key_value(bucket(
             ADMIN_DB,
-            "Cube's operator decisions: drain.<worker>",
+            "Cube's operator decisions (drain.<worker>) and the leadership lease (leader)",
+            replicas,
         ))
         .await
         .map_err(|e| Error::setup(format!("bucket {ADMIN_DB}"), e))?;

@@ -14,8 +14,8 @@ pub mod wire;
 
 pub use node::{Node, NodeState, Page, RunningTask, HEARTBEAT_PAGE};
 pub use report::{
-    ApiReply, DrainRequest, ForgetRequest, JournalEntry, Rejection, StateReport, TaskList,
-    TaskListQuery, TaskQuery,
+    ApiReply, DrainRequest, ForgetRequest, JournalEntry, ManagerInfo, ManagerRole, Rejection,
+    StateReport, TaskList, TaskListQuery, TaskQuery,
 };
 pub use state::State;
 pub use submission::{check_resubmission, task_with_optional_id, SpecConflict};

@@ -173,3 +173,38 @@ pub struct TaskList {
     #[serde(default)]
     pub counts: BTreeMap<State, usize>,
 }
+
+/// What a manager process is doing about the leadership lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagerRole {
+    /// Holds the lease and acts: the one manager that places, stops and writes.
+    Leader,
+    /// Waits for the lease, writing nothing, ready to take over.
+    Standby,
+}
+
+/// One manager's answer on [`MANAGERS`](crate::subjects::MANAGERS): every manager process,
+/// leader or standby, answers, so a client that gathers answers for a moment sees them all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ManagerInfo {
+    /// Unique per process: a restarted manager is a new one.
+    pub id: Uuid,
+    pub host: String,
+    pub pid: u32,
+    /// When the process started, on its own clock.
+    pub started: DateTime<Utc>,
+    pub role: ManagerRole,
+    /// The leader's epoch: the revision at which it won the lease. A standby's is the epoch
+    /// of the leader it last saw, if it could read the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Since when it has had this role, on its own clock.
+    pub since: DateTime<Utc>,
+    /// A standby's view of who holds the lease (`id, host, pid`), if it could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// How many times this process has taken the lease (the first time included).
+    #[serde(default)]
+    pub terms: u64,
+}

@@ -6,8 +6,8 @@ use schemars::{JsonSchema, Schema};
 use serde_json::Value;
 
 use crate::{
-    DrainRequest, ForgetRequest, JournalEntry, Node, Rejection, StateReport, Task, TaskEvent,
-    TaskList, TaskListQuery, TaskQuery,
+    DrainRequest, ForgetRequest, JournalEntry, ManagerInfo, Node, Rejection, StateReport, Task,
+    TaskEvent, TaskList, TaskListQuery, TaskQuery,
 };
 
 /// How a duration travels: text such as `"5s"`, `"500ms"` or `"1m30s"`, or a number of
@@ -31,7 +31,7 @@ pub fn no_default_timestamp(schema: &mut Schema) {
 }
 
 /// The names `cube schema` knows, each with what it describes.
-pub const NAMES: [(&str, &str); 11] = [
+pub const NAMES: [(&str, &str); 12] = [
     (
         "task-event",
         "a request to submit or stop a task, on tasks.events",
@@ -56,6 +56,10 @@ pub const NAMES: [(&str, &str); 11] = [
         "forget-request",
         "the request body of cube.api.nodes.forget",
     ),
+    (
+        "manager-info",
+        "each manager's answer on cube.managers (leader and standbys)",
+    ),
     ("task-list-query", "the request body of cube.api.tasks.list"),
     ("task-list", "the answer to cube.api.tasks.list, under `ok`"),
 ];
@@ -73,6 +77,7 @@ pub fn schema(name: &str) -> Option<Value> {
         "task-query" => draft07::<TaskQuery>(),
         "drain-request" => draft07::<DrainRequest>(),
         "forget-request" => draft07::<ForgetRequest>(),
+        "manager-info" => draft07::<ManagerInfo>(),
         "task-list-query" => draft07::<TaskListQuery>(),
         "task-list" => draft07::<TaskList>(),
         _ => return None,

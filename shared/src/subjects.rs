@@ -25,6 +25,9 @@ pub const API_NODES_LIST: &str = "cube.api.nodes.list";
 pub const API_NODES_DRAIN: &str = "cube.api.nodes.drain";
 /// Body: [`ForgetRequest`](crate::report::ForgetRequest).
 pub const API_NODES_FORGET: &str = "cube.api.nodes.forget";
+/// Any client → every manager, leader and standbys: each answers with a
+/// [`ManagerInfo`](crate::report::ManagerInfo). Gather answers for a moment to see them all.
+pub const MANAGERS: &str = "cube.managers";
 
 pub const EVENTS_STREAM: &str = "CUBE_EVENTS";
 pub const WORK_STREAM: &str = "CUBE_WORK";
@@ -43,6 +46,14 @@ pub const LOG_TIME_HEADER: &str = "Cube-Log-Time";
 /// The most bytes of output in one log message. With the stream's per-subject message limit
 /// it bounds what is kept per task.
 pub const LOG_CHUNK_MAX: usize = 4096;
+
+/// Header of every Task DB write by the manager: the writer's epoch (see [`FENCE_KEY`]).
+pub const EPOCH_HEADER: &str = "Cube-Epoch";
+/// Key of the Task DB that is not a task: the fence. A manager that wins the lease writes
+/// its epoch here (compare-and-set) before it reads anything, and every Task DB write it
+/// makes is conditional on this key not having moved since, so a deposed manager's writes
+/// are refused by JetStream itself.
+pub const FENCE_KEY: &str = "fence";
 
 /// KV bucket: task id → Task (the Task DB).
 pub const TASK_DB: &str = "cube-tasks";

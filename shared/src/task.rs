@@ -453,6 +453,12 @@ pub struct TaskEvent {
     #[serde(default = "Utc::now")]
     pub timestamp: DateTime<Utc>,
     pub task: Task,
+    /// On work (placements and stops the manager sends a worker): the epoch of the manager
+    /// that sent it, the revision at which it won the leadership lease. A worker refuses work
+    /// from an epoch older than the newest it has seen: a deposed manager's. Ignored on
+    /// submissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl TaskEvent {
@@ -462,6 +468,7 @@ impl TaskEvent {
             state: State::Running,
             timestamp: Utc::now(),
             task,
+            epoch: None,
         }
     }
 
@@ -474,6 +481,7 @@ impl TaskEvent {
             state: State::Completed,
             timestamp: Utc::now(),
             task,
+            epoch: None,
         }
     }
 
@@ -487,6 +495,7 @@ impl TaskEvent {
             state: State::Running,
             timestamp: Utc::now(),
             task: task.clone(),
+            epoch: None,
         }
     }
 

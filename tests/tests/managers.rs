@@ -25,7 +25,7 @@ use uuid::Uuid;
 /// A connection of its own (as a second manager has) and the real `cube-admin` bucket.
 async fn admin(nats: &NatsServer) -> Result<kv::Store> {
     let client = nats.connect().await?;
-    let topo = topology::ensure(jetstream::new(client), topology::DEFAULT_LOGS_PER_TASK).await?;
+    let topo = topology::ensure(jetstream::new(client), topology::DEFAULT_LOGS_PER_TASK, 1).await?;
     Ok(topo.admin)
 }
 

@@ -270,7 +270,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
         .name(name)
         .subscription_capacity(1 << 20)
         .max_reconnects(None)
-        .connect(url)
+        .connect(cube_bus::servers(url)?.as_slice())
         .await
         .with_context(|| format!("connecting to {url}"))
 }
