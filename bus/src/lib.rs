@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, context::PublishError, kv};
+use async_nats::jetstream::{
+    self,
+    consumer::pull,
+    context::{PublishError, PublishErrorKind},
+    kv,
+};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +28,15 @@ pub enum Error {
     },
     #[error("shutting down")]
     Shutdown,
+    /// JetStream refused a conditional write (its expected last sequence did not hold): the
+    /// condition, not NATS, failed, so sending it again would not help.
+    #[error("JetStream refused the conditional write of message {index}")]
+    Refused {
+        /// Of the messages given, the first that was not stored.
+        index: usize,
+        #[source]
+        source: PublishError,
+    },
 }
 
 /// A closure for `map_err` that keeps a NATS error as the source of [`Error::Nats`].
@@ -104,6 +118,8 @@ pub struct Outgoing {
     pub subject: String,
     pub payload: bytes::Bytes,
     pub msg_id: Option<String>,
+    /// More headers (conditions on the stream's state, say).
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 /// Publishes into JetStream and waits for the server to store it, retrying with backoff
@@ -120,6 +136,7 @@ pub async fn publish_durably(
         subject,
         payload,
         msg_id: Some(msg_id.to_string()),
+        headers: None,
     };
     publish_all(js, vec![message], shutdown).await
 }
@@ -129,17 +146,28 @@ pub async fn publish_durably(
 /// given: after a failure, everything from the first message not stored onwards is sent
 /// again, in order (so a later write to the same key is never overtaken by a retried earlier
 /// one; repeating a stored message is harmless, the `Nats-Msg-Id` or the same value makes it
-/// so).
+/// so). A message whose condition failed ends it at once with [`Error::Refused`].
 pub async fn publish_all(
     js: &jetstream::Context,
     mut messages: Vec<Outgoing>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(100);
+    let mut sent_before = 0;
     loop {
         let Some((first_failed, error)) = publish_once(js, &messages).await else {
             return Ok(());
         };
+        if matches!(
+            error.kind(),
+            PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+        ) {
+            return Err(Error::Refused {
+                index: sent_before + first_failed,
+                source: error,
+            });
+        }
+        sent_before += first_failed;
         warn!(
             unsent = messages.len() - first_failed,
             error = %Chain(&error),
@@ -179,6 +207,9 @@ async fn publish_once(
             }
         }
         let mut publish = jetstream::message::PublishMessage::build().payload(m.payload.clone());
+        if let Some(headers) = &m.headers {
+            publish = publish.headers(headers.clone());
+        }
         if let Some(id) = &m.msg_id {
             publish = publish.message_id(id);
         }
