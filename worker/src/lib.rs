@@ -5,6 +5,7 @@
 //! its node's statistics.
 
 mod adopt;
+mod epoch;
 mod finished;
 mod health;
 pub mod logs;

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
+use crate::epoch::Epochs;
 use crate::relist::RELIST_EVERY;
 use crate::runtime::Runtime;
 use crate::slots::{Table, Turn};
@@ -52,6 +53,8 @@ pub(crate) struct Worker {
     /// Cancels the output publishers: after `leave`, so that the output of the containers a
     /// worker stops on its way out is published.
     pub(crate) logs_shutdown: CancellationToken,
+    /// The newest manager epoch seen on work: older work is a deposed manager's.
+    pub(crate) epochs: Epochs,
 }
 
 /// Runs a worker until `shutdown` is cancelled. Containers are left running on exit, for the
@@ -86,6 +89,7 @@ pub async fn run(
         background: TaskTracker::new(),
         log_tracker: TaskTracker::new(),
         logs_shutdown: CancellationToken::new(),
+        epochs: Epochs::default(),
     });
     // However `run` returns, the publishers end with it.
     let _logs_shutdown = worker.logs_shutdown.clone().drop_guard();
@@ -290,6 +294,15 @@ impl Worker {
                 return self.settle(&msg, Outcome::Reject).await;
             }
         };
+        if let Err(newest) = self.epochs.admit(event.epoch) {
+            warn!(
+                task.id = %event.task.id,
+                epoch = event.epoch,
+                newest,
+                "refusing work from a deposed manager (an older epoch than one already seen)"
+            );
+            return self.settle(&msg, Outcome::Ack).await;
+        }
         let turn = self.turn(event.task.id).await;
         let worker = self.clone();
         let span = info_span!(
