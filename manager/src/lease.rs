@@ -8,6 +8,12 @@
 //! wrote. A waiting manager never trusts a time written in the value (clocks differ across
 //! hosts): it takes the lease over only once the revision has not moved for the ttl, measured
 //! on its own monotonic clock, and then with compare-and-set, so two waiters cannot both win.
+//!
+//! A holder that cannot renew steps down by its own monotonic clock: it acts only until
+//! [`VALID_FOR`] of the ttl has passed since it *sent* its latest successful renewal. A waiting
+//! manager first saw that revision after it was sent, and waits a whole ttl from then, so the
+//! holder has stopped before anyone else can start. What a paused holder might still do
+//! after that (a write already on its way) the [`fence`] refuses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,14 +32,39 @@ use uuid::Uuid;
 
 use crate::Error;
 
+pub mod fence;
 mod silence;
+pub use fence::Fence;
 pub use silence::Silence;
+
+use crate::metrics::LeaseMetrics;
 
 /// The lease's key in the `cube-admin` bucket (beside `drain.<worker>`).
 pub const LEASE_KEY: &str = "leader";
 
 /// How often a waiting manager repeats that it is waiting.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A holder acts for this share of the ttl after sending its latest successful renewal: the
+/// rest is the margin by which it stops before a waiting manager may take over.
+const VALID_FOR: (u32, u32) = (3, 4);
+
+/// How long a renewal sent at some instant lets the holder act.
+fn validity(ttl: Duration) -> Duration {
+    ttl * VALID_FOR.0 / VALID_FOR.1
+}
+
+/// How often the holder renews: four times per ttl, so that two renewals can fail and the
+/// third still come before it must step down.
+fn renew_every(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// How often a waiting manager reads the lease: often enough to take over within a fraction
+/// of a second of the ttl, and never a gap the silence judgement would reject.
+fn poll_every(ttl: Duration) -> Duration {
+    (ttl / 8).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
 
 /// Who holds the lease: one value per manager process. Unknown fields are ignored, so a later
 /// version can add some.
@@ -64,11 +95,36 @@ impl Holder {
         }
     }
 
-    fn encode(&self) -> Bytes {
-        serde_json::to_vec(self)
-            .expect("a Holder is plain data")
-            .into()
+    /// The lease's value: the holder and, once it has renewed, the epoch of its term (a value
+    /// written when the lease was won has none: its own revision is the epoch).
+    fn encode(&self, epoch: Option<u64>) -> Bytes {
+        #[derive(Serialize)]
+        struct Value<'a> {
+            #[serde(flatten)]
+            holder: &'a Holder,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<u64>,
+        }
+        serde_json::to_vec(&Value {
+            holder: self,
+            epoch,
+        })
+        .expect("a Holder is plain data")
+        .into()
     }
+}
+
+/// The epoch of the term a lease value at `revision` belongs to: the one it names, or its own
+/// revision for a value written when the lease was won.
+fn epoch_of(value: &[u8], revision: u64) -> u64 {
+    #[derive(Deserialize)]
+    struct Epoch {
+        epoch: Option<u64>,
+    }
+    serde_json::from_slice::<Epoch>(value)
+        .ok()
+        .and_then(|e| e.epoch)
+        .unwrap_or(revision)
 }
 
 impl std::fmt::Display for Holder {
@@ -92,8 +148,86 @@ fn is_mine(value: &[u8], me: &Holder) -> bool {
 struct Shared {
     /// The revision of the lease's latest value written by this holder.
     revision: AtomicU64,
-    /// Who has the lease now, once it is lost. A std Mutex: held only to copy a string.
-    lost_to: Mutex<Option<String>>,
+    /// Until when this holder may act (see [`VALID_FOR`]). A std Mutex: held only to copy.
+    valid_until: Mutex<Instant>,
+    /// How long one renewal lets it act.
+    validity: Duration,
+    /// Why the lease is no longer held, once it is not.
+    loss: Mutex<Option<Loss>>,
+}
+
+/// Why a holder stopped holding the lease.
+#[derive(Debug, Clone)]
+enum Loss {
+    /// Another manager's value (described) is in the lease, or none is.
+    To(String),
+    /// No renewal succeeded in time: it stepped down by its own clock.
+    SteppedDown(Duration),
+}
+
+impl Shared {
+    fn valid_until(&self) -> Instant {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn extend(&self, until: Instant) {
+        let mut v = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        *v = (*v).max(until);
+    }
+
+    fn lose(&self, loss: Loss, lost: &CancellationToken) {
+        self.loss
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(loss);
+        lost.cancel();
+    }
+}
+
+/// Whether the holder may still act: a cheap check the writer makes before every write and
+/// publish. Closed for good once the lease is lost or the holder stepped down.
+#[derive(Clone)]
+pub struct Gate {
+    shared: Arc<Shared>,
+    lost: CancellationToken,
+}
+
+impl Gate {
+    /// Open while the lease is held and its latest renewal still lets this holder act. Once
+    /// found closed it stays closed: the holder has stepped down.
+    pub fn is_open(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return false;
+        }
+        let until = self.shared.valid_until();
+        let now = Instant::now();
+        if now < until {
+            return true;
+        }
+        let unrenewed = now - (until - self.shared.validity);
+        self.shared.lose(Loss::SteppedDown(unrenewed), &self.lost);
+        false
+    }
+}
+
+/// What a manager waiting for the lease last saw of it: for `cube managers`.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Who holds it (`id, host, pid`) and the epoch of its term, if it could be read.
+    pub holder: Option<(String, u64)>,
+}
+
+/// Where a waiting manager reports what it sees, and where its lease counts renewals.
+#[derive(Clone, Default)]
+pub struct Observer {
+    pub seen: Arc<Mutex<Seen>>,
+    pub metrics: Option<LeaseMetrics>,
+}
+
+impl Observer {
+    fn saw(&self, holder: Option<(String, u64)>) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).holder = holder;
+    }
 }
 
 /// The lease, held: renewed in the background until it is released, dropped, or lost.
@@ -101,6 +235,8 @@ pub struct Lease {
     kv: kv::Store,
     holder: Holder,
     epoch: u64,
+    /// The previous holder, if this manager took the lease over (for the journal).
+    took_from: Option<String>,
     shared: Arc<Shared>,
     lost: CancellationToken,
     renewer: Option<JoinHandle<()>>,
@@ -116,8 +252,18 @@ impl Lease {
         ttl: Duration,
         shutdown: &CancellationToken,
     ) -> Option<Lease> {
-        // Often enough to see a release at once, and never a gap the judgement would reject.
-        let poll = (ttl / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        Lease::acquire_observed(kv, holder, ttl, shutdown, &Observer::default()).await
+    }
+
+    /// [`Lease::acquire`], reporting what it sees of the holder and counting renewals.
+    pub async fn acquire_observed(
+        kv: &kv::Store,
+        holder: Holder,
+        ttl: Duration,
+        shutdown: &CancellationToken,
+        observer: &Observer,
+    ) -> Option<Lease> {
+        let poll = poll_every(ttl);
         let mut silence = Silence::default();
         let mut last_log: Option<Instant> = None;
         let mut logged = |what: &dyn Fn()| {
@@ -132,15 +278,25 @@ impl Lease {
                 a = timeout(ttl, try_take(kv, &holder, ttl, &mut silence)) => a,
             };
             match attempt {
-                Ok(Ok(Some(epoch))) => return Some(Lease::won(kv.clone(), holder, ttl, epoch)),
+                Ok(Ok(Some(won))) => {
+                    observer.saw(None);
+                    return Some(Lease::won(kv.clone(), holder, ttl, won, observer));
+                }
                 Ok(Ok(None)) => {}
-                Ok(Err(Attempt::Held { other, revision })) => logged(&|| {
-                    warn!(
-                        revision,
-                        "another manager holds the lease ({other}); waiting — this manager will \
-                         not act while it is held"
-                    )
-                }),
+                Ok(Err(Attempt::Held {
+                    other,
+                    revision,
+                    epoch,
+                })) => {
+                    logged(&|| {
+                        warn!(
+                            revision,
+                            "another manager holds the lease ({other}); standing by — this \
+                             manager will not act while it is held"
+                        )
+                    });
+                    observer.saw(Some((other, epoch)));
+                }
                 Ok(Err(Attempt::Nats(e))) => {
                     silence.forget();
                     logged(&|| warn!(error = %Chain(&*e), "reading the leadership lease; retrying"))
@@ -157,28 +313,47 @@ impl Lease {
         }
     }
 
-    fn won(kv: kv::Store, holder: Holder, ttl: Duration, epoch: u64) -> Lease {
+    fn won(kv: kv::Store, holder: Holder, ttl: Duration, won: Won, observer: &Observer) -> Lease {
+        let epoch = won.revision;
         info!(epoch, "this manager holds the leadership lease ({holder})");
         let shared = Arc::new(Shared {
             revision: AtomicU64::new(epoch),
-            lost_to: Mutex::new(None),
+            valid_until: Mutex::new(won.sent + validity(ttl)),
+            validity: validity(ttl),
+            loss: Mutex::new(None),
         });
         let lost = CancellationToken::new();
         let renewer = tokio::spawn(renew(
             kv.clone(),
             holder.clone(),
+            epoch,
             ttl,
             shared.clone(),
             lost.clone(),
+            observer.metrics.clone(),
         ));
         Lease {
             kv,
             holder,
             epoch,
+            took_from: won.took_from,
             shared,
             lost,
             renewer: Some(renewer),
         }
+    }
+
+    /// Whether this holder may act now, for the writer to check before every write.
+    pub fn gate(&self) -> Gate {
+        Gate {
+            shared: self.shared.clone(),
+            lost: self.lost.clone(),
+        }
+    }
+
+    /// The holder this manager took the lease over from, if it was not free.
+    pub fn took_from(&self) -> Option<&str> {
+        self.took_from.as_deref()
     }
 
     /// The revision at which this manager won the lease: greater than any revision an
@@ -205,19 +380,35 @@ impl Lease {
         self.lost.is_cancelled()
     }
 
-    /// Resolves once the lease is lost, with the error to stop on ([`Error::LeaseLost`]).
-    /// Cancel-safe: usable as a `select!` branch.
+    /// Resolves once the lease is lost or this holder stepped down, with the error to stop on
+    /// ([`Error::LeaseLost`], [`Error::SteppedDown`]). Cancel-safe: usable in `select!`.
     pub async fn lost(&self) -> Error {
         self.lost.cancelled().await;
-        let to = self
+        let loss = self
             .shared
-            .lost_to
+            .loss
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        Error::LeaseLost {
-            epoch: self.epoch,
-            to: to.clone().unwrap_or_default(),
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match loss {
+            Some(Loss::SteppedDown(unrenewed)) => Error::SteppedDown {
+                epoch: self.epoch,
+                unrenewed,
+            },
+            Some(Loss::To(to)) => Error::LeaseLost {
+                epoch: self.epoch,
+                to,
+            },
+            None => Error::LeaseLost {
+                epoch: self.epoch,
+                to: String::new(),
+            },
         }
+    }
+
+    /// Stops acting at once, as if the lease were lost: the fence found a newer holder.
+    pub fn deposed(&self, by: String) {
+        self.shared.lose(Loss::To(by), &self.lost);
     }
 
     /// Stops renewing and deletes the lease if it still holds this manager's value, so that
@@ -250,7 +441,11 @@ impl Drop for Lease {
 
 /// Why one attempt to take the lease did not win.
 enum Attempt {
-    Held { other: String, revision: u64 },
+    Held {
+        other: String,
+        revision: u64,
+        epoch: u64,
+    },
     Nats(cube_bus::NatsError),
 }
 
@@ -258,42 +453,66 @@ fn nats(e: impl std::error::Error + Send + Sync + 'static) -> Attempt {
     Attempt::Nats(Box::new(e))
 }
 
-/// One look at the lease: `Some(epoch)` if this manager now holds it, `None` if another
-/// manager won a race for it just now.
+/// A lease won: at which revision (the epoch), when the winning write was sent (the holder's
+/// validity counts from then), and from whom it was taken.
+struct Won {
+    revision: u64,
+    sent: Instant,
+    took_from: Option<String>,
+}
+
+/// One look at the lease: `Some` if this manager now holds it, `None` if another manager won
+/// a race for it just now.
 async fn try_take(
     kv: &kv::Store,
     me: &Holder,
     ttl: Duration,
     silence: &mut Silence,
-) -> Result<Option<u64>, Attempt> {
+) -> Result<Option<Won>, Attempt> {
     let entry = kv.entry(LEASE_KEY).await.map_err(nats)?;
-    let now = Instant::now();
+    let sent = Instant::now();
+    let won = |revision, took_from| {
+        Some(Won {
+            revision,
+            sent,
+            took_from,
+        })
+    };
     match entry {
         None
         | Some(kv::Entry {
             operation: Operation::Delete | Operation::Purge,
             ..
-        }) => match kv.create(LEASE_KEY, me.encode()).await {
-            Ok(rev) => Ok(Some(rev)),
+        }) => match kv.create(LEASE_KEY, me.encode(None)).await {
+            Ok(rev) => Ok(won(rev, None)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(nats(e)),
         },
-        // An earlier attempt won, but its answer was lost.
-        Some(e) if is_mine(&e.value, me) => Ok(Some(e.revision)),
+        // Still this manager's value: it stepped down (or an earlier attempt won and its
+        // answer was lost). Nobody took over, but a waiting manager may be about to: write it
+        // again with compare-and-set, which also moves the revision it watches.
+        Some(e) if is_mine(&e.value, me) => {
+            match kv.update(LEASE_KEY, me.encode(None), e.revision).await {
+                Ok(rev) => Ok(won(rev, None)),
+                Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(err) => Err(nats(err)),
+            }
+        }
         Some(e) => {
-            if !silence.observe(e.revision, now, ttl) {
+            if !silence.observe(e.revision, sent, ttl) {
                 return Err(Attempt::Held {
                     other: describe(&e.value),
                     revision: e.revision,
+                    epoch: epoch_of(&e.value, e.revision),
                 });
             }
-            match kv.update(LEASE_KEY, me.encode(), e.revision).await {
+            match kv.update(LEASE_KEY, me.encode(None), e.revision).await {
                 Ok(rev) => {
+                    let from = describe(&e.value);
                     warn!(
-                        "took over the leadership lease from a manager silent for {ttl:?} ({})",
-                        describe(&e.value)
+                        "took over the leadership lease from a manager silent for {ttl:?} ({from})"
                     );
-                    Ok(Some(rev))
+                    Ok(won(rev, Some(from)))
                 }
                 Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(err) => Err(nats(err)),
@@ -302,23 +521,51 @@ async fn try_take(
     }
 }
 
-/// Renews the lease every ttl/3 until it is lost. NATS trouble is retried, never taken for a
-/// loss: only a compare-and-set that finds another manager's value says so.
+/// Renews the lease every quarter ttl until it is lost, or until no renewal has succeeded for
+/// [`VALID_FOR`] of the ttl: then the holder steps down by its own clock, before any waiting
+/// manager can take over. NATS trouble is retried until then; only a compare-and-set that
+/// finds another manager's value is taken for a loss.
 async fn renew(
     kv: kv::Store,
     me: Holder,
+    epoch: u64,
     ttl: Duration,
     shared: Arc<Shared>,
     lost: CancellationToken,
+    metrics: Option<LeaseMetrics>,
 ) {
     let mut failing_since: Option<Instant> = None;
     let mut last_log: Option<Instant> = None;
+    let mut next = Instant::now() + renew_every(ttl);
     loop {
-        sleep(ttl / 3).await;
-        let rev = shared.revision.load(Ordering::SeqCst);
-        match renew_once(&kv, &me, rev, ttl / 3).await {
+        let deadline = shared.valid_until();
+        let outcome = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => None,
+            r = async {
+                tokio::time::sleep_until(next).await;
+                let sent = Instant::now();
+                let rev = shared.revision.load(Ordering::SeqCst);
+                (sent, renew_once(&kv, &me, epoch, rev, renew_every(ttl)).await)
+            } => Some(r),
+        };
+        let Some((sent, outcome)) = outcome else {
+            let unrenewed = Instant::now() - (deadline - validity(ttl));
+            error!(
+                ?unrenewed,
+                "could not renew the leadership lease in time; stepping down before another \
+                 manager may take over"
+            );
+            shared.lose(Loss::SteppedDown(unrenewed), &lost);
+            return;
+        };
+        next = sent + renew_every(ttl);
+        match outcome {
             Renewal::Renewed(new) => {
                 shared.revision.store(new, Ordering::SeqCst);
+                shared.extend(sent + validity(ttl));
+                if let Some(m) = &metrics {
+                    m.renewed.inc();
+                }
                 if let Some(since) = failing_since.take() {
                     let failed_for = since.elapsed();
                     info!(
@@ -330,11 +577,13 @@ async fn renew(
             }
             Renewal::Lost(to) => {
                 error!("lost the leadership lease to manager {to}; stopping");
-                *shared.lost_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
-                lost.cancel();
+                shared.lose(Loss::To(to), &lost);
                 return;
             }
             Renewal::Failed(error) => {
+                if let Some(m) = &metrics {
+                    m.renew_failed.inc();
+                }
                 failing_since.get_or_insert_with(Instant::now);
                 if last_log.is_none_or(|t| t.elapsed() >= WAITING_LOG_EVERY) {
                     warn!(error, "renewing the leadership lease; retrying");
@@ -354,8 +603,14 @@ enum Renewal {
     Failed(String),
 }
 
-async fn renew_once(kv: &kv::Store, me: &Holder, rev: u64, within: Duration) -> Renewal {
-    match timeout(within, kv.update(LEASE_KEY, me.encode(), rev)).await {
+async fn renew_once(
+    kv: &kv::Store,
+    me: &Holder,
+    epoch: u64,
+    rev: u64,
+    within: Duration,
+) -> Renewal {
+    match timeout(within, kv.update(LEASE_KEY, me.encode(Some(epoch)), rev)).await {
         Ok(Ok(new)) => return Renewal::Renewed(new),
         Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
         Ok(Err(e)) => return Renewal::Failed(Chain(&e).to_string()),
@@ -403,7 +658,7 @@ mod tests {
         let me = Holder::this_process();
         assert_eq!(me.pid, std::process::id());
         assert!(!me.host.is_empty());
-        let mut v: serde_json::Value = serde_json::from_slice(&me.encode()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&me.encode(None)).unwrap();
         v["epoch_hint"] = 3.into();
         let bytes = serde_json::to_vec(&v).unwrap();
         assert!(is_mine(&bytes, &me));
@@ -411,5 +666,14 @@ mod tests {
         assert_eq!(describe(&bytes), me.to_string());
         assert!(describe(b"garbage").contains("unreadable"));
         assert!(!is_mine(b"garbage", &me));
+    }
+
+    #[test]
+    fn a_standby_reads_the_epoch_of_the_term_from_the_value() {
+        let me = Holder::this_process();
+        assert_eq!(epoch_of(&me.encode(None), 7), 7, "written when won");
+        assert_eq!(epoch_of(&me.encode(Some(7)), 12), 7, "renewed");
+        assert_eq!(epoch_of(b"garbage", 9), 9);
+        assert!(is_mine(&me.encode(Some(7)), &me));
     }
 }

@@ -6,8 +6,9 @@
 pub mod algorithms;
 pub mod api;
 pub mod cluster;
-mod lease;
+pub mod lease;
 pub mod metrics;
+mod presence;
 pub mod rules;
 mod run;
 pub mod scheduler;
@@ -18,7 +19,7 @@ mod writer;
 
 use std::time::Duration;
 
-pub use lease::{Holder, Lease, LEASE_KEY};
+pub use lease::{Fence, Gate, Holder, Lease, Observer, LEASE_KEY};
 pub use run::run;
 
 /// How the manager runs.
@@ -97,6 +98,21 @@ pub enum Error {
     /// Another manager took the leadership lease (see [`Lease`]): this one must stop acting.
     #[error("lost the leadership lease (epoch {epoch}) to manager {to}; stopping")]
     LeaseLost { epoch: u64, to: String },
+    /// This manager could not renew its lease in time and stopped acting by its own clock.
+    #[error(
+        "could not renew the leadership lease (epoch {epoch}) for {unrenewed:?}; stepped down"
+    )]
+    SteppedDown { epoch: u64, unrenewed: Duration },
+    /// A newer leader raised the Task DB fence: this manager's writes are refused.
+    #[error(
+        "deposed: the Task DB fence names a newer leader, {by} (this manager's epoch {epoch})"
+    )]
+    Deposed { epoch: u64, by: String },
+    #[error("reading or raising the Task DB fence")]
+    Fence {
+        #[source]
+        source: NatsError,
+    },
     #[error("releasing the leadership lease")]
     LeaseRelease {
         #[source]
@@ -107,6 +123,21 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn fence(source: impl Into<NatsError>) -> Error {
+        Error::Fence {
+            source: source.into(),
+        }
+    }
+
+    /// This manager stopped leading (the lease lost or stepped down, or deposed by the
+    /// fence): it stands by again rather than exit.
+    pub fn is_loss_of_leadership(&self) -> bool {
+        matches!(
+            self,
+            Error::LeaseLost { .. } | Error::SteppedDown { .. } | Error::Deposed { .. }
+        )
+    }
+
     pub(crate) fn setup(what: String, source: impl Into<NatsError>) -> Error {
         Error::Setup {
             what,

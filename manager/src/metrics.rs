@@ -110,6 +110,71 @@ pub struct Metrics {
     /// Times liveness judgement was suspended because the manager could not hear (NATS
     /// connection lost, loop stalled).
     pub(crate) deaf: IntCounter,
+    /// The leadership lease (see [`crate::Lease`]).
+    pub(crate) lease: LeaseMetrics,
+}
+
+/// How this manager fares with the leadership lease.
+#[derive(Debug, Clone)]
+pub struct LeaseMetrics {
+    /// 1 while this manager holds the lease and acts.
+    pub leader: IntGauge,
+    /// The epoch this manager leads at (0 while it is a standby).
+    pub epoch: IntGauge,
+    renewals: IntCounterVec,
+    pub renewed: IntCounter,
+    pub renew_failed: IntCounter,
+    /// Times this manager won the lease (its first term included).
+    pub takeovers: IntCounter,
+    /// Times it stepped down because it could not renew in time, or found itself deposed.
+    pub step_downs: IntCounter,
+}
+
+impl LeaseMetrics {
+    fn new() -> LeaseMetrics {
+        let renewals = IntCounterVec::new(
+            Opts::new(
+                "cube_lease_renewals_total",
+                "Renewals of the leadership lease by this manager, by outcome (ok, failed).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        LeaseMetrics {
+            leader: IntGauge::new(
+                "cube_leader",
+                "1 while this manager holds the leadership lease and acts; 0 while it stands by.",
+            )
+            .expect("valid metric"),
+            epoch: IntGauge::new(
+                "cube_lease_epoch",
+                "The epoch this manager leads at (the lease revision it won); 0 on a standby.",
+            )
+            .expect("valid metric"),
+            renewed: renewals.with_label_values(&["ok"]),
+            renew_failed: renewals.with_label_values(&["failed"]),
+            renewals,
+            takeovers: IntCounter::new(
+                "cube_lease_takeovers_total",
+                "Times this manager won the leadership lease (its first term included).",
+            )
+            .expect("valid metric"),
+            step_downs: IntCounter::new(
+                "cube_lease_step_downs_total",
+                "Times this manager stopped leading: it could not renew in time, or another took over.",
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.leader.clone()))?;
+        registry.register(Box::new(self.epoch.clone()))?;
+        registry.register(Box::new(self.renewals.clone()))?;
+        registry.register(Box::new(self.takeovers.clone()))?;
+        registry.register(Box::new(self.step_downs.clone()))?;
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -213,6 +278,7 @@ impl Metrics {
                 "Times the manager could not hear (NATS connection lost, loop stalled) and gave every node a fresh TTL.",
             )
             .expect("valid metric"),
+            lease: LeaseMetrics::new(),
         }
     }
 
@@ -229,6 +295,7 @@ impl Metrics {
         registry.register(Box::new(self.commit_seconds.clone()))?;
         registry.register(Box::new(self.disruption.clone()))?;
         registry.register(Box::new(self.deaf.clone()))?;
+        self.lease.register(registry)?;
         Ok(())
     }
 

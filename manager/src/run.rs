@@ -3,6 +3,7 @@
 //! decide to the writer. All of the manager's I/O is here and in the writer; every decision
 //! is in `rules/`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
@@ -10,16 +11,17 @@ use chrono::Utc;
 use cube_bus::Outgoing;
 use cube_shared::subjects::*;
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::Node;
+use cube_shared::{JournalEntry, Node};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
+use crate::presence::Presence;
 use crate::rules::{Decided, Rules, Stored};
 use crate::topology::{self, Topology};
 use crate::writer::{self, Commit};
-use crate::{scheduler_by_name, Config, Error};
+use crate::{scheduler_by_name, Config, Error, Fence, Holder, Lease, Observer};
 
 /// The manager's loop state: the rules, and what carries out their effects.
 pub(crate) struct Shell {
@@ -30,6 +32,8 @@ pub(crate) struct Shell {
     writer: mpsc::Sender<Commit>,
     /// The writer has stopped: nothing more can be made durable.
     writer_gone: bool,
+    /// This term's epoch, carried by every piece of work.
+    epoch: u64,
 }
 
 /// At most this many messages are handled, then made durable together.
@@ -50,90 +54,196 @@ fn batch_of(
     batch
 }
 
-/// Runs the manager until `shutdown` is cancelled.
+/// How long a manager keeps trying to create its streams and buckets before it gives up:
+/// long enough for a NATS cluster to elect its meta leader, and for several managers starting
+/// at once (whose concurrent creation of replicated streams can time out) to settle.
+const SET_UP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// [`topology::ensure`], retried for [`SET_UP_PATIENCE`]; `None` if `shutdown` comes first.
+async fn set_up(
+    cfg: &Config,
+    client: &async_nats::Client,
+    shutdown: &CancellationToken,
+) -> Result<Option<topology::Topology>, Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = topology::ensure(
+            jetstream::new(client.clone()),
+            cfg.logs_per_task,
+            cfg.replicas,
+        );
+        let err = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = attempt => match r {
+                Ok(topo) => return Ok(Some(topo)),
+                Err(e) => e,
+            },
+        };
+        if started.elapsed() >= SET_UP_PATIENCE {
+            return Err(err);
+        }
+        warn!(error = %cube_bus::Chain(&err), "creating Cube's streams and buckets; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Runs the manager until `shutdown` is cancelled: a standby until it wins the leadership
+/// lease, then the leader until it loses it (and a standby again), any number of times.
 pub async fn run(
     cfg: Config,
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let scheduler = scheduler_by_name(&cfg.scheduler)?;
-    let topo = topology::ensure(
-        jetstream::new(client.clone()),
-        cfg.logs_per_task,
-        cfg.replicas,
-    )
-    .await?;
-    // One manager acts at a time: a second one waits here, reading and writing nothing,
-    // until the first has been silent for the lease's TTL.
-    let Some(lease) = crate::Lease::acquire(
-        &topo.admin,
-        crate::Holder::this_process(),
-        cfg.lease_ttl,
-        &shutdown,
-    )
-    .await
-    else {
+    // An unknown scheduler is refused at once, not at the first takeover.
+    scheduler_by_name(&cfg.scheduler)?;
+    let Some(topo) = set_up(&cfg, &client, &shutdown).await? else {
+        info!("manager stopped");
         return Ok(());
     };
+    let holder = Holder::this_process();
+    let presence = Presence::new(&holder);
+    let _answering = presence
+        .clone()
+        .serve(client.clone(), shutdown.child_token())
+        .await?;
+    let observer = Observer {
+        seen: presence.seen.clone(),
+        metrics: Some(cfg.metrics.lease.clone()),
+    };
+    let metrics = cfg.metrics.lease.clone();
+    loop {
+        presence.standby();
+        // A standby reads and writes nothing but the lease, until the leader has been silent
+        // for the lease's TTL.
+        let Some(lease) = Lease::acquire_observed(
+            &topo.admin,
+            holder.clone(),
+            cfg.lease_ttl,
+            &shutdown,
+            &observer,
+        )
+        .await
+        else {
+            info!("manager stopped");
+            return Ok(());
+        };
+        presence.lead(lease.epoch());
+        metrics.leader.set(1);
+        metrics.epoch.set(lease.epoch() as i64);
+        metrics.takeovers.inc();
+        let led = lead(&cfg, &client, &topo, &lease, &shutdown).await;
+        metrics.leader.set(0);
+        metrics.epoch.set(0);
+        match led {
+            Ok(()) => {
+                // What was decided is written; another manager may act at once.
+                if let Err(e) = lease.release(Duration::from_secs(2)).await {
+                    warn!(error = %cube_bus::Chain(&e), "releasing the leadership lease");
+                }
+                info!("manager stopped");
+                return Ok(());
+            }
+            Err(e) if e.is_loss_of_leadership() => {
+                metrics.step_downs.inc();
+                warn!(
+                    error = %cube_bus::Chain(&e),
+                    "no longer leading: wrote nothing more, standing by"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One term as leader: raises the fence, rebuilds the picture from JetStream, and acts until
+/// `shutdown` (`Ok`) or until the lease is lost or the fence names a newer leader (an error
+/// for which [`Error::is_loss_of_leadership`] holds).
+async fn lead(
+    cfg: &Config,
+    client: &async_nats::Client,
+    topo: &Topology,
+    lease: &Lease,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let epoch = lease.epoch();
+    let span = info_span!("term", epoch);
+    // Everything this term started (consumers, the writer) stops with it.
+    let term = shutdown.child_token();
+    let _stop_term = term.clone().drop_guard();
+    let starting = async {
+        let fence = Arc::new(Fence::raise(&topo.tasks, epoch, lease.holder()).await?);
+        // Read after the fence: everything an earlier leader managed to write is here.
+        let stored = load(topo).await?;
+        Ok::<_, Error>((fence, stored))
+    };
+    let (fence, stored) = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        lost = lease.lost() => return Err(lost),
+        started = starting.instrument(span.clone()) => started?,
+    };
+    let deposed = CancellationToken::new();
+    let deposed_by = Arc::new(std::sync::Mutex::new(String::new()));
     let (writer, writing) = writer::spawn(
         topo.js.clone(),
         client.clone(),
         cfg.metrics.clone(),
-        shutdown.clone(),
+        writer::Term {
+            gate: lease.gate(),
+            fence,
+            tasks: topo.tasks.clone(),
+            deposed: deposed.clone(),
+            deposed_by: deposed_by.clone(),
+        },
+        term.clone(),
     );
-    let stored = load(&topo).await?;
+    let writing = AbortOnDrop(Some(writing));
     let rules = Rules::new(
         cfg.timings,
-        scheduler,
+        scheduler_by_name(&cfg.scheduler)?,
         cfg.metrics.clone(),
         stored,
         Instant::now(),
     );
     let mut shell = Shell {
-        cfg,
+        cfg: cfg.clone(),
         client: client.clone(),
-        topo,
+        topo: topo.clone(),
         rules,
         writer,
         writer_gone: false,
+        epoch,
+    };
+    shell.journal_takeover(lease).await;
+    let deposed_error = || Error::Deposed {
+        epoch,
+        by: deposed_by.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     };
 
     let js = shell.topo.js.clone();
-    let mut events = durable(
-        &js,
-        EVENTS_STREAM,
-        MANAGER_EVENTS_CONSUMER,
-        EVENTS,
-        &shutdown,
-    )
-    .await?;
-    let mut states = durable(
-        &js,
-        STATE_STREAM,
-        MANAGER_STATE_CONSUMER,
-        STATE_ALL,
-        &shutdown,
-    )
-    .await?;
-    let mut heartbeats = subscribe(&client, HEARTBEAT_ALL).await?;
-    let mut api = subscribe(&client, "cube.api.>").await?;
+    let mut events = durable(&js, EVENTS_STREAM, MANAGER_EVENTS_CONSUMER, EVENTS, &term).await?;
+    let mut states = durable(&js, STATE_STREAM, MANAGER_STATE_CONSUMER, STATE_ALL, &term).await?;
+    let mut heartbeats = subscribe(client, HEARTBEAT_ALL).await?;
+    let mut api = subscribe(client, "cube.api.>").await?;
     let mut tick = tokio::time::interval(shell.cfg.timings.tick);
     let mut last_tick = Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
+        epoch,
         scheduler = shell.rules.scheduler_name(),
         tasks = shell.rules.cluster().task_count(),
-        "manager ready"
+        "manager ready: leading"
     );
 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            // Another manager took over: this one must stop at once, writing nothing more.
-            lost = lease.lost() => {
-                writing.abort();
-                return Err(lost);
-            }
+            // Another manager took over, or this one could not renew in time: stop at once,
+            // writing nothing more.
+            lost = lease.lost() => return Err(lost),
+            _ = deposed.cancelled() => return Err(deposed_error()),
             Some(msg) = events.recv() => {
                 let batch = batch_of(msg, &mut events);
                 shell.cfg.metrics.batch_messages.observe(batch.len() as f64);
@@ -189,17 +299,41 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 break;
             }
+            // The writer stops on its own only when this manager may no longer write.
+            if deposed.is_cancelled() {
+                return Err(deposed_error());
+            }
+            if lease.is_lost() || !lease.gate().is_open() {
+                return Err(lease.lost().await);
+            }
             return Err(Error::WriterStopped);
         }
     }
-    // What was decided is written before the manager goes, and then another may act at once.
+    // At shutdown, what was decided is written before the lease is released.
     drop(shell);
-    let _ = writing.await;
-    if let Err(e) = lease.release(Duration::from_secs(2)).await {
-        warn!(error = %cube_bus::Chain(&e), "releasing the leadership lease");
-    }
-    info!("manager stopped");
+    let _ = writing.finish().await;
     Ok(())
+}
+
+/// A task aborted when dropped, unless [`AbortOnDrop::finish`] waits for it: a term that
+/// ends because leadership was lost must not leave its writer running.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    async fn finish(mut self) -> Result<(), tokio::task::JoinError> {
+        match self.0.take() {
+            Some(h) => h.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// What a starting manager rebuilds its picture from: the Task DB, the node list and the
@@ -207,6 +341,9 @@ pub async fn run(
 async fn load(topo: &Topology) -> Result<Stored, Error> {
     let mut stored = Stored::default();
     for (key, value) in topology::load_all(&topo.tasks).await? {
+        if key == FENCE_KEY {
+            continue;
+        }
         match wire::decode_stored_task(&value) {
             Ok(task) => stored.tasks.push(task),
             Err(e) => warn!(key, error = %e, "skipping unreadable task record"),
@@ -283,6 +420,26 @@ async fn durable(
 }
 
 impl Shell {
+    /// Journals this term's start: who leads now, at which epoch, and whom it took over from.
+    async fn journal_takeover(&mut self, lease: &Lease) {
+        let message = match lease.took_from() {
+            Some(from) => format!(
+                "manager {} leads at epoch {} (took over from {from}, silent for the lease's TTL)",
+                lease.holder(),
+                self.epoch
+            ),
+            None => format!("manager {} leads at epoch {}", lease.holder(), self.epoch),
+        };
+        let entry = JournalEntry::new("leader", message);
+        let commit = Commit {
+            notices: vec![(journal_for(&entry.kind), encode(&entry))],
+            ..Default::default()
+        };
+        if self.writer.send(commit).await.is_err() {
+            self.writer_gone = true;
+        }
+    }
+
     /// Hands the rules `first` and every heartbeat waiting behind it. A large cluster
     /// heartbeats thousands of times a second: they are taken all at once, or they queue
     /// behind batches of submissions and nodes that are alive look silent.
@@ -327,7 +484,7 @@ impl Shell {
     /// Waits only if the writer is far behind.
     pub(crate) async fn flush(&mut self, handled: Vec<jetstream::Message>) {
         let decided = self.rules.take_effects();
-        let commit = commit(decided, handled);
+        let commit = commit(decided, handled, self.epoch);
         if !commit.is_empty() && self.writer.send(commit).await.is_err() {
             // It stops only at shutdown (or if it panicked): the loop must not go on deciding
             // what nobody will write.
@@ -336,12 +493,13 @@ impl Shell {
     }
 }
 
-/// The writer's messages for what the rules decided.
-fn commit(decided: Decided, handled: Vec<jetstream::Message>) -> Commit {
+/// The writer's messages for what the rules decided, as the leader of `epoch` sends them.
+fn commit(decided: Decided, handled: Vec<jetstream::Message>, epoch: u64) -> Commit {
     let kv = |bucket: &str, key: String, payload| Outgoing {
         subject: format!("$KV.{bucket}.{key}"),
         payload,
         msg_id: None,
+        headers: None,
     };
     let mut records: Vec<Outgoing> = decided
         .events
@@ -354,13 +512,19 @@ fn commit(decided: Decided, handled: Vec<jetstream::Message>) -> Commit {
             .iter()
             .map(|t| kv(TASK_DB, t.id.to_string(), encode(t))),
     );
+    // Work carries the epoch; its message id too, so that a placement a new leader sends
+    // again is not dropped as a duplicate of its predecessor's (a worker refuses the older).
     let work = decided
         .work
-        .iter()
-        .map(|w| Outgoing {
-            subject: w.subject.clone(),
-            payload: encode(&w.event),
-            msg_id: Some(w.event.id.to_string()),
+        .into_iter()
+        .map(|mut w| {
+            w.event.epoch = Some(epoch);
+            Outgoing {
+                subject: w.subject,
+                payload: encode(&w.event),
+                msg_id: Some(format!("{}.{epoch}", w.event.id)),
+                headers: None,
+            }
         })
         .collect();
     let mut notices: Vec<(String, bytes::Bytes)> = decided

@@ -3,17 +3,81 @@
 //! work that announces them (a worker checks the Task DB before it acts on work); the journal
 //! and rejections follow, so they never announce what was not stored; the messages the batch
 //! handled are acknowledged last, so a manager that dies mid-way has them delivered again.
+//!
+//! It writes only while this manager leads: before each step it checks the lease's [`Gate`],
+//! and every Task DB write is conditional on the [`Fence`]. A closed gate or a refused
+//! condition (re-read: a newer leader raised the fence) ends the writer at once, leaving the
+//! rest unwritten and unacknowledged for the next leader.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, Utc};
 use cube_bus::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
+use crate::lease::fence::Check;
 use crate::metrics::Metrics;
+use crate::{Fence, Gate};
+
+/// What lets the writer write: this manager's term as leader.
+pub(crate) struct Term {
+    pub gate: Gate,
+    pub fence: Arc<Fence>,
+    /// The Task DB, whose writes the fence guards.
+    pub tasks: kv::Store,
+    /// Cancelled by the writer when the fence names a newer leader; the description is
+    /// in `deposed_by`.
+    pub deposed: CancellationToken,
+    pub deposed_by: Arc<std::sync::Mutex<String>>,
+}
+
+impl Term {
+    /// Stores `records` (Task DB writes conditional on the fence), re-reading the fence when
+    /// JetStream refuses one: `false` if this manager must stop writing.
+    async fn store(
+        &self,
+        js: &jetstream::Context,
+        records: Vec<Outgoing>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let prefix = format!("$KV.{}.", self.tasks.name);
+        let mut records = records;
+        loop {
+            let headers = self.fence.headers();
+            for r in &mut records {
+                if r.subject.starts_with(&prefix) {
+                    r.headers = Some(headers.clone());
+                }
+            }
+            match cube_bus::publish_all(js, records.clone(), shutdown).await {
+                Ok(()) => return true,
+                Err(cube_bus::Error::Refused { index, .. }) => {
+                    records.drain(..index);
+                    match self.fence.check(&self.tasks).await {
+                        Ok(Check::Ours) if self.gate.is_open() => continue,
+                        Ok(Check::Ours) => return false,
+                        Ok(Check::Deposed(by)) => {
+                            error!(epoch = self.fence.epoch(), "a newer leader raised the Task DB fence ({by}); this manager writes nothing more");
+                            *self.deposed_by.lock().unwrap_or_else(|p| p.into_inner()) = by;
+                            self.deposed.cancel();
+                            return false;
+                        }
+                        Err(e) => {
+                            warn!(error = %cube_bus::Chain(&e), "reading the Task DB fence; writing nothing more this term");
+                            self.deposed.cancel();
+                            return false;
+                        }
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
 
 /// What one batch decided.
 #[derive(Default)]
@@ -54,6 +118,7 @@ pub(crate) fn spawn(
     js: jetstream::Context,
     client: async_nats::Client,
     metrics: Metrics,
+    term: Term,
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<Commit>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Commit>(QUEUE);
@@ -64,13 +129,22 @@ pub(crate) fn spawn(
                 commit.append(later);
             }
             let began = Instant::now();
-            for step in [latest_only(commit.records), commit.work] {
-                if step.is_empty() {
-                    continue;
-                }
-                if cube_bus::publish_all(&js, step, &shutdown).await.is_err() {
-                    return;
-                }
+            let records = latest_only(commit.records);
+            if !term.gate.is_open()
+                || !(records.is_empty() || term.store(&js, records, &shutdown).await)
+            {
+                return;
+            }
+            if !commit.work.is_empty()
+                && (!term.gate.is_open()
+                    || cube_bus::publish_all(&js, commit.work, &shutdown)
+                        .await
+                        .is_err())
+            {
+                return;
+            }
+            if !term.gate.is_open() {
+                return;
             }
             let now = Utc::now();
             for received in commit.placed {
@@ -118,6 +192,7 @@ mod tests {
             subject: subject.into(),
             payload: bytes::Bytes::from_static(value.as_bytes()),
             msg_id: None,
+            headers: None,
         }
     }
 

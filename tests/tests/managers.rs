@@ -2,7 +2,7 @@
 //! bucket (issue 15; issue 16 builds standbys on it). Against a real nats-server: a second
 //! holder waits while the first renews, takes over only after the first has been silent for
 //! the ttl (or at once after a graceful release), and a holder whose lease another took hears
-//! of it. NATS is also stopped under it: nothing is taken for a loss, and nothing waits on it
+//! of it. NATS is also stopped under it: the holder steps down by its own clock, and nothing waits on it
 //! past its bound.
 //!
 //! These tests kill nats-server and manager processes; `.config/nextest.toml` runs them one at
@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use async_nats::jetstream::{self, kv};
 use bollard::models::ContainerSummaryStateEnum;
-use cube_manager::{topology, Error, Holder, Lease, LEASE_KEY};
+use cube_manager::lease::fence::Check;
+use cube_manager::{topology, Error, Fence, Holder, Lease, LEASE_KEY};
+use cube_shared::subjects::TASK_DB;
 use cube_shared::{State, LABEL_TASK_ID};
 use cube_tests::procs::{Proc, ProcCluster};
 use cube_tests::{consistently, cube_bin, eventually, init_tracing, sleeper, NatsServer, WITHIN};
@@ -229,25 +231,47 @@ async fn a_lease_taken_by_another_is_signalled_lost_and_not_released() -> Result
     Ok(())
 }
 
-/// NATS down for several ttls: the holder keeps retrying and keeps its lease afterwards (no
-/// one else could take it); a waiter shut down meanwhile returns at once; and a release with
-/// NATS down gives up within its bound, so SIGTERM still ends a manager in seconds.
+/// NATS down: the holder cannot renew, so it steps down by its own monotonic clock before the
+/// ttl has passed since its last renewal (before any waiter could take over), and its gate
+/// closes; a waiter shut down meanwhile returns at once. Once NATS is back the same manager
+/// takes its own lease again, at a newer epoch (nobody else took it). A release with NATS
+/// down gives up within its bound, so SIGTERM still ends a manager in seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_nats_down_the_lease_is_kept_and_nothing_waits_past_its_bound() -> Result<()> {
+async fn with_nats_down_the_holder_steps_down_before_the_ttl_and_nothing_waits_past_its_bound(
+) -> Result<()> {
     init_tracing();
     let mut nats = NatsServer::start().await?;
-    let ttl = Duration::from_secs(1);
-    let (lease, _) = won(
-        contend(admin(&nats).await?, ttl, CancellationToken::new()),
-        Duration::from_secs(10),
-    )
-    .await?;
+    let ttl = Duration::from_secs(2);
+    let kv = admin(&nats).await?;
+    let me = Holder::this_process();
+    let never = CancellationToken::new();
+    let lease = Lease::acquire(&kv, me.clone(), ttl, &never)
+        .await
+        .context("no lease")?;
+    let gate = lease.gate();
+    ensure!(gate.is_open(), "a fresh lease lets its holder act");
     let shutdown = CancellationToken::new();
     let waiter = contend(admin(&nats).await?, ttl, shutdown.clone());
 
     let down = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        ensure!(!waiter.is_finished(), "the waiter won a held lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let killed = Instant::now();
+        nats.kill();
+        // Its last renewal was sent before the kill, so it must stop within 3/4 of the ttl
+        // of the kill; a waiter could take over no sooner than the ttl after it.
+        let stepped = timeout(ttl, lease.lost())
+            .await
+            .context("the holder did not step down within the ttl of losing NATS")?;
+        let after = killed.elapsed();
+        match &stepped {
+            Error::SteppedDown { epoch, .. } => ensure!(*epoch == lease.epoch()),
+            e => bail!("not a step-down: {e}"),
+        }
+        ensure!(
+            !gate.is_open(),
+            "the gate is still open after the step-down"
+        );
+        eprintln!("stepped down {after:?} after NATS died: {stepped}");
         shutdown.cancel();
         match timeout(Duration::from_secs(2), waiter).await {
             Ok(Ok((None, _))) => {}
@@ -255,38 +279,100 @@ async fn with_nats_down_the_lease_is_kept_and_nothing_waits_past_its_bound() -> 
             Ok(Err(e)) => bail!("the waiter panicked: {e}"),
             Err(_) => bail!("acquire did not return within 2 s of the shutdown"),
         }
-        tokio::time::sleep(4 * ttl).await;
-        ensure!(
-            !lease.is_lost(),
-            "an unreachable NATS was taken for a lost lease"
-        );
-        Ok(())
+        Ok::<_, anyhow::Error>(())
     };
-    let (restarted, down) = tokio::join!(nats.restart_after(Duration::from_secs(6)), down);
-    restarted?;
-    down?;
+    down.await?;
+    nats.restart_after(Duration::from_secs(2)).await?;
 
-    let before = lease.revision();
-    eventually(Duration::from_secs(30), "the holder renews again", || {
-        let (now, lost) = (lease.revision(), lease.is_lost());
-        async move {
-            ensure!(!lost, "lost the lease");
-            ensure!(now > before, "revision still {now}");
-            Ok(())
-        }
-    })
-    .await?;
+    // The same manager takes its own lease again, at a newer epoch.
+    let again = timeout(
+        Duration::from_secs(30),
+        Lease::acquire(&admin(&nats).await?, me.clone(), ttl, &never),
+    )
+    .await
+    .context("the lease was not taken again")?
+    .context("no lease")?;
+    ensure!(
+        again.epoch() > lease.epoch(),
+        "epoch {} after {}",
+        again.epoch(),
+        lease.epoch()
+    );
+    drop(lease);
 
     nats.kill();
     let within = Duration::from_secs(2);
     let began = Instant::now();
-    let released = lease.release(within).await;
+    let released = again.release(within).await;
     ensure!(released.is_err(), "released with NATS down?");
     ensure!(
         began.elapsed() < within + Duration::from_secs(1),
         "the release took {:?}, its bound is {within:?}",
         began.elapsed()
     );
+    Ok(())
+}
+
+/// The fence: once a newer leader has raised it, JetStream refuses every Task DB write of the
+/// older one, and the older one reading it again learns it was deposed; the newer one's writes
+/// go through. Nothing here depends on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_task_db_writes_are_refused_by_the_fence() -> Result<()> {
+    init_tracing();
+    let nats = NatsServer::start().await?;
+    let client = nats.connect().await?;
+    let topo = topology::ensure(
+        jetstream::new(client.clone()),
+        topology::DEFAULT_LOGS_PER_TASK,
+        1,
+    )
+    .await?;
+    let js = jetstream::new(client);
+    let (old, new) = (Holder::this_process(), Holder::this_process());
+    let old_fence = Fence::raise(&topo.tasks, 5, &old).await?;
+    let write = |fence: &Fence, key: &str, value: &'static str| {
+        let js = js.clone();
+        let subject = format!("$KV.{TASK_DB}.{key}");
+        let headers = fence.headers();
+        async move {
+            js.send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(value.into())
+                    .headers(headers),
+            )
+            .await?
+            .await
+        }
+    };
+    write(&old_fence, "a", "old-1").await?;
+    write(&old_fence, "b", "old-1").await?;
+
+    let new_fence = Fence::raise(&topo.tasks, 9, &new).await?;
+    for key in ["a", "c"] {
+        let refused = write(&old_fence, key, "old-2").await;
+        ensure!(
+            refused.is_err(),
+            "the deposed leader's write of {key} was stored"
+        );
+    }
+    match old_fence.check(&topo.tasks).await? {
+        Check::Deposed(by) => ensure!(by.contains("epoch 9"), "deposed by {by}"),
+        Check::Ours => bail!("the deposed leader still takes the fence for its own"),
+    }
+    write(&new_fence, "a", "new-1").await?;
+    ensure!(matches!(new_fence.check(&topo.tasks).await?, Check::Ours));
+    // An older epoch cannot raise the fence over a newer one.
+    match Fence::raise(&topo.tasks, 7, &old).await {
+        Err(Error::Deposed { epoch: 7, by }) => ensure!(by.contains("epoch 9"), "{by}"),
+        other => bail!(
+            "raised an older fence over a newer one: {:?}",
+            other.map(|f| f.epoch())
+        ),
+    }
+    let a = topo.tasks.get("a").await?.context("a")?;
+    ensure!(a == "new-1", "a = {a:?}");
+    ensure!(topo.tasks.get("c").await?.is_none(), "c was written");
     Ok(())
 }
 
