@@ -74,8 +74,15 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 // The HTTP API (`--http-addr`) asks and submits as any client does.
                 "tasks.events",
                 "cube.api.>",
+                // Every manager answers on `cube.managers`; the HTTP API asks there too.
+                "cube.managers",
             ]),
-            vec![inbox, "nodes.heartbeat.*".into(), "cube.api.>".into()],
+            vec![
+                inbox,
+                "nodes.heartbeat.*".into(),
+                "cube.api.>".into(),
+                "cube.managers".into(),
+            ],
             // Answers to `cube.api.*` requests go to the requester's inbox.
             true,
         ),
@@ -83,6 +90,8 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
             s(&[
                 "tasks.events",
                 "cube.api.>",
+                // `cube managers`: asks every manager, leader or standby.
+                "cube.managers",
                 "$JS.API.INFO",
                 "$JS.API.STREAM.INFO.CUBE_JOURNAL",
                 "$JS.API.CONSUMER.CREATE.CUBE_JOURNAL",
