@@ -616,8 +616,19 @@ impl SimFleet {
             }));
             let (c, token) = (client.clone(), shutdown.clone());
             handles.push(tokio::spawn(async move {
-                if let Err(e) = cube_worker::run(cfg, c, runtime, token).await {
-                    eprintln!("simulated worker {name}: {e}");
+                // A loaded cluster may time out a worker's set-up: it starts again, as a
+                // restarted worker process would.
+                loop {
+                    let run =
+                        cube_worker::run(cfg.clone(), c.clone(), runtime.clone(), token.clone());
+                    match run.await {
+                        Ok(()) => return,
+                        Err(_) if token.is_cancelled() => return,
+                        Err(e) => {
+                            eprintln!("simulated worker {name}: {e}; starting it again");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
                 }
             }));
             clients.push(client);
