@@ -147,6 +147,12 @@ pub async fn publish_durably(
 /// again, in order (so a later write to the same key is never overtaken by a retried earlier
 /// one; repeating a stored message is harmless, the `Nats-Msg-Id` or the same value makes it
 /// so). A message whose condition failed ends it at once with [`Error::Refused`].
+///
+/// A replicated (clustered) stream checks a condition on a subject for one message at a
+/// time: while one conditional message on that subject awaits its Raft commit, the next is
+/// refused as "in process" (error 10164, not a failed condition). Then the rest of the call
+/// is sent one message at a time, each awaiting its acknowledgement, at once and without a
+/// warning; a failed condition found that way is still [`Error::Refused`].
 pub async fn publish_all(
     js: &jetstream::Context,
     mut messages: Vec<Outgoing>,
@@ -154,8 +160,9 @@ pub async fn publish_all(
 ) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(100);
     let mut sent_before = 0;
+    let mut in_flight = IN_FLIGHT;
     loop {
-        let Some((first_failed, error)) = publish_once(js, &messages).await else {
+        let Some((first_failed, error)) = publish_once(js, &messages, in_flight).await else {
             return Ok(());
         };
         if matches!(
@@ -168,18 +175,38 @@ pub async fn publish_all(
             });
         }
         sent_before += first_failed;
+        messages.drain(..first_failed);
+        if in_process(&error) {
+            in_flight = 1;
+            if first_failed == 0 {
+                // Another writer's conditional message is in flight on the subject.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Error::Shutdown),
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            }
+            continue;
+        }
         warn!(
-            unsent = messages.len() - first_failed,
+            unsent = messages.len(),
             error = %Chain(&error),
             "publishing to JetStream; retrying"
         );
-        messages.drain(..first_failed);
         tokio::select! {
             _ = shutdown.cancelled() => return Err(Error::Shutdown),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Whether JetStream refused a conditional message because another on the same subject was
+/// still in process (a replicated stream's 10164), rather than because its condition failed.
+fn in_process(error: &PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
 }
 
 /// At most this many acknowledgements are awaited at once: async-nats lets a context have
@@ -191,6 +218,7 @@ const IN_FLIGHT: usize = 1024;
 async fn publish_once(
     js: &jetstream::Context,
     messages: &[Outgoing],
+    in_flight: usize,
 ) -> Option<(usize, PublishError)> {
     use futures::stream::FuturesUnordered;
     let mut first_failed: Option<(usize, PublishError)> = None;
@@ -201,7 +229,7 @@ async fn publish_once(
     };
     let mut acks = FuturesUnordered::new();
     for (i, m) in messages.iter().enumerate() {
-        while acks.len() >= IN_FLIGHT {
+        while acks.len() >= in_flight.max(1) {
             if let Some((j, Err(e))) = acks.next().await {
                 note(j, e);
             }

@@ -1,4 +1,7 @@
-//! `cube dev`: nats-server + manager + worker in one command, for trying Cube on one machine.
+//! `cube dev`: nats-server + manager + worker in one command, for trying Cube on one machine;
+//! `cube dev --ha` (see [`ha`]): three clustered nats-servers, two managers and a worker.
+
+mod ha;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +47,23 @@ pub struct DevArgs {
     /// Do not serve the HTTP API and dashboard.
     #[arg(long, env = "CUBE_DEV_NO_HTTP")]
     pub no_http: bool,
+    /// High availability: three nats-servers clustered on loopback (client ports --port and
+    /// the next two, route ports --route-port and the next two, stores under
+    /// DATA_DIR/ha), two managers with --replicas 3 (one leads, one stands by) and a worker,
+    /// each its own process, so that killing the leader shows a takeover.
+    #[arg(long, env = "CUBE_DEV_HA")]
+    pub ha: bool,
+    /// With --ha: the first of the three nats-servers' cluster route ports.
+    #[arg(
+        long,
+        env = "CUBE_DEV_ROUTE_PORT",
+        default_value_t = 6222,
+        requires = "ha"
+    )]
+    pub route_port: u16,
+    /// With --ha: the managers' --lease-ttl (how long the standby waits for a silent leader).
+    #[arg(long, env = "CUBE_LEASE_TTL", default_value = "6s", value_parser = crate::duration)]
+    pub lease_ttl: Duration,
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
@@ -51,6 +71,11 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     let runtime = DockerRuntime::connect().await.context(
         "cube dev needs the Docker engine; is dockerd running? (`docker info` should answer)",
     )?;
+    if args.ha {
+        // The worker is a process of its own there, with its own connection to Docker.
+        drop(runtime);
+        return ha::run(args, shutdown).await;
+    }
 
     let web = if args.no_http {
         None
@@ -195,7 +220,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
 pub const CLIENT_AUTH: &str = ".cube/dev/client.auth";
 
 /// Writes a file only its owner can read: it holds passwords.
-fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

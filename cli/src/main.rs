@@ -51,6 +51,8 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Show the workers' nodes.
     Nodes(cmd::nodes::NodesArgs),
+    /// Show the manager processes: the leader, its epoch, and the standbys.
+    Managers(cmd::managers::ManagersArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(cmd::events::EventsArgs),
     /// Print a task's container output, or follow it with -f.
@@ -300,6 +302,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Nodes(args) => {
             init_tracing("warn");
             cmd::nodes::nodes(args).await
+        }
+        Command::Managers(args) => {
+            init_tracing("warn");
+            cmd::managers::managers(args).await
         }
         Command::Events(args) => {
             init_tracing("warn");

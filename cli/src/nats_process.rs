@@ -35,6 +35,36 @@ pub fn server_config(port: u16, name: &str, store: &Path, sync: Sync, users: &[U
     config
 }
 
+/// One server of a nats-server cluster on loopback: [`server_config`] with a `cluster`
+/// block that listens for routes on `route_port` and names every member's route port
+/// (its own included: nats-server skips itself).
+pub struct ClusterMember<'a> {
+    pub port: u16,
+    pub route_port: u16,
+    pub name: &'a str,
+    pub cluster: &'a str,
+    pub routes: &'a [u16],
+}
+
+pub fn cluster_config(member: &ClusterMember, store: &Path, sync: Sync, users: &[User]) -> String {
+    let mut config = server_config(member.port, member.name, store, sync, &[]);
+    let routes: Vec<String> = member
+        .routes
+        .iter()
+        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+        .collect();
+    config.push_str(&format!(
+        "cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+        member.cluster,
+        member.route_port,
+        routes.join(", ")
+    ));
+    if !users.is_empty() {
+        config.push_str(&cube_bus::auth::server_config(users));
+    }
+    config
+}
+
 pub struct NatsProcess {
     child: Child,
     log: PathBuf,
@@ -89,6 +119,19 @@ impl NatsProcess {
 
     pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.child.wait().await
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

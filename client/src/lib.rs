@@ -15,11 +15,12 @@ use std::time::Duration;
 use async_nats::jetstream;
 use cube_shared::subjects::{
     API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS,
+    MANAGERS,
 };
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
 use cube_shared::{
-    check_resubmission, ApiReply, DrainRequest, ForgetRequest, Node, State, Task, TaskEvent,
-    TaskList, TaskListQuery, TaskQuery,
+    check_resubmission, ApiReply, DrainRequest, ForgetRequest, ManagerInfo, ManagerRole, Node,
+    State, Task, TaskEvent, TaskList, TaskListQuery, TaskQuery,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,6 +32,9 @@ pub use streams::{JournalFollower, JournalRead, LogTail, JOURNAL_SCAN, LOG_TAIL_
 
 /// How long a call may take unless [`Cube::with_timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Cube::managers`] gathers answers unless told otherwise.
+pub const MANAGERS_WAIT: Duration = Duration::from_millis(500);
 
 /// How often [`Cube::wait`] asks the manager about the task.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -131,6 +135,50 @@ impl Cube {
     /// The workers' nodes, as the manager sees them.
     pub async fn nodes(&self) -> Result<Vec<Node>, Error> {
         self.request(API_NODES_LIST, &()).await
+    }
+
+    /// Every manager process that answers on `cube.managers` within `wait` (leader or
+    /// standby: each answers for itself), the leader first, then standbys by start time.
+    /// One request, every answer gathered until `wait` has passed; an empty list means no
+    /// manager answered. An answer that does not parse is skipped.
+    pub async fn managers(&self, wait: Duration) -> Result<Vec<ManagerInfo>, Error> {
+        use futures::StreamExt;
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(Error::nats(format!(
+                "subscribing to the answers on {MANAGERS}"
+            )))?;
+        let ask = async {
+            self.client
+                .publish_with_reply(MANAGERS, inbox, bytes::Bytes::new())
+                .await
+                .map_err(Error::nats(format!("asking on {MANAGERS}")))?;
+            self.client
+                .flush()
+                .await
+                .map_err(Error::nats(format!("asking on {MANAGERS}")))
+        };
+        tokio::time::timeout(self.timeout, ask)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("NATS (asking on {MANAGERS})"),
+                after: self.timeout,
+            })??;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut managers: Vec<ManagerInfo> = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+            if let Ok(info) = wire::decode::<ManagerInfo>(&msg.payload, usize::MAX) {
+                // One answer per process, should a request ever be delivered twice.
+                if !managers.iter().any(|m| m.id == info.id) {
+                    managers.push(info);
+                }
+            }
+        }
+        sort_managers(&mut managers);
+        Ok(managers)
     }
 
     /// Drains a node (`drain`) or gives it work again; returns the node as it is now.
@@ -242,6 +290,25 @@ impl Cube {
     }
 }
 
+/// The leader first (the highest epoch first, should two answer as leader for a moment),
+/// then standbys, each group oldest process first.
+pub fn sort_managers(managers: &mut [ManagerInfo]) {
+    managers.sort_by(|a, b| {
+        let leader = |m: &ManagerInfo| m.role == ManagerRole::Leader;
+        leader(b)
+            .cmp(&leader(a))
+            .then_with(|| {
+                if leader(a) {
+                    b.epoch.cmp(&a.epoch)
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .then_with(|| a.started.cmp(&b.started))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
 /// Whether nothing will run `task` again: it completed, or failed with no restart planned.
 pub fn has_ended(task: &Task) -> bool {
     match task.state {
@@ -254,6 +321,40 @@ pub fn has_ended(task: &Task) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn managers_are_sorted_leader_first_then_standbys_oldest_first() {
+        let at = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let m = |role, started: i64, epoch| ManagerInfo {
+            id: Uuid::new_v4(),
+            host: "h".into(),
+            pid: started as u32,
+            started: at(started),
+            role,
+            epoch,
+            since: at(started),
+            leader: None,
+            terms: 0,
+        };
+        let mut list = vec![
+            m(ManagerRole::Standby, 3, Some(5)),
+            m(ManagerRole::Standby, 1, Some(5)),
+            m(ManagerRole::Leader, 2, Some(5)),
+            // A deposed leader that has not noticed yet, for a moment.
+            m(ManagerRole::Leader, 0, Some(4)),
+        ];
+        sort_managers(&mut list);
+        let order: Vec<(ManagerRole, u32)> = list.iter().map(|m| (m.role, m.pid)).collect();
+        assert_eq!(
+            order,
+            [
+                (ManagerRole::Leader, 2),
+                (ManagerRole::Leader, 0),
+                (ManagerRole::Standby, 1),
+                (ManagerRole::Standby, 3)
+            ]
+        );
+    }
 
     #[test]
     fn a_task_has_ended_when_nothing_will_run_it_again() {

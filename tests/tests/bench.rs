@@ -191,3 +191,69 @@ async fn nodes_reports_the_managers_cost_and_command_times() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_reports_takeover_and_first_placement_and_r1_beside_r3() -> Result<()> {
+    init_tracing();
+    let v = bench(&[
+        "failover",
+        "--lease-ttl",
+        "1s,2s",
+        "--rounds",
+        "2",
+        "--workers",
+        "3",
+        "--tasks",
+        "200",
+        "--sync",
+        "default",
+    ])
+    .await?;
+    assert_eq!(v["bench"], "failover");
+    assert_eq!(
+        (v["servers"].clone(), v["replicas"].clone()),
+        (3.into(), 3.into())
+    );
+    let failover = v["failover"].as_array().context("failover figures")?;
+    assert_eq!(failover.len(), 2, "{v}");
+    for (f, ttl_ms) in failover.iter().zip([1000.0, 2000.0]) {
+        assert_eq!(num(f, "lease_ttl_ms"), ttl_ms, "{f}");
+        let rounds = f["rounds"].as_array().context("rounds")?;
+        assert_eq!(rounds.len(), 2, "{f}");
+        let mut pids = Vec::new();
+        for r in rounds {
+            let (takeover, placed) = (num(r, "takeover_ms"), num(r, "first_placement_ms"));
+            // Not sooner than the lease allows (renewed every third of the TTL), and the
+            // first placement comes after the takeover.
+            assert!(takeover >= ttl_ms / 2.0, "{r}");
+            assert!(placed >= takeover, "{r}");
+            assert!(
+                num(r, "epoch_after") > num(r, "epoch_before"),
+                "a takeover raises the epoch: {r}"
+            );
+            pids.push(num(r, "killed_pid"));
+        }
+        // The second round kills the manager that took over in the first.
+        assert_ne!(pids[0], pids[1], "{f}");
+        for key in ["takeover", "first_placement"] {
+            let s = &f[key];
+            let (min, median, max) = (num(s, "min_ms"), num(s, "median_ms"), num(s, "max_ms"));
+            assert!(0.0 < min && min <= median && median <= max, "{key}: {s}");
+        }
+    }
+    let throughput = v["throughput"].as_array().context("throughput figures")?;
+    let configs: Vec<(f64, f64)> = throughput
+        .iter()
+        .map(|t| (num(t, "servers"), num(t, "replicas")))
+        .collect();
+    assert_eq!(configs, [(1.0, 1.0), (3.0, 3.0)], "{v}");
+    for t in throughput {
+        assert_eq!(t["tasks"], 200);
+        assert!(num(t, "tasks_per_s") > 0.0, "{t}");
+        assert!(num(t, "raw_jetstream_msgs_per_s") > 0.0, "{t}");
+        let ratio = num(t, "ratio_to_raw");
+        assert!(0.0 < ratio && ratio < 1.0, "{t}");
+        assert_latency(t, "submit_to_running");
+    }
+    Ok(())
+}

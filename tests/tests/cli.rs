@@ -324,3 +324,102 @@ async fn a_python_client_submits_and_stops_a_task() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// `cube manager` with a short lease, its log in `dir`.
+fn manager_proc(url: &str, dir: &std::path::Path, label: &str) -> Result<cube_tests::procs::Proc> {
+    let mut cmd = tokio::process::Command::new(cube_bin());
+    cmd.args(["manager", "--lease-ttl", "2s"])
+        .env("CUBE_NATS_URL", url)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    cube_tests::procs::Proc::spawn(label, cmd, dir.join(format!("{label}.log")))
+}
+
+/// `cube managers -o json`, parsed.
+async fn managers_json(url: &str) -> Result<Vec<Value>> {
+    let out = cube(url, &["managers", "-o", "json"]).await?;
+    let v: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+    Ok(v.as_array().context("an array")?.clone())
+}
+
+/// `cube managers` lists the leader first (its epoch, pid, one term) and the standby; once
+/// the leader is SIGKILLed the standby leads at a higher epoch, and `cube status` and `cube
+/// nodes` are answered by it; with no manager left, `cube managers` says so and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_shows_the_leader_and_the_standby_and_the_takeover() -> Result<()> {
+    cube_tests::init_tracing();
+    let nats = NatsServer::start().await?;
+    let url = nats.url();
+    let logs = tempfile::tempdir()?;
+    let mut first = manager_proc(&url, logs.path(), "manager-1")?;
+    let result = async {
+        cube_tests::eventually(WITHIN, "the first manager leads", || async {
+            cube(&url, &["nodes"]).await.map(|_| ())
+        })
+        .await?;
+        let mut second = manager_proc(&url, logs.path(), "manager-2")?;
+        let outcome = async {
+            let pair = cube_tests::eventually(WITHIN, "two managers answer", || async {
+                let m = managers_json(&url).await?;
+                ensure!(m.len() == 2, "{m:?}");
+                Ok(m)
+            })
+            .await?;
+            let (leader, standby) = (&pair[0], &pair[1]);
+            assert_eq!(leader["role"], "leader", "{pair:?}");
+            assert_eq!(leader["pid"], first.pid(), "{pair:?}");
+            assert_eq!(leader["terms"], 1, "{pair:?}");
+            let epoch = leader["epoch"].as_u64().context("the leader's epoch")?;
+            assert_eq!(standby["role"], "standby", "{pair:?}");
+            assert_eq!(standby["pid"], second.pid(), "{pair:?}");
+            assert_eq!(standby["terms"], 0, "{pair:?}");
+            assert_ne!(leader["id"], standby["id"]);
+
+            // The table: a header, then the leader's row, then the standby's.
+            let table = cube(&url, &["managers"]).await?;
+            let lines: Vec<&str> = table.lines().collect();
+            assert_eq!(lines.len(), 3, "{table}");
+            for column in ["ROLE", "EPOCH", "ID", "HOST", "PID", "SINCE", "TERMS"] {
+                assert!(lines[0].contains(column), "{table}");
+            }
+            assert!(lines[1].starts_with("leader"), "{table}");
+            assert!(lines[1].contains(&first.pid().to_string()), "{table}");
+            assert!(lines[1].contains(&epoch.to_string()), "{table}");
+            assert!(lines[2].starts_with("standby"), "{table}");
+            assert!(lines[2].contains(&second.pid().to_string()), "{table}");
+
+            // The leader dies: the standby takes over, at a higher epoch.
+            first.kill().await?;
+            let now = cube_tests::eventually(WITHIN, "the standby leads", || async {
+                let m = managers_json(&url).await?;
+                ensure!(m.len() == 1 && m[0]["role"] == "leader", "{m:?}");
+                Ok(m)
+            })
+            .await?;
+            assert_eq!(now[0]["pid"], second.pid(), "{now:?}");
+            let new_epoch = now[0]["epoch"].as_u64().context("the new epoch")?;
+            assert!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
+            // The client commands are answered by whichever manager leads.
+            cube(&url, &["nodes"]).await?;
+            cube(&url, &["status"]).await?;
+            let takeover = cube(&url, &["events", "-o", "json"]).await?;
+            assert!(
+                takeover.contains(&format!("leads at epoch {new_epoch}")),
+                "{takeover}"
+            );
+
+            second.kill().await?;
+            let err = failure(&url, &["managers", "--wait", "300ms"]).await?;
+            assert!(
+                err.contains("no manager answered on cube.managers")
+                    && err.contains("is `cube manager`"),
+                "{err}"
+            );
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        outcome.map_err(|e| e.context(format!("manager-2's log ends:\n{}", second.log_tail(30))))
+    }
+    .await;
+    result.map_err(|e| e.context(format!("manager-1's log ends:\n{}", first.log_tail(30))))
+}

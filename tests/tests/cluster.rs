@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::time::Duration;
 
 use cube_shared::{State, LABEL_TASK_ID, LABEL_WORKER};
 use cube_tests::{
@@ -131,6 +132,196 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err());
+    Ok(())
+}
+
+/// The first of three consecutive loopback ports nobody listens on, at or above `from`.
+fn three_free_ports(from: u16) -> anyhow::Result<u16> {
+    let mut base = from;
+    while base < 65000 {
+        let free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return Ok(base);
+        }
+        base += 3;
+    }
+    anyhow::bail!("no three consecutive free ports from {from}")
+}
+
+/// The README's failover demonstration: `cube dev --ha` brings up three clustered
+/// nats-servers, two managers and a worker; `cube managers` shows a leader and a standby; the
+/// leader is SIGKILLed and the standby leads at a higher epoch, tasks submitted before and
+/// after run; the killed manager comes back as a standby; SIGTERM stops everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cube_dev_ha_survives_the_leaders_death() -> anyhow::Result<()> {
+    use anyhow::{ensure, Context};
+    use serde_json::Value;
+    cube_tests::ensure_image()?;
+    let dir = tempfile::tempdir()?;
+    // Random bases, so that parallel runs and a developer's own `cube dev --ha` do not clash.
+    let seed = (std::process::id() % 1000) as u16 * 3;
+    let port = three_free_ports(20_000 + seed)?;
+    let route_port = three_free_ports(port + 3)?;
+    let worker = unique("dev-ha");
+    let _cleanup = RemoveOnDrop(worker.clone());
+    let mut dev = tokio::process::Command::new(cube_bin())
+        .args(["dev", "--ha", "--no-http", "--lease-ttl", "2s"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--route-port",
+            &route_port.to_string(),
+        ])
+        .args(["--worker-name", &worker, "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("dev.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = (0..3)
+        .map(|i| format!("nats://127.0.0.1:{}", port + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let outcome = async {
+        let auth = eventually(
+            WITHIN,
+            "cube dev --ha writes the client's credentials",
+            || async {
+                let text = std::fs::read_to_string(dir.path().join("client.auth"))?;
+                let (user, password) = text
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("{text}"))?;
+                Ok((user.to_string(), password.to_string()))
+            },
+        )
+        .await?;
+        let env = [
+            ("CUBE_NATS_USER", auth.0.as_str()),
+            ("CUBE_NATS_PASSWORD", auth.1.as_str()),
+        ];
+        let cube = |args: Vec<String>| {
+            let url = url.clone();
+            let env = env.map(|(k, v)| (k, v.to_string()));
+            async move {
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cube_with_env(&url, &env, &args).await
+            }
+        };
+        let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let managers = || async {
+            let out = cube(strings(&["managers", "-o", "json"])).await?;
+            let v: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+            Ok::<_, anyhow::Error>(v.as_array().cloned().unwrap_or_default())
+        };
+        let pair = eventually(
+            Duration::from_secs(120),
+            "a leader and a standby",
+            || async {
+                let m = managers().await?;
+                ensure!(
+                    m.len() == 2 && m[0]["role"] == "leader" && m[1]["role"] == "standby",
+                    "{m:?}"
+                );
+                Ok(m)
+            },
+        )
+        .await?;
+        let (leader_pid, epoch) = (
+            pair[0]["pid"].as_u64().context("pid")?,
+            pair[0]["epoch"].as_u64().context("epoch")?,
+        );
+        eventually(WITHIN, "the worker is ready", || async {
+            let nodes = cube(strings(&["nodes"])).await?;
+            ensure!(
+                nodes.contains(&worker) && nodes.contains("ready"),
+                "{nodes}"
+            );
+            Ok(())
+        })
+        .await?;
+        let submit = || async {
+            let mut args = strings(&["submit", "--image", IMAGE, "--"]);
+            args.extend(long_running());
+            Ok::<_, anyhow::Error>(cube(args).await?.trim().to_string())
+        };
+        let runs = |id: String| {
+            let cube = &cube;
+            async move {
+                eventually(WITHIN, "the task shows running", || async {
+                    let status = cube(strings(&["status", &id, "-o", "json"])).await?;
+                    let t: Value = serde_json::from_str(&status)?;
+                    ensure!(t["state"] == "running", "{status}");
+                    Ok(())
+                })
+                .await
+            }
+        };
+        let before = submit().await?;
+        runs(before.clone()).await?;
+
+        std::process::Command::new("kill")
+            .args(["-KILL", &leader_pid.to_string()])
+            .status()?;
+        let after = eventually(WITHIN, "the standby leads", || async {
+            let m = managers().await?;
+            ensure!(
+                m.first()
+                    .is_some_and(|l| l["role"] == "leader" && l["pid"] != leader_pid),
+                "{m:?}"
+            );
+            Ok(m)
+        })
+        .await?;
+        let new_epoch = after[0]["epoch"].as_u64().context("epoch")?;
+        ensure!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
+        let later = submit().await?;
+        runs(later).await?;
+        runs(before).await?;
+        // The killed manager is started again, as a standby.
+        eventually(
+            WITHIN,
+            "the killed manager comes back as a standby",
+            || async {
+                let m = managers().await?;
+                ensure!(
+                    m.len() == 2 && m[1]["role"] == "standby" && m[1]["pid"] != leader_pid,
+                    "{m:?}"
+                );
+                Ok(())
+            },
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        let log = std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
+        anyhow::bail!("{e:#}\n\ncube dev --ha's log:\n{log}");
+    }
+
+    let pid = dev.id().expect("running") as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::time::timeout(WITHIN, dev.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("cube dev --ha did not exit on SIGTERM"))??;
+    assert!(status.success(), "cube dev --ha exited with {status}");
+    // Every nats-server went with it, and the managers and the worker too.
+    for p in (port..port + 3).chain(route_port..route_port + 3) {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", p))
+                .await
+                .is_err(),
+            "port {p} still listened on"
+        );
+    }
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("--name {worker}")])
+        .output()?;
+    assert!(left.stdout.is_empty(), "the worker is still running");
     Ok(())
 }
 

@@ -173,3 +173,81 @@ async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload(
     browser.close().await?;
     Ok(())
 }
+
+/// The overview's Managers section shows the leader and the standby, and, live, the takeover
+/// when the leader is SIGKILLed: the page is served by the standby's own HTTP server, which
+/// goes on serving as the new leader, and is not reloaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_managers_section_shows_a_takeover_live() -> Result<()> {
+    let mut cluster = cube_tests::procs::ProcCluster::new().await?;
+    cluster.start_manager().await?;
+    let port = cube_tests::free_port()?;
+    let logs = tempfile::tempdir()?;
+    let mut cmd = tokio::process::Command::new(cube_tests::cube_bin());
+    cmd.args(["manager", "--lease-ttl", "2s", "--http-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("CUBE_NATS_URL", cluster.nats.url())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    let standby =
+        cube_tests::procs::Proc::spawn("the standby", cmd, logs.path().join("standby.log"))?;
+    let pid = standby.pid();
+    let result = async {
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually(WITHIN, "the standby lists two managers", || async {
+            let m: Value = http
+                .get(format!("{base}/api/managers"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            ensure!(m.as_array().map(Vec::len) == Some(2), "{m}");
+            Ok(())
+        })
+        .await?;
+        let mut browser = Browser::open(&format!("{base}/")).await?;
+        wait_live(&mut browser).await?;
+        let roles = browser
+            .eval("[...document.querySelectorAll('#managers tr')].map(tr => tr.dataset.role)")
+            .await?;
+        assert_eq!(roles, json!(["leader", "standby"]));
+        let summary = browser
+            .eval("document.getElementById('managers-summary').textContent")
+            .await?;
+        assert!(
+            summary.as_str().is_some_and(|s| s.contains("; 1 standby")),
+            "{summary}"
+        );
+        browser.eval("window.__cubeMarker = 'no reload'").await?;
+
+        cluster.kill_manager().await?;
+        let shown = browser
+            .wait_for(
+                &format!(
+                    "(() => {{ const rows = [...document.querySelectorAll('#managers tr')]; \
+                     return rows.length === 1 && rows[0].dataset.role === 'leader' \
+                     && rows[0].textContent.includes('{pid}') \
+                     ? document.getElementById('managers-summary').textContent : null; }})()"
+                ),
+                WITHIN,
+                "the page shows the standby leading",
+            )
+            .await?;
+        assert!(
+            shown
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("(pid {pid})")) && s.ends_with("no standby")),
+            "{shown}"
+        );
+        assert_eq!(
+            browser.eval("window.__cubeMarker").await?,
+            json!("no reload")
+        );
+        browser.close().await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await
+    .map_err(|e| e.context(format!("the standby's log ends:\n{}", standby.log_tail(30))));
+    cluster.explain(result)
+}

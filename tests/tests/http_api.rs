@@ -398,6 +398,16 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
     })
     .await?;
     assert_eq!(nodes, json!([]));
+    // The manager answers on cube.managers under its own permissions.
+    let managers = eventually(WITHIN, "the API lists the manager", || async {
+        let r = http.get(format!("{base}/api/managers")).send().await?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+        let m = r.json::<Value>().await?;
+        ensure!(m[0]["role"] == "leader", "{m}");
+        Ok(m)
+    })
+    .await?;
+    assert_eq!(managers[0]["pid"], json!(std::process::id()), "{managers}");
     // Live updates open, and carry the node list.
     let mut stream = http.get(format!("{base}/api/stream")).send().await?;
     assert_eq!(stream.status(), StatusCode::OK);
@@ -524,4 +534,132 @@ async fn allowed_host_names_are_served() -> Result<()> {
         assert_eq!(r.status(), status, "{host}");
     }
     Ok(())
+}
+
+/// Reads the event stream until an event `name` whose data `accept` takes; returns its data.
+async fn next_event(
+    stream: &mut reqwest::Response,
+    buffer: &mut String,
+    name: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let mut kind = "";
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k;
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if kind == name {
+                let value: Value = serde_json::from_str(&data)?;
+                if accept(&value) {
+                    return Ok(value);
+                }
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .map_err(|_| anyhow!("no `{name}` event as awaited within {WITHIN:?}"))??
+            .ok_or_else(|| anyhow!("the event stream ended"))?;
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// `GET /api/managers` lists the leader first and the standby, served by the standby itself
+/// (the API holds no state: any manager's serves it); after the leader is SIGKILLed the list
+/// and the live stream's `managers` event show the standby leading at a higher epoch, and the
+/// API goes on answering through the new leader. A bad `wait` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn managers_over_http_show_the_takeover() -> Result<()> {
+    cube_tests::init_tracing();
+    let mut cluster = cube_tests::procs::ProcCluster::new().await?;
+    cluster.start_manager().await?;
+    let port = cube_tests::free_port()?;
+    let logs = tempfile::tempdir()?;
+    let mut cmd = tokio::process::Command::new(cube_tests::cube_bin());
+    cmd.args(["manager", "--lease-ttl", "2s", "--http-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("CUBE_NATS_URL", cluster.nats.url())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    let standby =
+        cube_tests::procs::Proc::spawn("the standby", cmd, logs.path().join("standby.log"))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let result = async {
+        let pair = eventually(WITHIN, "two managers listed", || async {
+            let r = http.get(format!("{base}/api/managers")).send().await?;
+            ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+            let m = r.json::<Value>().await?;
+            ensure!(m.as_array().map(Vec::len) == Some(2), "{m}");
+            Ok(m)
+        })
+        .await?;
+        assert_eq!(pair[0]["role"], "leader", "{pair}");
+        assert_eq!(pair[1]["role"], "standby", "{pair}");
+        assert_eq!(pair[1]["pid"], json!(standby.pid()), "{pair}");
+        let epoch = pair[0]["epoch"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no epoch: {pair}"))?;
+        // The standby knows whom it waits for.
+        assert!(pair[1]["leader"].is_string(), "{pair}");
+
+        for bad in [
+            "/api/managers?wait=soon",
+            "/api/managers?wait=1h",
+            "/api/managers?when=1s",
+        ] {
+            let r = http.get(format!("{base}{bad}")).send().await?;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let r = http
+            .get(format!("{base}/api/managers?wait=100ms"))
+            .send()
+            .await?;
+        assert_eq!(r.status(), StatusCode::OK);
+
+        let mut stream = http.get(format!("{base}/api/stream")).send().await?;
+        assert_eq!(stream.status(), StatusCode::OK);
+        let mut buffer = String::new();
+        let first = next_event(&mut stream, &mut buffer, "managers", |_| true).await?;
+        assert_eq!(first.as_array().map(Vec::len), Some(2), "{first}");
+
+        cluster.kill_manager().await?;
+        let pid = json!(standby.pid());
+        let after = next_event(&mut stream, &mut buffer, "managers", |m| {
+            m.as_array().map(Vec::len) == Some(1) && m[0]["role"] == "leader" && m[0]["pid"] == pid
+        })
+        .await?;
+        let new_epoch = after[0]["epoch"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no epoch: {after}"))?;
+        assert!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
+        let (status, listed) = {
+            let r = http.get(format!("{base}/api/managers")).send().await?;
+            (r.status(), r.json::<Value>().await?)
+        };
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(listed[0]["epoch"], json!(new_epoch), "{listed}");
+        // The queries the dashboard makes are answered by the new leader.
+        let r = http.get(format!("{base}/api/nodes")).send().await?;
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await?);
+        let page = http.get(format!("{base}/")).send().await?.text().await?;
+        assert!(page.contains("id=\"managers\""), "{page}");
+        assert!(
+            page.contains(&format!("at epoch {new_epoch}; no standby")),
+            "{page}"
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await
+    .map_err(|e| e.context(format!("the standby's log ends:\n{}", standby.log_tail(30))));
+    cluster.explain(result)
 }

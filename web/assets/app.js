@@ -67,6 +67,36 @@
     const none = document.getElementById("no-nodes");
     if (none) none.hidden = nodes.length > 0;
   }
+  function managerRow(m) {
+    const tr = el("tr", { "data-manager": m.id, "data-role": m.role });
+    const role = el("td"); role.appendChild(badge(m.role)); tr.appendChild(role);
+    tr.appendChild(el("td", { class: "num" }, m.epoch === undefined || m.epoch === null ? "-" : String(m.epoch)));
+    tr.appendChild(el("td", { class: "mono", title: m.id }, short(m.id)));
+    tr.appendChild(el("td", {}, m.host));
+    tr.appendChild(el("td", { class: "num" }, String(m.pid)));
+    tr.appendChild(el("td", { class: "age", "data-time": m.since }, age(m.since)));
+    tr.appendChild(el("td", { class: "num" }, String(m.terms || 0)));
+    return tr;
+  }
+  // The same words as the server's first rendering (pages.rs, managers_summary).
+  function managersSummary(managers) {
+    const n = managers.filter((m) => m.role === "standby").length;
+    const standbys = n === 0 ? "no standby" : n === 1 ? "1 standby" : n + " standbys";
+    const leader = managers.find((m) => m.role === "leader");
+    if (leader) {
+      const epoch = leader.epoch === undefined || leader.epoch === null ? "-" : String(leader.epoch);
+      return "leader " + leader.host + " (pid " + leader.pid + ") at epoch " + epoch + "; " + standbys;
+    }
+    if (managers.length === 0) return "no manager answers";
+    return "no leader answers (a standby takes over when the lease expires); " + standbys;
+  }
+  function renderManagers(managers) {
+    const body = document.getElementById("managers");
+    if (!body) return;
+    body.replaceChildren(...managers.map(managerRow));
+    const summary = document.getElementById("managers-summary");
+    if (summary) summary.textContent = managersSummary(managers);
+  }
   function taskCells(tr, t) {
     const a = el("a", { href: "/tasks/" + t.id }, short(t.id));
     const id = el("td", { class: "mono" }); id.appendChild(a);
@@ -226,6 +256,7 @@
     });
     source.addEventListener("journal", (m) => onJournal(JSON.parse(m.data)));
     source.addEventListener("nodes", (m) => { if (page === "overview") renderNodes(JSON.parse(m.data)); });
+    source.addEventListener("managers", (m) => { if (page === "overview") renderManagers(JSON.parse(m.data)); });
   }
   connect();
   setInterval(() => {

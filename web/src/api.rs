@@ -25,6 +25,7 @@ pub(crate) fn routes(r: Routes) -> Routes {
         .add(Method::POST, "/api/tasks/{id}/stop", stop)
         .add(Method::GET, "/api/tasks/{id}/logs", logs)
         .add(Method::GET, "/api/nodes", nodes)
+        .add(Method::GET, "/api/managers", managers)
         .add(Method::GET, "/api/events", events)
 }
 
@@ -157,6 +158,38 @@ async fn get_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<J
 
 async fn nodes(State(app): State<App>) -> ApiResult<Json<Vec<cube_shared::Node>>> {
     Ok(Json(app.cube.nodes().await?))
+}
+
+/// The longest `GET /api/managers?wait=` may ask for.
+const MANAGERS_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagersQuery {
+    /// How long to gather answers (`500ms`, `2s`); default 500 ms, at most 5 s.
+    wait: Option<String>,
+}
+
+/// Every manager that answers on `cube.managers` within the wait, the leader first. An empty
+/// list is an answer too (no manager runs), not an error.
+async fn managers(
+    State(app): State<App>,
+    Query(q): Query<ManagersQuery>,
+) -> ApiResult<Json<Vec<cube_shared::ManagerInfo>>> {
+    let wait = match q.wait.as_deref().filter(|w| !w.is_empty()) {
+        Some(w) => {
+            let wait = cube_shared::units::parse_duration(w)
+                .map_err(|e| ApiError::bad_request(format!("wait: {e}")))?;
+            if wait > MANAGERS_WAIT_MAX {
+                return Err(ApiError::bad_request(format!(
+                    "wait: at most {MANAGERS_WAIT_MAX:?}"
+                )));
+            }
+            wait
+        }
+        None => cube_client::MANAGERS_WAIT,
+    };
+    Ok(Json(app.cube.managers(wait).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,9 +5,13 @@
 //! - `task`: a Task, each time the Task DB records it (submission, placement, state change);
 //! - `journal`: a JournalEntry, as the manager writes it;
 //! - `nodes`: the node list (with states and reservations), after heartbeats, at most once
-//!   a second, and every few seconds regardless so that a silent node is seen going down.
+//!   a second, and every few seconds regardless so that a silent node is seen going down;
+//! - `managers`: the manager processes (as `GET /api/managers`), at once on a takeover (a
+//!   journal entry of kind `leader`) and every few seconds regardless, so that a leader's
+//!   death and a standby's arrival are seen.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -17,7 +21,7 @@ use cube_client::{Chain, JournalFollower};
 use cube_shared::subjects::{HEARTBEAT_ALL, TASK_DB};
 use cube_shared::wire;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::api::ApiError;
@@ -29,6 +33,9 @@ pub(crate) fn routes(r: Routes) -> Routes {
 
 /// The node list is sent at least this often.
 const NODES_EVERY: Duration = Duration::from_secs(5);
+
+/// The manager list is sent at least this often.
+const MANAGERS_EVERY: Duration = Duration::from_secs(5);
 
 async fn stream(
     State(app): State<App>,
@@ -53,7 +60,11 @@ async fn stream(
     app.cube.nats().flush().await.map_err(live("flushing"))?;
 
     let (tx, rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(forward(app, tasks, journal, heartbeats, tx));
+    // Gathering the managers' answers takes a moment: apart, so that it never holds up the
+    // other events.
+    let takeover = Arc::new(Notify::new());
+    tokio::spawn(managers(app.clone(), takeover.clone(), tx.clone()));
+    tokio::spawn(forward(app, tasks, journal, heartbeats, takeover, tx));
     let events =
         futures::stream::unfold(
             rx,
@@ -79,6 +90,7 @@ async fn forward(
     mut tasks: async_nats::jetstream::kv::Watch,
     mut journal: JournalFollower,
     mut heartbeats: async_nats::Subscriber,
+    takeover: Arc<Notify>,
     tx: mpsc::Sender<Event>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -104,6 +116,11 @@ async fn forward(
             Some(read) = journal.next() => match read {
                 Ok(read) => read.entry.ok().map(|e| {
                     if e.kind.starts_with("node") || e.kind == "drain" {
+                        nodes_due = true;
+                    }
+                    if e.kind == "leader" {
+                        takeover.notify_one();
+                        // The new leader rebuilt its picture: the node list may differ.
                         nodes_due = true;
                     }
                     json_event("journal", &e)
@@ -134,6 +151,28 @@ async fn forward(
             if tx.send(event).await.is_err() {
                 break;
             }
+        }
+    }
+}
+
+/// Sends the manager list at once, then on each takeover and every [`MANAGERS_EVERY`], until
+/// the client disconnects or the server shuts down.
+async fn managers(app: App, takeover: Arc<Notify>, tx: mpsc::Sender<Event>) {
+    loop {
+        let event = match app.cube.managers(cube_client::MANAGERS_WAIT).await {
+            Ok(managers) => json_event("managers", &managers),
+            Err(e) => Event::default()
+                .event("problem")
+                .data(Chain(&e).to_string()),
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            _ = takeover.notified() => {}
+            _ = tokio::time::sleep(MANAGERS_EVERY) => {}
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cube_shared::units::{age, format_bytes};
-use cube_shared::{JournalEntry, Node, State as TaskState, Task};
+use cube_shared::{JournalEntry, ManagerInfo, ManagerRole, Node, State as TaskState, Task};
 use maud::{html, Markup, DOCTYPE};
 
 use crate::api::{filtered_tasks, ApiError, TasksFilter};
@@ -122,6 +122,49 @@ fn node_row(n: &Node) -> Markup {
     }
 }
 
+fn manager_row(m: &ManagerInfo) -> Markup {
+    let role = match m.role {
+        ManagerRole::Leader => "leader",
+        ManagerRole::Standby => "standby",
+    };
+    html! {
+        tr data-manager=(m.id) data-role=(role) {
+            td { span class=(format!("badge {role}")) { (role) } }
+            td.num { (m.epoch.map_or("-".to_string(), |e| e.to_string())) }
+            td.mono title=(m.id) { (m.id.to_string()[..8]) }
+            td { (m.host) }
+            td.num { (m.pid) }
+            td.age data-time=(m.since.to_rfc3339()) { (age(Some(m.since))) }
+            td.num { (m.terms) }
+        }
+    }
+}
+
+/// One line over the table: who leads at which epoch, and how many stand by.
+pub(crate) fn managers_summary(managers: &[ManagerInfo]) -> String {
+    let standbys = managers
+        .iter()
+        .filter(|m| m.role == ManagerRole::Standby)
+        .count();
+    let standbys = match standbys {
+        0 => "no standby".to_string(),
+        1 => "1 standby".to_string(),
+        n => format!("{n} standbys"),
+    };
+    match managers.iter().find(|m| m.role == ManagerRole::Leader) {
+        Some(l) => format!(
+            "leader {} (pid {}) at epoch {}; {standbys}",
+            l.host,
+            l.pid,
+            l.epoch.map_or("-".to_string(), |e| e.to_string())
+        ),
+        None if managers.is_empty() => "no manager answers".to_string(),
+        None => {
+            format!("no leader answers (a standby takes over when the lease expires); {standbys}")
+        }
+    }
+}
+
 fn task_row(t: &Task) -> Markup {
     html! {
         tr data-task=(t.id) data-state=(t.state) {
@@ -166,8 +209,13 @@ async fn overview(
     State(app): State<App>,
     Query(filter): Query<TasksFilter>,
 ) -> Result<Html<String>, PageError> {
-    let nodes = app.cube.nodes().await?;
-    let list = filtered_tasks(&app, &filter).await?;
+    // The managers' answers take a moment to gather: meanwhile, the rest.
+    let (managers, nodes, list) = tokio::join!(
+        app.cube.managers(cube_client::MANAGERS_WAIT),
+        app.cube.nodes(),
+        filtered_tasks(&app, &filter)
+    );
+    let (managers, nodes, list) = (managers?, nodes?, list?);
     // Counts by state over all tasks: the manager sends them with every list.
     let counts: Vec<(TaskState, usize)> = TaskState::ALL
         .into_iter()
@@ -191,6 +239,14 @@ async fn overview(
         }
     };
     let body = html! {
+        section #managers-section {
+            h2 { "Managers" }
+            p #managers-summary { (managers_summary(&managers)) }
+            table.managers {
+                thead { tr { th { "role" } th { "epoch" } th { "id" } th { "host" } th { "pid" } th { "since" } th { "terms" } } }
+                tbody #managers { @for m in &managers { (manager_row(m)) } }
+            }
+        }
         section {
             h2 { "Nodes" }
             table.nodes {

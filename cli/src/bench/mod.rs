@@ -7,6 +7,7 @@
 //! `schedule` and `nodes`, one Docker worker for `docker`.
 
 mod docker;
+mod failover;
 mod nodes;
 mod schedule;
 
@@ -44,6 +45,10 @@ pub enum BenchCommand {
     /// Real containers through Cube beside the same number created and started directly
     /// through the Docker API at the same concurrency.
     Docker(docker::DockerArgs),
+    /// High availability: how long from the leader manager's SIGKILL to the first placement
+    /// by the standby that takes over, per lease TTL; and placement throughput on a 3-node
+    /// R3 nats-server cluster beside a single R1 server, each beside raw JetStream.
+    Failover(failover::FailoverArgs),
     /// Many simulated workers heartbeating: the manager's CPU and memory, and how long
     /// `cube status` and `cube nodes` take over many tasks.
     Nodes(nodes::NodesArgs),
@@ -76,6 +81,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Schedule(a) => schedule::run(a).await,
         BenchCommand::Docker(a) => docker::run(a).await,
         BenchCommand::Nodes(a) => nodes::run(a).await,
+        BenchCommand::Failover(a) => failover::run(a).await,
     }
 }
 
@@ -132,92 +138,227 @@ fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
-/// A private cluster: nats-server and a manager process.
+/// A private cluster: nats-server (one, or several clustered) and manager processes.
 pub struct Harness {
     dir: tempfile::TempDir,
-    nats: NatsProcess,
-    manager: Option<Child>,
+    nats: Vec<NatsProcess>,
+    managers: Vec<Option<Child>>,
+    spec: HarnessSpec,
     keep: bool,
     pub url: String,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
 }
 
+/// What a [`Harness`] runs.
+#[derive(Debug, Clone)]
+pub struct HarnessSpec {
+    pub scheduler: String,
+    /// nats-servers: 1, or a cluster of several on loopback.
+    pub servers: usize,
+    /// `cube manager --replicas`.
+    pub replicas: usize,
+    /// `cube manager --lease-ttl`, if not the default.
+    pub lease_ttl: Option<Duration>,
+}
+
+impl HarnessSpec {
+    pub fn single(scheduler: &str) -> HarnessSpec {
+        HarnessSpec {
+            scheduler: scheduler.to_string(),
+            servers: 1,
+            replicas: 1,
+            lease_ttl: None,
+        }
+    }
+}
+
 impl Harness {
     pub async fn start(common: &Common, scheduler: &str) -> Result<Harness> {
+        Harness::start_with(common, HarnessSpec::single(scheduler)).await
+    }
+
+    /// The servers of `spec` and one manager, set up and leading.
+    pub async fn start_with(common: &Common, spec: HarnessSpec) -> Result<Harness> {
         let dir = tempfile::Builder::new().prefix("cube-bench-").tempdir()?;
-        let store = dir.path().join("jetstream");
-        std::fs::create_dir_all(&store)?;
-        let port = free_port()?;
-        let config = dir.path().join("nats.conf");
-        std::fs::write(
-            &config,
-            server_config(port, "cube-bench", &store, common.sync, &[]),
-        )?;
-        let mut nats = NatsProcess::spawn(
-            &common.nats_server,
-            &config,
-            &dir.path().join("nats-server.log"),
-        )?;
-        nats.wait_ready(port).await?;
-        let url = format!("nats://127.0.0.1:{port}");
+        let ports = (0..spec.servers)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>>>()?;
+        let route_ports = (0..spec.servers)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>>>()?;
+        let mut nats = Vec::with_capacity(spec.servers);
+        for (i, port) in ports.iter().enumerate() {
+            let name = if spec.servers == 1 {
+                "cube-bench".to_string()
+            } else {
+                format!("cube-bench-{}", i + 1)
+            };
+            let store = dir.path().join(&name).join("jetstream");
+            std::fs::create_dir_all(&store)?;
+            let config = dir.path().join(format!("{name}.conf"));
+            let text = if spec.servers == 1 {
+                server_config(*port, &name, &store, common.sync, &[])
+            } else {
+                let member = crate::nats_process::ClusterMember {
+                    port: *port,
+                    route_port: route_ports[i],
+                    name: &name,
+                    cluster: "cube-bench",
+                    routes: &route_ports,
+                };
+                crate::nats_process::cluster_config(&member, &store, common.sync, &[])
+            };
+            std::fs::write(&config, text)?;
+            let log = if spec.servers == 1 {
+                dir.path().join("nats-server.log")
+            } else {
+                dir.path().join(format!("{name}.log"))
+            };
+            nats.push(NatsProcess::spawn(&common.nats_server, &config, &log)?);
+        }
+        for (server, port) in nats.iter_mut().zip(&ports) {
+            server.wait_ready(*port).await?;
+        }
+        let url = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let client = connect(&url, "cube-bench").await?;
         let js = jetstream::new(client.clone());
         let mut harness = Harness {
             dir,
             nats,
-            manager: None,
+            managers: Vec::new(),
+            spec,
             keep: common.keep,
             url,
             client,
             js,
         };
-        harness.start_manager(scheduler).await?;
+        harness.start_manager().await?;
         Ok(harness)
     }
 
-    /// Starts `cube manager` (this binary) against the private server, its log in the
-    /// temporary directory, and waits until it has created its streams and buckets.
-    async fn start_manager(&mut self, scheduler: &str) -> Result<()> {
+    /// `cube manager` number `index`, its log appended to that manager's.
+    fn spawn_manager(&self, index: usize) -> Result<Child> {
         let exe = std::env::current_exe().context("finding the cube binary")?;
-        let log = std::fs::File::create(self.dir.path().join("manager.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.manager_log(index))?;
+        let mut args = vec![
+            "manager".to_string(),
+            "--nats-url".into(),
+            self.url.clone(),
+            "--scheduler".into(),
+            self.spec.scheduler.clone(),
+            "--replicas".into(),
+            self.spec.replicas.to_string(),
+        ];
+        if let Some(ttl) = self.spec.lease_ttl {
+            args.extend(["--lease-ttl".into(), format!("{}ms", ttl.as_millis())]);
+        }
         let child = tokio::process::Command::new(exe)
-            .args(["manager", "--nats-url", &self.url, "--scheduler", scheduler])
+            .args(&args)
             .env_remove("CUBE_NATS_USER")
             .env_remove("CUBE_NATS_PASSWORD")
+            .env_remove("CUBE_LEASE_TTL")
+            .env_remove("CUBE_REPLICAS")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("starting the manager")?;
-        self.manager = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        Ok(child)
+    }
+
+    /// Starts another `cube manager` (this binary) against the private servers, its log in
+    /// the temporary directory (`manager.log`, then `manager-2.log`, …), and returns its
+    /// index. The first is waited for until it has created its streams and buckets.
+    pub async fn start_manager(&mut self) -> Result<usize> {
+        let index = self.managers.len();
+        let child = self.spawn_manager(index)?;
+        self.managers.push(Some(child));
+        if index > 0 {
+            return Ok(index);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.js.get_key_value(ADMIN_DB).await.is_err()
             || self.js.get_stream(EVENTS_STREAM).await.is_err()
         {
-            if let Some(status) = self.manager.as_mut().and_then(|c| c.try_wait().ok()?) {
+            if let Some(status) = self.managers[0].as_mut().and_then(|c| c.try_wait().ok()?) {
                 bail!(
                     "the manager exited ({status}):\n{}",
                     self.manager_log_tail(10)
                 );
             }
             if Instant::now() > deadline {
-                bail!("the manager did not set up JetStream within 30 s");
+                bail!(
+                    "the manager did not set up JetStream within 60 s:\n{}\nnats-server: {}",
+                    self.manager_log_tail(10),
+                    self.nats
+                        .first()
+                        .map(|n| n.log_tail(10))
+                        .unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(index)
+    }
+
+    fn manager_log(&self, index: usize) -> PathBuf {
+        match index {
+            0 => self.dir.path().join("manager.log"),
+            i => self.dir.path().join(format!("manager-{}.log", i + 1)),
+        }
+    }
+
+    /// The first manager's pid, while it runs.
+    pub fn manager_pid(&self) -> Option<u32> {
+        self.managers
+            .first()
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.id())
+    }
+
+    /// The pid of manager `index`, while it runs.
+    pub fn pid_of(&self, index: usize) -> Option<u32> {
+        self.managers
+            .get(index)
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.id())
+    }
+
+    /// SIGKILLs manager `index` and reaps it.
+    pub async fn kill_manager(&mut self, index: usize) -> Result<()> {
+        let mut child = self.managers[index]
+            .take()
+            .with_context(|| format!("manager {index} is not running"))?;
+        child.kill().await.context("killing a manager")?;
         Ok(())
     }
 
-    pub fn manager_pid(&self) -> Option<u32> {
-        self.manager.as_ref().and_then(|c| c.id())
+    /// Starts manager `index` again (after [`Harness::kill_manager`]).
+    pub async fn restart_manager(&mut self, index: usize) -> Result<()> {
+        anyhow::ensure!(self.managers[index].is_none(), "manager {index} runs");
+        self.managers[index] = Some(self.spawn_manager(index)?);
+        Ok(())
     }
 
-    /// The manager's last `lines` warnings and errors.
+    /// The last `lines` warnings and errors of every manager.
     pub fn manager_log_tail(&self, lines: usize) -> String {
-        tail(&self.dir.path().join("manager.log"), lines, |l| {
-            l.contains("WARN") || l.contains("ERROR")
-        })
+        (0..self.managers.len().max(1))
+            .map(|i| {
+                tail(&self.manager_log(i), lines, |l| {
+                    l.contains("WARN") || l.contains("ERROR")
+                })
+            })
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Nodes the manager considers ready, whose name starts with `prefix`.
@@ -253,11 +394,15 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
-        if let Some(mut manager) = self.manager.take() {
-            terminate(&mut manager, Duration::from_secs(10)).await;
-        }
+        let managers: Vec<Child> = self.managers.iter_mut().filter_map(Option::take).collect();
+        futures::future::join_all(
+            managers
+                .into_iter()
+                .map(|mut m| async move { terminate(&mut m, Duration::from_secs(10)).await }),
+        )
+        .await;
         self.client.flush().await.ok();
-        self.nats.stop().await;
+        futures::future::join_all(self.nats.iter_mut().map(NatsProcess::stop)).await;
         if self.keep {
             let dir = self.dir.keep();
             eprintln!("kept the run's logs and store in {}", dir.display());
@@ -471,8 +616,19 @@ impl SimFleet {
             }));
             let (c, token) = (client.clone(), shutdown.clone());
             handles.push(tokio::spawn(async move {
-                if let Err(e) = cube_worker::run(cfg, c, runtime, token).await {
-                    eprintln!("simulated worker {name}: {e}");
+                // A loaded cluster may time out a worker's set-up: it starts again, as a
+                // restarted worker process would.
+                loop {
+                    let run =
+                        cube_worker::run(cfg.clone(), c.clone(), runtime.clone(), token.clone());
+                    match run.await {
+                        Ok(()) => return,
+                        Err(_) if token.is_cancelled() => return,
+                        Err(e) => {
+                            eprintln!("simulated worker {name}: {e}; starting it again");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
                 }
             }));
             clients.push(client);

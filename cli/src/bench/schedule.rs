@@ -67,9 +67,16 @@ pub async fn run(args: ScheduleArgs) -> Result<()> {
     let harness = Harness::start(common, args.scheduler.name()).await?;
     let result = measure(&args, &harness).await;
     let raw = match (&result, args.no_raw) {
-        (Ok(report), false) => {
-            Some(raw_jetstream(&harness.js, args.tasks, report.message_bytes, common.window).await?)
-        }
+        (Ok(report), false) => Some(
+            raw_jetstream(
+                &harness.js,
+                args.tasks,
+                report.message_bytes,
+                common.window,
+                1,
+            )
+            .await?,
+        ),
         _ => None,
     };
     harness.stop().await;
@@ -79,7 +86,7 @@ pub async fn run(args: ScheduleArgs) -> Result<()> {
     finish(common, &table(&report), &report)
 }
 
-async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<ScheduleReport> {
+pub(super) async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<ScheduleReport> {
     let spec = SimSpec {
         count: args.workers,
         prefix: "sim-".into(),
@@ -127,12 +134,14 @@ async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<ScheduleRepor
 
 /// One client publishes `count` messages of `size` bytes into a file stream (at most
 /// `window` awaiting acknowledgement) while a pull consumer takes and acknowledges them:
-/// messages/s from the first publish to the last message consumed.
+/// messages/s from the first publish to the last message consumed. The stream has
+/// `replicas` copies, as Cube's own do under `--replicas`.
 pub async fn raw_jetstream(
     js: &jetstream::Context,
     count: usize,
     size: usize,
     window: usize,
+    replicas: usize,
 ) -> Result<f64> {
     const STREAM: &str = "CUBE_BENCH_RAW";
     let stream = js
@@ -141,6 +150,7 @@ pub async fn raw_jetstream(
             subjects: vec!["cube-bench.raw".into()],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
