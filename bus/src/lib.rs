@@ -201,7 +201,16 @@ async fn publish_once(
     };
     let mut acks = FuturesUnordered::new();
     for (i, m) in messages.iter().enumerate() {
-        while acks.len() >= IN_FLIGHT {
+        // A replicated stream refuses a message conditional on a subject's last sequence while
+        // another such message for that subject is in process (code 10164, "wrong last
+        // sequence", however right the sequence), so conditional messages (the manager's
+        // fenced Task DB writes, all conditional on the fence key) go one at a time: each
+        // waits until nothing sent before it is in flight.
+        let conditional = m.headers.as_ref().is_some_and(|h| {
+            h.get(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE)
+                .is_some()
+        });
+        while acks.len() >= IN_FLIGHT || (conditional && !acks.is_empty()) {
             if let Some((j, Err(e))) = acks.next().await {
                 note(j, e);
             }
