@@ -408,15 +408,34 @@ async fn durable(
         stream: stream.to_string(),
         source,
     };
-    let handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
-    cube_bus::durable_messages(
-        handle,
-        consumer_config(name, subject),
-        1024,
-        shutdown.child_token(),
-    )
-    .await
-    .map_err(|e| err(e.into()))
+    // A takeover can come in the middle of a NATS cluster's failover (the stream without a
+    // leader for seconds): keep trying, as the set-up does, rather than end the process.
+    let started = Instant::now();
+    loop {
+        let attempt = async {
+            let handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
+            cube_bus::durable_messages(
+                handle,
+                consumer_config(name, subject),
+                1024,
+                shutdown.child_token(),
+            )
+            .await
+            .map_err(|e| err(e.into()))
+        };
+        let e = match attempt.await {
+            Ok(messages) => return Ok(messages),
+            Err(e) => e,
+        };
+        if started.elapsed() >= SET_UP_PATIENCE || shutdown.is_cancelled() {
+            return Err(e);
+        }
+        warn!(error = %cube_bus::Chain(&e), "binding the consumer; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(e),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 impl Shell {

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 mod cli;
 pub mod clock;
+pub mod cluster;
 mod events;
 mod nats;
 pub mod oracle;
@@ -31,6 +32,7 @@ mod wait;
 pub mod web;
 
 pub use cli::{cube, cube_bin, cube_output, cube_output_with_env, cube_with_env, CubeOutput};
+pub use cluster::{Nats, NatsCluster};
 pub use nats::NatsServer;
 pub(crate) use nats::NATS_LOG;
 pub use rng::Rng;

@@ -21,6 +21,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::clock::FakeClock;
+use crate::cluster::Nats;
 use crate::events::first;
 pub use crate::events::CreateEvents;
 pub use crate::proc::Proc;
@@ -43,8 +44,9 @@ fn worker_label(name: &str) -> String {
 /// Dropping it kills them and removes every container labelled with a worker it started.
 /// Their logs are kept (and their path printed) when the test fails, or always with
 /// `CUBE_KEEP_LOGS=1`. They log at `RUST_LOG=info`, or at `CUBE_TEST_RUST_LOG` if it is set.
-pub struct ProcCluster {
-    pub nats: NatsServer,
+/// NATS is one [`NatsServer`], or a [`crate::NatsCluster`] ([`ProcCluster::on`]).
+pub struct ProcCluster<N: Nats = NatsServer> {
+    pub nats: N,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub docker: Arc<DockerRuntime>,
@@ -65,6 +67,9 @@ pub struct ProcCluster {
     proxies: HashMap<String, Proxy>,
     /// The manager's steppable wall clock, if it runs on one.
     manager_clock: Option<FakeClock>,
+    /// Process label → the NATS URL it gets instead of every server's (see
+    /// [`ProcCluster::connect_manager_to`]).
+    nats_urls: HashMap<String, String>,
 }
 
 impl ProcCluster {
@@ -73,6 +78,41 @@ impl ProcCluster {
         // Fails now, with the remedy, if `cargo build --bins` has not been run.
         cube_bin();
         let (nats, client, docker) = crate::prepare().await?;
+        ProcCluster::assemble(nats, client, docker)
+    }
+
+    /// A manager and `workers` workers (unique names), all ready.
+    pub async fn start(workers: usize) -> Result<ProcCluster> {
+        let mut cluster = ProcCluster::new().await?;
+        cluster.start_manager().await?;
+        for _ in 0..workers {
+            cluster.add_worker().await?;
+        }
+        Ok(cluster)
+    }
+}
+
+impl<N: Nats> ProcCluster<N> {
+    /// On `nats` (a [`crate::NatsCluster`], say), which is ready; start the manager and
+    /// workers yourself.
+    pub async fn on(nats: N) -> Result<ProcCluster<N>> {
+        cube_bin();
+        crate::init_tracing();
+        crate::ensure_image()?;
+        let docker = Arc::new(
+            DockerRuntime::connect()
+                .await
+                .context("Docker must be running")?,
+        );
+        let client = nats.connect().await?;
+        ProcCluster::assemble(nats, client, docker)
+    }
+
+    fn assemble(
+        nats: N,
+        client: async_nats::Client,
+        docker: Arc<DockerRuntime>,
+    ) -> Result<ProcCluster<N>> {
         Ok(ProcCluster {
             js: jetstream::new(client.clone()),
             client,
@@ -89,17 +129,24 @@ impl ProcCluster {
             spawned: 0,
             proxies: HashMap::new(),
             manager_clock: None,
+            nats_urls: HashMap::new(),
         })
     }
 
-    /// A manager and `workers` workers (unique names), all ready.
-    pub async fn start(workers: usize) -> Result<ProcCluster> {
-        let mut cluster = ProcCluster::new().await?;
-        cluster.start_manager().await?;
-        for _ in 0..workers {
-            cluster.add_worker().await?;
-        }
-        Ok(cluster)
+    /// From its next start on, the manager connects to `url` (one server of a cluster, say)
+    /// instead of every server.
+    pub fn connect_manager_to(&mut self, url: &str) {
+        self.nats_urls.insert(MANAGER.to_string(), url.to_string());
+    }
+
+    /// Starts a worker with a fresh unique name that connects to `url` (one server of a
+    /// cluster, say) instead of every server, and waits until it is ready (see
+    /// [`ProcCluster::start_worker`]).
+    pub async fn add_worker_connected_to(&mut self, url: &str) -> Result<String> {
+        let name = unique("w");
+        self.nats_urls.insert(worker_label(&name), url.to_string());
+        self.start_worker(&name).await?;
+        Ok(name)
     }
 
     fn logs_dir(&self) -> PathBuf {
@@ -115,10 +162,11 @@ impl ProcCluster {
         let log = self
             .logs_dir()
             .join(format!("{:02}-{label}.log", self.spawned));
-        let url = self
-            .proxies
-            .get(label)
-            .map_or_else(|| self.nats.url(), Proxy::url);
+        let url = match (self.proxies.get(label), self.nats_urls.get(label)) {
+            (Some(proxy), _) => proxy.url(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => self.nats.url(),
+        };
         let mut cmd = tokio::process::Command::new(cube_bin());
         cmd.args(args)
             .env("CUBE_NATS_URL", url)
@@ -140,8 +188,16 @@ impl ProcCluster {
                 bail!("a manager (pid {}) is already running", old.pid());
             }
         }
-        // A manager restarted after a kill waits out its predecessor's lease: keep that short.
-        let mut args = vec!["manager".to_string(), "--lease-ttl".into(), "2s".into()];
+        // A manager restarted after a kill waits out its predecessor's lease: keep that short,
+        // unless the test sets it.
+        let mut args = vec!["manager".to_string()];
+        if !self
+            .manager_args
+            .iter()
+            .any(|a| a.starts_with("--lease-ttl"))
+        {
+            args.extend(["--lease-ttl".into(), "2s".into()]);
+        }
         args.extend(self.manager_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (cmd, log) = self.command(MANAGER, &args);
@@ -436,7 +492,8 @@ impl ProcCluster {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
-        files.retain(|f| !f.ends_with(NATS_LOG));
+        // nats-server's logs (copies kept with the others) come last.
+        files.retain(|f| !is_nats_log(f));
         files.sort();
         let mut out = String::new();
         for f in files {
@@ -450,9 +507,7 @@ impl ProcCluster {
             out.push('\n');
         }
         // Its start-up banner is long; the last lines say whether it had trouble.
-        let lines = lines.min(12);
-        out.push_str(&format!("\n----- nats-server (last {lines} lines) -----\n"));
-        out.push_str(&self.nats.log_tail(lines));
+        out.push_str(&self.nats.log_tail(lines.min(12)));
         out
     }
 
@@ -463,7 +518,7 @@ impl ProcCluster {
             self.kept_logs = Some(dir.keep());
         }
         let dir = self.logs_dir();
-        let _ = std::fs::copy(self.nats.store.path().join(NATS_LOG), dir.join(NATS_LOG));
+        self.nats.copy_logs(&dir);
         dir
     }
 
@@ -478,6 +533,14 @@ impl ProcCluster {
             )
         })
     }
+}
+
+/// A copy of a nats-server's log: `nats-server.log`, or `nats-server-n0.log` for a cluster's.
+fn is_nats_log(f: &std::path::Path) -> bool {
+    f.file_name().is_some_and(|n| {
+        n.to_string_lossy()
+            .starts_with(NATS_LOG.trim_end_matches(".log"))
+    })
 }
 
 fn summarize(total: usize, state: State, missing: &[Uuid], behind: &[&Task]) -> String {
@@ -504,7 +567,7 @@ fn summarize(total: usize, state: State, missing: &[Uuid], behind: &[&Task]) -> 
     )
 }
 
-impl Drop for ProcCluster {
+impl<N: Nats> Drop for ProcCluster<N> {
     /// Kills the manager and workers, then removes every container of the workers it started.
     fn drop(&mut self) {
         if std::thread::panicking() {
