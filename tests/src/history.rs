@@ -30,6 +30,8 @@ pub struct Record {
     /// The writer's epoch, from the `Cube-Epoch` header (`None`: a write without it, such as
     /// the fence itself, or a deletion).
     pub epoch: Option<u64>,
+    /// When this process received it.
+    pub seen: tokio::time::Instant,
 }
 
 /// The bucket's stream.
@@ -110,7 +112,13 @@ impl TaskDbHistory {
                     .unwrap_or(msg.subject.as_str())
                     .to_string();
                 let epoch = epoch_of(msg.headers.as_ref());
-                lock(&into).push(Record { seq, key, epoch });
+                let seen = tokio::time::Instant::now();
+                lock(&into).push(Record {
+                    seq,
+                    key,
+                    epoch,
+                    seen,
+                });
             }
             lock(&errs).push("the Task DB's ordered consumer ended".to_string());
         });
@@ -128,7 +136,13 @@ impl TaskDbHistory {
                     .unwrap_or(msg.subject.as_str())
                     .to_string();
                 let epoch = epoch_of(msg.headers.as_ref());
-                lock(&into).push(Record { seq: 0, key, epoch });
+                let seen = tokio::time::Instant::now();
+                lock(&into).push(Record {
+                    seq: 0,
+                    key,
+                    epoch,
+                    seen,
+                });
             }
         });
         Ok(TaskDbHistory {

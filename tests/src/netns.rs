@@ -3,7 +3,9 @@
 //! with `ip netns exec`) reaches a nats-server listening on the host side of the link. The
 //! test cuts the link with iptables DROP rules inside the namespace, so the process's TCP
 //! connections stall rather than reset, as behind a failed switch or a black-holing firewall
-//! (a gray failure: nobody is told anything), and heals it by removing them.
+//! (a gray failure: nobody is told anything), and heals it by removing them. It can also cut
+//! one way first: what the namespace sends is lost while what it is sent still arrives, so
+//! the process goes on hearing and deciding while nothing it says gets out.
 //!
 //! Needs root (CAP_NET_ADMIN), `ip` and `iptables`. Everything is removed when the [`Netns`]
 //! is dropped: the namespace, and with it the link and the rules.
@@ -24,7 +26,10 @@ pub struct Netns {
     host_link: String,
     host_ip: Ipv4Addr,
     ns_ip: Ipv4Addr,
-    cut: bool,
+    /// Whether what the namespace sends to the host side is dropped now.
+    outgoing_cut: bool,
+    /// Whether what the host side sends to the namespace is dropped now.
+    incoming_cut: bool,
 }
 
 impl Netns {
@@ -39,7 +44,8 @@ impl Netns {
             host_link: format!("cha{}h", &id[..8]),
             host_ip,
             ns_ip,
-            cut: false,
+            outgoing_cut: false,
+            incoming_cut: false,
         };
         let peer = format!("cha{}n", &id[..8]);
         ip(&["netns", "add", &ns.name])?;
@@ -92,56 +98,69 @@ impl Netns {
             .to_vec()
     }
 
-    /// Whether the link is cut now.
+    /// Whether the link is cut now, either way.
     pub fn is_cut(&self) -> bool {
-        self.cut
+        self.outgoing_cut || self.incoming_cut
     }
 
     /// Cuts the namespace off from this machine: every packet between it and the host side
     /// of the link is dropped, both ways, without a reset or an ICMP error. Connections stay
-    /// open and go silent.
+    /// open and go silent. (After [`Netns::cut_outgoing`], this completes the cut.)
     pub fn cut(&mut self) -> Result<()> {
-        if self.cut {
+        if self.outgoing_cut && self.incoming_cut {
             bail!("the link of {} is already cut", self.name);
         }
-        for rule in self.rules() {
-            let mut args = vec!["-w", "-I"];
-            args.extend(rule.iter().map(String::as_str));
-            self.exec_ok("iptables", &args)?;
+        // Outgoing first: from the first rule on, nothing the process sends gets through.
+        if !self.outgoing_cut {
+            self.rule("-I", Way::Outgoing)?;
+            self.outgoing_cut = true;
         }
-        self.cut = true;
+        self.rule("-I", Way::Incoming)?;
+        self.incoming_cut = true;
         tracing::info!(netns = %self.name, "link cut");
+        Ok(())
+    }
+
+    /// Cuts one way: what the namespace sends to the host side is dropped, what it is sent
+    /// still arrives. A process inside keeps receiving on its connections for a while (until
+    /// the sender stops for want of TCP acknowledgements), and whatever it sends stalls in
+    /// its socket, to go out only once healed.
+    pub fn cut_outgoing(&mut self) -> Result<()> {
+        if self.outgoing_cut {
+            bail!("the link of {} is already cut outgoing", self.name);
+        }
+        self.rule("-I", Way::Outgoing)?;
+        self.outgoing_cut = true;
+        tracing::info!(netns = %self.name, "link cut outgoing");
         Ok(())
     }
 
     /// Heals a cut: the dropping rules are removed, and stalled connections resume (TCP
     /// retransmits what was lost) unless a peer has given up on them meanwhile.
     pub fn heal(&mut self) -> Result<()> {
-        if !self.cut {
+        if !self.is_cut() {
             bail!("the link of {} is not cut", self.name);
         }
-        for rule in self.rules() {
-            let mut args = vec!["-w", "-D"];
-            args.extend(rule.iter().map(String::as_str));
-            self.exec_ok("iptables", &args)?;
+        if self.incoming_cut {
+            self.rule("-D", Way::Incoming)?;
+            self.incoming_cut = false;
         }
-        self.cut = false;
+        if self.outgoing_cut {
+            self.rule("-D", Way::Outgoing)?;
+            self.outgoing_cut = false;
+        }
         tracing::info!(netns = %self.name, "link healed");
         Ok(())
     }
 
-    /// The rules of a cut: a chain and its match, for `iptables -I` and `-D`.
-    fn rules(&self) -> [Vec<String>; 2] {
+    /// Inserts (`-I`) or deletes (`-D`) the rule that drops one way of the link.
+    fn rule(&self, op: &str, way: Way) -> Result<()> {
         let host = self.host_ip.to_string();
-        // Outgoing first: from the first rule on, nothing the process sends gets through.
-        [
-            ["OUTPUT", "-d", &host, "-j", "DROP"]
-                .map(String::from)
-                .to_vec(),
-            ["INPUT", "-s", &host, "-j", "DROP"]
-                .map(String::from)
-                .to_vec(),
-        ]
+        let (chain, dir) = match way {
+            Way::Outgoing => ("OUTPUT", "-d"),
+            Way::Incoming => ("INPUT", "-s"),
+        };
+        self.exec_ok("iptables", &["-w", op, chain, dir, &host, "-j", "DROP"])
     }
 
     /// Runs `program args` inside the namespace and fails with its output unless it succeeds.
@@ -161,6 +180,13 @@ impl Drop for Netns {
             eprintln!("removing network namespace {}: {e:#}", self.name);
         }
     }
+}
+
+/// One way of the link, as seen from the namespace.
+#[derive(Clone, Copy)]
+enum Way {
+    Outgoing,
+    Incoming,
 }
 
 /// Runs `ip args`; fails with its output unless it succeeds.

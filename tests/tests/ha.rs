@@ -10,14 +10,17 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use cube_shared::{ManagerRole, State, Task};
-use cube_tests::history::{check_fenced, epochs, TaskDbHistory};
+use cube_shared::subjects::PENDING;
+use cube_shared::{ManagerRole, State, Task, TaskEvent};
+use cube_tests::history::{check_fenced, epochs, Record, TaskDbHistory};
 use cube_tests::netns::Netns;
 use cube_tests::procs::{describe_managers, ProcCluster, GATHER};
 use cube_tests::{eventually, task, NatsServer, Rng};
+use futures::StreamExt;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -39,7 +42,7 @@ async fn all_ran_once(c: &mut ProcCluster, ids: &[Uuid], began: Instant) -> Resu
     let distinct: HashSet<Uuid> = ids.iter().copied().collect();
     ensure!(distinct.len() == ids.len(), "the task ids are distinct");
     let tasks = c
-        .wait_all(ids, State::Completed, Duration::from_secs(120))
+        .wait_all(ids, State::Completed, Duration::from_secs(180))
         .await?;
     eprintln!(
         "all {} tasks completed {:?} after the first submission",
@@ -169,6 +172,61 @@ async fn leader_killed(c: &mut ProcCluster) -> Result<()> {
     Ok(())
 }
 
+/// Each message's epoch, and when it arrived here.
+type Epochs = Arc<Mutex<Vec<(Option<u64>, Instant)>>>;
+
+/// The work sent to workers (`tasks.pending.>`: placements and stops), each message's epoch
+/// and when it arrived here, as a plain subscriber sees it.
+struct WorkSent {
+    seen: Epochs,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkSent {
+    async fn record(client: &async_nats::Client) -> Result<WorkSent> {
+        let mut sub = client.subscribe(format!("{PENDING}.>")).await?;
+        client.flush().await?;
+        let seen: Epochs = Arc::default();
+        let into = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let epoch = serde_json::from_slice::<TaskEvent>(&msg.payload)
+                    .ok()
+                    .and_then(|e| e.epoch);
+                into.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((epoch, Instant::now()));
+            }
+        });
+        Ok(WorkSent { seen, task })
+    }
+
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// How many messages of epoch `old` arrived after the first of epoch `new`, and when the
+    /// first of them did.
+    fn after_first(&self, old: u64, new: u64) -> (usize, Option<Instant>) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(first_new) = seen.iter().position(|(e, _)| *e == Some(new)) else {
+            return (0, None);
+        };
+        let late: Vec<Instant> = seen[first_new..]
+            .iter()
+            .filter(|(e, _)| *e == Some(old))
+            .map(|(_, at)| *at)
+            .collect();
+        (late.len(), late.first().copied())
+    }
+}
+
+impl Drop for WorkSent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn submit(c: &ProcCluster, i: usize) -> Result<Uuid> {
     c.submit(short())
         .await
@@ -176,12 +234,15 @@ async fn submit(c: &ProcCluster, i: usize) -> Result<Uuid> {
 }
 
 /// Issue 16, test 2: the leader runs in a network namespace of its own and is cut off from
-/// NATS (iptables drops its packets both ways: its connection stalls, nobody is told) while
-/// tasks are being submitted. The standby takes over; the link is healed while submissions
-/// go on; the old leader, whose connection comes back with whatever it had in flight, must
-/// have written nothing to the Task DB after the new leader's first write (the history as
+/// NATS while tasks are being submitted, in the middle of a burst of them: iptables drops
+/// what it sends, then, half a second later, its packets both ways (its connection stalls,
+/// nobody is told). The standby takes over; the link is healed while submissions go on; the
+/// old leader, whose connection comes back with the writes it sent meanwhile, must have
+/// written nothing to the Task DB after the new leader's first write (the history as
 /// JetStream stored it), answers as a standby, and the new leader leads on. Every task runs,
-/// and Docker created one container for each.
+/// and Docker created one container for each. What it had in flight (Task DB writes refused
+/// by the fence, or work the workers refuse for its epoch) must have arrived after the new
+/// leader's, or the run proved nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_nats_is_replaced_and_writes_nothing_once_healed() -> Result<()> {
     let mut ns = Netns::create()?;
@@ -200,9 +261,12 @@ async fn leader_partitioned(c: &mut ProcCluster, ns: &mut Netns) -> Result<()> {
     const BEFORE_CUT: usize = 40;
     const AFTER_HEAL: usize = 30;
     /// Submitted all at once, the link cut when a third of them are stored, so that the
-    /// leader is cut off in the middle of handling them: writes it sends then stall on the
-    /// way, and arrive (to be refused) once healed.
+    /// leader is cut off in the middle of handling them.
     const BURST: usize = 40;
+    /// How long the link is cut one way only (what the leader sends is lost) before it is
+    /// cut both ways: the leader goes on receiving submissions and deciding, and the writes
+    /// it sends stall in its socket, to arrive (and be refused) once healed.
+    const ONE_WAY: Duration = Duration::from_millis(500);
     /// How long the link stays cut after the takeover, submissions going on.
     const CUT_AFTER_TAKEOVER: Duration = Duration::from_secs(2);
 
@@ -214,6 +278,7 @@ async fn leader_partitioned(c: &mut ProcCluster, ns: &mut Netns) -> Result<()> {
         "the manager in the namespace leads: {leading:?}"
     );
     let mut history = TaskDbHistory::record(&c.client).await?;
+    let work = WorkSent::record(&c.client).await?;
     let standby = c.spawn_manager(TTL).await?;
     let old = c.wait_roles(old_pid, &[standby]).await?;
     let old_epoch = old.epoch.context("the leader names its epoch")?;
@@ -272,8 +337,10 @@ async fn leader_partitioned(c: &mut ProcCluster, ns: &mut Netns) -> Result<()> {
                 ensure!(!failed.load(Ordering::SeqCst), "a submission failed");
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            ns.cut()?;
+            ns.cut_outgoing()?;
             let cut = Instant::now();
+            tokio::time::sleep(ONE_WAY).await;
+            ns.cut()?;
             let at_cut = submitted.load(Ordering::SeqCst);
             let (new, answered) = c_ref
                 .wait_leader(Some(old.id), TTL + Duration::from_secs(10))
@@ -291,7 +358,7 @@ async fn leader_partitioned(c: &mut ProcCluster, ns: &mut Netns) -> Result<()> {
                 new.epoch,
                 heal - cut
             );
-            Ok::<_, anyhow::Error>((new, took))
+            Ok::<_, anyhow::Error>((new, took, cut, heal))
         }
         .await;
         if result.is_err() {
@@ -305,7 +372,7 @@ async fn leader_partitioned(c: &mut ProcCluster, ns: &mut Netns) -> Result<()> {
     if ns.is_cut() {
         ns.heal()?;
     }
-    let (new, took) = taken?;
+    let (new, took, cut, heal) = taken?;
     let ids = ids?;
     eprintln!("{} submitted in {:?}", ids.len(), began.elapsed());
     ensure!(
@@ -379,10 +446,46 @@ async fn leader_partitioned(c: &mut ProcCluster, ns: &mut Netns) -> Result<()> {
         .iter()
         .position(|r| r.epoch == Some(new_epoch))
         .unwrap_or(attempts.len());
-    let late = attempts[first_new..]
+    let late: Vec<&Record> = attempts[first_new..]
         .iter()
         .filter(|r| r.epoch == Some(old_epoch))
-        .count();
+        .collect();
+    let when = |at: Instant| {
+        if at >= heal {
+            format!("{:?} after the heal", at - heal)
+        } else if at >= cut {
+            format!("{:?} after the cut", at - cut)
+        } else {
+            format!("{:?} before the cut", cut - at)
+        }
+    };
+    let last_old = attempts
+        .iter()
+        .filter(|r| r.epoch == Some(old_epoch))
+        .map(|r| r.seen)
+        .max();
+    eprintln!(
+        "the old leader's last write arrived {}; its writes after the new epoch's first: \
+         first {}, last {}",
+        last_old.map_or("never".into(), when),
+        late.first().map_or("none".into(), |r| when(r.seen)),
+        late.last().map_or("none".into(), |r| when(r.seen)),
+    );
+    let late = late.len();
+    let (stale, stale_first) = work.after_first(old_epoch, new_epoch);
+    eprintln!(
+        "work sent: {} messages ({stale} of epoch {old_epoch} after the first of epoch \
+         {new_epoch}, {}; the workers refuse those)",
+        work.len(),
+        stale_first.map_or("none".into(), when)
+    );
+    // Cut off one way mid-burst, the old leader had Task DB writes or work on their way:
+    // they arrived after its successor's, so the fences above were put to the test.
+    ensure!(
+        late + stale > 0,
+        "nothing the old leader sent arrived after the new leader's first write and work: \
+         the fences were not put to the test"
+    );
     eprintln!(
         "Task DB writes sent: {} ({late} of epoch {old_epoch} after the first of epoch \
          {new_epoch}, none of them stored)",
