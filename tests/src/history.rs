@@ -226,13 +226,15 @@ pub fn check_fenced(records: &[Record], old: u64, new: u64) -> Result<()> {
         .iter()
         .position(|r| r.epoch == Some(new))
         .ok_or_else(|| anyhow!("no record of epoch {new} was stored"))?;
-    let late: Vec<&Record> = records[first_new..]
+    let late: Vec<(u64, &str)> = records[first_new..]
         .iter()
         .filter(|r| r.epoch == Some(old))
+        .map(|r| (r.seq, r.key.as_str()))
         .collect();
     ensure!(
         late.is_empty(),
-        "{} records of epoch {old} were stored after the first of epoch {new} (sequence {}): {}",
+        "{} records of epoch {old} were stored after the first of epoch {new} (sequence {}); \
+         (sequence, key): {}",
         late.len(),
         records[first_new].seq,
         crate::events::first(&late),
