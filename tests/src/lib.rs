@@ -22,7 +22,9 @@ mod cli;
 pub mod clock;
 pub mod cluster;
 mod events;
+pub mod history;
 mod nats;
+pub mod netns;
 pub mod oracle;
 mod proc;
 pub mod procs;
@@ -102,6 +104,14 @@ pub fn unique(prefix: &str) -> String {
 /// What every end-to-end test starts from: tracing, the test image, a Docker connection, and
 /// a fresh nats-server with a client connected to it.
 pub async fn prepare() -> Result<(NatsServer, async_nats::Client, Arc<DockerRuntime>)> {
+    let nats = NatsServer::start().await?;
+    let (client, docker) = prepare_on(&nats).await?;
+    Ok((nats, client, docker))
+}
+
+/// [`prepare`], on a nats-server the test started: tracing, the test image, a Docker
+/// connection, and a client connected to `nats`.
+pub async fn prepare_on(nats: &NatsServer) -> Result<(async_nats::Client, Arc<DockerRuntime>)> {
     init_tracing();
     ensure_image()?;
     let docker = Arc::new(
@@ -109,9 +119,7 @@ pub async fn prepare() -> Result<(NatsServer, async_nats::Client, Arc<DockerRunt
             .await
             .context("Docker must be running")?,
     );
-    let nats = NatsServer::start().await?;
-    let client = nats.connect().await?;
-    Ok((nats, client, docker))
+    Ok((nats.connect().await?, docker))
 }
 
 /// NATS, a manager and Docker workers in this process.

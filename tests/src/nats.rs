@@ -1,6 +1,7 @@
 //! A nats-server per test: a free port, a temporary JetStream store fsynced on every write,
 //! killed on drop.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,6 +17,8 @@ use crate::{free_port, tail};
 /// there.
 pub struct NatsServer {
     child: Child,
+    /// The address it listens on: loopback, unless started with [`NatsServer::start_on`].
+    pub host: IpAddr,
     pub port: u16,
     pub store: tempfile::TempDir,
     /// Configuration appended to the generated one (an `authorization` block, say).
@@ -29,10 +32,25 @@ impl NatsServer {
 
     /// A server whose configuration ends with `extra`.
     pub async fn start_with(extra: &str) -> Result<NatsServer> {
+        NatsServer::start_on_with(Ipv4Addr::LOCALHOST.into(), extra).await
+    }
+
+    /// A server listening on `host` only (an address of this machine: the host side of a
+    /// [`Netns`](crate::netns::Netns)'s link, say), on a port free there.
+    pub async fn start_on(host: IpAddr) -> Result<NatsServer> {
+        NatsServer::start_on_with(host, "").await
+    }
+
+    async fn start_on_with(host: IpAddr, extra: &str) -> Result<NatsServer> {
         let store = tempfile::tempdir()?;
-        let port = free_port()?;
+        let port = if host.is_loopback() {
+            free_port()?
+        } else {
+            std::net::TcpListener::bind((host, 0))?.local_addr()?.port()
+        };
         let mut server = NatsServer {
-            child: spawn_nats(store.path(), port, extra)?,
+            child: spawn_nats(store.path(), host, port, extra)?,
+            host,
             port,
             store,
             extra: extra.to_string(),
@@ -42,7 +60,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", std::net::SocketAddr::new(self.host, self.port))
     }
 
     pub async fn connect(&self) -> Result<async_nats::Client> {
@@ -62,7 +80,7 @@ impl NatsServer {
     pub async fn restart_after(&mut self, down: Duration) -> Result<()> {
         self.kill();
         tokio::time::sleep(down).await;
-        self.child = spawn_nats(self.store.path(), self.port, &self.extra)?;
+        self.child = spawn_nats(self.store.path(), self.host, self.port, &self.extra)?;
         self.wait_ready().await
     }
 
@@ -84,7 +102,7 @@ impl NatsServer {
 
     async fn wait_ready(&mut self) -> Result<()> {
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            if tokio::net::TcpStream::connect((self.host, self.port))
                 .await
                 .is_ok()
             {
@@ -112,12 +130,12 @@ impl Drop for NatsServer {
 const NATS_CONF: &str = "nats-server.conf";
 pub(crate) const NATS_LOG: &str = "nats-server.log";
 
-/// The configuration of a test's nats-server: loopback only, JetStream in `store`, every write
-/// fsynced before it is acknowledged.
-fn nats_config(store: &Path, port: u16) -> String {
+/// The configuration of a test's nats-server: `host` only (loopback, by default), JetStream in
+/// `store`, every write fsynced before it is acknowledged.
+fn nats_config(store: &Path, host: IpAddr, port: u16) -> String {
     let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("a string");
     format!(
-        "listen: \"127.0.0.1:{port}\"\n\
+        "listen: \"{host}:{port}\"\n\
          log_file: {log}\n\
          jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n",
         log = quote(&store.join(NATS_LOG)),
@@ -125,10 +143,10 @@ fn nats_config(store: &Path, port: u16) -> String {
     )
 }
 
-fn spawn_nats(store: &Path, port: u16, extra: &str) -> Result<Child> {
+fn spawn_nats(store: &Path, host: IpAddr, port: u16, extra: &str) -> Result<Child> {
     let bin = std::env::var("CUBE_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
     let conf = store.join(NATS_CONF);
-    std::fs::write(&conf, nats_config(store, port) + extra)
+    std::fs::write(&conf, nats_config(store, host, port) + extra)
         .with_context(|| format!("writing {}", conf.display()))?;
     Command::new(&bin)
         .arg("-c")

@@ -3,7 +3,7 @@
 //! each with its log in a temporary directory; a [`CreateEvents`] recorder counts the
 //! containers Docker itself saw created (and die), per task id, independently of what Cube
 //! believes. Gray faults (partitions through a proxy, pauses, clock steps) are in
-//! [`gray`]'s methods.
+//! [`gray`]'s methods; several managers (leader and standbys) in [`ha`]'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -31,6 +31,9 @@ use crate::{cube_bin, remove_containers, tail, unique};
 use crate::{in_state, NatsServer, Never, NATS_LOG};
 
 mod gray;
+mod ha;
+
+pub use ha::{describe as describe_managers, LeaseView, Takeovers, GATHER};
 
 /// The label (log name, and key of its proxy) of the manager's process.
 const MANAGER: &str = "manager";
@@ -53,6 +56,8 @@ pub struct ProcCluster<N: Nats = NatsServer> {
     /// Docker's own record of the containers created by this cluster's workers.
     pub creates: CreateEvents,
     manager: Option<Proc>,
+    /// More managers ([`ProcCluster::spawn_manager`]): standbys, or leaders after a takeover.
+    extra_managers: Vec<Proc>,
     workers: HashMap<String, Proc>,
     /// Every worker name started, for the sweep.
     worker_names: Vec<String>,
@@ -120,6 +125,7 @@ impl<N: Nats> ProcCluster<N> {
             docker,
             creates: CreateEvents::default(),
             manager: None,
+            extra_managers: Vec::new(),
             workers: HashMap::new(),
             worker_names: Vec::new(),
             manager_args: Vec::new(),
@@ -287,7 +293,7 @@ impl<N: Nats> ProcCluster<N> {
                 Err(_) => {}
             }
         }
-        if self.manager_running() {
+        if self.manager_running() || self.spawned_managers_running() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
                 self.check_alive()?;
@@ -335,7 +341,11 @@ impl<N: Nats> ProcCluster<N> {
     /// Fails, with the end of its log, if a process this cluster runs (and did not kill) has
     /// exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        let procs = self.manager.iter_mut().chain(self.workers.values_mut());
+        let procs = self
+            .manager
+            .iter_mut()
+            .chain(self.extra_managers.iter_mut())
+            .chain(self.workers.values_mut());
         for proc in procs {
             if let Some(status) = proc.exited() {
                 bail!(
@@ -581,6 +591,9 @@ impl<N: Nats> Drop for ProcCluster<N> {
             eprintln!("logs kept in {}", self.keep_logs().display());
         }
         if let Some(mut m) = self.manager.take() {
+            m.kill_blocking();
+        }
+        for mut m in self.extra_managers.drain(..) {
             m.kill_blocking();
         }
         for (_, mut w) in self.workers.drain() {
