@@ -378,6 +378,19 @@ impl Harness {
             .count())
     }
 
+    /// How many tasks the manager counts as running.
+    pub async fn running_tasks(&self) -> Result<usize> {
+        let query = cube_shared::TaskListQuery {
+            state: Some(cube_shared::State::Running),
+            limit: Some(0),
+        };
+        let reply = self.client.request(API_TASKS_LIST, encode(&query)).await?;
+        match serde_json::from_slice(&reply.payload)? {
+            cube_shared::ApiReply::<cube_shared::TaskList>::Ok(list) => Ok(list.total),
+            cube_shared::ApiReply::Error(e) => bail!("listing tasks: {e}"),
+        }
+    }
+
     /// Waits until `count` workers named `prefix…` are ready in the manager's eyes.
     pub async fn wait_for_nodes(&self, prefix: &str, count: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);

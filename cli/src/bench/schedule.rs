@@ -102,10 +102,23 @@ pub(super) async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<Sc
         let tasks: Vec<Task> = (0..args.tasks).map(bench_task).collect();
         let message_bytes = encode(&TaskEvent::submit(tasks[0].clone())).len();
         let (sent, acked) = submit_all(&harness.js, tasks, args.common.window, args.rate).await?;
-        observer
+        if let Err(e) = observer
             .wait_running(args.tasks, Duration::from_secs(30))
             .await
-            .map_err(|e| e.context(harness.manager_log_tail(5)))?;
+        {
+            // The journal's notices are core NATS (at most once): on a loaded machine one
+            // can be lost on its way to the bench. The manager's own count decides.
+            let running = harness.running_tasks().await.unwrap_or(0);
+            if running < args.tasks {
+                return Err(e.context(format!(
+                    "the manager counts {running} running\n{}",
+                    harness.manager_log_tail(5)
+                )));
+            }
+            eprintln!(
+                "note: {e:#}, but the manager counts all {running} running (a journal notice was lost on its way to the bench; the figures leave those tasks out)"
+            );
+        }
         let (tasks_per_s, submit_to_running) = observer.measure(&sent);
         let first = sent.values().min().copied().expect("at least one task");
         let seen = observer.seen.lock().unwrap_or_else(|p| p.into_inner());
