@@ -7,8 +7,8 @@ use cube_shared::schema::{self, NAMES};
 #[derive(Args, Debug)]
 pub struct SchemaArgs {
     /// Which schema: task-event, task, state-report, rejection, journal-entry, node,
-    /// task-query, drain-request, task-list-query, task-list, or all (one JSON object keyed
-    /// by those names).
+    /// task-query, drain-request, manager-info, task-list-query, task-list, or all (one JSON
+    /// object keyed by those names).
     #[arg(default_value = "all", value_parser = schema_name)]
     pub name: String,
 }
