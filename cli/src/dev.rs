@@ -96,24 +96,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     let store = store.canonicalize()?;
     let log_path = args.data_dir.join("nats-server.log");
     // Fresh secrets on every start: the configuration is written anew each time.
-    let users = if args.no_auth {
-        Vec::new()
-    } else {
-        vec![
-            User {
-                role: Role::Manager,
-                password: random_password(),
-            },
-            User {
-                role: Role::Client,
-                password: random_password(),
-            },
-            User {
-                role: Role::Worker(args.worker_name.clone()),
-                password: random_password(),
-            },
-        ]
-    };
+    let users = fresh_users(&args);
     let config = args.data_dir.join("nats.conf");
     let text = server_config(args.port, "cube-dev", &store, Sync::Always, &users);
     write_private(&config, &text)?;
@@ -220,6 +203,25 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
 pub const CLIENT_AUTH: &str = ".cube/dev/client.auth";
 
 /// Writes a file only its owner can read: it holds passwords.
+/// The NATS users of a dev cluster, with fresh random passwords (none with `--no-auth`): the
+/// manager, the client and the worker.
+fn fresh_users(args: &DevArgs) -> Vec<User> {
+    if args.no_auth {
+        return Vec::new();
+    }
+    [
+        Role::Manager,
+        Role::Client,
+        Role::Worker(args.worker_name.clone()),
+    ]
+    .into_iter()
+    .map(|role| User {
+        role,
+        password: random_password(),
+    })
+    .collect()
+}
+
 pub(crate) fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -48,6 +48,21 @@ fn epoch_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
     headers?.get(EPOCH_HEADER)?.as_str().parse().ok()
 }
 
+impl Record {
+    /// A record on `subject` (in the bucket's stream at `seq`), received now.
+    fn of(subject: &str, headers: Option<&async_nats::HeaderMap>, seq: u64) -> Record {
+        Record {
+            seq,
+            key: subject
+                .strip_prefix(&subject_prefix())
+                .unwrap_or(subject)
+                .to_string(),
+            epoch: epoch_of(headers),
+            seen: tokio::time::Instant::now(),
+        }
+    }
+}
+
 /// The Task DB's history, recorded live from [`TaskDbHistory::record`] on; see the module's
 /// documentation. Dropping it stops the recording.
 pub struct TaskDbHistory {
@@ -105,20 +120,7 @@ impl TaskDbHistory {
                         continue;
                     }
                 };
-                let key = msg
-                    .subject
-                    .as_str()
-                    .strip_prefix(&subject_prefix())
-                    .unwrap_or(msg.subject.as_str())
-                    .to_string();
-                let epoch = epoch_of(msg.headers.as_ref());
-                let seen = tokio::time::Instant::now();
-                lock(&into).push(Record {
-                    seq,
-                    key,
-                    epoch,
-                    seen,
-                });
+                lock(&into).push(Record::of(&msg.subject, msg.headers.as_ref(), seq));
             }
             lock(&errs).push("the Task DB's ordered consumer ended".to_string());
         });
@@ -129,20 +131,7 @@ impl TaskDbHistory {
         let into = attempts.clone();
         let watching = tokio::spawn(async move {
             while let Some(msg) = sent.next().await {
-                let key = msg
-                    .subject
-                    .as_str()
-                    .strip_prefix(&subject_prefix())
-                    .unwrap_or(msg.subject.as_str())
-                    .to_string();
-                let epoch = epoch_of(msg.headers.as_ref());
-                let seen = tokio::time::Instant::now();
-                lock(&into).push(Record {
-                    seq: 0,
-                    key,
-                    epoch,
-                    seen,
-                });
+                lock(&into).push(Record::of(&msg.subject, msg.headers.as_ref(), 0));
             }
         });
         Ok(TaskDbHistory {

@@ -5,13 +5,13 @@
 //! believes. Gray faults (partitions through a proxy, pauses, clock steps) are in
 //! [`gray`]'s methods; several managers (leader and standbys) in [`ha`]'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use async_nats::jetstream;
 use cube_client::Cube;
 use cube_shared::subjects::{heartbeat_for, API_NODES_LIST};
@@ -428,6 +428,30 @@ impl<N: Nats> ProcCluster<N> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Every task of `tasks` ran (it has a container and a start time), exited 0 with no
+    /// error, on one of this cluster's workers.
+    pub fn ensure_ran_cleanly_here(&self, tasks: &HashMap<Uuid, Task>) -> Result<()> {
+        let workers: HashSet<&str> = self.worker_names().iter().map(String::as_str).collect();
+        for (id, t) in tasks {
+            ensure!(
+                t.start_time.is_some() && t.container_id.is_some(),
+                "task {id} completed without having run: {t:?}"
+            );
+            ensure!(
+                t.exit_code == Some(0) && t.error.is_none(),
+                "task {id} did not exit cleanly: exit code {:?}, error {:?}",
+                t.exit_code,
+                t.error
+            );
+            ensure!(
+                t.worker.as_deref().is_some_and(|w| workers.contains(w)),
+                "task {id} ran on {:?}",
+                t.worker
+            );
+        }
+        Ok(())
     }
 
     /// Waits until every task of `ids` is in `state`, and returns them. Fails early if a

@@ -65,38 +65,12 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
         .spawn()?;
     let url = format!("nats://127.0.0.1:{port}");
     // `cube dev` runs NATS with authentication and leaves the client's password here.
-    let auth = eventually(
-        WITHIN,
-        "cube dev writes the client's credentials",
-        || async {
-            let text = std::fs::read_to_string(dir.path().join("client.auth"))?;
-            let (user, password) = text
-                .trim()
-                .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("{text}"))?;
-            Ok((user.to_string(), password.to_string()))
-        },
-    )
-    .await?;
-    let env = [
-        ("CUBE_NATS_USER", auth.0.as_str()),
-        ("CUBE_NATS_PASSWORD", auth.1.as_str()),
-    ];
-    let cube = |args: Vec<String>| {
-        let url = url.clone();
-        let env = env.map(|(k, v)| (k, v.to_string()));
-        async move {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cube_with_env(&url, &env, &args).await
-        }
-    };
-    let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cli = DevCli::of(dir.path(), &url).await?;
     // Without them, NATS turns the client away.
     let refused = cube_tests::cube(&url, &["nodes"]).await.unwrap_err();
     assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
     eventually(WITHIN, "cube dev's worker is ready", || async {
-        let nodes = cube(strings(&["nodes"])).await?;
+        let nodes = cli.run(&["nodes"]).await?;
         anyhow::ensure!(
             nodes.contains(&worker) && nodes.contains("ready"),
             "{nodes}"
@@ -105,11 +79,9 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
     })
     .await?;
 
-    let mut args = strings(&["submit", "--image", IMAGE, "--"]);
-    args.extend(long_running());
-    let id = cube(args).await?.trim().to_string();
+    let id = cli.submit_long_running().await?;
     eventually(WITHIN, "the task shows running", || async {
-        let status = cube(strings(&["status"])).await?;
+        let status = cli.run(&["status"]).await?;
         let row = status
             .lines()
             .find(|l| l.contains(&id))
@@ -183,35 +155,9 @@ async fn cube_dev_ha_survives_the_leaders_death() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let outcome = async {
-        let auth = eventually(
-            WITHIN,
-            "cube dev --ha writes the client's credentials",
-            || async {
-                let text = std::fs::read_to_string(dir.path().join("client.auth"))?;
-                let (user, password) = text
-                    .trim()
-                    .split_once(':')
-                    .ok_or_else(|| anyhow::anyhow!("{text}"))?;
-                Ok((user.to_string(), password.to_string()))
-            },
-        )
-        .await?;
-        let env = [
-            ("CUBE_NATS_USER", auth.0.as_str()),
-            ("CUBE_NATS_PASSWORD", auth.1.as_str()),
-        ];
-        let cube = |args: Vec<String>| {
-            let url = url.clone();
-            let env = env.map(|(k, v)| (k, v.to_string()));
-            async move {
-                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                cube_with_env(&url, &env, &args).await
-            }
-        };
-        let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cli = DevCli::of(dir.path(), &url).await?;
         let managers = || async {
-            let out = cube(strings(&["managers", "-o", "json"])).await?;
+            let out = cli.run(&["managers", "-o", "json"]).await?;
             let v: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
             Ok::<_, anyhow::Error>(v.as_array().cloned().unwrap_or_default())
         };
@@ -233,7 +179,7 @@ async fn cube_dev_ha_survives_the_leaders_death() -> anyhow::Result<()> {
             pair[0]["epoch"].as_u64().context("epoch")?,
         );
         eventually(WITHIN, "the worker is ready", || async {
-            let nodes = cube(strings(&["nodes"])).await?;
+            let nodes = cli.run(&["nodes"]).await?;
             ensure!(
                 nodes.contains(&worker) && nodes.contains("ready"),
                 "{nodes}"
@@ -241,16 +187,12 @@ async fn cube_dev_ha_survives_the_leaders_death() -> anyhow::Result<()> {
             Ok(())
         })
         .await?;
-        let submit = || async {
-            let mut args = strings(&["submit", "--image", IMAGE, "--"]);
-            args.extend(long_running());
-            Ok::<_, anyhow::Error>(cube(args).await?.trim().to_string())
-        };
+        let submit = || async { cli.submit_long_running().await };
         let runs = |id: String| {
-            let cube = &cube;
+            let cli = &cli;
             async move {
                 eventually(WITHIN, "the task shows running", || async {
-                    let status = cube(strings(&["status", &id, "-o", "json"])).await?;
+                    let status = cli.run(&["status", &id, "-o", "json"]).await?;
                     let t: Value = serde_json::from_str(&status)?;
                     ensure!(t["state"] == "running", "{status}");
                     Ok(())
@@ -330,5 +272,58 @@ struct RemoveOnDrop(String);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         cube_tests::remove_containers(&format!("{LABEL_WORKER}={}", self.0));
+    }
+}
+
+/// `cube` as a user of a `cube dev` cluster runs it: against `url`, with the client's
+/// credentials that `cube dev` leaves in its data directory.
+struct DevCli {
+    url: String,
+    user: String,
+    password: String,
+}
+
+impl DevCli {
+    /// Waits until `cube dev` has written the client's credentials into `dir`.
+    async fn of(dir: &std::path::Path, url: &str) -> anyhow::Result<DevCli> {
+        let (user, password) = eventually(
+            WITHIN,
+            "cube dev writes the client's credentials",
+            || async {
+                let text = std::fs::read_to_string(dir.join("client.auth"))?;
+                let (user, password) = text
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("{text}"))?;
+                Ok((user.to_string(), password.to_string()))
+            },
+        )
+        .await?;
+        Ok(DevCli {
+            url: url.to_string(),
+            user,
+            password,
+        })
+    }
+
+    async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let env = [
+            ("CUBE_NATS_USER", self.user.as_str()),
+            ("CUBE_NATS_PASSWORD", self.password.as_str()),
+        ];
+        cube_with_env(&self.url, &env, args).await
+    }
+
+    /// Submits a long-running task; its id.
+    async fn submit_long_running(&self) -> anyhow::Result<String> {
+        let mut args = vec![
+            "submit".to_string(),
+            "--image".into(),
+            IMAGE.into(),
+            "--".into(),
+        ];
+        args.extend(long_running());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Ok(self.run(&args).await?.trim().to_string())
     }
 }

@@ -90,24 +90,7 @@ async fn manager_killed_twice(c: &mut ProcCluster) -> Result<()> {
         .wait_all(&ids, State::Completed, Duration::from_secs(300))
         .await?;
     eprintln!("all {TASKS} completed after {:?}", began.elapsed());
-    let workers: HashSet<&str> = c.worker_names().iter().map(String::as_str).collect();
-    for (id, t) in &tasks {
-        ensure!(
-            t.start_time.is_some() && t.container_id.is_some(),
-            "task {id} completed without having run: {t:?}"
-        );
-        ensure!(
-            t.exit_code == Some(0) && t.error.is_none(),
-            "task {id} did not exit cleanly: exit code {:?}, error {:?}",
-            t.exit_code,
-            t.error
-        );
-        ensure!(
-            t.worker.as_deref().is_some_and(|w| workers.contains(w)),
-            "task {id} ran on {:?}",
-            t.worker
-        );
-    }
+    c.ensure_ran_cleanly_here(&tasks)?;
     c.creates.assert_exactly_one_each(&ids)?;
     ensure!(c.creates.counts().len() == TASKS && c.creates.total() == TASKS);
     Ok(())

@@ -49,24 +49,7 @@ async fn all_ran_once(c: &mut ProcCluster, ids: &[Uuid], began: Instant) -> Resu
         ids.len(),
         began.elapsed()
     );
-    let workers: HashSet<&str> = c.worker_names().iter().map(String::as_str).collect();
-    for (id, t) in &tasks {
-        ensure!(
-            t.start_time.is_some() && t.container_id.is_some(),
-            "task {id} completed without having run: {t:?}"
-        );
-        ensure!(
-            t.exit_code == Some(0) && t.error.is_none(),
-            "task {id} did not exit cleanly: exit code {:?}, error {:?}",
-            t.exit_code,
-            t.error
-        );
-        ensure!(
-            t.worker.as_deref().is_some_and(|w| workers.contains(w)),
-            "task {id} ran on {:?}",
-            t.worker
-        );
-    }
+    c.ensure_ran_cleanly_here(&tasks)?;
     c.creates.assert_exactly_one_each(ids)?;
     ensure!(
         c.creates.counts().len() == ids.len() && c.creates.total() == ids.len(),

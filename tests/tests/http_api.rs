@@ -582,14 +582,7 @@ async fn managers_over_http_show_the_takeover() -> Result<()> {
     cluster.start_manager().await?;
     let port = cube_tests::free_port()?;
     let logs = tempfile::tempdir()?;
-    let mut cmd = tokio::process::Command::new(cube_tests::cube_bin());
-    cmd.args(["manager", "--lease-ttl", "2s", "--http-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("CUBE_NATS_URL", cluster.nats.url())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    let standby =
-        cube_tests::procs::Proc::spawn("the standby", cmd, logs.path().join("standby.log"))?;
+    let standby = cluster.spawn_standby_serving_http(port, logs.path().join("standby.log"))?;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))

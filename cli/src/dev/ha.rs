@@ -8,12 +8,12 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cube_bus::auth::{random_password, Role, User};
+use cube_bus::auth::{Role, User};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{write_private, DevArgs};
+use super::{fresh_users, write_private, DevArgs};
 use crate::connect::connect;
 use crate::nats_process::{cluster_config, terminate, ClusterMember, NatsProcess, Sync};
 use crate::NatsArgs;
@@ -107,24 +107,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
                 ports[0], ports[ports.len() - 1], route_ports[0], route_ports[route_ports.len() - 1]);
         }
     }
-    let users = if args.no_auth {
-        Vec::new()
-    } else {
-        vec![
-            User {
-                role: Role::Manager,
-                password: random_password(),
-            },
-            User {
-                role: Role::Client,
-                password: random_password(),
-            },
-            User {
-                role: Role::Worker(args.worker_name.clone()),
-                password: random_password(),
-            },
-        ]
-    };
+    let users = fresh_users(&args);
     let client_auth = args.data_dir.join("client.auth");
     let _ = std::fs::remove_file(&client_auth);
     if let Some(client) = users.iter().find(|u| u.role == Role::Client) {

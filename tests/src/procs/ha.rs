@@ -4,6 +4,7 @@
 //! lease as the `cube-admin` bucket holds it; the leader killed or paused; and the journal's
 //! `leader` entries as they arrive.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,19 @@ pub struct LeaseView {
 }
 
 impl ProcCluster {
+    /// A second `cube manager` (`--lease-ttl 2s`) serving the HTTP API and dashboard on
+    /// 127.0.0.1:`port`, logging to `log`: a standby while this cluster's manager leads. The
+    /// caller owns it (killed when dropped).
+    pub fn spawn_standby_serving_http(&self, port: u16, log: PathBuf) -> Result<Proc> {
+        let mut cmd = tokio::process::Command::new(crate::cube_bin());
+        cmd.args(["manager", "--lease-ttl", "2s", "--http-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("CUBE_NATS_URL", self.nats.url())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        Proc::spawn("the standby", cmd, log)
+    }
+
     /// Starts one more `cube manager` (the same arguments as [`ProcCluster::start_manager`]'s,
     /// with `--lease-ttl ttl`) and waits until it answers on `cube.managers`, as leader or
     /// standby. Returns its pid (the `pid` of its answers).
