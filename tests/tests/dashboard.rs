@@ -92,11 +92,15 @@ async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload(
         json!("no reload"),
         "the page was reloaded"
     );
-    // The running count went up in place too.
-    let count = browser
-        .eval("Number(document.querySelector('[data-count=\"running\"] .count').textContent)")
+    // The running count went up in place too: for a task first seen on this page the counts
+    // are fetched anew (a moment after the row changes), so wait for it.
+    browser
+        .wait_for(
+            "(() => { const n = Number(document.querySelector('[data-count=\"running\"] .count').textContent); return n >= 1 ? n : null; })()",
+            WITHIN,
+            "the running count goes up without a reload",
+        )
         .await?;
-    assert!(count.as_u64() >= Some(1), "running count {count}");
 
     if let Ok(path) = std::env::var("CUBE_SCREENSHOT") {
         // A few more tasks, in different states, for the picture.
