@@ -92,13 +92,7 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
     })
     .await?;
 
-    let pid = dev.id().expect("running") as i32;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::time::timeout(WITHIN, dev.wait())
-        .await
-        .map_err(|_| anyhow::anyhow!("cube dev did not exit on SIGTERM (likely deadlocked)"))??;
+    let status = terminate(&mut dev, "cube dev").await?;
     assert!(status.success(), "cube dev exited with {status}");
     // nats-server went with it.
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -243,13 +237,7 @@ async fn cube_dev_ha_survives_the_leaders_death() -> anyhow::Result<()> {
         anyhow::bail!("{e:#}\n\ncube dev --ha's log:\n{log}");
     }
 
-    let pid = dev.id().expect("running") as i32;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::time::timeout(WITHIN, dev.wait())
-        .await
-        .map_err(|_| anyhow::anyhow!("cube dev --ha did not exit on SIGTERM"))??;
+    let status = terminate(&mut dev, "cube dev --ha").await?;
     assert!(status.success(), "cube dev --ha exited with {status}");
     // Every nats-server went with it, and the managers and the worker too.
     for p in (port..port + 3).chain(route_port..route_port + 3) {
@@ -326,4 +314,19 @@ impl DevCli {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Ok(self.run(&args).await?.trim().to_string())
     }
+}
+
+/// Sends `what` SIGTERM and waits for it to exit (failing if it does not within [`WITHIN`]).
+async fn terminate(
+    dev: &mut tokio::process::Child,
+    what: &str,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = dev.id().expect("running") as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    tokio::time::timeout(WITHIN, dev.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not exit on SIGTERM (likely deadlocked)"))?
+        .map_err(Into::into)
 }
