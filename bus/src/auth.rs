@@ -62,6 +62,7 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$JS.API.>",
                 "$JS.ACK.CUBE_EVENTS.>",
                 "$JS.ACK.CUBE_STATE.>",
+                "$JS.ACK.CUBE_SERVICES.>",
                 "$JS.FC.>",
                 "tasks.pending",
                 "tasks.pending.*",
@@ -71,8 +72,10 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$KV.cube-events.>",
                 "$KV.cube-nodes.>",
                 "$KV.cube-admin.>",
+                "$KV.cube-endpoints.>",
                 // The HTTP API (`--http-addr`) asks and submits as any client does.
                 "tasks.events",
+                "services.events",
                 "cube.api.>",
                 // Every manager answers on `cube.managers`; the HTTP API asks there too.
                 "cube.managers",
@@ -89,6 +92,15 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
         Role::Client => (
             s(&[
                 "tasks.events",
+                "services.events",
+                // Service discovery: `cube service endpoints`, or any client watching.
+                "$JS.API.STREAM.INFO.KV_cube-endpoints",
+                "$JS.API.DIRECT.GET.KV_cube-endpoints.>",
+                "$JS.API.STREAM.MSG.GET.KV_cube-endpoints",
+                "$JS.API.CONSUMER.CREATE.KV_cube-endpoints",
+                "$JS.API.CONSUMER.CREATE.KV_cube-endpoints.>",
+                "$JS.API.CONSUMER.DELETE.KV_cube-endpoints.>",
+                "$JS.FC.KV_cube-endpoints.>",
                 "cube.api.>",
                 // `cube managers`: asks every manager, leader or standby.
                 "cube.managers",

@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
+use cube_shared::service::ServiceQuery;
 use cube_shared::subjects::{
-    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST,
+    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SERVICES_GET, API_SERVICES_LIST,
+    API_TASKS_GET, API_TASKS_LIST,
 };
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
+use cube_shared::ServiceStatus;
 use cube_shared::{ApiReply, DrainRequest, ForgetRequest, Task, TaskQuery};
 use cube_shared::{TaskList, TaskListQuery};
 use serde::Serialize;
@@ -30,6 +33,16 @@ impl Shell {
                     .and_then(|q| {
                         let cluster = self.rules.cluster();
                         Ok(cluster.shown(cluster.find(&q.id)?))
+                    }),
+            ),
+            API_SERVICES_LIST => respond::<Vec<ServiceStatus>>(Ok(self.list_services())),
+            API_SERVICES_GET => respond(
+                wire::decode::<ServiceQuery>(&msg.payload, MAX_MESSAGE_BYTES)
+                    .map_err(ApiError::from)
+                    .and_then(|q| {
+                        self.rules
+                            .service_status(&q.name)
+                            .ok_or(ApiError::NoService(q.name))
                     }),
             ),
             API_NODES_LIST => {
@@ -57,6 +70,25 @@ impl Shell {
         if let Err(e) = self.client.publish(reply, payload).await {
             warn!(error = %e, "answering an API call");
         }
+    }
+
+    /// Every service with its counts (without the copies and endpoints, which
+    /// `cube.api.services.get` gives per service).
+    fn list_services(&self) -> Vec<ServiceStatus> {
+        self.rules
+            .services()
+            .keys()
+            .filter_map(|name| self.rules.service_status(name))
+            .map(|mut s| {
+                s.copies.clear();
+                s.endpoints.clear();
+                s.service
+                    .versions
+                    .retain(|v| v.version == s.service.version);
+                s.service.applied.clear();
+                s
+            })
+            .collect()
     }
 
     fn list_tasks(&self, body: &[u8]) -> Result<TaskList, ApiError> {
@@ -141,6 +173,8 @@ enum ApiError {
     RecordDrain(#[source] cube_bus::NatsError),
     #[error("unknown API call {0}")]
     UnknownCall(String),
+    #[error("no service {0}")]
+    NoService(String),
 }
 
 impl ApiError {

@@ -55,6 +55,8 @@ pub struct Cluster {
     pending: VecDeque<Uuid>,
     /// Failed tasks whose restart policy will start them again.
     restarting: HashSet<Uuid>,
+    /// Copies of each service (see [`Cluster::copies_of`]).
+    copies: HashMap<String, std::collections::BTreeSet<Uuid>>,
     /// How many tasks are in each state, indexed like [`State::ALL`]: kept by
     /// [`Cluster::put_task`], so it is right from the first task loaded after a restart.
     by_state: [usize; State::ALL.len()],
@@ -101,12 +103,34 @@ impl Cluster {
         if newly_pending {
             self.pending.push_back(task.id);
         }
+        if let Some(service) = &task.service {
+            self.copies
+                .entry(service.clone())
+                .or_default()
+                .insert(task.id);
+        }
         if task.state == cube_shared::State::Failed && task.next_attempt_at.is_some() {
             self.restarting.insert(task.id);
         } else {
             self.restarting.remove(&task.id);
         }
         self.tasks.insert(task.id, task);
+    }
+
+    /// The copies of service `name` the reconciler still looks at: every live one, and ended
+    /// ones until it lets them go ([`Cluster::forget_copy`]).
+    pub fn copies_of(&self, name: &str) -> impl Iterator<Item = Uuid> + '_ {
+        self.copies.get(name).into_iter().flatten().copied()
+    }
+
+    /// The reconciler no longer needs to see copy `id` of service `name` (it ended).
+    pub fn forget_copy(&mut self, name: &str, id: Uuid) {
+        if let Some(ids) = self.copies.get_mut(name) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.copies.remove(name);
+            }
+        }
     }
 
     /// The ids of tasks still pending, oldest first (compacting the queue as it goes).

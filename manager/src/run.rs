@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull};
 use chrono::Utc;
 use cube_bus::Outgoing;
+use cube_shared::service::{service_key, SERVICE_KEY_PREFIX};
 use cube_shared::subjects::*;
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{JournalEntry, Node};
+use cube_shared::{JournalEntry, Node, Service};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -225,6 +226,14 @@ async fn lead(
     let js = shell.topo.js.clone();
     let mut events = durable(&js, EVENTS_STREAM, MANAGER_EVENTS_CONSUMER, EVENTS, &term).await?;
     let mut states = durable(&js, STATE_STREAM, MANAGER_STATE_CONSUMER, STATE_ALL, &term).await?;
+    let mut services = durable(
+        &js,
+        SERVICES_STREAM,
+        MANAGER_SERVICES_CONSUMER,
+        SERVICE_EVENTS,
+        &term,
+    )
+    .await?;
     let mut heartbeats = subscribe(client, HEARTBEAT_ALL).await?;
     let mut api = subscribe(client, "cube.api.>").await?;
     let mut tick = tokio::time::interval(shell.cfg.timings.tick);
@@ -250,6 +259,14 @@ async fn lead(
                 let now = Utc::now();
                 for msg in &batch {
                     shell.rules.on_event(msg.subject.as_str(), &msg.payload, now);
+                }
+                shell.flush(batch).await;
+            }
+            Some(msg) = services.recv() => {
+                let batch = batch_of(msg, &mut services);
+                let now = Utc::now();
+                for msg in &batch {
+                    shell.rules.on_service_event(msg.subject.as_str(), &msg.payload, now);
                 }
                 shell.flush(batch).await;
             }
@@ -342,6 +359,13 @@ async fn load(topo: &Topology) -> Result<Stored, Error> {
     let mut stored = Stored::default();
     for (key, value) in topology::load_all(&topo.tasks).await? {
         if key == FENCE_KEY {
+            continue;
+        }
+        if let Some(name) = key.strip_prefix(SERVICE_KEY_PREFIX) {
+            match wire::decode::<Service>(&value, usize::MAX) {
+                Ok(service) => stored.services.push(service),
+                Err(e) => warn!(service = name, error = %e, "skipping unreadable service record"),
+            }
             continue;
         }
         match wire::decode_stored_task(&value) {
@@ -502,6 +526,7 @@ impl Shell {
     /// work, then the journal and rejections, then acknowledges the `handled` messages.
     /// Waits only if the writer is far behind.
     pub(crate) async fn flush(&mut self, handled: Vec<jetstream::Message>) {
+        self.rules.reconcile(Utc::now());
         let decided = self.rules.take_effects();
         let commit = commit(decided, handled, self.epoch);
         if !commit.is_empty() && self.writer.send(commit).await.is_err() {
@@ -530,6 +555,20 @@ fn commit(decided: Decided, handled: Vec<jetstream::Message>, epoch: u64) -> Com
             .tasks
             .iter()
             .map(|t| kv(TASK_DB, t.id.to_string(), encode(t))),
+    );
+    records.extend(
+        decided
+            .services
+            .iter()
+            .map(|s| kv(TASK_DB, service_key(&s.name), encode(s))),
+    );
+    // Discovery follows what was stored; it is not fenced (a deposed leader's gate is shut
+    // before it gets here, and the next leader writes every service's endpoints at once).
+    records.extend(
+        decided
+            .endpoints
+            .iter()
+            .map(|e| kv(ENDPOINTS_DB, e.service.clone(), encode(e))),
     );
     // Work carries the epoch; its message id too, so that a placement a new leader sends
     // again is not dropped as a duplicate of its predecessor's (a worker refuses the older).

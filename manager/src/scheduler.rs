@@ -33,7 +33,7 @@ impl NodeView<'_> {
         if let Some(c) = task
             .parsed_constraints()
             .into_iter()
-            .find(|c| !c.allows(&self.node.labels))
+            .find(|c| !c.allows_node(&self.node.name, &self.node.labels))
         {
             return Some(format!("constraint {c}"));
         }

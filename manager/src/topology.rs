@@ -17,6 +17,7 @@ pub struct Topology {
     pub events: kv::Store,
     pub nodes: kv::Store,
     pub admin: kv::Store,
+    pub endpoints: kv::Store,
 }
 
 /// How many workers one cluster can have: each has its own consumer of the work stream.
@@ -100,6 +101,12 @@ pub async fn ensure(
             max_age: Duration::from_secs(24 * 3600),
             ..file_stream(STATE_STREAM, &[STATE_ALL])
         },
+        // Service events wait here while the manager is down, like submissions.
+        stream::Config {
+            max_message_size: (MAX_EVENT_BYTES * 2) as i32,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..file_stream(SERVICES_STREAM, &[SERVICE_EVENTS])
+        },
         stream::Config {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 256 << 20,
@@ -134,7 +141,11 @@ pub async fn ensure(
         }
     }
     let tasks = js
-        .create_or_update_key_value(bucket(TASK_DB, "Cube's Task DB: task id → Task", replicas))
+        .create_or_update_key_value(bucket(
+            TASK_DB,
+            "Cube's Task DB: task id → Task, service.<name> → Service",
+            replicas,
+        ))
         .await
         .map_err(|e| Error::setup(format!("bucket {TASK_DB}"), e))?;
     let events = js
@@ -160,7 +171,16 @@ pub async fn ensure(
         ))
         .await
         .map_err(|e| Error::setup(format!("bucket {ADMIN_DB}"), e))?;
+    let endpoints = js
+        .create_or_update_key_value(bucket(
+            ENDPOINTS_DB,
+            "Cube's service discovery: service name → its healthy copies' addresses",
+            replicas,
+        ))
+        .await
+        .map_err(|e| Error::setup(format!("bucket {ENDPOINTS_DB}"), e))?;
     Ok(Topology {
+        endpoints,
         js,
         tasks,
         events,

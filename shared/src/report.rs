@@ -79,6 +79,9 @@ pub struct JournalEntry {
     pub event_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The service the decision concerns (`cube service history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub message: String,
 }
 
@@ -90,8 +93,14 @@ impl JournalEntry {
             task_id: None,
             event_id: None,
             worker: None,
+            service: None,
             message: message.into(),
         }
+    }
+
+    pub fn service(mut self, name: &str) -> Self {
+        self.service = Some(name.to_string());
+        self
     }
 
     pub fn task(mut self, id: Uuid) -> Self {

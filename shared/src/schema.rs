@@ -5,9 +5,11 @@
 use schemars::{JsonSchema, Schema};
 use serde_json::Value;
 
+use crate::service::ServiceQuery;
 use crate::{
-    DrainRequest, ForgetRequest, JournalEntry, ManagerInfo, Node, Rejection, StateReport, Task,
-    TaskEvent, TaskList, TaskListQuery, TaskQuery,
+    DrainRequest, Endpoints, ForgetRequest, JournalEntry, ManagerInfo, Node, Rejection, Service,
+    ServiceEvent, ServiceSpec, ServiceStatus, StateReport, Task, TaskEvent, TaskList,
+    TaskListQuery, TaskQuery,
 };
 
 /// How a duration travels: text such as `"5s"`, `"500ms"` or `"1m30s"`, or a number of
@@ -31,7 +33,7 @@ pub fn no_default_timestamp(schema: &mut Schema) {
 }
 
 /// The names `cube schema` knows, each with what it describes.
-pub const NAMES: [(&str, &str); 12] = [
+pub const NAMES: [(&str, &str); 18] = [
     (
         "task-event",
         "a request to submit or stop a task, on tasks.events",
@@ -62,6 +64,24 @@ pub const NAMES: [(&str, &str); 12] = [
     ),
     ("task-list-query", "the request body of cube.api.tasks.list"),
     ("task-list", "the answer to cube.api.tasks.list, under `ok`"),
+    (
+        "service-event",
+        "a request to deploy, scale, roll back, promote or remove a service, on services.events",
+    ),
+    (
+        "service-spec",
+        "a service's desired state, as `cube service deploy -f` reads it",
+    ),
+    ("service", "a service as the manager records it"),
+    (
+        "service-status",
+        "the answer to cube.api.services.get (and each item of cube.api.services.list), under `ok`",
+    ),
+    ("service-query", "the request body of cube.api.services.get"),
+    (
+        "endpoints",
+        "a service's healthy copies' addresses, in the cube-endpoints bucket",
+    ),
 ];
 
 /// The JSON Schema of one wire type, by its name in [`NAMES`]. Draft-07, the dialect
@@ -80,6 +100,12 @@ pub fn schema(name: &str) -> Option<Value> {
         "manager-info" => draft07::<ManagerInfo>(),
         "task-list-query" => draft07::<TaskListQuery>(),
         "task-list" => draft07::<TaskList>(),
+        "service-event" => draft07::<ServiceEvent>(),
+        "service-spec" => draft07::<ServiceSpec>(),
+        "service" => draft07::<Service>(),
+        "service-status" => draft07::<ServiceStatus>(),
+        "service-query" => draft07::<ServiceQuery>(),
+        "endpoints" => draft07::<Endpoints>(),
         _ => return None,
     };
     let mut value = schema.to_value();

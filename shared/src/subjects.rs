@@ -9,7 +9,10 @@ pub const EVENTS: &str = "tasks.events";
 pub const PENDING: &str = "tasks.pending";
 /// Worker → manager: state reports, `tasks.state.<task-id>.<worker>`.
 pub const STATE_ALL: &str = "tasks.state.>";
-/// Manager → anyone: rejected events and why.
+/// Any client → manager: [`ServiceEvent`](crate::ServiceEvent)s (deploy, scale, rollback,
+/// promote, remove). Captured by [`SERVICES_STREAM`].
+pub const SERVICE_EVENTS: &str = "services.events";
+/// Manager → anyone: rejected events (task and service events) and why.
 pub const REJECTED: &str = "tasks.rejected";
 /// Worker → manager: node stats, `nodes.heartbeat.<worker>`.
 pub const HEARTBEAT_ALL: &str = "nodes.heartbeat.*";
@@ -25,12 +28,17 @@ pub const API_NODES_LIST: &str = "cube.api.nodes.list";
 pub const API_NODES_DRAIN: &str = "cube.api.nodes.drain";
 /// Body: [`ForgetRequest`](crate::report::ForgetRequest).
 pub const API_NODES_FORGET: &str = "cube.api.nodes.forget";
+pub const API_SERVICES_LIST: &str = "cube.api.services.list";
+/// Body: [`ServiceQuery`](crate::service::ServiceQuery).
+pub const API_SERVICES_GET: &str = "cube.api.services.get";
 /// Any client → every manager, leader and standbys: each answers with a
 /// [`ManagerInfo`](crate::report::ManagerInfo). Gather answers for a moment to see them all.
 pub const MANAGERS: &str = "cube.managers";
 
 pub const EVENTS_STREAM: &str = "CUBE_EVENTS";
 pub const WORK_STREAM: &str = "CUBE_WORK";
+/// Service events, kept while the manager is down.
+pub const SERVICES_STREAM: &str = "CUBE_SERVICES";
 pub const STATE_STREAM: &str = "CUBE_STATE";
 pub const JOURNAL_STREAM: &str = "CUBE_JOURNAL";
 /// Container output, capped per task (the newest is kept) and overall.
@@ -61,12 +69,16 @@ pub const TASK_DB: &str = "cube-tasks";
 pub const EVENT_DB: &str = "cube-events";
 /// KV bucket: worker name → Node (the node list).
 pub const NODE_DB: &str = "cube-nodes";
+/// KV bucket: service name → [`Endpoints`](crate::Endpoints), its healthy copies' addresses.
+/// Any client may watch it.
+pub const ENDPOINTS_DB: &str = "cube-endpoints";
 /// KV bucket: operators' decisions that outlive the manager (`drain.<worker>`).
 pub const ADMIN_DB: &str = "cube-admin";
 
 /// The manager's durable consumers.
 pub const MANAGER_EVENTS_CONSUMER: &str = "manager-events";
 pub const MANAGER_STATE_CONSUMER: &str = "manager-state";
+pub const MANAGER_SERVICES_CONSUMER: &str = "manager-services";
 /// The durable consumer all workers share on [`PENDING`]: the queue group.
 pub const SHARED_WORK_CONSUMER: &str = "workers";
 
@@ -142,6 +154,9 @@ mod tests {
             journal_for("{kind}"),
             as_param(logs_for(task)),
             EVENTS.to_string(),
+            SERVICE_EVENTS.to_string(),
+            API_SERVICES_LIST.to_string(),
+            API_SERVICES_GET.to_string(),
             PENDING.to_string(),
             REJECTED.to_string(),
             API_TASKS_LIST.to_string(),

@@ -119,9 +119,22 @@ impl fmt::Display for Constraint {
     }
 }
 
+/// The constraint key that names a node itself rather than one of its labels:
+/// `cube.node=w1` runs a task on worker `w1` only (a `system` service pins each copy so).
+pub const NODE_NAME_KEY: &str = "cube.node";
+
 impl Constraint {
     pub fn allows(&self, labels: &BTreeMap<String, String>) -> bool {
         (labels.get(&self.key) == Some(&self.value)) == self.equal
+    }
+
+    /// Whether node `name` with `labels` satisfies it ([`NODE_NAME_KEY`] is the name).
+    pub fn allows_node(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if self.key == NODE_NAME_KEY {
+            (name == self.value) == self.equal
+        } else {
+            self.allows(labels)
+        }
     }
 }
 
@@ -228,6 +241,13 @@ pub struct Task {
     )]
     #[schemars(with = "Option<crate::schema::WireDuration>")]
     pub health_grace: Option<Duration>,
+    /// Set by Cube on a copy of a service (`cube service`): the service's name. A submitted
+    /// task may not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Set by Cube on a copy of a service: the version of the service's template it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_version: Option<u64>,
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
@@ -314,6 +334,8 @@ impl Task {
             health_timeout: None,
             health_retries: None,
             health_grace: None,
+            service: None,
+            service_version: None,
             container_id: None,
             worker: None,
             start_time: None,
@@ -497,6 +519,15 @@ impl TaskEvent {
             task: task.clone(),
             epoch: None,
         }
+    }
+
+    /// The manager's own request to stop placement `generation` of task `id` (a service
+    /// copy it no longer wants): its id derives from both, so a repeat is recognised.
+    pub fn stop_placement(id: Uuid, generation: u64) -> TaskEvent {
+        let mut stop = TaskEvent::stop(id);
+        stop.id = Uuid::new_v5(&id, format!("stop-{generation}").as_bytes());
+        stop.task.generation = generation;
+        stop
     }
 
     pub fn is_stop(&self) -> bool {

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use cube_shared::{JournalEntry, Rejection, Task, TaskEvent};
+use std::collections::BTreeMap;
+
+use cube_shared::{Endpoints, JournalEntry, Rejection, Service, Task, TaskEvent};
 use uuid::Uuid;
 
 use crate::cluster::Cluster;
@@ -30,6 +32,10 @@ pub(super) struct Effects {
     pub(super) rejections: Vec<Rejection>,
     /// When the submissions first placed by `work` arrived.
     pub(super) placed: Vec<DateTime<Utc>>,
+    /// Services whose records changed, in the order first changed.
+    services: Vec<String>,
+    /// Services' healthy endpoints that changed.
+    pub(super) endpoints: Vec<Endpoints>,
 }
 
 impl Effects {
@@ -39,7 +45,17 @@ impl Effects {
         }
     }
 
-    pub(super) fn resolve(self, cluster: &Cluster) -> Decided {
+    pub(super) fn service(&mut self, name: &str) {
+        if !self.services.iter().any(|s| s == name) {
+            self.services.push(name.to_string());
+        }
+    }
+
+    pub(super) fn resolve(
+        self,
+        cluster: &Cluster,
+        services: &BTreeMap<String, Service>,
+    ) -> Decided {
         Decided {
             tasks: self
                 .tasks
@@ -51,6 +67,12 @@ impl Effects {
             journal: self.journal,
             rejections: self.rejections,
             placed: self.placed,
+            services: self
+                .services
+                .iter()
+                .filter_map(|name| services.get(name).cloned())
+                .collect(),
+            endpoints: self.endpoints,
         }
     }
 }
@@ -67,11 +89,17 @@ pub struct Decided {
     pub journal: Vec<JournalEntry>,
     pub rejections: Vec<Rejection>,
     pub placed: Vec<DateTime<Utc>>,
+    /// Service records to store (the Task DB, `service.<name>`), with the tasks.
+    pub services: Vec<Service>,
+    /// Endpoints to write to the `cube-endpoints` bucket, after the records.
+    pub endpoints: Vec<Endpoints>,
 }
 
 impl Decided {
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+            && self.services.is_empty()
+            && self.endpoints.is_empty()
             && self.events.is_empty()
             && self.work.is_empty()
             && self.journal.is_empty()

@@ -40,6 +40,18 @@ impl Rules {
     fn submit(&mut self, event: TaskEvent, now: DateTime<Utc>) {
         let mut task = event.task.clone();
         task.normalise();
+        if task.service.is_some() || task.service_version.is_some() {
+            let reason = "task.service and task.service_version are set by Cube on copies of a \
+                          service; deploy a service with `cube service deploy` instead"
+                .to_string();
+            return self.reject(
+                RejectKind::InvalidEvent,
+                &encode(&event),
+                EVENTS,
+                reason,
+                now,
+            );
+        }
         if let Some(existing) = self.cluster.task(&task.id) {
             return match cube_shared::check_resubmission(existing, &task) {
                 Ok(()) => {
@@ -72,7 +84,7 @@ impl Rules {
     }
 
     fn stop(&mut self, event: TaskEvent, now: DateTime<Utc>) {
-        let Some(mut task) = self.cluster.task(&event.task.id).cloned() else {
+        let Some(task) = self.cluster.task(&event.task.id).cloned() else {
             let reason = format!("no task {} to stop", event.task.id);
             return self.reject(
                 RejectKind::UnknownTask,
@@ -83,6 +95,18 @@ impl Rules {
             );
         };
         self.effects.events.push(event.clone());
+        self.request_stop(task, Some(&event), now);
+    }
+
+    /// Stops `task` (for the stop `event` a client sent, or for the rules' own reasons): it
+    /// is never restarted, and its worker stops its current placement.
+    pub(super) fn request_stop(
+        &mut self,
+        mut task: Task,
+        event: Option<&TaskEvent>,
+        now: DateTime<Utc>,
+    ) {
+        let event_id = event.map(|e| e.id);
         if !task.stop_requested {
             task.stop_requested = true;
             task.next_attempt_at = None;
@@ -96,30 +120,30 @@ impl Rules {
         match (task.state, task.worker.clone()) {
             (State::Scheduled | State::Running, Some(worker)) => {
                 // The worker stops exactly the current placement.
-                let mut stop = event.clone();
+                let mut stop = match event {
+                    Some(e) => e.clone(),
+                    None => TaskEvent::stop_placement(task.id, task.generation),
+                };
                 stop.task.generation = task.generation;
                 self.effects.work.push(Work {
                     subject: pending_for(&worker),
                     event: stop,
                 });
-                self.journal(
+                let mut entry =
                     JournalEntry::new("stop-requested", format!("asked {worker} to stop it"))
                         .task(task.id)
-                        .event(event.id)
-                        .worker(worker),
-                    now,
-                );
+                        .worker(worker);
+                entry.event_id = event_id;
+                self.journal(entry, now);
             }
             (State::Pending, _) => {
                 task.state = State::Completed;
                 task.finish_time = Some(now);
                 task.error = None;
-                self.journal(
-                    JournalEntry::new("completed", "stopped before it was placed")
-                        .task(task.id)
-                        .event(event.id),
-                    now,
-                );
+                let mut entry =
+                    JournalEntry::new("completed", "stopped before it was placed").task(task.id);
+                entry.event_id = event_id;
+                self.journal(entry, now);
                 self.save(task);
             }
             // Queued on the shared queue: stopped once a worker reports where it runs.

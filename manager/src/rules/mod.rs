@@ -23,6 +23,7 @@ mod nodes;
 mod placement;
 mod reports;
 mod restarts;
+mod services;
 #[cfg(test)]
 mod tests;
 
@@ -30,7 +31,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use cube_shared::{JournalEntry, Node, NodeState, Placement, Rejection, State, Task};
+use cube_shared::{JournalEntry, Node, NodeState, Placement, Rejection, Service, State, Task};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -101,6 +102,8 @@ pub struct Rules {
     /// When each submission not yet placed arrived, for the scheduling latency. Only tasks
     /// submitted since this manager started: a restart forgets the others.
     awaiting_placement: HashMap<Uuid, DateTime<Utc>>,
+    /// Services, and what the reconciler keeps about them.
+    services: services::Services,
     metrics: Metrics,
     placements: Placements,
     effects: Effects,
@@ -112,6 +115,7 @@ pub struct Stored {
     pub tasks: Vec<Task>,
     pub nodes: Vec<Node>,
     pub drained: Vec<String>,
+    pub services: Vec<Service>,
 }
 
 impl Rules {
@@ -137,6 +141,7 @@ impl Rules {
             drained: stored.drained.into_iter().collect(),
             resend_due: false,
             awaiting_placement: HashMap::new(),
+            services: services::Services::new(stored.services),
             metrics,
             placements,
             effects: Effects::default(),
@@ -153,7 +158,10 @@ impl Rules {
             node.running.clear();
             rules.cluster.put_node(node);
         }
-        rules.resend_due = rules.cluster.tasks().any(|t| t.state == State::Scheduled);
+        rules.resend_due = rules
+            .cluster
+            .tasks()
+            .any(|t| t.state == State::Scheduled || (t.stop_requested && t.state.is_active()));
         rules.metrics.set_tasks(&rules.cluster.count_by_state());
         rules
     }
@@ -186,13 +194,16 @@ impl Rules {
         self.restart_due(now);
         self.migrate_drained(now);
         self.place_pending(now);
+        // Time decides too (healthy long enough, deadlines, backoff), and so do nodes.
+        self.services.touch_all();
     }
 
-    /// Everything decided since the last call, with each changed task as it is now.
+    /// Everything decided since the last call, with each changed task as it is now. Call
+    /// [`Rules::reconcile`] first, so that services follow what changed.
     pub fn take_effects(&mut self) -> Decided {
         let effects = std::mem::take(&mut self.effects);
         self.metrics.set_tasks(&self.cluster.count_by_state());
-        effects.resolve(&self.cluster)
+        effects.resolve(&self.cluster, &self.services.records)
     }
 
     /// Records a task's new version: in the picture at once, in the Task DB with the effects.
@@ -202,6 +213,9 @@ impl Rules {
             self.awaiting_placement.remove(&task.id);
         }
         self.effects.changed(task.id);
+        if let Some(service) = &task.service {
+            self.services.touch(service);
+        }
         self.cluster.put_task(task);
     }
 

@@ -1,6 +1,8 @@
 //! Placement: asking the scheduler for a node, recording the placement, and handing it to the
 //! worker (or the shared queue).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use cube_shared::subjects::{pending_for, PENDING};
 use cube_shared::{JournalEntry, State, Task, TaskEvent};
@@ -9,7 +11,7 @@ use uuid::Uuid;
 
 use super::{Rules, Work};
 use crate::metrics::PlacementReason;
-use crate::scheduler::Unschedulable;
+use crate::scheduler::{NodeView, Unschedulable};
 
 impl Rules {
     /// A known task that may have stalled: pending tasks get another placement attempt and
@@ -100,7 +102,10 @@ impl Rules {
         task: &Task,
         prefer: Option<&str>,
     ) -> Result<Option<String>, Unschedulable> {
-        let views = self.cluster.views();
+        let views = match &task.service {
+            Some(service) => self.spread(service, task, self.cluster.views()),
+            None => self.cluster.views(),
+        };
         if self.scheduler.uses_shared_queue() {
             // Some worker must be able to take it, or it would bounce around the queue.
             self.scheduler.select_candidates(task, &views)?;
@@ -115,6 +120,42 @@ impl Rules {
             }
         }
         self.scheduler.place(task, &views).map(Some)
+    }
+
+    /// A copy of a service goes to a node with the fewest copies of it among those that can
+    /// take it: never two on one node while another has room. (Nodes that cannot take it are
+    /// kept, so that an unschedulable copy still says why.)
+    fn spread<'a>(
+        &self,
+        service: &str,
+        task: &Task,
+        views: Vec<NodeView<'a>>,
+    ) -> Vec<NodeView<'a>> {
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
+        for t in self
+            .cluster
+            .copies_of(service)
+            .filter_map(|id| self.cluster.task(&id))
+        {
+            if let (true, Some(w), false) =
+                (t.state.is_active(), t.worker.as_deref(), t.id == task.id)
+            {
+                *per_node.entry(w).or_default() += 1;
+            }
+        }
+        let on = |v: &NodeView| per_node.get(v.node.name.as_str()).copied().unwrap_or(0);
+        let Some(fewest) = views
+            .iter()
+            .filter(|v| v.rejects(task).is_none())
+            .map(on)
+            .min()
+        else {
+            return views;
+        };
+        views
+            .into_iter()
+            .filter(|v| v.rejects(task).is_some() || on(v) == fewest)
+            .collect()
     }
 
     /// Queues a recorded placement: to its worker, or to the shared queue.
@@ -162,6 +203,18 @@ impl Rules {
         );
         for task in scheduled {
             self.dispatch(&task);
+        }
+        // Stops recorded but perhaps never sent (a client's stop comes again with its
+        // unacknowledged event; the rules' own stops, of service copies, would not).
+        let mut stopping: Vec<(Uuid, u64, String)> = self
+            .cluster
+            .tasks()
+            .filter(|t| t.stop_requested && t.state.is_active())
+            .filter_map(|t| Some((t.id, t.generation, t.worker.clone()?)))
+            .collect();
+        stopping.sort_unstable();
+        for (id, generation, worker) in stopping {
+            self.stop_copy(id, generation, &worker);
         }
     }
 }

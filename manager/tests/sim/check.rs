@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use cube_shared::{State, Task};
+use cube_shared::{ServiceKind, State, Task};
 use uuid::Uuid;
 
 use super::{short, timings, Queue, World, CALM_ROUNDS};
@@ -104,6 +104,74 @@ impl World {
         }
     }
 
+    /// As the manager decides: no service has more copies than `count + max_parallel` (or
+    /// its canaries) that it has not asked to stop.
+    pub(super) fn check_services(&mut self) {
+        let Some(rules) = self.manager.as_ref() else {
+            return;
+        };
+        for (name, svc) in rules.services() {
+            let Some(status) = rules.service_status(name) else {
+                continue;
+            };
+            let kept = status.copies.iter().filter(|c| !c.stopping).count() as u32;
+            let limit = match svc.kind {
+                // One per node, two while a node's copy is replaced.
+                ServiceKind::System => rules.cluster().nodes().count() as u32 * 2,
+                _ => svc.count + svc.update.max_parallel().max(svc.update.canary()),
+            };
+            if kept > limit && !svc.removed {
+                self.broken.push(format!(
+                    "service {name} keeps {kept} copies, more than {limit} (count {}, version {})",
+                    svc.count, svc.version
+                ));
+            }
+        }
+    }
+
+    /// Services whose copies are not yet what they should be: (name, why).
+    fn unsettled_services(&self) -> Vec<String> {
+        let Some(rules) = self.manager.as_ref() else {
+            return vec!["no manager".into()];
+        };
+        let mut unsettled = Vec::new();
+        for (name, svc) in rules.services() {
+            let Some(status) = rules.service_status(name) else {
+                continue;
+            };
+            let current = status
+                .copies
+                .iter()
+                .filter(|c| c.version == svc.version && c.state == "running" && !c.stopping)
+                .count() as u32;
+            let others = status.copies.len() as u32 - current;
+            let want = if svc.removed { 0 } else { status.desired };
+            let rollout_active = svc.rollout.as_ref().is_some_and(|r| r.state.is_active());
+            if current != want || others > 0 || (rollout_active && !svc.removed) {
+                let copies: Vec<String> = status
+                    .copies
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} v{} {} on {:?}{}",
+                            short(c.task_id),
+                            c.version,
+                            c.state,
+                            c.node,
+                            if c.stopping { " stopping" } else { "" }
+                        )
+                    })
+                    .collect();
+                unsettled.push(format!(
+                    "{name}: {current} of {want} copies of version {} run, {others} others, rollout {:?}: {copies:?}",
+                    svc.version,
+                    svc.rollout.as_ref().map(|r| r.state)
+                ));
+            }
+        }
+        unsettled
+    }
+
     /// Nothing waits to be delivered, nothing is due, no stale copy runs.
     pub(super) fn quiet(&self) -> bool {
         let work_waits = self.store.work.values().any(|q| !q.is_empty());
@@ -112,7 +180,9 @@ impl World {
                 && t.next_attempt_at.is_none()
         });
         self.store.events.is_empty()
+            && self.store.services.is_empty()
             && self.store.states.is_empty()
+            && self.unsettled_services().is_empty()
             && !work_waits
             && tasks_settled
             && self.stale_copies().is_empty()
@@ -141,7 +211,8 @@ impl World {
     pub(super) fn check_quiescent(&mut self) {
         if !self.quiet() {
             self.broken.push(format!(
-                "not quiet after {CALM_ROUNDS} calm rounds: events {}, reports {}, work {}, stale {:?}, unsettled {:?}",
+                "not quiet after {CALM_ROUNDS} calm rounds: services {:?}, events {}, reports {}, work {}, stale {:?}, unsettled {:?}",
+                self.unsettled_services(),
                 self.store.events.len(),
                 self.store.states.len(),
                 self.store.work.values().map(Queue::len).sum::<usize>(),

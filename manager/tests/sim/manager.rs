@@ -18,6 +18,7 @@ use super::{short, timings, Store, World, WORKERS};
 pub enum Stream {
     Events,
     States,
+    Services,
 }
 
 impl Store {
@@ -25,6 +26,7 @@ impl Store {
         match stream {
             Stream::Events => &mut self.events,
             Stream::States => &mut self.states,
+            Stream::Services => &mut self.services,
         }
     }
 }
@@ -49,6 +51,7 @@ pub fn new_manager(store: &Store, mono: Instant) -> Rules {
         tasks: store.task_db.values().cloned().collect(),
         nodes: store.node_db.values().cloned().collect(),
         drained: store.drained.iter().cloned().collect(),
+        services: store.service_db.values().cloned().collect(),
     };
     let scheduler = cube_manager::algorithms::by_name("spread").expect("known scheduler");
     Rules::new(timings(), scheduler, Metrics::default(), stored, mono)
@@ -141,10 +144,13 @@ impl World {
     /// point. A writer that cannot reach NATS writes nothing yet: what was decided waits, in
     /// order, and dies with the manager.
     fn commit(&mut self, handled: Option<(Stream, Vec<u64>)>) {
+        let now = self.manager_now();
         let Some(rules) = self.manager.as_mut() else {
             return;
         };
+        rules.reconcile(now);
         let decided: Decided = rules.take_effects();
+        self.check_services();
         if self.trace_len > 0 {
             for e in &decided.journal {
                 let task = e.task_id.map(short).unwrap_or_default();
@@ -174,6 +180,11 @@ impl World {
         if crash_at > 0 {
             for task in decided.iter().flat_map(|d| &d.tasks) {
                 self.store_task(task.clone());
+            }
+            for service in decided.iter().flat_map(|d| &d.services) {
+                self.store
+                    .service_db
+                    .insert(service.name.clone(), service.clone());
             }
         }
         if crash_at > 1 {
@@ -215,6 +226,7 @@ impl World {
             match stream {
                 Stream::Events => rules.on_event(&m.subject, &m.payload, now),
                 Stream::States => rules.on_report(&m.subject, &m.payload, now),
+                Stream::Services => rules.on_service_event(&m.subject, &m.payload, now),
             }
         }
         if stream == Stream::States && caught_up {

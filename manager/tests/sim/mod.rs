@@ -52,12 +52,16 @@ const CALM_ROUNDS: usize = 400;
 #[derive(Default)]
 pub struct Store {
     pub events: Queue,
+    /// `services.events`.
+    pub services: Queue,
     pub states: Queue,
     /// The work stream: one durable consumer per worker.
     pub work: BTreeMap<String, Queue>,
     /// `Nats-Msg-Id`s seen, with when: the stream's duplicate window.
     dedup: BTreeMap<String, DateTime<Utc>>,
     pub task_db: BTreeMap<Uuid, Task>,
+    /// The services' records (in the Task DB under `service.<name>`).
+    pub service_db: BTreeMap<String, cube_shared::Service>,
     pub node_db: BTreeMap<String, Node>,
     /// Core NATS on its way to the manager: heartbeats (subject, payload).
     pub heartbeats: VecDeque<(String, Vec<u8>)>,
@@ -217,7 +221,8 @@ impl World {
         self.manager_tick_due();
         match self.rng.below(200) {
             0..=23 => self.client(),
-            24..=59 => self.manager_handles(Stream::Events),
+            24..=49 => self.manager_handles(Stream::Events),
+            50..=59 => self.manager_handles(Stream::Services),
             60..=95 => self.manager_handles(Stream::States),
             96..=115 => self.manager_hears_heartbeats(),
             // Besides its every-second tick.
@@ -257,6 +262,7 @@ impl World {
         self.pass(500);
         self.exits_and_heartbeats();
         self.manager_handles(Stream::Events);
+        self.manager_handles(Stream::Services);
         self.manager_handles(Stream::States);
         self.manager_hears_heartbeats();
         self.manager_ticks();
@@ -267,6 +273,9 @@ impl World {
     }
 
     fn client(&mut self) {
+        if self.rng.chance(0.25) {
+            return self.service_client();
+        }
         let roll = self.rng.below(10);
         if roll < 6 || self.submitted.is_empty() {
             let task = self.new_task();
@@ -295,6 +304,63 @@ impl World {
             );
             self.store.events.push(EVENTS, payload.into_bytes());
         }
+    }
+
+    /// An operator changes services: `web` (a service) is deployed (a new version now and
+    /// then), scaled, rolled back or removed; `agent` (one per node) is deployed.
+    fn service_client(&mut self) {
+        use cube_shared::{ServiceEvent, ServiceKind, ServiceSpec, UpdatePolicy};
+        let max_parallel = 1 + self.rng.below(2) as u32;
+        let spec = |name: &str, kind: ServiceKind, count: u32, version: u64| {
+            let mut template = Task::new("sim");
+            template.cmd = vec!["forever".into()];
+            template.cpu = 0.25;
+            template.env = vec![format!("VERSION={version}")];
+            ServiceSpec {
+                name: name.into(),
+                kind,
+                count,
+                template,
+                update: UpdatePolicy {
+                    min_healthy_time: Some(Duration::from_secs(2)),
+                    max_parallel: Some(max_parallel),
+                    ..Default::default()
+                },
+                max_failures: None,
+            }
+        };
+        let event = match self.rng.below(10) {
+            0..=4 => {
+                let (count, version) = (self.rng.below(5) as u32, 1 + self.rng.below(3));
+                note!(
+                    self,
+                    "operator deploys web: {count} copies of version {version}"
+                );
+                ServiceEvent::deploy(spec("web", ServiceKind::Service, count, version))
+            }
+            5..=6 => {
+                let count = self.rng.below(5) as u32;
+                note!(self, "operator scales web to {count}");
+                ServiceEvent::scale("web", count)
+            }
+            7 => {
+                note!(self, "operator rolls web back");
+                ServiceEvent::rollback("web", None)
+            }
+            8 => {
+                let version = 1 + self.rng.below(2);
+                note!(self, "operator deploys agent version {version}");
+                ServiceEvent::deploy(spec("agent", ServiceKind::System, 1, version))
+            }
+            _ => {
+                note!(self, "operator removes web");
+                ServiceEvent::remove("web")
+            }
+        };
+        self.store.services.push(
+            cube_shared::subjects::SERVICE_EVENTS,
+            encode(&event).to_vec(),
+        );
     }
 
     fn pick_submitted(&mut self) -> Uuid {

@@ -211,7 +211,7 @@ fn a_restarted_manager_trusts_no_timestamp_a_worker_wrote() {
     let stored = Stored {
         tasks: h.rules.cluster().tasks().cloned().collect(),
         nodes,
-        drained: vec![],
+        ..Stored::default()
     };
     let mut h2 = Harness {
         rules: Rules::new(

@@ -5,6 +5,7 @@ mod intake;
 mod liveness;
 mod nodes;
 mod restarts;
+mod services;
 
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,9 @@ impl Harness {
         self.now += secs(s);
     }
 
+    /// What the rules decided, once services have followed (as the shell does).
     fn effects(&mut self) -> Decided {
+        self.rules.reconcile(self.now);
         self.rules.take_effects()
     }
 

@@ -120,7 +120,7 @@ fn a_restarted_manager_sends_recorded_placements_again_once() {
     let stored = Stored {
         tasks: h.rules.cluster().tasks().cloned().collect(),
         nodes: h.rules.cluster().nodes().cloned().collect(),
-        drained: vec![],
+        ..Stored::default()
     };
     let mut rules = Rules::new(
         h.rules.timings(),

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, PortBinding};
 use cube_shared::validate::{parse_host_binding, parse_mount};
-use cube_shared::{Task, LABEL_GENERATION, LABEL_TASK_ID, LABEL_WORKER};
+use cube_shared::{
+    Task, LABEL_GENERATION, LABEL_SERVICE, LABEL_SERVICE_VERSION, LABEL_TASK_ID, LABEL_WORKER,
+};
 
 use crate::policy::Limits;
 
@@ -17,11 +19,15 @@ const NO_NEW_PRIVILEGES: &str = "no-new-privileges:true";
 /// The container for `task` on `worker`. The worker's policy has already refused what this
 /// host does not allow; what is left is mapped as asked, within `limits`.
 pub(super) fn create_body(task: &Task, worker: &str, limits: &Limits) -> ContainerCreateBody {
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_TASK_ID.to_string(), task.id.to_string()),
         (LABEL_WORKER.to_string(), worker.to_string()),
         (LABEL_GENERATION.to_string(), task.generation.to_string()),
     ]);
+    if let (Some(service), Some(version)) = (&task.service, task.service_version) {
+        labels.insert(LABEL_SERVICE.to_string(), service.clone());
+        labels.insert(LABEL_SERVICE_VERSION.to_string(), version.to_string());
+    }
     let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = task
         .port_bindings
         .iter()
@@ -177,6 +183,13 @@ mod tests {
         assert_eq!(labels[LABEL_GENERATION], "7");
         assert_eq!(LABEL_TASK_ID, "cube.task.id");
         assert_eq!(LABEL_WORKER, "cube.worker");
+        // A copy of a service also says which service and version.
+        task.service = Some("web".into());
+        task.service_version = Some(2);
+        let labels = create_body(&task, "w1", &Limits::default()).labels.unwrap();
+        assert_eq!(labels[LABEL_SERVICE], "web");
+        assert_eq!(labels[LABEL_SERVICE_VERSION], "2");
+        assert_eq!(LABEL_SERVICE, "cube.service");
     }
 
     #[test]
