@@ -13,14 +13,16 @@ mod streams;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use cube_shared::service::ServiceQuery;
 use cube_shared::subjects::{
-    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_TASKS_GET, API_TASKS_LIST, EVENTS,
-    MANAGERS,
+    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SERVICES_GET, API_SERVICES_LIST,
+    API_TASKS_GET, API_TASKS_LIST, ENDPOINTS_DB, EVENTS, MANAGERS, SERVICE_EVENTS,
 };
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
 use cube_shared::{
-    check_resubmission, ApiReply, DrainRequest, ForgetRequest, ManagerInfo, ManagerRole, Node,
-    State, Task, TaskEvent, TaskList, TaskListQuery, TaskQuery,
+    check_resubmission, ApiReply, DrainRequest, Endpoints, ForgetRequest, ManagerInfo, ManagerRole,
+    Node, ServiceEvent, ServiceSpec, ServiceStatus, State, Task, TaskEvent, TaskList,
+    TaskListQuery, TaskQuery,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -228,7 +230,74 @@ impl Cube {
     /// id goes as `Nats-Msg-Id`, so publishing it again within the stream's window is
     /// harmless.
     pub async fn publish(&self, event: &TaskEvent) -> Result<(), Error> {
-        let payload = encode(event);
+        self.store(EVENTS, event.id, encode(event)).await
+    }
+
+    /// Publishes a ServiceEvent to `services.events` and waits until JetStream has stored it
+    /// (idempotent as [`Cube::publish`]). The manager applies it, or refuses it on
+    /// `tasks.rejected` and in the journal.
+    pub async fn publish_service(&self, event: &ServiceEvent) -> Result<(), Error> {
+        self.store(SERVICE_EVENTS, event.id, encode(event)).await
+    }
+
+    /// Deploys `spec` (creates the service or changes it); returns the event published.
+    pub async fn deploy(&self, spec: ServiceSpec) -> Result<ServiceEvent, Error> {
+        let event = ServiceEvent::deploy(spec);
+        self.publish_service(&event).await?;
+        Ok(event)
+    }
+
+    /// Every service with its counts (no copies: see [`Cube::service`]).
+    pub async fn services(&self) -> Result<Vec<ServiceStatus>, Error> {
+        self.request(API_SERVICES_LIST, &()).await
+    }
+
+    /// One service with its copies, versions, rollout and endpoints.
+    pub async fn service(&self, name: &str) -> Result<ServiceStatus, Error> {
+        let query = ServiceQuery {
+            name: name.to_string(),
+        };
+        self.request(API_SERVICES_GET, &query).await
+    }
+
+    /// Service `name`'s healthy endpoints as the `cube-endpoints` bucket holds them (what any
+    /// NATS client watching the bucket sees); `None` if it holds nothing for the service.
+    pub async fn endpoints(&self, name: &str) -> Result<Option<Endpoints>, Error> {
+        let read = async {
+            let store = self
+                .js
+                .get_key_value(ENDPOINTS_DB)
+                .await
+                .map_err(Error::nats(format!("opening the {ENDPOINTS_DB} bucket")))?;
+            let value = store
+                .get(name)
+                .await
+                .map_err(Error::nats(format!("reading {name} in {ENDPOINTS_DB}")))?;
+            value
+                .map(|v| {
+                    wire::decode::<Endpoints>(&v, usize::MAX).map_err(|source| Error::Reply {
+                        subject: ENDPOINTS_DB.to_string(),
+                        source,
+                    })
+                })
+                .transpose()
+        };
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("reading the {ENDPOINTS_DB} bucket"),
+                after: self.timeout,
+            })?
+    }
+
+    /// Stores `payload` on `subject` with message id `id`, waiting for JetStream's
+    /// acknowledgement.
+    async fn store(
+        &self,
+        subject: &'static str,
+        id: Uuid,
+        payload: bytes::Bytes,
+    ) -> Result<(), Error> {
         if payload.len() > MAX_EVENT_BYTES {
             return Err(Error::TooLarge {
                 size: payload.len(),
@@ -237,14 +306,14 @@ impl Cube {
         }
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
-            .message_id(event.id.to_string());
+            .message_id(id.to_string());
         let stored = async {
             let ack = self
                 .js
-                .send_publish(EVENTS, publish)
+                .send_publish(subject, publish)
                 .await
                 .map_err(|e| Error::Publish {
-                    subject: EVENTS,
+                    subject,
                     source: Box::new(e),
                 })?;
             ack.await.map_err(|e| Error::NotStored {
@@ -254,7 +323,7 @@ impl Cube {
         tokio::time::timeout(self.timeout, stored)
             .await
             .map_err(|_| Error::Timeout {
-                what: format!("JetStream (storing an event on {EVENTS})"),
+                what: format!("JetStream (storing an event on {subject})"),
                 after: self.timeout,
             })??;
         Ok(())
