@@ -257,3 +257,33 @@ async fn failover_reports_takeover_and_first_placement_and_r1_beside_r3() -> Res
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reports_deploy_and_rolling_update_beside_plain_tasks() -> Result<()> {
+    init_tracing();
+    let v = bench(&[
+        "services",
+        "--copies",
+        "60",
+        "--workers",
+        "5",
+        "--max-parallel",
+        "10",
+        "--sync",
+        "default",
+    ])
+    .await?;
+    assert_eq!(v["bench"], "services");
+    assert_eq!(v["copies"], 60);
+    for key in [
+        "tasks_to_running_s",
+        "deploy_to_running_s",
+        "rolling_update_s",
+    ] {
+        assert!(num(&v, key) > 0.0, "{key}: {v}");
+    }
+    // A rollout never runs more than count + max_parallel copies.
+    let most = num(&v, "most_copies_during_update");
+    assert!((60.0..=70.0).contains(&most), "{v}");
+    Ok(())
+}

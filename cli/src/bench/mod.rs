@@ -10,6 +10,7 @@ mod docker;
 mod failover;
 mod nodes;
 mod schedule;
+mod services;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ pub enum BenchCommand {
     /// Many simulated workers heartbeating: the manager's CPU and memory, and how long
     /// `cube status` and `cube nodes` take over many tasks.
     Nodes(nodes::NodesArgs),
+    /// Services: a service of many copies deployed on simulated workers until every copy
+    /// runs, then rolled over to a new version, beside as many plain tasks in the same run.
+    Services(services::ServicesArgs),
 }
 
 /// Options every benchmark takes.
@@ -82,6 +86,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Docker(a) => docker::run(a).await,
         BenchCommand::Nodes(a) => nodes::run(a).await,
         BenchCommand::Failover(a) => failover::run(a).await,
+        BenchCommand::Services(a) => services::run(a).await,
     }
 }
 

@@ -310,8 +310,15 @@ fn system(svc: &Service, copies: &[CopyView], nodes: &Nodes, plan: &mut Plan) {
             .copied()
             .filter(|c| c.pin.as_deref() == Some(node.as_str()))
             .collect();
-        let (new, old): (Vec<&CopyView>, Vec<&CopyView>) =
+        let (new, mut old): (Vec<&CopyView>, Vec<&CopyView>) =
             on.iter().partition(|c| c.version == target);
+        if old.len() > 1 {
+            // Versions deployed one after the other: one old copy serves until the new one
+            // is ready (the one best kept), the others go.
+            let gone = extras(&old, &on, old.len() - 1);
+            old.retain(|c| !gone.iter().any(|g| g.id == c.id));
+            plan.stop(gone, "replaced by a new version");
+        }
         if new.is_empty() {
             complete = false;
             let missing = old.is_empty();
