@@ -148,6 +148,14 @@ impl Progress {
         }
     }
 
+    /// Removes the progress line (the outcome is printed elsewhere).
+    pub fn clear(&mut self) {
+        if self.terminal && self.shown.take().is_some() {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
     pub fn finish(&mut self, text: &str) {
         if self.terminal {
             self.show(text);

@@ -161,6 +161,19 @@ min_healthy_time = "1s"
     })
     .await?;
 
+    // The healthy copies' addresses, from the cube-endpoints bucket.
+    eventually(WITHIN, "three endpoints", || async {
+        let e = json(&url, &["service", "endpoints", &web, "-o", "json"]).await?;
+        ensure!(
+            e["service"] == web.as_str() && e["endpoints"].as_array().map(Vec::len) == Some(3),
+            "{e}"
+        );
+        Ok(())
+    })
+    .await?;
+    let err = failure(&url, &["service", "endpoints", "nowhere"]).await?;
+    ensure!(err.contains("no service nowhere"), "{err}");
+
     // Refused by the manager: a service cannot change its kind.
     let err = failure(
         &url,
@@ -303,5 +316,67 @@ min_healthy_time = "1s"
     ensure!(c.0 == 0, "a removed service wants nothing: {c:?}");
     let err = failure(&url, &["service", "rm", &web]).await?;
     ensure!(err.contains(&format!("no service {web}")), "{err}");
+    Ok(())
+}
+
+/// Every `cube service` command works with the `client` role's permissions alone (a manager
+/// that never places a copy: no worker, no container).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_role_is_enough() -> Result<()> {
+    use cube_bus::auth::{random_password, server_config, Role, User};
+    cube_tests::init_tracing();
+    let users = [
+        User {
+            role: Role::Manager,
+            password: random_password(),
+        },
+        User {
+            role: Role::Client,
+            password: random_password(),
+        },
+    ];
+    let nats = cube_tests::NatsServer::start_with(&server_config(&users)).await?;
+    let (conn, _) = cube_tests::connect_as(&nats, &users[0]).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let token = shutdown.child_token();
+    tokio::spawn(async move {
+        if let Err(e) = cube_manager::run(cube_manager::Config::default(), conn, token).await {
+            panic!("manager failed: {e}");
+        }
+    });
+    let url = nats.url();
+    let env = [
+        ("CUBE_NATS_USER", users[1].name()),
+        ("CUBE_NATS_PASSWORD", users[1].password.as_str()),
+    ];
+    let run = |args: &'static [&'static str]| {
+        let (url, env) = (url.clone(), env);
+        async move { cube_tests::cube_with_env(&url, &env, args).await }
+    };
+    eventually(WITHIN, "the manager answers", || run(&["service", "ls"])).await?;
+    let out = run(&[
+        "service", "deploy", "--name", "quiet", "--image", IMAGE, "--count", "2", "--detach",
+    ])
+    .await?;
+    ensure!(out.contains("quiet created"), "{out}");
+    let out = run(&["service", "scale", "quiet", "1"]).await?;
+    ensure!(out.contains("scaled from 2 to 1"), "{out}");
+    let status: Value =
+        serde_json::from_str(&run(&["service", "status", "quiet", "-o", "json"]).await?)?;
+    ensure!(status["desired"] == 1 && status["running"] == 0, "{status}");
+    let history = run(&["service", "history", "quiet"]).await?;
+    ensure!(
+        history.contains("service-deploy") && history.contains("service-scale"),
+        "{history}"
+    );
+    let endpoints: Value =
+        serde_json::from_str(&run(&["service", "endpoints", "quiet", "-o", "json"]).await?)?;
+    ensure!(
+        endpoints["endpoints"] == serde_json::json!([]),
+        "{endpoints}"
+    );
+    let out = run(&["service", "rm", "quiet"]).await?;
+    ensure!(out.contains("removed"), "{out}");
     Ok(())
 }

@@ -64,6 +64,8 @@ async fn confirm(
     // The first tick is at once: the event was only just published.
     poll.tick().await;
     let mut last_error = None;
+    // A question must not hold up the deadline for the client's whole timeout.
+    let asking = cube.clone().with_timeout(Duration::from_secs(2));
     loop {
         tokio::select! {
             Some(msg) = journal.next() => {
@@ -80,7 +82,7 @@ async fn confirm(
                     return Ok(Confirmed::Applied(Some(entry.message)));
                 }
             }
-            _ = poll.tick() => match cube.service(&event.name).await {
+            _ = poll.tick() => match asking.service(&event.name).await {
                 Ok(status) if status.service.applied.contains(&event.id) => {
                     return Ok(Confirmed::Applied(None));
                 }
@@ -171,6 +173,7 @@ pub async fn rollout(cube: &Cube, name: &str, timeout: Duration) -> Result<()> {
         return Ok(());
     }
     let target = first.service.version;
+    let asking = cube.clone().with_timeout(Duration::from_secs(2));
     let mut progress = Progress::start();
     let mut state = outcome(&first, target);
     let deadline = tokio::time::sleep(timeout);
@@ -181,12 +184,12 @@ pub async fn rollout(cube: &Cube, name: &str, timeout: Duration) -> Result<()> {
         match &state {
             Outcome::Going(text) => progress.show(text),
             Outcome::Done(text) => {
-                progress.finish(text);
+                progress.clear();
                 line(text);
                 return Ok(());
             }
             Outcome::Failed(text) => {
-                progress.finish(text);
+                progress.clear();
                 bail!("{text}");
             }
         }
@@ -206,14 +209,14 @@ pub async fn rollout(cube: &Cube, name: &str, timeout: Duration) -> Result<()> {
                     Outcome::Going(text) => text.clone(),
                     _ => unreachable!("returned above"),
                 };
-                progress.finish(&text);
+                progress.clear();
                 bail!(
                     "{name} is not rolled out after {timeout:?}: {text}; the rollout goes on (`cube service status {name}`)"
                 );
             }
         };
         if ask {
-            match cube.service(name).await {
+            match asking.service(name).await {
                 Ok(status) => state = outcome(&status, target),
                 Err(e) => progress.note(&format!("asking the manager: {}", Chain(&e))),
             }

@@ -349,13 +349,7 @@ struct History {
 
 async fn history(cube: &Cube, name: &str, output: &OutputArgs) -> Result<()> {
     let s = get_service(cube, name).await?;
-    let events: Vec<JournalEntry> = cube
-        .journal(JOURNAL_SCAN, None)
-        .await
-        .map_err(explain)?
-        .into_iter()
-        .filter(|e| e.service.as_deref() == Some(name))
-        .collect();
+    let events = journal_of(cube, name).await?;
     let history = History {
         name: s.service.name.clone(),
         version: s.service.version,
@@ -408,6 +402,37 @@ async fn history(cube: &Cube, name: &str, output: &OutputArgs) -> Result<()> {
         .collect();
     table(&["TIME", "KIND", "TASK", "MESSAGE"], &rows);
     Ok(())
+}
+
+/// Service `name`'s entries among the journal's last [`JOURNAL_SCAN`], oldest first. Read
+/// as `cube events` reads it (the client role may follow the journal).
+async fn journal_of(cube: &Cube, name: &str) -> Result<Vec<JournalEntry>> {
+    let mut journal = match cube.follow_journal(JOURNAL_SCAN).await {
+        Err(Error::NoStream(_)) => return Ok(Vec::new()),
+        other => other.map_err(explain)?,
+    };
+    let mut entries = Vec::new();
+    if journal.was_empty() {
+        return Ok(entries);
+    }
+    let read = async {
+        while let Some(read) = journal.next().await {
+            let read = read.map_err(explain)?;
+            if let Ok(e) = read.entry {
+                if e.service.as_deref() == Some(name) {
+                    entries.push(e);
+                }
+            }
+            if read.caught_up {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| anyhow::anyhow!("reading the journal took over 30s"))??;
+    Ok(entries)
 }
 
 async fn endpoints(cube: &Cube, name: &str, output: &OutputArgs) -> Result<()> {
