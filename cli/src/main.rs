@@ -53,6 +53,9 @@ enum Command {
     Nodes(cmd::nodes::NodesArgs),
     /// Show the manager processes: the leader, its epoch, and the standbys.
     Managers(cmd::managers::ManagersArgs),
+    /// Services: a named desired state the manager keeps true (deploy, scale, ls, status,
+    /// history, rollback, promote, rm, endpoints).
+    Service(cmd::service::ServiceArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(cmd::events::EventsArgs),
     /// Print a task's container output, or follow it with -f.
@@ -306,6 +309,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Managers(args) => {
             init_tracing("warn");
             cmd::managers::managers(args).await
+        }
+        Command::Service(args) => {
+            init_tracing("warn");
+            cmd::service::service(args).await
         }
         Command::Events(args) => {
             init_tracing("warn");

@@ -109,28 +109,56 @@ impl Stage {
     }
 }
 
-/// Shows stages on stderr when it is a terminal; stays silent otherwise.
-struct Progress {
+/// Shows progress on stderr, one line updated in place, when it is a terminal; stays silent
+/// otherwise. Also used by `cube service deploy`.
+pub struct Progress {
     terminal: bool,
-    shown: Option<Stage>,
+    shown: Option<String>,
     started: tokio::time::Instant,
 }
 
 impl Progress {
-    fn show(&mut self, stage: &Stage) {
-        if !self.terminal || self.shown.as_ref() == Some(stage) {
+    pub fn start() -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            shown: None,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn show(&mut self, text: &str) {
+        if !self.terminal || self.shown.as_deref() == Some(text) {
             return;
         }
         let secs = self.started.elapsed().as_secs_f64();
         // Back to the start of the line, clear it, write the stage.
-        eprint!("\r\x1b[2K[{secs:5.1}s] {}", stage.describe());
+        eprint!("\r\x1b[2K[{secs:5.1}s] {text}");
         let _ = std::io::stderr().flush();
-        self.shown = Some(stage.clone());
+        self.shown = Some(text.to_string());
     }
 
-    fn finish(&mut self, stage: &Stage) {
+    /// A line of its own on stderr (terminal or not), above the progress line.
+    pub fn note(&mut self, text: &str) {
+        if self.terminal && self.shown.is_some() {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("{text}");
+        if let Some(shown) = self.shown.take() {
+            self.show(&shown);
+        }
+    }
+
+    /// Removes the progress line (the outcome is printed elsewhere).
+    pub fn clear(&mut self) {
+        if self.terminal && self.shown.take().is_some() {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    pub fn finish(&mut self, text: &str) {
         if self.terminal {
-            self.show(stage);
+            self.show(text);
             eprintln!();
         }
     }
@@ -149,13 +177,9 @@ pub async fn wait(
     id: Uuid,
     timeout: Duration,
 ) -> Result<()> {
-    let mut progress = Progress {
-        terminal: std::io::stderr().is_terminal(),
-        shown: None,
-        started: tokio::time::Instant::now(),
-    };
+    let mut progress = Progress::start();
     let mut stage = Stage::Sent;
-    progress.show(&stage);
+    progress.show(&stage.describe());
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
@@ -181,7 +205,7 @@ pub async fn wait(
                 Err(e) => last_error = Some(e),
             },
             _ = &mut deadline => {
-                progress.finish(&stage);
+                progress.finish(&stage.describe());
                 if let Some(e) = last_error {
                     return Err(e.context(format!("task {id} not running after {timeout:?}")));
                 }
@@ -191,18 +215,18 @@ pub async fn wait(
                 );
             }
         }
-        progress.show(&stage);
+        progress.show(&stage.describe());
         match &stage {
             Stage::Running(_) | Stage::Completed(Some(0) | None) => {
-                progress.finish(&stage);
+                progress.finish(&stage.describe());
                 return Ok(());
             }
             Stage::Completed(Some(code)) => {
-                progress.finish(&stage);
+                progress.finish(&stage.describe());
                 bail!("task {id} exited with code {code}")
             }
             Stage::Failed(why) => {
-                progress.finish(&stage);
+                progress.finish(&stage.describe());
                 bail!("task {id} failed: {why}")
             }
             _ => {}
