@@ -200,6 +200,36 @@ async fn deploy_scale_roll_back_and_remove_a_service_over_http() -> Result<()> {
         assert_eq!(status, StatusCode::OK, "{task}");
         assert_eq!(task["service"], json!(name), "{task}");
     }
+    // The dashboard: the copy's page links to its service, whose page lists the copy.
+    let id = copies[0]["task_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let page = web
+        .http
+        .get(web.url(&format!("/tasks/{id}")))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains(&format!("href=\"/services/{name}\"")),
+        "{page}"
+    );
+    let r = web
+        .http
+        .get(web.url(&format!("/services/{name}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await?;
+    assert!(page.contains(&format!("href=\"/tasks/{id}\"")), "{page}");
+    let r = web
+        .http
+        .get(web.url("/services/nobody-here"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     wait_containers(&web, &name, 2).await?;
     // The list shows it with its counts, without the copies.
     let (_, list) = get_json(&web, "/api/services").await?;
@@ -308,9 +338,9 @@ async fn deploy_scale_roll_back_and_remove_a_service_over_http() -> Result<()> {
     }
     // A name that cannot be a service's is unknown too, not a failure to read the bucket.
     assert_error(
-        &get_json(&web, "/api/services/No.Such/endpoints").await?,
+        &get_json(&web, "/api/services/no%20such/endpoints").await?,
         StatusCode::NOT_FOUND,
-        "no service No.Such",
+        "no service no such",
     );
     // What a web page could send on the user's behalf is refused (guard.rs), as for tasks.
     let scale = |extra: &[(&'static str, &'static str)]| {

@@ -383,6 +383,13 @@ pub(crate) fn render_task(task: &Task, events: &[JournalEntry], logs: &LogTail) 
                     dt { "env" }
                     dd { ul.env { @for e in &task.env { li.mono { (e) } } } }
                 }
+                @if let Some(service) = &task.service {
+                    dt { "service" }
+                    dd data-field="service" {
+                        a href=(format!("/services/{}", urlencode(service))) { (service) }
+                        @if let Some(v) = task.service_version { " (version " (v) ")" }
+                    }
+                }
                 @if !task.port_bindings.is_empty() {
                     dt { "ports" }
                     dd { @for (c, h) in &task.port_bindings { span.mono { (h) "→" (c) } " " } }
@@ -521,8 +528,9 @@ fn service_fields(st: &ServiceStatus) -> Vec<(&'static str, String)> {
                 s.update.canary()
             ),
         ),
-        ("created", s.created_at.to_rfc3339()),
-        ("updated", s.updated_at.to_rfc3339()),
+        // As the JSON has them (app.js sets `updated` from it).
+        ("created", wire_time(s.created_at)),
+        ("updated", wire_time(s.updated_at)),
     ]);
     fields
 }
@@ -603,6 +611,11 @@ pub(crate) fn render_service(st: &ServiceStatus, events: &[JournalEntry]) -> Mar
     }
 }
 
+/// A time as Cube's JSON writes it (`…Z`).
+fn wire_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// Percent-encodes a query value.
 fn urlencode(s: &str) -> String {
     s.bytes()
@@ -628,6 +641,8 @@ mod tests {
         task.env = vec![format!("EVIL={evil}\"><img src=x onerror=alert(1)>")];
         task.cmd = vec!["sh".into(), "-c".into(), format!("echo {evil}")];
         task.error = Some(format!("rejected: {evil}"));
+        task.service = Some(format!("web{evil}"));
+        task.service_version = Some(2);
         task.port_bindings
             .insert("80/tcp".into(), "8080\"<b>".into());
         let entry = JournalEntry::new("submitted", evil)
@@ -649,6 +664,10 @@ mod tests {
         assert!(!page.contains("</pre><script>"), "{page}");
         assert!(!page.contains("<w>"), "{page}");
         assert!(!page.contains("<b>"), "{page}");
+        assert!(
+            page.contains("href=\"/services/web%3Cscript%3Ealert%28%27x%27%29%3C%2Fscript%3E\""),
+            "{page}"
+        );
         assert!(
             page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;")
                 || page.contains("&lt;script&gt;alert('x')&lt;/script&gt;"),
