@@ -413,7 +413,14 @@ async fn a_service_and_its_rollout_show_live_without_reload() -> Result<()> {
         )
         .await?;
 
-    // A new version rolls out: the page shows it move from 1 to 2 and succeed.
+    // A new version rolls out: the page shows it under way (the new copy started beside the
+    // old one), then done. What the page shows is recorded at each change of it.
+    browser
+        .eval(&format!(
+            "window.__seen = []; new MutationObserver(() => window.__seen.push({SERVICE_PAGE})) \
+             .observe(document.querySelector('main'), {{ subtree: true, childList: true, characterData: true }}); true"
+        ))
+        .await?;
     deploy(&web, spec(1, &["V=2"])).await?;
     let rolled = browser
         .wait_for(
@@ -427,6 +434,24 @@ async fn a_service_and_its_rollout_show_live_without_reload() -> Result<()> {
         .await?;
     assert_eq!(rolled["rollout"], json!("1 → 2"), "{rolled}");
     assert_eq!(rolled["versions"], json!(2), "{rolled}");
+    let under_way = browser
+        .eval(
+            "window.__seen.some((p) => p.state === 'running' && p.rollout === '1 → 2' \
+             && p.copies.length === 2 && p.copies.some((c) => c.version === '1') \
+             && p.copies.some((c) => c.version === '2'))",
+        )
+        .await?;
+    assert_eq!(
+        under_way,
+        json!(true),
+        "the page never showed the rollout under way: {}",
+        browser.eval("JSON.stringify(window.__seen.map((p) => [p.state, p.rollout, p.copies.map((c) => c.version + ':' + c.state)]))").await?
+    );
+    // The journal's entries about it arrived on the page as the manager wrote them.
+    let rolled_out = browser
+        .eval("[...document.querySelectorAll('#journal tr td:nth-child(5)')].some((td) => td.textContent.endsWith('every copy runs version 2'))")
+        .await?;
+    assert_eq!(rolled_out, json!(true));
     // The service's journal entries are on its page.
     let kinds = browser
         .eval("[...document.querySelectorAll('#journal tr td:nth-child(2)')].map((td) => td.textContent)")
