@@ -248,3 +248,225 @@ async fn the_managers_section_shows_a_takeover_live() -> Result<()> {
     .map_err(|e| e.context(format!("the standby's log ends:\n{}", standby.log_tail(30))));
     cluster.explain(result)
 }
+
+/// What a service's row on the overview shows, or null while there is none.
+fn service_row(name: &str) -> String {
+    format!(
+        "(() => {{ const tr = document.querySelector('#services tr[data-service=\"{name}\"]'); \
+         if (!tr) return null; const t = (c) => tr.querySelector('td.' + c).textContent; \
+         return {{ kind: t('kind'), desired: t('desired'), running: t('running'), \
+         healthy: t('healthy'), version: t('version'), rollout: t('rollout') }}; }})()"
+    )
+}
+
+/// What a service's page shows: its fields, its state and its copies.
+const SERVICE_PAGE: &str = "(() => { const f = (k) => { const dd = document.querySelector('dd[data-field=\"' + k + '\"]'); \
+     return dd ? dd.textContent : null; }; \
+     return { state: document.getElementById('service-state').textContent, desired: f('desired'), \
+     running: f('running'), healthy: f('healthy'), version: f('version'), rollout: f('rollout'), \
+     command: f('command'), \
+     copies: [...document.querySelectorAll('#copies tr')].map((tr) => ({ \
+       link: tr.querySelector('a').getAttribute('href'), version: tr.querySelector('td.version').textContent, \
+       state: tr.querySelector('td.state').textContent, node: tr.querySelector('td.node').textContent, \
+       healthy: tr.querySelector('td.healthy').textContent })), \
+     versions: document.querySelectorAll('#versions tr').length, \
+     scripts: document.querySelectorAll('script').length }; })()";
+
+/// Removes a service's containers, however the test ends.
+struct Sweep(String);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        cube_tests::remove_containers(&format!("{}={}", cube_shared::LABEL_SERVICE, self.0));
+    }
+}
+
+async fn deploy(web: &WebCluster, spec: Value) -> Result<()> {
+    let r = web
+        .http
+        .post(web.url("/api/services"))
+        .json(&spec)
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 202, "{}", r.text().await?);
+    Ok(())
+}
+
+/// A service deployed after the overview loaded appears with its counts; its page lists its
+/// copies and follows a scale and a new version's rollout, all without reload. Hostile text
+/// in its template shows as text.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_and_its_rollout_show_live_without_reload() -> Result<()> {
+    let web = WebCluster::start(1).await?;
+    let worker = web.cluster.worker_names()[0].clone();
+    let name = unique("svc");
+    let _sweep = Sweep(name.clone());
+    let evil = "<script>alert('pwned')</script>";
+    let spec = |count: u32, env: &[&str]| {
+        json!({
+            "name": name,
+            "count": count,
+            "template": {
+                "image": IMAGE,
+                "cmd": ["sh", "-c", format!("trap 'exit 0' TERM; sleep 300 & wait # {evil}")],
+                "env": env,
+            },
+            "update": { "min_healthy_time": "1s" },
+        })
+    };
+    let mut browser = Browser::open(&web.url("/")).await?;
+    wait_live(&mut browser).await?;
+    assert_eq!(
+        browser
+            .eval("!!document.getElementById('no-services') && !document.getElementById('no-services').hidden")
+            .await?,
+        json!(true),
+        "the overview says there is no service"
+    );
+    browser.eval("window.__cubeMarker = 'no reload'").await?;
+
+    deploy(&web, spec(2, &[])).await?;
+    let row = browser
+        .wait_for(
+            &format!(
+                "(() => {{ const r = {}; return r && r.running === '2' && r.healthy === '2' \
+                 && r.rollout === 'succeeded' ? r : null; }})()",
+                service_row(&name)
+            ),
+            WITHIN,
+            "the overview shows the service with two healthy copies",
+        )
+        .await?;
+    assert_eq!(row["kind"], json!("service"), "{row}");
+    assert_eq!(row["desired"], json!("2"), "{row}");
+    assert_eq!(row["version"], json!("1"), "{row}");
+    assert_eq!(
+        browser
+            .eval("document.getElementById('no-services').hidden")
+            .await?,
+        json!(true)
+    );
+    assert_eq!(
+        browser.eval("window.__cubeMarker").await?,
+        json!("no reload"),
+        "the page was reloaded"
+    );
+
+    // The service's page, from the overview's link.
+    let href = browser
+        .eval(&format!(
+            "document.querySelector('#services tr[data-service=\"{name}\"] td.name a').getAttribute('href')"
+        ))
+        .await?;
+    assert_eq!(href, json!(format!("/services/{name}")));
+    browser
+        .navigate(&web.url(&format!("/services/{name}")))
+        .await?;
+    wait_live(&mut browser).await?;
+    let page = browser
+        .wait_for(
+            &format!(
+                "(() => {{ const p = {SERVICE_PAGE}; return p.copies.length === 2 \
+                 && p.copies.every((c) => c.healthy === 'yes') ? p : null; }})()"
+            ),
+            WITHIN,
+            "the service's page lists two healthy copies",
+        )
+        .await?;
+    assert_eq!(page["running"], json!("2"), "{page}");
+    assert_eq!(page["state"], json!("succeeded"), "{page}");
+    for copy in page["copies"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(copy["node"], json!(worker), "{copy}");
+        assert_eq!(copy["version"], json!("1"), "{copy}");
+        assert_eq!(copy["state"], json!("running"), "{copy}");
+        assert!(
+            copy["link"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("/tasks/")),
+            "{copy}"
+        );
+    }
+    // The template's hostile text is text: the page's only script is its own.
+    assert!(
+        page["command"].as_str().is_some_and(|c| c.contains(evil)),
+        "{page}"
+    );
+    assert_eq!(page["scripts"], json!(1), "{page}");
+    browser.eval("window.__cubeMarker = 'service page'").await?;
+
+    // Scaled down over the API: the page follows.
+    let r = web
+        .http
+        .post(web.url(&format!("/api/services/{name}/scale")))
+        .json(&json!({ "count": 1 }))
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 202, "{}", r.text().await?);
+    browser
+        .wait_for(
+            &format!(
+                "(() => {{ const p = {SERVICE_PAGE}; return p.desired === '1' && p.running === '1' \
+                 && p.copies.length === 1 ? p : null; }})()"
+            ),
+            WITHIN,
+            "the page shows one copy after the scale",
+        )
+        .await?;
+
+    // A new version rolls out: the page shows it under way (the new copy started beside the
+    // old one), then done. What the page shows is recorded at each change of it.
+    browser
+        .eval(&format!(
+            "window.__seen = []; new MutationObserver(() => window.__seen.push({SERVICE_PAGE})) \
+             .observe(document.querySelector('main'), {{ subtree: true, childList: true, characterData: true }}); true"
+        ))
+        .await?;
+    deploy(&web, spec(1, &["V=2"])).await?;
+    let rolled = browser
+        .wait_for(
+            &format!(
+                "(() => {{ const p = {SERVICE_PAGE}; return p.version === '2' && p.state === 'succeeded' \
+                 && p.copies.length === 1 && p.copies[0].version === '2' ? p : null; }})()"
+            ),
+            WITHIN,
+            "the page shows version 2 rolled out",
+        )
+        .await?;
+    assert_eq!(rolled["rollout"], json!("1 → 2"), "{rolled}");
+    assert_eq!(rolled["versions"], json!(2), "{rolled}");
+    let under_way = browser
+        .eval(
+            "window.__seen.some((p) => p.state === 'running' && p.rollout === '1 → 2' \
+             && p.copies.length === 2 && p.copies.some((c) => c.version === '1') \
+             && p.copies.some((c) => c.version === '2'))",
+        )
+        .await?;
+    assert_eq!(
+        under_way,
+        json!(true),
+        "the page never showed the rollout under way: {}",
+        browser.eval("JSON.stringify(window.__seen.map((p) => [p.state, p.rollout, p.copies.map((c) => c.version + ':' + c.state)]))").await?
+    );
+    // The journal's entries about it arrived on the page as the manager wrote them.
+    let rolled_out = browser
+        .eval("[...document.querySelectorAll('#journal tr td:nth-child(5)')].some((td) => td.textContent.endsWith('every copy runs version 2'))")
+        .await?;
+    assert_eq!(rolled_out, json!(true));
+    // The service's journal entries are on its page.
+    let kinds = browser
+        .eval("[...document.querySelectorAll('#journal tr td:nth-child(2)')].map((td) => td.textContent)")
+        .await?;
+    assert!(
+        kinds.as_array().is_some_and(|k| k
+            .iter()
+            .any(|k| k.as_str().is_some_and(|k| k.starts_with("service")))),
+        "{kinds}"
+    );
+    assert_eq!(
+        browser.eval("window.__cubeMarker").await?,
+        json!("service page"),
+        "the service's page was reloaded"
+    );
+    browser.close().await?;
+    Ok(())
+}

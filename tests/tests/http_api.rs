@@ -506,6 +506,33 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
         Ok(())
     })
     .await?;
+    // Services too: a deploy (no worker, so its copy waits), its status, its endpoints (the
+    // cube-endpoints bucket) and its removal.
+    let r = http
+        .post(format!("{base}/api/services"))
+        .json(&json!({ "name": "perm", "template": { "image": IMAGE } }))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await?);
+    eventually(WITHIN, "the service is recorded", || async {
+        let r = http.get(format!("{base}/api/services/perm")).send().await?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.text().await?);
+        let s = r.json::<Value>().await?;
+        ensure!(s["copies"].as_array().map(Vec::len) == Some(1), "{s}");
+        Ok(())
+    })
+    .await?;
+    let r = http
+        .get(format!("{base}/api/services/perm/endpoints"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await?["endpoints"], json!([]));
+    let r = http
+        .delete(format!("{base}/api/services/perm"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await?);
     drop(stream);
     shutdown.cancel();
     tokio::time::timeout(WITHIN, web_task)

@@ -173,6 +173,7 @@
     const body = document.getElementById("journal");
     if (!body) return;
     if (page === "task" && e.task_id !== document.getElementById("task").dataset.task) return;
+    if (page === "service" && e.service !== serviceName()) return;
     const tr = journalRow(e);
     tr.className = "new";
     body.insertBefore(tr, body.firstChild);
@@ -236,6 +237,138 @@
     }, 3000);
   }
 
+  // ---- services (overview section and a service's page) ----
+  // A change to a service or one of its copies fetches the service(s) anew, a moment later;
+  // changes that arrive meanwhile, or while a fetch is under way, are left to it (or to one
+  // more). The counts (desired, running, healthy) are the manager's, not the browser's.
+  function debounced(load) {
+    let timer = null, busy = false, again = false;
+    function run() {
+      if (busy) { again = true; return; }
+      if (timer) return;
+      timer = setTimeout(() => {
+        timer = null;
+        busy = true;
+        load().catch(() => {}).finally(() => {
+          busy = false;
+          if (again) { again = false; run(); }
+        });
+      }, 300);
+    }
+    return run;
+  }
+  // The same words as the server's first rendering (pages.rs: service_state, service_message,
+  // rollout_text, state_badge).
+  function serviceState(s) {
+    if (s.removed) return "removed";
+    if (s.finished) return "finished";
+    return s.rollout ? s.rollout.state : "-";
+  }
+  function serviceMessage(s) { return s.finished || (s.rollout && s.rollout.message) || "-"; }
+  function rolloutText(s) {
+    const r = s.rollout;
+    if (!r) return "-";
+    return r.from === undefined || r.from === null ? String(r.to) : r.from + " \u2192 " + r.to;
+  }
+  function stateBadge(state) { return badge(String(state).split(/\s+/)[0], String(state)); }
+  function serviceRow(st) {
+    const s = st.service;
+    const tr = el("tr", { "data-service": s.name, "data-state": serviceState(s) });
+    const name = el("td", { class: "name" });
+    name.appendChild(el("a", { href: "/services/" + encodeURIComponent(s.name) }, s.name));
+    const rollout = el("td", { class: "rollout" }); rollout.appendChild(stateBadge(serviceState(s)));
+    tr.replaceChildren(name, el("td", { class: "kind" }, s.kind),
+      el("td", { class: "num desired" }, String(st.desired)),
+      el("td", { class: "num running" }, String(st.running)),
+      el("td", { class: "num healthy" }, String(st.healthy)),
+      el("td", { class: "num version" }, String(s.version)), rollout,
+      el("td", { class: "message" }, serviceMessage(s)));
+    return tr;
+  }
+  function renderServices(list) {
+    const body = document.getElementById("services");
+    if (!body || !Array.isArray(list)) return;
+    body.replaceChildren(...list.map(serviceRow));
+    const none = document.getElementById("no-services");
+    if (none) none.hidden = list.length > 0;
+  }
+  const refreshServices = debounced(() =>
+    fetch("/api/services").then((r) => r.ok ? r.json() : null).then(renderServices));
+
+  function serviceName() {
+    const box = document.getElementById("service");
+    return box ? box.dataset.service : null;
+  }
+  function taskLink(id) {
+    const td = el("td", { class: "mono" });
+    td.appendChild(el("a", { href: "/tasks/" + id }, short(id)));
+    return td;
+  }
+  function copyRow(c) {
+    const tr = el("tr", { "data-task": c.task_id, "data-state": c.state });
+    const state = el("td", { class: "state" }); state.appendChild(stateBadge(c.state));
+    if (c.stopping) state.appendChild(document.createTextNode(" (stopping)"));
+    tr.replaceChildren(taskLink(c.task_id), el("td", { class: "name" }, c.name),
+      el("td", { class: "num version" }, String(c.version)), state,
+      el("td", { class: "node" }, c.node || "-"), el("td", { class: "healthy" }, c.healthy ? "yes" : "no"));
+    return tr;
+  }
+  function endpointRow(e) {
+    const ports = Object.entries(e.ports || {}).map(([c, h]) => h + "\u2192" + c);
+    const tr = el("tr", { "data-task": e.task_id });
+    tr.replaceChildren(taskLink(e.task_id), el("td", { class: "node" }, e.node),
+      el("td", { class: "address mono" }, e.address), el("td", { class: "num version" }, String(e.version)),
+      el("td", { class: "ports mono" }, ports.length ? ports.join(" ") : "-"));
+    return tr;
+  }
+  function versionRow(v, current) {
+    const tr = el("tr", { "data-version": v.version });
+    tr.replaceChildren(el("td", { class: "num" }, v.version + (v.version === current ? " (current)" : "")),
+      el("td", { class: "mono" }, new Date(v.created_at).toISOString().slice(0, 19).replace("T", " ")),
+      el("td", { class: "image" }, v.template.image), el("td", {}, v.failed ? "failed" : v.good ? "good" : "-"));
+    return tr;
+  }
+  function renderService(st) {
+    const box = document.getElementById("service");
+    if (!box || !st || !st.service || st.service.name !== box.dataset.service) return;
+    const s = st.service;
+    const state = serviceState(s);
+    box.dataset.state = state;
+    const badgeEl = document.getElementById("service-state");
+    badgeEl.className = "badge " + state;
+    badgeEl.textContent = state;
+    const set = (k, v) => {
+      const dd = box.querySelector('dd[data-field="' + k + '"]');
+      if (dd) dd.textContent = v === undefined || v === null || v === "" ? "-" : String(v);
+    };
+    set("desired", st.desired);
+    set("running", st.running);
+    set("healthy", st.healthy);
+    set("completed", st.completed);
+    set("failed", st.failed);
+    set("version", s.version);
+    set("rollout", rolloutText(s));
+    set("message", serviceMessage(s));
+    set("updated", s.updated_at);
+    const current = (s.versions || []).find((v) => v.version === s.version);
+    if (current) {
+      set("image", current.template.image);
+      set("command", (current.template.cmd || []).join(" "));
+    }
+    document.getElementById("copies").replaceChildren(...(st.copies || []).map(copyRow));
+    document.getElementById("endpoints").replaceChildren(...(st.endpoints || []).map(endpointRow));
+    document.getElementById("versions").replaceChildren(
+      ...(s.versions || []).slice().reverse().map((v) => versionRow(v, s.version)));
+  }
+  const refreshService = debounced(() =>
+    fetch("/api/services/" + encodeURIComponent(serviceName())).then((r) => r.ok ? r.json() : null)
+      .then(renderService));
+  // Service `name` (or one of its copies) changed.
+  function onServiceChange(name) {
+    if (page === "overview") refreshServices();
+    if (page === "service" && name === serviceName()) refreshService();
+  }
+
   // ---- the stream ----
   function connect() {
     const source = new EventSource("/api/stream");
@@ -243,6 +376,9 @@
       live.textContent = "live";
       live.className = "live on";
       document.body.dataset.live = "connected";
+      // What changed between the page's rendering and now (or while reconnecting).
+      if (page === "overview") refreshServices();
+      if (page === "service") refreshService();
     };
     source.onerror = () => {
       live.textContent = "reconnecting…";
@@ -253,7 +389,10 @@
       const t = JSON.parse(m.data);
       if (page === "overview") onTask(t);
       if (page === "task") onTaskDetail(t);
+      if (t.service) onServiceChange(t.service);
     });
+    source.addEventListener("service", (m) => onServiceChange(JSON.parse(m.data).name));
+    source.addEventListener("service-gone", (m) => onServiceChange(JSON.parse(m.data)));
     source.addEventListener("journal", (m) => onJournal(JSON.parse(m.data)));
     source.addEventListener("nodes", (m) => { if (page === "overview") renderNodes(JSON.parse(m.data)); });
     source.addEventListener("managers", (m) => { if (page === "overview") renderManagers(JSON.parse(m.data)); });

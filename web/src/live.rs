@@ -3,6 +3,10 @@
 //! open misses nothing after that), and dropped when the client goes away:
 //!
 //! - `task`: a Task, each time the Task DB records it (submission, placement, state change);
+//!   a service's copies are tasks with `service` set;
+//! - `service`: a Service, each time the Task DB records it (under `service.<name>`: a
+//!   deploy, a scale, a rollout's progress, a removal), and `service-gone` with the name (a JSON
+//!   string) when the record is deleted;
 //! - `journal`: a JournalEntry, as the manager writes it;
 //! - `nodes`: the node list (with states and reservations), after heartbeats, at most once
 //!   a second, and every few seconds regardless so that a silent node is seen going down;
@@ -18,8 +22,9 @@ use axum::extract::State;
 use axum::http::Method;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cube_client::{Chain, JournalFollower};
+use cube_shared::service::SERVICE_KEY_PREFIX;
 use cube_shared::subjects::{HEARTBEAT_ALL, TASK_DB};
-use cube_shared::wire;
+use cube_shared::{wire, Service};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
@@ -101,13 +106,7 @@ async fn forward(
             _ = app.shutdown.cancelled() => break,
             _ = tx.closed() => break,
             Some(entry) = tasks.next() => match entry {
-                Ok(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
-                    // Only what parses as a Task goes to the browser.
-                    wire::decode_stored_task(&entry.value)
-                        .ok()
-                        .map(|t| json_event("task", &t))
-                }
-                Ok(_) => None,
+                Ok(entry) => task_db_event(&entry),
                 Err(e) => {
                     debug!(error = %e, "watching the Task DB");
                     break;
@@ -152,6 +151,22 @@ async fn forward(
                 break;
             }
         }
+    }
+}
+
+/// What the browser hears of a Task DB entry: only what parses as a Task or a Service goes
+/// to it (not the fence, nor anything else the bucket may hold).
+fn task_db_event(entry: &async_nats::jetstream::kv::Entry) -> Option<Event> {
+    use async_nats::jetstream::kv::Operation;
+    match (entry.key.strip_prefix(SERVICE_KEY_PREFIX), entry.operation) {
+        (Some(_), Operation::Put) => wire::decode::<Service>(&entry.value, usize::MAX)
+            .ok()
+            .map(|s| json_event("service", &s)),
+        (Some(name), _) => Some(json_event("service-gone", &name)),
+        (None, Operation::Put) => wire::decode_stored_task(&entry.value)
+            .ok()
+            .map(|t| json_event("task", &t)),
+        (None, _) => None,
     }
 }
 
