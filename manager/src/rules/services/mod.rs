@@ -393,13 +393,8 @@ impl Rules {
                 healthy: is_healthy,
                 ready: is_healthy && now - since >= min_healthy,
                 created: task.submitted_at.unwrap_or(now),
-                outcome: done.then(|| {
-                    if task.state == State::Completed {
-                        !task.stop_requested
-                    } else {
-                        false
-                    }
-                }),
+                // A copy stopped on request neither succeeded nor failed.
+                outcome: (done && !task.stop_requested).then_some(task.state == State::Completed),
                 ended: task.finish_time,
             });
             if done && svc.kind != ServiceKind::Batch && !task.stop_requested {

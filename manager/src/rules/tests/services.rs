@@ -489,3 +489,17 @@ fn removing_a_service_stops_every_copy_and_its_endpoints_go() {
     assert!(h.copies("web").is_empty());
     assert!(h.status("web").service.removed);
 }
+
+#[test]
+fn a_rollout_goes_on_as_reports_arrive_without_waiting_for_a_tick() {
+    let mut h = Harness::new(&["w1", "w2", "w3"]);
+    let mut s = spec("web", 10);
+    s.update.min_healthy_time = Some(Duration::ZERO);
+    s.update.max_parallel = Some(2);
+    let d = h.service_event(&ServiceEvent::deploy(s.clone()));
+    h.obey(d, &healthy);
+    s.template.env = vec!["VERSION=2".into()];
+    let d = h.service_event(&ServiceEvent::deploy(s));
+    h.obey(d, &healthy);
+    assert_eq!(h.copies("web"), BTreeMap::from([(2, 10)]));
+}
