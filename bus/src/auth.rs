@@ -109,6 +109,8 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$JS.API.CONSUMER.CREATE.CUBE_JOURNAL",
                 "$JS.API.CONSUMER.CREATE.CUBE_JOURNAL.>",
                 "$JS.API.CONSUMER.MSG.NEXT.CUBE_JOURNAL.>",
+                // `Cube::journal` asks its ordered consumer how far behind it is.
+                "$JS.API.CONSUMER.INFO.CUBE_JOURNAL.>",
                 "$JS.API.CONSUMER.DELETE.CUBE_JOURNAL.>",
                 // `cube logs`: reads a task's output, and its newest chunk's sequence.
                 "$JS.API.STREAM.INFO.CUBE_LOGS",
