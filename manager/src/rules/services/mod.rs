@@ -178,8 +178,10 @@ impl Rules {
                     svc.name
                 ),
                 kind => format!(
-                    "{} created ({kind}): version {version}, {} copies",
-                    svc.name, svc.count
+                    "{} created ({kind}): version {version}, {} {}",
+                    svc.name,
+                    svc.count,
+                    if svc.count == 1 { "copy" } else { "copies" }
                 ),
             };
             self.services.records.insert(svc.name.clone(), svc);
