@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::ProcCluster;
-use crate::{eventually, free_port};
+use crate::{eventually, free_port, WITHIN};
 
 /// A cluster of real processes whose manager serves the HTTP API, and the API's base URL.
 pub struct WebCluster {
@@ -251,5 +251,40 @@ impl Browser {
         let _ = self.call("Browser.close", json!({})).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         Ok(())
+    }
+}
+
+/// Reads the event stream until an event `name` whose data `accept` takes; returns its data.
+pub async fn next_event(
+    stream: &mut reqwest::Response,
+    buffer: &mut String,
+    name: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let mut kind = "";
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k;
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if kind == name {
+                let value: Value = serde_json::from_str(&data)?;
+                if accept(&value) {
+                    return Ok(value);
+                }
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .map_err(|_| anyhow!("no `{name}` event as awaited within {WITHIN:?}"))??
+            .ok_or_else(|| anyhow!("the event stream ended"))?;
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
 use cube_shared::{State, Task};
-use cube_tests::web::WebCluster;
+use cube_tests::web::{next_event, WebCluster};
 use cube_tests::{eventually, in_state, unique, NatsServer, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -561,41 +561,6 @@ async fn allowed_host_names_are_served() -> Result<()> {
         assert_eq!(r.status(), status, "{host}");
     }
     Ok(())
-}
-
-/// Reads the event stream until an event `name` whose data `accept` takes; returns its data.
-async fn next_event(
-    stream: &mut reqwest::Response,
-    buffer: &mut String,
-    name: &str,
-    accept: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            let mut kind = "";
-            let mut data = String::new();
-            for line in event.lines() {
-                if let Some(k) = line.strip_prefix("event: ") {
-                    kind = k;
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            if kind == name {
-                let value: Value = serde_json::from_str(&data)?;
-                if accept(&value) {
-                    return Ok(value);
-                }
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
-            .await
-            .map_err(|_| anyhow!("no `{name}` event as awaited within {WITHIN:?}"))??
-            .ok_or_else(|| anyhow!("the event stream ended"))?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-    }
 }
 
 /// `GET /api/managers` lists the leader first and the standby, served by the standby itself

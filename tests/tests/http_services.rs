@@ -4,10 +4,10 @@
 //! unknown service, another kind, nothing to promote, cross-site writes), then remove the
 //! service and see its copies stop. The live stream carries the service's record.
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{ensure, Result};
 use bollard::models::ContainerSummaryStateEnum;
 use cube_shared::LABEL_SERVICE;
-use cube_tests::web::WebCluster;
+use cube_tests::web::{next_event, WebCluster};
 use cube_tests::{eventually, long_running, remove_containers, unique, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -88,41 +88,6 @@ async fn wait_containers(web: &WebCluster, name: &str, n: usize) -> Result<()> {
         Ok(())
     })
     .await
-}
-
-/// Reads the event stream until an event `name` whose data `accept` takes; returns its data.
-async fn next_event(
-    stream: &mut reqwest::Response,
-    buffer: &mut String,
-    name: &str,
-    accept: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            let mut kind = "";
-            let mut data = String::new();
-            for line in event.lines() {
-                if let Some(k) = line.strip_prefix("event: ") {
-                    kind = k;
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            if kind == name {
-                let value: Value = serde_json::from_str(&data)?;
-                if accept(&value) {
-                    return Ok(value);
-                }
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
-            .await
-            .map_err(|_| anyhow!("no `{name}` event as awaited within {WITHIN:?}"))??
-            .ok_or_else(|| anyhow!("the event stream ended"))?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-    }
 }
 
 /// Removes the service's containers, however the test ends.

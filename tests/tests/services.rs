@@ -114,6 +114,15 @@ async fn deploy(c: &ProcCluster, spec: ServiceSpec) -> Result<()> {
     Ok(())
 }
 
+/// Deploys `spec` and waits until its copies run and its rollout succeeded.
+async fn rolled_out(c: &ProcCluster, spec: ServiceSpec) -> Result<Vec<ContainerSummary>> {
+    let (name, count) = (spec.name.clone(), spec.count as usize);
+    deploy(c, spec).await?;
+    let copies = wait_running(c, &name, count).await?;
+    wait_rollout(c, &name, RolloutState::Succeeded).await?;
+    Ok(copies)
+}
+
 async fn publish(c: &ProcCluster, event: ServiceEvent) -> Result<()> {
     c.cube().publish_service(&event).await?;
     Ok(())
@@ -210,9 +219,7 @@ async fn a_rolling_update_keeps_all_but_one_copy_healthy() -> Result<()> {
     let c = ProcCluster::start(3).await?;
     let name = unique("web");
     let v1 = spec(&name, 3);
-    deploy(&c, v1.clone()).await?;
-    wait_running(&c, &name, 3).await?;
-    wait_rollout(&c, &name, RolloutState::Succeeded).await?;
+    rolled_out(&c, v1.clone()).await?;
 
     let mut v2 = v1.clone();
     v2.template.env = vec!["VERSION=2".into()];
@@ -253,9 +260,7 @@ async fn an_update_that_never_turns_healthy_reverts_while_the_old_copies_serve()
     let name = unique("web");
     let mut v1 = spec(&name, 3);
     v1.update.healthy_deadline = Some(Duration::from_secs(8));
-    deploy(&c, v1.clone()).await?;
-    let old = wait_running(&c, &name, 3).await?;
-    wait_rollout(&c, &name, RolloutState::Succeeded).await?;
+    let old = rolled_out(&c, v1.clone()).await?;
     let old_ids: BTreeSet<String> = old.iter().filter_map(|s| s.id.clone()).collect();
 
     let mut v2 = v1.clone();
@@ -340,9 +345,7 @@ async fn a_rollout_survives_two_manager_kills_with_exactly_count_copies() -> Res
     let name = unique("web");
     let mut v1 = spec(&name, 3);
     v1.update.min_healthy_time = Some(Duration::from_secs(2));
-    deploy(&c, v1.clone()).await?;
-    wait_running(&c, &name, 3).await?;
-    wait_rollout(&c, &name, RolloutState::Succeeded).await?;
+    rolled_out(&c, v1.clone()).await?;
     let mut v2 = v1.clone();
     v2.template.env = vec!["VERSION=2".into()];
     deploy(&c, v2).await?;

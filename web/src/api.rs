@@ -237,9 +237,8 @@ pub struct Accepted {
     pub event_id: Uuid,
 }
 
-/// Reads a submission (a Task, or a TaskEvent with `state: running`) and checks it as the
-/// manager will: the bytes published are the bytes checked by `wire::decode_event`.
-pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
+/// A request body as JSON, within what an event may be: 413 above it, 400 if not JSON.
+fn json_body(body: &[u8]) -> ApiResult<serde_json::Value> {
     if body.len() > MAX_EVENT_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,8 +248,14 @@ pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
             ),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))
+}
+
+/// Reads a submission (a Task, or a TaskEvent with `state: running`) and checks it as the
+/// manager will: the bytes published are the bytes checked by `wire::decode_event`.
+pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
+    let value = json_body(body)?;
     let Some(object) = value.as_object() else {
         return Err(ApiError::bad_request(
             "the body must be a JSON object: a Task, or a TaskEvent with a `task`",
@@ -362,17 +367,7 @@ async fn endpoints(State(app): State<App>, Path(name): Path<String>) -> ApiResul
 /// the deploy event made of it as the manager will: the bytes published are the bytes
 /// checked by `decode_service_event`.
 pub(crate) fn read_spec(body: &[u8]) -> ApiResult<ServiceEvent> {
-    if body.len() > MAX_EVENT_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is {} bytes; the limit is {MAX_EVENT_BYTES}",
-                body.len()
-            ),
-        ));
-    }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let value = json_body(body)?;
     if !value.is_object() {
         return Err(ApiError::bad_request(
             "the body must be a JSON object: a ServiceSpec",
