@@ -345,6 +345,9 @@ async fn a_rollout_survives_two_manager_kills_with_exactly_count_copies() -> Res
     let name = unique("web");
     let mut v1 = spec(&name, 3);
     v1.update.min_healthy_time = Some(Duration::from_secs(2));
+    // Two takeovers on a loaded machine may take longer than `spec`'s 30 s: the rollout
+    // must not fail (and revert) for lack of time, which is another test's subject.
+    v1.update.healthy_deadline = Some(Duration::from_secs(120));
     rolled_out(&c, v1.clone()).await?;
     let mut v2 = v1.clone();
     v2.template.env = vec!["VERSION=2".into()];
