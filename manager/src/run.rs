@@ -16,7 +16,7 @@ use cube_shared::{JournalEntry, Node, Service};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::presence::Presence;
 use crate::rules::{Decided, Rules, Stored};
@@ -154,7 +154,26 @@ pub async fn run(
                     "no longer leading: wrote nothing more, standing by"
                 );
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // NATS trouble while leading (a stream without a leader during a cluster's
+                // failover, say): this process stays, gives the lease back so that any
+                // manager may take over as soon as NATS lets it, and stands by again.
+                metrics.step_downs.inc();
+                error!(
+                    error = %cube_bus::Chain(&e),
+                    "could not go on leading: releasing the lease and standing by"
+                );
+                if let Err(e) = lease.release(Duration::from_secs(2)).await {
+                    warn!(error = %cube_bus::Chain(&e), "releasing the leadership lease");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        info!("manager stopped");
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
 }
