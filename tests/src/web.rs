@@ -288,3 +288,25 @@ pub async fn next_event(
         buffer.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// GETs `path`: the status and the JSON body.
+pub async fn get_json(web: &WebCluster, path: &str) -> Result<(reqwest::StatusCode, Value)> {
+    let r = web.http.get(web.url(path)).send().await?;
+    Ok((r.status(), r.json().await?))
+}
+
+/// POSTs JSON `body` to `path`: the status and the JSON body.
+pub async fn post(
+    web: &WebCluster,
+    path: &str,
+    body: &str,
+) -> Result<(reqwest::StatusCode, Value)> {
+    let r = web
+        .http
+        .post(web.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    Ok((r.status(), r.json().await?))
+}

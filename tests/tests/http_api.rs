@@ -6,27 +6,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
 use cube_shared::{State, Task};
-use cube_tests::web::{next_event, WebCluster};
+use cube_tests::web::{get_json, next_event, post, WebCluster};
 use cube_tests::{eventually, in_state, unique, NatsServer, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-async fn get_json(web: &WebCluster, path: &str) -> Result<(StatusCode, Value)> {
-    let r = web.http.get(web.url(path)).send().await?;
-    Ok((r.status(), r.json().await?))
-}
-
-async fn post(web: &WebCluster, path: &str, body: &str) -> Result<(StatusCode, Value)> {
-    let r = web
-        .http
-        .post(web.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await?;
-    Ok((r.status(), r.json().await?))
-}
 
 /// A POST as the dashboard's own script makes it, with `Origin` and `Sec-Fetch-Site`.
 async fn send_from_own_origin(web: &WebCluster, body: &str) -> Result<(StatusCode, Value)> {

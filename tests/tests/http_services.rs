@@ -7,26 +7,10 @@
 use anyhow::{ensure, Result};
 use bollard::models::ContainerSummaryStateEnum;
 use cube_shared::LABEL_SERVICE;
-use cube_tests::web::{next_event, WebCluster};
+use cube_tests::web::{get_json, next_event, post, WebCluster};
 use cube_tests::{eventually, long_running, remove_containers, unique, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-async fn get_json(web: &WebCluster, path: &str) -> Result<(StatusCode, Value)> {
-    let r = web.http.get(web.url(path)).send().await?;
-    Ok((r.status(), r.json().await?))
-}
-
-async fn post(web: &WebCluster, path: &str, body: &str) -> Result<(StatusCode, Value)> {
-    let r = web
-        .http
-        .post(web.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await?;
-    Ok((r.status(), r.json().await?))
-}
 
 async fn delete(web: &WebCluster, path: &str) -> Result<(StatusCode, Value)> {
     let r = web.http.delete(web.url(path)).send().await?;

@@ -148,6 +148,15 @@ fn healthy(_: u64) -> Behaves {
     Behaves::Healthy
 }
 
+/// Version 2 runs but never passes its check; the others are healthy.
+fn v2_unhealthy(version: u64) -> Behaves {
+    if version == 2 {
+        Behaves::Unhealthy
+    } else {
+        Behaves::Healthy
+    }
+}
+
 #[test]
 fn copies_are_spread_one_per_node_and_carry_the_service() {
     let mut h = Harness::new(&["w1", "w2", "w3"]);
@@ -251,22 +260,15 @@ fn a_rolling_update_never_drops_below_the_count_nor_exceeds_count_plus_max_paral
 #[test]
 fn an_update_that_never_turns_healthy_reverts_and_the_old_copies_keep_serving() {
     let mut h = Harness::new(&["w1", "w2", "w3"]);
-    let behaves = |v: u64| {
-        if v == 2 {
-            Behaves::Unhealthy
-        } else {
-            Behaves::Healthy
-        }
-    };
     let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v1")));
-    h.obey(d, &behaves);
-    h.run_for(11, &behaves);
+    h.obey(d, &v2_unhealthy);
+    h.run_for(11, &v2_unhealthy);
     let old: Vec<Uuid> = h.status("web").copies.iter().map(|c| c.task_id).collect();
 
     let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v2")));
-    h.obey(d, &behaves);
+    h.obey(d, &v2_unhealthy);
     for _ in 0..70 {
-        h.run_for(1, &behaves);
+        h.run_for(1, &v2_unhealthy);
         for id in &old {
             assert_eq!(h.task(*id).state, State::Running, "an old copy was touched");
             assert!(!h.task(*id).stop_requested);
@@ -282,23 +284,16 @@ fn an_update_that_never_turns_healthy_reverts_and_the_old_copies_keep_serving() 
 #[test]
 fn without_auto_revert_a_failed_rollout_stops_replacing() {
     let mut h = Harness::new(&["w1", "w2", "w3"]);
-    let behaves = |v: u64| {
-        if v == 2 {
-            Behaves::Unhealthy
-        } else {
-            Behaves::Healthy
-        }
-    };
     let mut v1 = checked(spec("web", 3), "v1");
     v1.update.auto_revert = Some(false);
     let d = h.service_event(&ServiceEvent::deploy(v1.clone()));
-    h.obey(d, &behaves);
-    h.run_for(11, &behaves);
+    h.obey(d, &v2_unhealthy);
+    h.run_for(11, &v2_unhealthy);
     let mut v2 = checked(v1, "v2");
     v2.update.auto_revert = Some(false);
     let d = h.service_event(&ServiceEvent::deploy(v2));
-    h.obey(d, &behaves);
-    h.run_for(90, &behaves);
+    h.obey(d, &v2_unhealthy);
+    h.run_for(90, &v2_unhealthy);
     let s = h.status("web");
     assert_eq!(s.service.version, 2);
     assert_eq!(
@@ -308,8 +303,8 @@ fn without_auto_revert_a_failed_rollout_stops_replacing() {
     assert_eq!(h.copies("web"), BTreeMap::from([(1, 3), (2, 1)]));
     // A rollback by hand goes back.
     let d = h.service_event(&ServiceEvent::rollback("web", None));
-    h.obey(d, &behaves);
-    h.run_for(5, &behaves);
+    h.obey(d, &v2_unhealthy);
+    h.run_for(5, &v2_unhealthy);
     assert_eq!(h.copies("web"), BTreeMap::from([(1, 3)]));
 }
 
