@@ -21,7 +21,9 @@ pub struct StateReport {
     /// is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
-    /// For a `running` report from a task with a health check: what the check found.
+    /// For a `running` report from a task with a health check: what the check found. Within
+    /// a placement it only moves forward (`starting`, `healthy`, `unhealthy`): a report that
+    /// would move it back is taken for a late redelivery and leaves it as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::Health>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

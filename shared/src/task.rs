@@ -49,7 +49,19 @@ impl std::str::FromStr for RestartPolicy {
 }
 
 /// What a task's health check last found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Started, not yet passed a check (within its grace period).
@@ -65,6 +77,14 @@ impl Health {
             Health::Healthy => "healthy",
             Health::Unhealthy => "unhealthy",
         }
+    }
+
+    /// What a placement's health is once `reported` arrives after `known`. Within one
+    /// placement a worker only moves it forward (starting, then healthy, then unhealthy, after
+    /// which the task ends), but JetStream may deliver a report again after a later one (a
+    /// manager that died before acknowledging it): an earlier step never undoes a later one.
+    pub fn advance(known: Option<Health>, reported: Option<Health>) -> Option<Health> {
+        known.max(reported)
     }
 }
 

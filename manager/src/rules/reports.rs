@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use cube_shared::subjects;
 use cube_shared::wire::{self, MAX_MESSAGE_BYTES};
-use cube_shared::{JournalEntry, RestartPolicy, State, StateReport, Task};
+use cube_shared::{Health, JournalEntry, RestartPolicy, State, StateReport, Task};
 use tracing::{debug, info, info_span, warn};
 
 use super::Rules;
@@ -77,7 +77,7 @@ fn transition(task: &Task, report: &StateReport) -> Result<Task, Ignored> {
     let mut t = task.clone();
     t.state = report.state;
     if report.state == State::Running {
-        t.health = report.health.or(t.health);
+        t.health = Health::advance(t.health, report.health);
     }
     t.container_id = report.container_id.clone().or(t.container_id);
     t.start_time = report.start_time.or(t.start_time);

@@ -1,6 +1,7 @@
 //! Submissions, stops and state reports.
 
 use super::*;
+use cube_shared::Health;
 
 #[test]
 fn a_submission_is_recorded_placed_and_announced() {
@@ -132,4 +133,32 @@ fn stops_before_placement_while_queued_and_while_running() {
 
     let d = h.stop(Uuid::new_v4());
     assert_eq!(d.rejections.len(), 1, "an unknown task");
+}
+
+#[test]
+fn a_report_delivered_again_after_a_later_one_never_takes_health_back() {
+    let mut h = Harness::new(&["w1"]);
+    let mut t = sleeper(RestartPolicy::Always);
+    t.health_check = Some("true".into());
+    h.submit(t.clone());
+    let report = |health| {
+        let mut r = StateReport::new(t.id, "w1", State::Running);
+        r.generation = Some(1);
+        r.container_id = Some("c-1".into());
+        r.health = Some(health);
+        encode(&r)
+    };
+    let (starting, healthy) = (report(Health::Starting), report(Health::Healthy));
+    // A manager died before acknowledging `starting`: JetStream offers it again only after
+    // its successor has applied the later `healthy`.
+    for payload in [&healthy, &starting] {
+        h.rules.on_report(&state_for(t.id, "w1"), payload, h.now);
+        h.effects();
+    }
+    assert_eq!(h.task(t.id).state, State::Running);
+    assert_eq!(h.task(t.id).health, Some(Health::Healthy));
+    // Forward still goes forward.
+    h.rules
+        .on_report(&state_for(t.id, "w1"), &report(Health::Unhealthy), h.now);
+    assert_eq!(h.task(t.id).health, Some(Health::Unhealthy));
 }
