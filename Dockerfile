@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The `cube` binary in a small image: `docker build -t cube:latest .` (BuildKit, the default
 # builder since Docker 23, for the cache mounts). One image serves every role: `cube
-# manager`, `cube worker`, and the client commands. Without a registry, see
-# `scripts/compose-images` instead.
+# manager`, `cube worker`, and the client commands; `docker compose up` builds it when it is
+# missing. Without a registry, see `scripts/compose-images` instead.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
