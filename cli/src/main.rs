@@ -326,3 +326,54 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completions(args) => schema::completions(args, Cli::command()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built, not parsed: the CUBE_NATS_* variables of whoever runs the tests stay out.
+    fn nats_args(password: Option<&str>, file: &std::path::Path) -> NatsArgs {
+        let mut args = NatsArgs::url(
+            "nats://127.0.0.1:4222".into(),
+            Duration::from_secs(1),
+            &cube_bus::Credentials::default(),
+        );
+        args.nats_user = Some("client".into());
+        args.nats_password = password.map(String::from);
+        args.nats_password_file = Some(file.to_path_buf());
+        args
+    }
+
+    #[test]
+    fn the_password_file_gives_its_first_line_and_the_password_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.password");
+        std::fs::write(&file, "s3cret\r\nignored\n").unwrap();
+
+        let credentials = nats_args(None, &file).credentials().unwrap();
+        assert_eq!(credentials.user.as_deref(), Some("client"));
+        assert_eq!(credentials.password.as_deref(), Some("s3cret"));
+        let credentials = nats_args(Some("given"), &file).credentials().unwrap();
+        assert_eq!(credentials.password.as_deref(), Some("given"));
+
+        std::fs::write(&file, "\n").unwrap();
+        let err = nats_args(None, &file).credentials().unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = nats_args(None, &dir.path().join("missing"))
+            .credentials()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("reading --nats-password-file"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_password_file_is_an_option_of_every_command() {
+        let cli = Cli::try_parse_from(["cube", "nodes", "--nats-password-file", "/p"]).unwrap();
+        let Command::Nodes(nodes) = cli.command else {
+            panic!("not nodes")
+        };
+        assert_eq!(nodes.nats.nats_password_file, Some(PathBuf::from("/p")));
+    }
+}
