@@ -26,9 +26,9 @@ pub async fn connect_counting(
 ) -> Result<async_nats::Client> {
     let deadline = tokio::time::Instant::now() + args.nats_connect_timeout;
     let servers = cube_bus::servers(&args.nats_url)?;
+    let credentials = args.credentials()?;
     loop {
-        let options = args
-            .credentials()
+        let options = credentials
             .options()
             .await?
             .name(name)
@@ -70,7 +70,8 @@ pub async fn connect_counting(
 fn refused(url: &str, error: &str) -> String {
     format!(
         "NATS at {url} refused this connection ({error}) — give the credentials of a user it knows: \
-         --nats-user and --nats-password (CUBE_NATS_USER, CUBE_NATS_PASSWORD), --nats-token \
+         --nats-user and --nats-password or --nats-password-file (CUBE_NATS_USER, \
+         CUBE_NATS_PASSWORD, CUBE_NATS_PASSWORD_FILE), --nats-token \
          (CUBE_NATS_TOKEN) or --nats-creds (CUBE_NATS_CREDS); `cube dev` keeps its client's as \
          user:password in <data dir>/client.auth, and cube reads .cube/dev/client.auth by itself"
     )

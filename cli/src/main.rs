@@ -1,6 +1,7 @@
 //! `cube`: one binary for the whole orchestrator — a local dev cluster, the manager, a
 //! worker, and the client commands.
 
+mod auth;
 mod bench;
 mod cmd;
 mod connect;
@@ -69,51 +70,16 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the nats-server `authorization` block for Cube's roles (manager, client, and
     /// one user per worker or a shared one for all), deny by default.
-    AuthConfig(AuthConfigArgs),
+    AuthConfig(auth::AuthConfigArgs),
+    /// Keep a password for each of Cube's NATS users (as for auth-config) in a directory, one
+    /// file each: generate the missing ones, keep the others. For nats-server's environment (with `auth-config
+    /// --password-env`) and --nats-password-file; docker-compose.yml's `init` service.
+    AuthPasswords(auth::AuthPasswordsArgs),
     /// Print the JSON Schema of the wire types (TaskEvent, Task, …), for clients in other
     /// languages; docs/asyncapi.yaml describes the subjects that carry them.
     Schema(schema::SchemaArgs),
     /// Print a shell completion script: `source <(cube completions bash)`.
     Completions(schema::CompletionsArgs),
-}
-
-#[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("who").required(true).multiple(true).args(["workers", "shared_workers"]))]
-struct AuthConfigArgs {
-    /// A worker's name, for a user of its own that may act only as that worker; repeat for
-    /// each worker.
-    #[arg(long = "worker")]
-    workers: Vec<String>,
-    /// Add the user `workers`, shared by workers whose names are not known in advance (e.g.
-    /// `docker compose up --scale worker=3`): it may act as any worker, so one compromised
-    /// worker can take or report on the others' work.
-    #[arg(long)]
-    shared_workers: bool,
-    /// Write passwords as `$CUBE_<ROLE>_PASSWORD` references that nats-server reads from its
-    /// environment, instead of generating random ones (printed to stderr).
-    #[arg(long)]
-    password_env: bool,
-}
-
-fn auth_config(args: AuthConfigArgs) -> Result<()> {
-    use cube_bus::auth::{random_password, server_config, users_by_reference, RESERVED};
-    for w in &args.workers {
-        cube_shared::validate::validate_worker_name(w)
-            .map_err(|e| anyhow::anyhow!("--worker {w}: {e}"))?;
-        anyhow::ensure!(
-            !RESERVED.contains(&w.as_str()),
-            "--worker {w}: the name is reserved"
-        );
-    }
-    let mut users = users_by_reference(args.shared_workers, &args.workers);
-    if !args.password_env {
-        for u in &mut users {
-            u.password = random_password();
-            eprintln!("{}: {}", u.name(), u.password);
-        }
-    }
-    print!("{}", server_config(&users));
-    Ok(())
 }
 
 /// The image `scripts/setup` builds locally (busybox, from scratch).
@@ -139,6 +105,7 @@ pub struct NatsArgs {
     /// NATS user name (with --nats-password).
     #[arg(long, env = "CUBE_NATS_USER", global = true)]
     pub nats_user: Option<String>,
+    /// NATS password (with --nats-user).
     #[arg(
         long,
         env = "CUBE_NATS_PASSWORD",
@@ -146,6 +113,11 @@ pub struct NatsArgs {
         hide_env_values = true
     )]
     pub nats_password: Option<String>,
+    /// A file holding the NATS password (with --nats-user; its first line, e.g. a file `cube
+    /// auth-passwords` wrote), to keep it out of the environment and the command line.
+    /// --nats-password wins if both are given.
+    #[arg(long, env = "CUBE_NATS_PASSWORD_FILE", global = true)]
+    pub nats_password_file: Option<PathBuf>,
     /// NATS authentication token.
     #[arg(long, env = "CUBE_NATS_TOKEN", global = true, hide_env_values = true)]
     pub nats_token: Option<String>,
@@ -168,6 +140,7 @@ impl NatsArgs {
             nats_creds: credentials.creds_file.clone(),
             nats_user: credentials.user.clone(),
             nats_password: credentials.password.clone(),
+            nats_password_file: None,
             nats_token: credentials.token.clone(),
             nats_tls_ca: None,
             nats_tls_cert: None,
@@ -175,16 +148,23 @@ impl NatsArgs {
         }
     }
 
-    pub fn credentials(&self) -> cube_bus::Credentials {
-        cube_bus::Credentials {
+    /// The credentials to connect with, the password read from --nats-password-file if
+    /// that is how it was given.
+    pub fn credentials(&self) -> Result<cube_bus::Credentials> {
+        let password = match (&self.nats_password, &self.nats_password_file) {
+            (Some(password), _) => Some(password.clone()),
+            (None, Some(path)) => Some(read_password_file(path)?),
+            (None, None) => None,
+        };
+        Ok(cube_bus::Credentials {
             creds_file: self.nats_creds.clone(),
             user: self.nats_user.clone(),
-            password: self.nats_password.clone(),
+            password,
             token: self.nats_token.clone(),
             tls_ca: self.nats_tls_ca.clone(),
             tls_cert: self.nats_tls_cert.clone(),
             tls_key: self.nats_tls_key.clone(),
-        }
+        })
     }
 
     fn has_credentials(&self) -> bool {
@@ -205,6 +185,20 @@ impl NatsArgs {
         }
         args
     }
+}
+
+/// A password file's first line, without its line ending.
+fn read_password_file(path: &std::path::Path) -> Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --nats-password-file {}", path.display()))?;
+    let password = text.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "--nats-password-file {} is empty",
+        path.display()
+    );
+    Ok(password.to_string())
 }
 
 pub fn duration(s: &str) -> Result<Duration, String> {
@@ -326,8 +320,60 @@ async fn run(cli: Cli) -> Result<()> {
             init_tracing("warn");
             bench::run(args).await
         }
-        Command::AuthConfig(args) => auth_config(args),
+        Command::AuthConfig(args) => auth::auth_config(args),
+        Command::AuthPasswords(args) => auth::auth_passwords(args),
         Command::Schema(args) => schema::run(args),
         Command::Completions(args) => schema::completions(args, Cli::command()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built, not parsed: the CUBE_NATS_* variables of whoever runs the tests stay out.
+    fn nats_args(password: Option<&str>, file: &std::path::Path) -> NatsArgs {
+        let mut args = NatsArgs::url(
+            "nats://127.0.0.1:4222".into(),
+            Duration::from_secs(1),
+            &cube_bus::Credentials::default(),
+        );
+        args.nats_user = Some("client".into());
+        args.nats_password = password.map(String::from);
+        args.nats_password_file = Some(file.to_path_buf());
+        args
+    }
+
+    #[test]
+    fn the_password_file_gives_its_first_line_and_the_password_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.password");
+        std::fs::write(&file, "s3cret\r\nignored\n").unwrap();
+
+        let credentials = nats_args(None, &file).credentials().unwrap();
+        assert_eq!(credentials.user.as_deref(), Some("client"));
+        assert_eq!(credentials.password.as_deref(), Some("s3cret"));
+        let credentials = nats_args(Some("given"), &file).credentials().unwrap();
+        assert_eq!(credentials.password.as_deref(), Some("given"));
+
+        std::fs::write(&file, "\n").unwrap();
+        let err = nats_args(None, &file).credentials().unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = nats_args(None, &dir.path().join("missing"))
+            .credentials()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("reading --nats-password-file"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_password_file_is_an_option_of_every_command() {
+        let cli = Cli::try_parse_from(["cube", "nodes", "--nats-password-file", "/p"]).unwrap();
+        let Command::Nodes(nodes) = cli.command else {
+            panic!("not nodes")
+        };
+        assert_eq!(nodes.nats.nats_password_file, Some(PathBuf::from("/p")));
     }
 }

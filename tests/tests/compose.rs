@@ -1,220 +1,85 @@
-//! The shipped `docker-compose.yml`, for real: `scripts/compose-images` builds the images it
-//! names from this build's `cube` and the host's nats-server (nothing can be pulled here), then
-//! `docker-compose` (or `docker compose`) starts NATS, the manager and two replicas of the one
-//! `worker` service, under a project name, host port and passwords of this test's own. The
-//! host's `cube`, with the client's credentials, sees both workers under distinct names and
-//! runs a task; a worker container that is stopped stops its task, and comes back under the
-//! same name when started; `down` leaves no task container behind. Everything the test made (the project's containers, network and volume, the images,
-//! the task's containers) is removed when it ends, however it ends.
+//! The shipped `docker-compose.yml`, for real, as a fresh clone runs it: in a copy of the
+//! repository's files with no `.env`, exactly `docker-compose up -d` (or `docker compose up
+//! -d`), the environment giving only this test's image names, host ports and project name.
+//! `scripts/compose-images` builds the images it names from this build's `cube` and the
+//! host's nats-server (nothing can be pulled here), so compose builds nothing. The `init`
+//! service makes the NATS passwords; `cube` in the manager's container works with no flags;
+//! the client's password, read out of it, lets the host's `cube` in. Scaled to two workers,
+//! they have distinct names and run a task; a worker container that is stopped stops its
+//! task, and comes back under the same name when started; the whole stack stopped and
+//! started again keeps its passwords; `down -v` leaves no task container, and none of the
+//! project's containers, volumes or networks. Everything the test made (those, and the
+//! images) is removed when it ends, however it ends.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+#[path = "compose/stack.rs"]
+mod stack;
+
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use cube_shared::subjects::{API_NODES_LIST, API_TASKS_GET};
 use cube_shared::{Node, NodeState, State, Task, TaskQuery, LABEL_TASK_ID, LABEL_WORKER};
-use cube_tests::{
-    api, cube_bin, cube_with_env, eventually, free_port, remove_containers, root, IMAGE,
-};
+use cube_tests::{api, cube_with_env, eventually, IMAGE};
+use stack::{docker, hostname, run, Stack};
 use uuid::Uuid;
 
 /// Twice the usual: compose starts two debug-build processes in containers on a shared 2-core
 /// machine.
 const WITHIN: Duration = cube_tests::WITHIN.saturating_mul(2);
 
-/// The compose command: v1's `docker-compose` where it is installed, else v2's plugin.
-fn compose_program() -> Result<Vec<String>> {
-    let works = |program: &[&str]| {
-        Command::new(program[0])
-            .args(&program[1..])
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    for program in [&["docker-compose"][..], &["docker", "compose"]] {
-        if works(program) {
-            return Ok(program.iter().map(|s| s.to_string()).collect());
-        }
-    }
-    bail!("neither `docker-compose` nor `docker compose` works: apt-get install docker-compose")
+/// The host's `cube`, as the client, with the password read out of the manager's container.
+struct Host<'a> {
+    stack: &'a Stack,
+    password: String,
 }
 
-/// Runs a command; its stdout, or an error with its stderr.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    run(Command::new("docker").args(args))
-}
-
-/// One compose project of this test. Dropping it takes everything down.
-struct Stack {
-    program: Vec<String>,
-    project: String,
-    file: PathBuf,
-    /// The variables the compose file reads, also written to `env_file` so that a developer's
-    /// `.env` beside the compose file is not read instead.
-    env: Vec<(String, String)>,
-    env_file: PathBuf,
-    _dir: tempfile::TempDir,
-    images: Vec<String>,
-    /// The workers' names, to find the task containers they started on the host's engine.
-    workers: Mutex<Vec<String>>,
-    client_password: String,
-    port: u16,
-    /// The host ports of the manager's HTTP API and metrics.
-    http_port: u16,
-    metrics_port: u16,
-}
-
-impl Stack {
-    fn new() -> Result<Stack> {
-        let dir = tempfile::tempdir()?;
-        let id = Uuid::new_v4().simple().to_string()[..10].to_string();
-        // Letters and digits only: v1 strips anything else from project names.
-        let project = format!("cubetest{id}");
-        let nats_image = format!("cube-nats-test:{id}");
-        let cube_image = format!("cube-test:{id}");
-        let port = free_port()?;
-        let http_port = free_port()?;
-        let metrics_port = free_port()?;
-        let password = cube_bus::auth::random_password;
-        let client_password = password();
-        let env: Vec<(String, String)> = [
-            ("CUBE_MANAGER_PASSWORD", password()),
-            ("CUBE_CLIENT_PASSWORD", client_password.clone()),
-            ("CUBE_WORKERS_PASSWORD", password()),
-            ("CUBE_NATS_IMAGE", nats_image.clone()),
-            ("CUBE_IMAGE", cube_image.clone()),
-            ("CUBE_NATS_PORT", port.to_string()),
-            ("CUBE_HTTP_PORT", http_port.to_string()),
-            ("CUBE_METRICS_PORT", metrics_port.to_string()),
-            // A stopped worker keeps its tasks for a minute, however slow this machine is.
-            ("CUBE_NODE_GRACE", "60s".to_string()),
-            ("RUST_LOG", "info,async_nats=warn".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let env_file = dir.path().join("env");
-        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        std::fs::write(&env_file, text)?;
-        let stack = Stack {
-            program: compose_program()?,
-            project,
-            file: root().join("docker-compose.yml"),
-            env,
-            env_file,
-            _dir: dir,
-            images: vec![nats_image.clone(), cube_image.clone()],
-            workers: Mutex::new(Vec::new()),
-            client_password,
-            port,
-            http_port,
-            metrics_port,
-        };
-        run(Command::new(root().join("scripts/compose-images"))
-            .arg("--cube")
-            .arg(cube_bin())
-            .args([&nats_image, &cube_image]))
-        .context("building the compose images")?;
-        Ok(stack)
-    }
-
-    fn compose(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.program[0]);
-        cmd.args(&self.program[1..])
-            .arg("--env-file")
-            .arg(&self.env_file)
-            .args(["-p", &self.project, "-f"])
-            .arg(&self.file)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd
-    }
-
-    /// The containers of a service, by id.
-    fn containers(&self, service: &str) -> Result<Vec<String>> {
-        let out = run(&mut self.compose(&["ps", "-q", service]))?;
-        Ok(out.split_whitespace().map(String::from).collect())
-    }
-
+impl Host<'_> {
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.stack.nats_port)
     }
 
-    fn client_env(&self) -> [(&str, &str); 2] {
-        [
+    async fn cube(&self, args: &[&str]) -> Result<String> {
+        let env = [
             ("CUBE_NATS_USER", "client"),
-            ("CUBE_NATS_PASSWORD", self.client_password.as_str()),
-        ]
+            ("CUBE_NATS_PASSWORD", self.password.as_str()),
+        ];
+        cube_with_env(&self.url(), &env, args).await
     }
 
     async fn client(&self) -> Result<async_nats::Client> {
-        let options = cube_bus::Credentials::user("client", &self.client_password)
+        let options = cube_bus::Credentials::user("client", &self.password)
             .options()
             .await?;
         Ok(options.connect(self.url()).await?)
     }
-
-    /// What compose and the services said, for a failure message.
-    fn logs(&self) -> String {
-        let out = self
-            .compose(&["logs", "--no-color", "--tail", "40"])
-            .output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let mut workers = std::mem::take(&mut *self.workers.lock().unwrap());
-        for id in self.containers("worker").unwrap_or_default() {
-            workers.extend(hostname(&id).ok());
-        }
-        let _ = self
-            .compose(&["down", "-v", "--remove-orphans", "-t", "5"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        for w in workers {
-            remove_containers(&format!("{LABEL_WORKER}={w}"));
-        }
-        for image in &self.images {
-            let _ = Command::new("docker")
-                .args(["rmi", "-f", image])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+/// The client's password, as the README has the host read it.
+fn client_password(stack: &Stack) -> Result<String> {
+    let out =
+        run(&mut stack.compose(&["exec", "-T", "manager", "cat", "/etc/cube/client.password"]))?;
+    let password = out.trim().to_string();
+    ensure!(
+        password.len() == 32 && password.chars().all(|c| c.is_ascii_hexdigit()),
+        "the client's password file holds {out:?}"
+    );
+    Ok(password)
 }
 
-/// A container's host name, which is what a worker without `--name` calls itself.
-fn hostname(container: &str) -> Result<String> {
-    Ok(
-        docker(&["inspect", "-f", "{{.Config.Hostname}}", container])?
-            .trim()
-            .to_string(),
-    )
+/// Waits until `cube nodes` (the host's) lists each of `names`, ready.
+async fn all_ready(host: &Host<'_>, names: &[String]) -> Result<()> {
+    eventually(WITHIN, "cube nodes lists the workers, ready", || async {
+        let out = host.cube(&["nodes"]).await?;
+        for name in names {
+            let line = out
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+                .with_context(|| format!("{name} not in:\n{out}"))?;
+            ensure!(line.contains("ready"), "{name} is not ready:\n{out}");
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn nodes(client: &async_nats::Client) -> Result<Vec<Node>> {
@@ -245,9 +110,48 @@ async fn the_compose_file_runs_a_scaled_cluster() -> Result<()> {
 }
 
 async fn scenario(stack: &Stack) -> Result<()> {
-    run(&mut stack.compose(&["up", "-d", "--scale", "worker=2"]))?;
+    run(&mut stack.compose(&["up", "-d"])).context("a fresh `up -d`")?;
 
-    // Two replicas of the one service, each named after its container.
+    // `cube` in the manager's container: no flags, the client's user (the manager process
+    // itself is given its own on its command line).
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        &stack.containers("manager")?[0],
+    ])?;
+    ensure!(
+        env.contains("\"CUBE_NATS_USER=client\""),
+        "the manager's container environment: {env}"
+    );
+    let first = stack.containers("worker")?;
+    ensure!(
+        first.len() == 1,
+        "{} worker containers: {first:?}",
+        first.len()
+    );
+    let first_name = hostname(&first[0])?;
+    stack.workers.lock().unwrap().push(first_name.clone());
+    eventually(WITHIN, "cube nodes in the manager's container", || async {
+        let out = stack.exec_cube(&["nodes"])?;
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(first_name.as_str()))
+            .with_context(|| format!("{first_name} not in:\n{out}"))?;
+        ensure!(line.contains("ready"), "{first_name} is not ready:\n{out}");
+        Ok(())
+    })
+    .await?;
+
+    // The host's `cube`, as the client, through the published port.
+    let host = Host {
+        stack,
+        password: client_password(stack)?,
+    };
+    all_ready(&host, std::slice::from_ref(&first_name)).await?;
+
+    // Scaled: two replicas of the one service, each named after its container.
+    run(&mut stack.compose(&["up", "-d", "--scale", "worker=2"])).context("scaling")?;
     let ids = stack.containers("worker")?;
     ensure!(ids.len() == 2, "{} worker containers: {ids:?}", ids.len());
     let names = ids
@@ -266,21 +170,12 @@ async fn scenario(stack: &Stack) -> Result<()> {
     let user = docker(&["inspect", "-f", "{{.Config.User}}", &manager[0]])?;
     ensure!(user.trim() == "cube", "the manager runs as {user:?}");
 
-    // `cube nodes` on the host, through the published port, as the client.
-    let url = stack.url();
-    eventually(WITHIN, "cube nodes lists both workers, ready", || async {
-        let out = cube_with_env(&url, &stack.client_env(), &["nodes"]).await?;
-        for name in &names {
-            let line = out
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-                .with_context(|| format!("{name} not in:\n{out}"))?;
-            ensure!(line.contains("ready"), "{name} is not ready:\n{out}");
-        }
-        Ok(())
-    })
-    .await?;
-    let client = stack.client().await?;
+    ensure!(
+        names.contains(&first_name),
+        "{first_name} was replaced: {names:?}"
+    );
+    all_ready(&host, &names).await?;
+    let client = host.client().await?;
     ensure!(nodes(&client).await?.len() == 2, "more nodes than workers");
 
     // The manager's dashboard, HTTP API and metrics, on the host's loopback.
@@ -322,18 +217,23 @@ async fn scenario(stack: &Stack) -> Result<()> {
     )
     .await?;
 
-    // A task submitted with the host's `cube` runs in a container on the host's engine,
-    // started by one of the workers.
+    // A task submitted with `cube` in the manager's container runs in a container on the
+    // host's engine, started by one of the workers; both `cube`s see it.
     let long_running = cube_tests::long_running();
     let mut args = vec!["submit", "--image", IMAGE, "--"];
     args.extend(long_running.iter().map(String::as_str));
-    let id = submit(stack, &args).await?;
+    let id = submitted(&stack.exec_cube(&args)?)?;
     let running = eventually(WITHIN, "the task runs", || async {
-        let out = cube_with_env(&url, &stack.client_env(), &["status", &id]).await?;
+        let out = host.cube(&["status", &id]).await?;
         ensure!(out.split_whitespace().any(|w| w == "running"), "{out}");
         task(&client, &id).await
     })
     .await?;
+    let inside = stack.exec_cube(&["status", &id])?;
+    ensure!(
+        inside.split_whitespace().any(|w| w == "running"),
+        "in the manager's container: {inside}"
+    );
     let worker = running
         .worker
         .clone()
@@ -389,8 +289,23 @@ async fn scenario(stack: &Stack) -> Result<()> {
         "the restart made a third node"
     );
 
-    // `down` takes the cluster's task containers with it.
-    let second = submit(stack, &args).await?;
+    // The whole stack stopped and started again: `init` runs again and keeps the passwords,
+    // so the host's client gets in with the one it has; the workers keep their names.
+    run(&mut stack.compose(&["stop", "-t", "60"])).context("stopping the stack")?;
+    run(&mut stack.compose(&["up", "-d", "--scale", "worker=2"])).context("starting it again")?;
+    ensure!(
+        client_password(stack)? == host.password,
+        "the client's password changed with a restart"
+    );
+    all_ready(&host, &names).await?;
+    let client = host.client().await?;
+    ensure!(
+        nodes(&client).await?.len() == 2,
+        "the stack's restart made new nodes"
+    );
+
+    // `down -v` takes the cluster's task containers with it, and all of the project.
+    let second = submitted(&host.cube(&args).await?)?;
     eventually(WITHIN, "a second task runs", || async {
         let t = task(&client, &second).await?;
         ensure!(t.state == State::Running, "{}", t.state);
@@ -410,18 +325,13 @@ async fn scenario(stack: &Stack) -> Result<()> {
             "down left {name}'s containers: {left}"
         );
     }
-    let project = format!("label=com.docker.compose.project={}", stack.project);
-    let left = docker(&["ps", "-aq", "--filter", &project])?;
-    ensure!(
-        left.trim().is_empty(),
-        "down left the stack's containers: {left}"
-    );
+    let left = stack.leftovers()?;
+    ensure!(left.is_empty(), "down -v left of the project:\n{left}");
     Ok(())
 }
 
-/// Submits with the host's `cube`; the task's id.
-async fn submit(stack: &Stack, args: &[&str]) -> Result<String> {
-    let out = cube_with_env(&stack.url(), &stack.client_env(), args).await?;
+/// The task id `cube submit` printed.
+fn submitted(out: &str) -> Result<String> {
     let id = out.trim().to_string();
     Uuid::parse_str(&id).with_context(|| format!("cube submit printed {id:?}"))?;
     Ok(id)

@@ -269,6 +269,7 @@ impl Harness {
             .args(&args)
             .env_remove("CUBE_NATS_USER")
             .env_remove("CUBE_NATS_PASSWORD")
+            .env_remove("CUBE_NATS_PASSWORD_FILE")
             .env_remove("CUBE_LEASE_TTL")
             .env_remove("CUBE_REPLICAS")
             .stdout(std::process::Stdio::null())

@@ -186,6 +186,7 @@ async fn median_ms(url: &str, args: &[&str], repeat: usize) -> Result<f64> {
             .args(["--nats-url", url])
             .env_remove("CUBE_NATS_USER")
             .env_remove("CUBE_NATS_PASSWORD")
+            .env_remove("CUBE_NATS_PASSWORD_FILE")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
