@@ -73,6 +73,8 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$KV.cube-nodes.>",
                 "$KV.cube-admin.>",
                 "$KV.cube-endpoints.>",
+                // Secrets' values: no other role may read or write them.
+                "$KV.cube-secrets.>",
                 // The HTTP API (`--http-addr`) asks and submits as any client does.
                 "tasks.events",
                 "services.events",

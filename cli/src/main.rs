@@ -57,6 +57,9 @@ enum Command {
     /// Services: a named desired state the manager keeps true (deploy, scale, ls, status,
     /// history, rollback, promote, rm, endpoints).
     Service(cmd::service::ServiceArgs),
+    /// Secrets: values only the manager can read, given to a task's environment on the one
+    /// worker it is placed on (put, ls, rm; `cube submit --secret-env VAR=SECRET`).
+    Secret(cmd::secret::SecretArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(cmd::events::EventsArgs),
     /// Print a task's container output, or follow it with -f.
@@ -299,6 +302,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Nodes(args) => {
             init_tracing("warn");
             cmd::nodes::nodes(args).await
+        }
+        Command::Secret(args) => {
+            init_tracing("warn");
+            cmd::secret::secret(args).await
         }
         Command::Managers(args) => {
             init_tracing("warn");

@@ -13,10 +13,12 @@ mod streams;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use cube_shared::secret::{SecretInfo, SecretName, SecretPut, SecretValue};
 use cube_shared::service::ServiceQuery;
 use cube_shared::subjects::{
-    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SERVICES_GET, API_SERVICES_LIST,
-    API_TASKS_GET, API_TASKS_LIST, ENDPOINTS_DB, EVENTS, MANAGERS, SERVICE_EVENTS,
+    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SECRETS_LIST, API_SECRETS_PUT,
+    API_SECRETS_RM, API_SERVICES_GET, API_SERVICES_LIST, API_TASKS_GET, API_TASKS_LIST,
+    ENDPOINTS_DB, EVENTS, MANAGERS, SERVICE_EVENTS,
 };
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
 use cube_shared::{
@@ -199,6 +201,28 @@ impl Cube {
             name: name.to_string(),
         };
         self.request(API_NODES_FORGET, &body).await
+    }
+
+    /// Stores (or replaces) a secret, which only the manager can read (`cube secret put`).
+    pub async fn put_secret(&self, name: &str, value: SecretValue) -> Result<(), Error> {
+        let body = SecretPut {
+            name: name.to_string(),
+            value,
+        };
+        self.request(API_SECRETS_PUT, &body).await
+    }
+
+    /// Removes a secret (`cube secret rm`).
+    pub async fn remove_secret(&self, name: &str) -> Result<(), Error> {
+        let body = SecretName {
+            name: name.to_string(),
+        };
+        self.request(API_SECRETS_RM, &body).await
+    }
+
+    /// Every secret's name, size and time of change: never a value (`cube secret ls`).
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>, Error> {
+        self.request(API_SECRETS_LIST, &()).await
     }
 
     /// Submits `task` (its id decides which task it is); returns the event published.

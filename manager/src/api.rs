@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
+use cube_shared::secret::{SecretInfo, SecretName, SecretPut};
 use cube_shared::service::ServiceQuery;
 use cube_shared::subjects::{
-    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SERVICES_GET, API_SERVICES_LIST,
-    API_TASKS_GET, API_TASKS_LIST,
+    API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SECRETS_LIST, API_SECRETS_PUT,
+    API_SECRETS_RM, API_SERVICES_GET, API_SERVICES_LIST, API_TASKS_GET, API_TASKS_LIST,
 };
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::ServiceStatus;
@@ -40,9 +41,17 @@ impl Shell {
                 wire::decode::<ServiceQuery>(&msg.payload, MAX_MESSAGE_BYTES)
                     .map_err(ApiError::from)
                     .and_then(|q| {
-                        self.rules
+                        let mut status = self
+                            .rules
                             .service_status(&q.name)
-                            .ok_or(ApiError::NoService(q.name))
+                            .ok_or(ApiError::NoService(q.name))?;
+                        // Its record fits a message; with its copies, older versions may not.
+                        while encode(&status).len() > MAX_REPLY_BYTES
+                            && status.service.versions.len() > 1
+                        {
+                            status.service.versions.remove(0);
+                        }
+                        Ok(status)
                     }),
             ),
             API_NODES_LIST => {
@@ -62,6 +71,21 @@ impl Shell {
                 };
                 respond(result)
             }
+            API_SECRETS_PUT => {
+                let result = match wire::decode::<SecretPut>(&msg.payload, MAX_MESSAGE_BYTES) {
+                    Ok(put) => self.secrets.put(put).await.map_err(ApiError::from),
+                    Err(e) => Err(e.into()),
+                };
+                respond(result)
+            }
+            API_SECRETS_RM => {
+                let result = match wire::decode::<SecretName>(&msg.payload, MAX_MESSAGE_BYTES) {
+                    Ok(r) => self.secrets.remove(&r.name).await.map_err(ApiError::from),
+                    Err(e) => Err(e.into()),
+                };
+                respond(result)
+            }
+            API_SECRETS_LIST => respond::<Vec<SecretInfo>>(Ok(self.secrets.list())),
             other => {
                 debug!(subject = other, "unknown API call");
                 respond::<()>(Err(ApiError::UnknownCall(other.to_string())))
@@ -73,8 +97,9 @@ impl Shell {
     }
 
     /// Every service with its counts (without the copies and endpoints, which
-    /// `cube.api.services.get` gives per service).
+    /// `cube.api.services.get` gives per service), as many as fit one reply.
     fn list_services(&self) -> Vec<ServiceStatus> {
+        let mut size = 0;
         self.rules
             .services()
             .keys()
@@ -87,6 +112,10 @@ impl Shell {
                     .retain(|v| v.version == s.service.version);
                 s.service.applied.clear();
                 s
+            })
+            .take_while(|s| {
+                size += encode(s).len() + 1;
+                size < MAX_REPLY_BYTES
             })
             .collect()
     }
@@ -175,6 +204,8 @@ enum ApiError {
     UnknownCall(String),
     #[error("no service {0}")]
     NoService(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl ApiError {
@@ -182,7 +213,7 @@ impl ApiError {
     /// their cause in their message already).
     fn reason(&self) -> String {
         match self {
-            ApiError::RecordDrain(_) => cube_bus::Chain(self).to_string(),
+            ApiError::RecordDrain(_) | ApiError::Secret(_) => cube_bus::Chain(self).to_string(),
             other => other.to_string(),
         }
     }

@@ -12,6 +12,7 @@ mod presence;
 pub mod rules;
 mod run;
 pub mod scheduler;
+mod secrets;
 #[cfg(test)]
 mod testing;
 pub mod topology;

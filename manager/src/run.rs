@@ -20,6 +20,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::presence::Presence;
 use crate::rules::{Decided, Rules, Stored};
+use crate::secrets::Secrets;
 use crate::topology::{self, Topology};
 use crate::writer::{self, Commit};
 use crate::{scheduler_by_name, Config, Error, Fence, Holder, Lease, Observer};
@@ -30,6 +31,8 @@ pub(crate) struct Shell {
     pub(crate) client: async_nats::Client,
     pub(crate) topo: Topology,
     pub(crate) rules: Rules,
+    /// Secrets' values, put into the placements that need them as they are sent.
+    pub(crate) secrets: Secrets,
     writer: mpsc::Sender<Commit>,
     /// The writer has stopped: nothing more can be made durable.
     writer_gone: bool,
@@ -197,9 +200,10 @@ async fn lead(
         let fence = Arc::new(Fence::raise(&topo.tasks, epoch, lease.holder()).await?);
         // Read after the fence: everything an earlier leader managed to write is here.
         let stored = load(topo).await?;
-        Ok::<_, Error>((fence, stored))
+        let secrets = Secrets::load(topo.secrets.clone()).await?;
+        Ok::<_, Error>((fence, stored, secrets))
     };
-    let (fence, stored) = tokio::select! {
+    let (fence, stored, secrets) = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         lost = lease.lost() => return Err(lost),
         started = starting.instrument(span.clone()) => started?,
@@ -232,6 +236,7 @@ async fn lead(
         client: client.clone(),
         topo: topo.clone(),
         rules,
+        secrets,
         writer,
         writer_gone: false,
         epoch,
@@ -547,7 +552,7 @@ impl Shell {
     pub(crate) async fn flush(&mut self, handled: Vec<jetstream::Message>) {
         self.rules.reconcile(Utc::now());
         let decided = self.rules.take_effects();
-        let commit = commit(decided, handled, self.epoch);
+        let commit = commit(decided, handled, self.epoch, &self.secrets);
         if !commit.is_empty() && self.writer.send(commit).await.is_err() {
             // It stops only at shutdown (or if it panicked): the loop must not go on deciding
             // what nobody will write.
@@ -557,7 +562,12 @@ impl Shell {
 }
 
 /// The writer's messages for what the rules decided, as the leader of `epoch` sends them.
-fn commit(decided: Decided, handled: Vec<jetstream::Message>, epoch: u64) -> Commit {
+fn commit(
+    decided: Decided,
+    handled: Vec<jetstream::Message>,
+    epoch: u64,
+    secrets: &Secrets,
+) -> Commit {
     let kv = |bucket: &str, key: String, payload| Outgoing {
         subject: format!("$KV.{bucket}.{key}"),
         payload,
@@ -596,6 +606,9 @@ fn commit(decided: Decided, handled: Vec<jetstream::Message>, epoch: u64) -> Com
         .into_iter()
         .map(|mut w| {
             w.event.epoch = Some(epoch);
+            if !w.event.is_stop() {
+                w.event.secrets = secrets.resolve(&w.event.task);
+            }
             Outgoing {
                 subject: w.subject,
                 payload: encode(&w.event),

@@ -18,6 +18,8 @@ pub struct Topology {
     pub nodes: kv::Store,
     pub admin: kv::Store,
     pub endpoints: kv::Store,
+    /// Secrets' values: only the manager may read it.
+    pub secrets: kv::Store,
 }
 
 /// How many workers one cluster can have: each has its own consumer of the work stream.
@@ -179,8 +181,17 @@ pub async fn ensure(
         ))
         .await
         .map_err(|e| Error::setup(format!("bucket {ENDPOINTS_DB}"), e))?;
+    let secrets = js
+        .create_or_update_key_value(bucket(
+            SECRETS_DB,
+            "Cube's secrets: name → value, read only by the manager",
+            replicas,
+        ))
+        .await
+        .map_err(|e| Error::setup(format!("bucket {SECRETS_DB}"), e))?;
     Ok(Topology {
         endpoints,
+        secrets,
         js,
         tasks,
         events,

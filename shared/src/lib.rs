@@ -4,6 +4,7 @@
 mod node;
 mod report;
 pub mod schema;
+pub mod secret;
 pub mod service;
 mod state;
 pub mod subjects;
@@ -18,6 +19,7 @@ pub use report::{
     ApiReply, DrainRequest, ForgetRequest, JournalEntry, ManagerInfo, ManagerRole, Rejection,
     StateReport, TaskList, TaskListQuery, TaskQuery,
 };
+pub use secret::{EnvVar, SecretValue};
 pub use service::{
     Endpoint, Endpoints, Rollout, RolloutState, Service, ServiceAction, ServiceEvent, ServiceKind,
     ServiceSpec, ServiceStatus, UpdatePolicy,

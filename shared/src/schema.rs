@@ -5,6 +5,7 @@
 use schemars::{JsonSchema, Schema};
 use serde_json::Value;
 
+use crate::secret::{SecretInfo, SecretName, SecretPut};
 use crate::service::ServiceQuery;
 use crate::{
     DrainRequest, Endpoints, ForgetRequest, JournalEntry, ManagerInfo, Node, Rejection, Service,
@@ -33,7 +34,7 @@ pub fn no_default_timestamp(schema: &mut Schema) {
 }
 
 /// The names `cube schema` knows, each with what it describes.
-pub const NAMES: [(&str, &str); 18] = [
+pub const NAMES: [(&str, &str); 21] = [
     (
         "task-event",
         "a request to submit or stop a task, on tasks.events",
@@ -82,6 +83,12 @@ pub const NAMES: [(&str, &str); 18] = [
         "endpoints",
         "a service's healthy copies' addresses, in the cube-endpoints bucket",
     ),
+    ("secret-put", "the request body of cube.api.secrets.put"),
+    ("secret-name", "the request body of cube.api.secrets.rm"),
+    (
+        "secret-info",
+        "each item of the answer to cube.api.secrets.list, under `ok` (never a value)",
+    ),
 ];
 
 /// The JSON Schema of one wire type, by its name in [`NAMES`]. Draft-07, the dialect
@@ -106,6 +113,9 @@ pub fn schema(name: &str) -> Option<Value> {
         "service-status" => draft07::<ServiceStatus>(),
         "service-query" => draft07::<ServiceQuery>(),
         "endpoints" => draft07::<Endpoints>(),
+        "secret-put" => draft07::<SecretPut>(),
+        "secret-name" => draft07::<SecretName>(),
+        "secret-info" => draft07::<SecretInfo>(),
         _ => return None,
     };
     let mut value = schema.to_value();

@@ -31,6 +31,12 @@ pub const API_NODES_FORGET: &str = "cube.api.nodes.forget";
 pub const API_SERVICES_LIST: &str = "cube.api.services.list";
 /// Body: [`ServiceQuery`](crate::service::ServiceQuery).
 pub const API_SERVICES_GET: &str = "cube.api.services.get";
+/// Body: [`SecretPut`](crate::secret::SecretPut); stores a secret (the leader answers).
+pub const API_SECRETS_PUT: &str = "cube.api.secrets.put";
+/// Body: [`SecretName`](crate::secret::SecretName); removes a secret.
+pub const API_SECRETS_RM: &str = "cube.api.secrets.rm";
+/// Answers the [`SecretInfo`](crate::secret::SecretInfo) of every secret, never a value.
+pub const API_SECRETS_LIST: &str = "cube.api.secrets.list";
 /// Any client → every manager, leader and standbys: each answers with a
 /// [`ManagerInfo`](crate::report::ManagerInfo). Gather answers for a moment to see them all.
 pub const MANAGERS: &str = "cube.managers";
@@ -72,6 +78,8 @@ pub const NODE_DB: &str = "cube-nodes";
 /// KV bucket: service name → [`Endpoints`](crate::Endpoints), its healthy copies' addresses.
 /// Any client may watch it.
 pub const ENDPOINTS_DB: &str = "cube-endpoints";
+/// KV bucket: secret name → value. Only the manager may read or write it.
+pub const SECRETS_DB: &str = "cube-secrets";
 /// KV bucket: operators' decisions that outlive the manager (`drain.<worker>`).
 pub const ADMIN_DB: &str = "cube-admin";
 
@@ -164,6 +172,9 @@ mod tests {
             API_NODES_LIST.to_string(),
             API_NODES_DRAIN.to_string(),
             API_NODES_FORGET.to_string(),
+            API_SECRETS_PUT.to_string(),
+            API_SECRETS_RM.to_string(),
+            API_SECRETS_LIST.to_string(),
         ] {
             assert!(
                 ASYNCAPI.contains(&format!("address: {address}\n")),

@@ -181,8 +181,9 @@ pub struct Task {
     pub image: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// `KEY=VALUE` strings, or `{"name": "KEY", "secret": "NAME"}` for a secret's value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<String>,
+    pub env: Vec<crate::EnvVar>,
     /// Cores, fractional.
     #[serde(default)]
     pub cpu: f64,
@@ -501,6 +502,11 @@ pub struct TaskEvent {
     /// submissions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// On a placement only: the values of the secrets the task's environment names, put in
+    /// by the manager as it sends the placement (they are in no stored record). A
+    /// submission that carries any is refused.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: crate::secret::SecretValues,
 }
 
 impl TaskEvent {
@@ -511,6 +517,7 @@ impl TaskEvent {
             timestamp: Utc::now(),
             task,
             epoch: None,
+            secrets: Default::default(),
         }
     }
 
@@ -524,6 +531,7 @@ impl TaskEvent {
             timestamp: Utc::now(),
             task,
             epoch: None,
+            secrets: Default::default(),
         }
     }
 
@@ -538,6 +546,7 @@ impl TaskEvent {
             timestamp: Utc::now(),
             task: task.clone(),
             epoch: None,
+            secrets: Default::default(),
         }
     }
 

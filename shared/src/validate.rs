@@ -7,7 +7,8 @@ use std::fmt;
 
 use std::time::Duration;
 
-use crate::{State, Task, TaskEvent};
+use crate::secret::MAX_TASK_SECRETS;
+use crate::{EnvVar, State, Task, TaskEvent};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_IMAGE_LEN: usize = 255;
@@ -54,6 +55,19 @@ impl Problems {
 
 /// Validates an event: what it asks for and, for a submission, the whole task specification.
 pub fn validate_event(event: &TaskEvent) -> Result<(), Invalid> {
+    if !event.secrets.is_empty() {
+        return Err(Invalid(vec![
+            "an event may not carry secrets' values: store them with `cube secret put` and \
+             name them in task.env as {\"name\": \"VAR\", \"secret\": \"NAME\"}"
+                .into(),
+        ]));
+    }
+    validate_work(event)
+}
+
+/// Validates work the manager sent a worker: as [`validate_event`], but a placement carries
+/// the values of the secrets its task names.
+pub fn validate_work(event: &TaskEvent) -> Result<(), Invalid> {
     match event.state {
         State::Running => validate_task(&event.task),
         State::Completed => Ok(()),
@@ -95,15 +109,34 @@ pub fn validate_task(task: &Task) -> Result<(), Invalid> {
     p.check(task.env.len() <= MAX_ENV, || {
         format!("task.env has {} entries; at most {MAX_ENV}", task.env.len())
     });
+    let mut secrets = 0;
     for e in &task.env {
-        let ok = match e.split_once('=') {
-            Some((k, _)) => !k.is_empty() && !e.contains('\0') && e.len() <= MAX_ENV_LEN,
-            None => false,
-        };
-        p.check(ok, || {
-            format!("task.env entry `{}` is not KEY=VALUE", excerpt(e))
-        });
+        match e {
+            EnvVar::Value(e) => {
+                let ok = match e.split_once('=') {
+                    Some((k, _)) => !k.is_empty() && !e.contains('\0') && e.len() <= MAX_ENV_LEN,
+                    None => false,
+                };
+                p.check(ok, || {
+                    format!("task.env entry `{}` is not KEY=VALUE", excerpt(e))
+                });
+            }
+            EnvVar::Secret { name, secret } => {
+                let ok =
+                    !name.is_empty() && name.len() <= MAX_ENV_LEN && !name.contains(['=', '\0']);
+                p.check(ok, || {
+                    format!("task.env: `{}` is not a variable name", excerpt(name))
+                });
+                secrets += 1;
+                if let Err(why) = crate::secret::check_name(secret) {
+                    p.check(false, || format!("task.env entry {}: {why}", excerpt(name)));
+                }
+            }
+        }
     }
+    p.check(secrets <= MAX_TASK_SECRETS, || {
+        format!("task.env names {secrets} secrets; at most {MAX_TASK_SECRETS}")
+    });
     p.check(task.cpu.is_finite() && task.cpu >= 0.0, || {
         "task.cpu must be a non-negative number of cores".to_string()
     });
@@ -481,6 +514,31 @@ mod tests {
             .contains("cannot be requested"));
         let stop = TaskEvent::stop(uuid::Uuid::new_v4());
         validate_event(&stop).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_named_in_env_and_never_sent_in_an_event() {
+        let mut t = task();
+        t.env = vec![
+            "A=1".into(),
+            EnvVar::Secret {
+                name: "DB_PASSWORD".into(),
+                secret: "db".into(),
+            },
+        ];
+        assert!(validate_task(&t).is_ok());
+        t.env.push(EnvVar::Secret {
+            name: "X=Y".into(),
+            secret: "no/slash".into(),
+        });
+        let problems = validate_task(&t).unwrap_err().0;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let mut event = TaskEvent::submit(task());
+        event
+            .secrets
+            .insert("db".into(), crate::SecretValue::new("v"));
+        let refused = validate_event(&event).unwrap_err().to_string();
+        assert!(refused.contains("cube secret put"), "{refused}");
     }
 
     #[test]

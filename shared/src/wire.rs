@@ -7,13 +7,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::validate::{validate_event, Invalid};
+use crate::validate::{validate_event, validate_work, Invalid};
 use crate::{Task, TaskEvent};
 
 /// The largest TaskEvent Cube accepts. Checked before parsing.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// The largest state report, heartbeat or API request Cube accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The largest work a worker reads: an event, plus the values of the secrets its task names
+/// (each escaped in JSON at worst six bytes for one). Under NATS's default 1 MiB payload.
+pub const MAX_WORK_BYTES: usize =
+    MAX_EVENT_BYTES + crate::secret::MAX_TASK_SECRETS * (crate::secret::MAX_SECRET_BYTES * 6 + 256);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -94,13 +98,13 @@ pub fn decode_stored_task(bytes: &[u8]) -> Result<Task, DecodeError> {
 /// Reads work the manager handed a worker (`tasks.pending.*`), which a newer manager may have
 /// written: as [`decode_placement`], with fields this version does not know set aside.
 pub fn decode_work(bytes: &[u8]) -> Result<TaskEvent, DecodeError> {
-    let mut event: Map<String, Value> = decode(bytes, MAX_EVENT_BYTES)?;
+    let mut event: Map<String, Value> = decode(bytes, MAX_WORK_BYTES)?;
     event.retain(|key, _| known_fields("task-event").contains(key));
     if let Some(Value::Object(task)) = event.get_mut("task") {
         task.retain(|key, _| known_fields("task").contains(key));
     }
     let event: TaskEvent = from_json(event)?;
-    validate_event(&event)?;
+    validate_work(&event)?;
     Ok(event)
 }
 

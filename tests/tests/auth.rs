@@ -232,3 +232,51 @@ async fn the_shared_worker_user_may_be_any_worker_and_nothing_more() -> Result<(
     }
     Ok(())
 }
+
+/// Secrets' values are for the manager alone: a client may store one through the manager
+/// (`cube.api.secrets.put`), but neither a client nor a worker may read the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_manager_reads_secrets() -> Result<()> {
+    use cube_shared::secret::{SecretInfo, SecretPut};
+    use cube_shared::subjects::{API_SECRETS_LIST, API_SECRETS_PUT, SECRETS_DB};
+    let w = unique("ws");
+    let (manager, client, worker) = (
+        user(Role::Manager),
+        user(Role::Client),
+        user(Role::Worker(w)),
+    );
+    let users = [manager.clone(), client.clone(), worker.clone()];
+    let (nats, _shutdown, _stop) = cluster(&users).await?;
+    let (client_conn, mut client_errors) = connect_as(&nats, &client).await?;
+    let put = SecretPut {
+        name: "db".into(),
+        value: cube_shared::SecretValue::new("hunter2"),
+    };
+    cube_tests::eventually(WITHIN, "the manager stores the secret", || async {
+        api::<_, ()>(&client_conn, API_SECRETS_PUT, &put).await
+    })
+    .await?;
+    let listed: Vec<SecretInfo> = api(&client_conn, API_SECRETS_LIST, &()).await?;
+    assert_eq!(listed.len(), 1);
+    let (worker_conn, mut worker_errors) = connect_as(&nats, &worker).await?;
+    let stream = format!("KV_{SECRETS_DB}");
+    for subject in [
+        format!("$JS.API.DIRECT.GET.{stream}.$KV.{SECRETS_DB}.db"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$KV.{SECRETS_DB}.db"),
+    ] {
+        for (conn, errors) in [
+            (&client_conn, &mut client_errors),
+            (&worker_conn, &mut worker_errors),
+        ] {
+            conn.publish(subject.clone(), "{}".into()).await?;
+            denied(errors, &subject).await?;
+        }
+    }
+    // Nor subscribe to its messages as they are written.
+    let _sub = worker_conn.subscribe(format!("$KV.{SECRETS_DB}.>")).await?;
+    denied(&mut worker_errors, &format!("$KV.{SECRETS_DB}.>")).await?;
+    Ok(())
+}

@@ -638,7 +638,7 @@ mod tests {
         let evil = "<script>alert('x')</script>";
         let mut task = Task::new("cube-busybox:latest");
         task.name = "web-1".into();
-        task.env = vec![format!("EVIL={evil}\"><img src=x onerror=alert(1)>")];
+        task.env = vec![format!("EVIL={evil}\"><img src=x onerror=alert(1)>").into()];
         task.cmd = vec!["sh".into(), "-c".into(), format!("echo {evil}")];
         task.error = Some(format!("rejected: {evil}"));
         task.service = Some(format!("web{evil}"));

@@ -316,7 +316,7 @@ impl Worker {
                 let outcome = if event.is_stop() {
                     worker.stop(event, &msg).await
                 } else {
-                    worker.start(event.task, &msg).await
+                    worker.start(event.task, &event.secrets, &msg).await
                 };
                 worker.settle(&msg, outcome).await;
                 drop(turn);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use cube_shared::secret::{resolve_env, SecretValues};
 use cube_shared::subjects::{PENDING, TASK_DB};
 use cube_shared::{wire, Health, State, StateReport, Task};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -132,6 +133,31 @@ pub(crate) fn admit(
         return Err(Outcome::from(report().failed(why)));
     }
     Ok(claim)
+}
+
+/// The task with its secrets' variables given the values its placement carries (kept in
+/// memory only: the task as reported and recorded names its secrets, never their values). A
+/// secret the placement lacks (it does not exist, or was removed) fails the task, naming it.
+pub(crate) fn with_secrets(
+    cfg: &Config,
+    tasks: &Table,
+    mut task: Task,
+    secrets: &SecretValues,
+) -> Result<Task, Outcome> {
+    match resolve_env(&task.env, secrets) {
+        Ok(env) => {
+            task.env = env;
+            Ok(task)
+        }
+        Err(why) => {
+            warn!(%why, "a secret the task names is missing");
+            cfg.metrics.containers_failed.inc();
+            tasks.ended(task.id, task.generation);
+            Err(Outcome::from(
+                report(&cfg.name, task.id, task.generation).failed(why),
+            ))
+        }
+    }
 }
 
 /// What to do about a start that got no claim, on the message's `attempt`th delivery.
@@ -261,7 +287,12 @@ pub(crate) fn exit_meaning(
 }
 
 impl Worker {
-    pub(crate) async fn start(self: &Arc<Self>, task: Task, msg: &jetstream::Message) -> Outcome {
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        task: Task,
+        secrets: &SecretValues,
+        msg: &jetstream::Message,
+    ) -> Outcome {
         let from_queue = msg.subject.as_str() == PENDING;
         let claim = match self.tasks.claim(&task, from_queue) {
             Ok(claim) => claim,
@@ -277,6 +308,10 @@ impl Worker {
         };
         let claim = match admit(&self.cfg, &self.tasks, &task, verdict, claim) {
             Ok(claim) => claim,
+            Err(outcome) => return outcome,
+        };
+        let task = match with_secrets(&self.cfg, &self.tasks, task, secrets) {
+            Ok(task) => task,
             Err(outcome) => return outcome,
         };
         let older = self.tasks.running(task.id);

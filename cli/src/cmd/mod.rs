@@ -1,10 +1,11 @@
-//! The client commands: submit, stop, status, nodes, managers, events, service. Each speaks
+//! The client commands: submit, stop, status, nodes, managers, events, service, secret. Each speaks
 //! only the public NATS contract, through `cube-client`, as any other client could; this
 //! module turns the client's typed errors into messages that say what to do.
 
 pub mod events;
 pub mod managers;
 pub mod nodes;
+pub mod secret;
 pub mod service;
 pub mod status;
 pub mod stop;

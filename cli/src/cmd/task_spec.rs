@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use cube_shared::validate::{parse_container_port, parse_host_binding, validate_task};
-use cube_shared::{task_with_optional_id, RestartPolicy, Task};
+use cube_shared::{task_with_optional_id, EnvVar, RestartPolicy, Task};
 
 use super::submit::SubmitArgs;
 use crate::{bytes_size, duration};
@@ -35,6 +35,10 @@ pub struct TaskFlags {
     /// An environment variable, K=V. Repeatable.
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
+    /// An environment variable whose value is a secret's, VAR=SECRET (see `cube secret put`):
+    /// only the worker the task is placed on receives the value. Repeatable.
+    #[arg(long = "secret-env", value_name = "VAR=SECRET")]
+    pub secret_env: Vec<String>,
     /// no, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
@@ -127,6 +131,7 @@ impl TaskFlags {
             disk,
             ports,
             env,
+            secret_env,
             restart,
             mounts,
             network,
@@ -150,6 +155,7 @@ impl TaskFlags {
             || disk.is_some()
             || !ports.is_empty()
             || !env.is_empty()
+            || !secret_env.is_empty()
             || restart.is_some()
             || !mounts.is_empty()
             || network.is_some()
@@ -192,7 +198,18 @@ impl TaskFlags {
                 task.exposed_ports.push(container);
             }
         }
-        task.env.extend(args.env.iter().cloned());
+        task.env
+            .extend(args.env.iter().map(|e| EnvVar::from(e.as_str())));
+        for entry in &args.secret_env {
+            let (name, secret) = entry
+                .split_once('=')
+                .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+                .with_context(|| format!("--secret-env {entry}: expected VAR=SECRET"))?;
+            task.env.push(EnvVar::Secret {
+                name: name.into(),
+                secret: secret.into(),
+            });
+        }
         task.constraints.extend(args.constraints.iter().cloned());
         task.mounts.extend(args.mounts.iter().cloned());
         task.cap_add.extend(args.cap_add.iter().cloned());

@@ -315,7 +315,7 @@ impl World {
             let mut template = Task::new("sim");
             template.cmd = vec!["forever".into()];
             template.cpu = 0.25;
-            template.env = vec![format!("VERSION={version}")];
+            template.env = vec![format!("VERSION={version}").into()];
             ServiceSpec {
                 name: name.into(),
                 kind,

@@ -73,7 +73,15 @@ pub(super) fn create_body(task: &Task, worker: &str, limits: &Limits) -> Contain
     ContainerCreateBody {
         image: Some(task.image.clone()),
         cmd: (!task.cmd.is_empty()).then(|| task.cmd.clone()),
-        env: (!task.env.is_empty()).then(|| task.env.clone()),
+        // Secrets' variables were given their values (`work::with_secrets`) before this: a
+        // reference that is left has no value to give and is not passed on.
+        env: (!task.env.is_empty()).then(|| {
+            task.env
+                .iter()
+                .filter_map(|e| e.as_value())
+                .map(String::from)
+                .collect()
+        }),
         exposed_ports: (!task.exposed_ports.is_empty()).then(|| task.exposed_ports.clone()),
         labels: Some(labels),
         host_config: Some(host_config),
@@ -206,7 +214,10 @@ mod tests {
         let body = create_body(&task, "w1", &Limits::default());
         assert_eq!(body.image.as_deref(), Some("nginx:1"));
         assert_eq!(body.cmd, Some(task.cmd.clone()));
-        assert_eq!(body.env, Some(task.env.clone()));
+        assert_eq!(
+            body.env,
+            Some(vec!["A=1".to_string(), "B=two words".to_string()])
+        );
         assert_eq!(body.exposed_ports, Some(task.exposed_ports.clone()));
         let ports = host(&body).port_bindings.clone().expect("port bindings");
         let binding = |host_ip: Option<&str>, port: &str| {
