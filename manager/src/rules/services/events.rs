@@ -161,11 +161,10 @@ impl Rules {
             good: false,
             failed: false,
         });
-        let excess = svc.versions.len().saturating_sub(KEPT_VERSIONS);
-        svc.versions.drain(..excess);
         svc.version = version;
         svc.finished = None;
         svc.rollout = Some(new_rollout(back_to, version, now));
+        forget_old_versions(svc);
         Ok(format!(
             "{}: version {version} rolls out, {} at a time{}",
             svc.name,
@@ -286,6 +285,30 @@ pub(super) fn new_rollout(from: Option<u64>, to: u64, now: DateTime<Utc>) -> Rol
 }
 
 /// The newest good version other than `except`: where a failed rollout goes back to.
+/// Of the versions a service remembers, the oldest go: beyond [`KEPT_VERSIONS`], and while
+/// the record is over [`MAX_RECORD_BYTES`] (templates are up to a TaskEvent's size, and the
+/// record must fit one NATS message). The current version and the one its rollout would go
+/// back to always stay, and those two fit.
+fn forget_old_versions(svc: &mut Service) {
+    let excess = svc.versions.len().saturating_sub(KEPT_VERSIONS);
+    svc.versions.drain(..excess);
+    let back_to = svc.rollout.as_ref().and_then(|r| r.from);
+    while cube_shared::wire::encode(&*svc).len() > MAX_RECORD_BYTES {
+        let current = svc.version;
+        let Some(oldest) = svc
+            .versions
+            .iter()
+            .position(|v| v.version != current && Some(v.version) != back_to)
+        else {
+            break;
+        };
+        svc.versions.remove(oldest);
+    }
+}
+
+/// The most a service's record may take in the Task DB (NATS's default payload limit is 1 MiB).
+pub(crate) const MAX_RECORD_BYTES: usize = 768 * 1024;
+
 fn last_good(svc: &Service, except: u64) -> Option<u64> {
     svc.versions
         .iter()
