@@ -209,7 +209,8 @@ pub struct WorkerArgs {
     /// Docker daemon's own logging configuration, which may keep everything).
     #[arg(long, env = "CUBE_CONTAINER_LOG_MAX_SIZE", default_value = "10m", value_parser = bytes_size)]
     pub container_log_max_size: u64,
-    /// ...rotated over this many files.
+    /// How many json-file logs each container's output is rotated over (the oldest is
+    /// dropped; see --container-log-max-size).
     #[arg(long, env = "CUBE_CONTAINER_LOG_MAX_FILES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub container_log_max_files: u32,
     /// Memory limit of a task that sets none (0: none).
