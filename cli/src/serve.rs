@@ -188,6 +188,31 @@ pub struct WorkerArgs {
     /// Let tasks use host devices.
     #[arg(long, env = "CUBE_ALLOW_DEVICES")]
     pub allow_devices: bool,
+    /// The host ports tasks may bind, e.g. 80,443,30000-32767 (default: no privileged port).
+    #[arg(
+        long,
+        env = "CUBE_ALLOW_HOST_PORTS",
+        value_delimiter = ',',
+        default_value = "1024-65535"
+    )]
+    pub allow_host_ports: Vec<cube_worker::policy::PortRange>,
+    /// The host addresses a task's port binding may name, e.g. 127.0.0.1 (default: none; a
+    /// binding with no address is on all interfaces).
+    #[arg(long, env = "CUBE_ALLOW_HOST_IPS", value_delimiter = ',')]
+    pub allow_host_ips: Vec<std::net::IpAddr>,
+    /// Let tasks share named volumes: `data:/data` is then the one volume `data` of this host
+    /// for every task that names it. By default each task's volumes are its own (a service's
+    /// copies share theirs).
+    #[arg(long, env = "CUBE_ALLOW_SHARED_VOLUMES")]
+    pub allow_shared_volumes: bool,
+    /// Docker keeps each container's output in json-file logs of at most this size (0: the
+    /// Docker daemon's own logging configuration, which may keep everything).
+    #[arg(long, env = "CUBE_CONTAINER_LOG_MAX_SIZE", default_value = "10m", value_parser = bytes_size)]
+    pub container_log_max_size: u64,
+    /// How many json-file logs each container's output is rotated over (the oldest is
+    /// dropped; see --container-log-max-size).
+    #[arg(long, env = "CUBE_CONTAINER_LOG_MAX_FILES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub container_log_max_files: u32,
     /// Memory limit of a task that sets none (0: none).
     #[arg(long, env = "CUBE_DEFAULT_MEMORY", default_value = "512m", value_parser = bytes_size)]
     pub default_memory: u64,
@@ -230,9 +255,14 @@ impl WorkerArgs {
             allow_docker_socket: self.allow_docker_socket,
             allow_capabilities: self.allow_capabilities,
             allow_devices: self.allow_devices,
+            host_ports: self.allow_host_ports.clone(),
+            host_ips: self.allow_host_ips.clone(),
             limits: cube_worker::policy::Limits {
                 default_memory: self.default_memory,
                 pids_limit: self.pids_limit,
+                log_max_size: self.container_log_max_size,
+                log_max_files: self.container_log_max_files,
+                shared_volumes: self.allow_shared_volumes,
             },
         };
         cfg

@@ -196,13 +196,17 @@ pub struct Task {
     /// Container ports, `"80/tcp"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<String>,
-    /// Container port → host port (`"8080"` or `"127.0.0.1:8080"`).
+    /// Container port → host port (`"8080"` or `"127.0.0.1:8080"`). A host address or a
+    /// privileged port (below 1024) is refused unless the worker allows it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_bindings: BTreeMap<String, String>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     /// Host bind mounts (`/host/path:/container/path[:ro]`) or named volumes
-    /// (`name:/container/path[:ro]`). Host paths are refused unless the worker allows them.
+    /// (`name:/container/path[:ro]`). Host paths are refused unless the worker allows them
+    /// (those that reach the Docker socket, the engine or `/proc` need it to allow the socket).
+    /// A named volume is the task's own (shared by a service's copies on a worker) unless the
+    /// worker allows shared volumes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<String>,
     /// Docker's network mode: `bridge` (default), `none`, or `host` (if the worker allows it).

@@ -144,6 +144,17 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A cluster with one worker that lets tasks bind ports on the host's loopback
+    /// (`--allow-host-ips 127.0.0.1`): tests publish ports there, not on every interface.
+    pub async fn start_allowing_loopback_ports() -> Result<Cluster> {
+        let mut cluster = Cluster::empty().await?;
+        cluster.start_manager(cube_manager::Config::default());
+        cluster
+            .add_worker(|c| c.policy.host_ips = vec![std::net::Ipv4Addr::LOCALHOST.into()])
+            .await?;
+        Ok(cluster)
+    }
+
     /// NATS only: start the parts yourself.
     pub async fn empty() -> Result<Cluster> {
         let (nats, client, docker) = prepare().await?;
@@ -179,7 +190,9 @@ impl Cluster {
         cfg.stop_grace = Duration::from_secs(2);
         tweak(&mut cfg);
         let token = self.shutdown.child_token();
-        let runtime: Arc<dyn Runtime> = self.docker.clone();
+        // The worker's limits apply to its containers, as `cube worker` gives them.
+        let runtime: Arc<dyn Runtime> =
+            Arc::new((*self.docker).clone().with_limits(cfg.policy.limits));
         let (client, t) = (self.client.clone(), token.clone());
         let handle = tokio::spawn(async move {
             if let Err(e) = cube_worker::run(cfg, client, runtime, t).await {

@@ -268,7 +268,8 @@ async fn on_failure_restarts_then_gives_up() -> Result<()> {
 /// A busybox httpd whose health endpoint starts failing is restarted; the new copy is healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_task_is_restarted() -> Result<()> {
-    let cluster = Cluster::start(1).await?;
+    // The port is published on the loopback only, which the worker must allow.
+    let cluster = Cluster::start_allowing_loopback_ports().await?;
     let mut sub = journal(&cluster.client).await?;
     let port = cube_tests::free_port()?;
     let mut t = task(&[

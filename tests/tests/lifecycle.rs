@@ -165,7 +165,8 @@ async fn a_repeated_submission_runs_once() -> anyhow::Result<()> {
 /// process, and `--wait` returns once the task runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_ports_and_env_reach_the_container() -> anyhow::Result<()> {
-    let cluster = Cluster::start(1).await?;
+    // The port is published on the loopback only, which the worker must allow.
+    let cluster = Cluster::start_allowing_loopback_ports().await?;
     let url = cluster.nats.url();
     let port = cube_tests::free_port()?;
     let script =

@@ -42,7 +42,8 @@ pub struct TaskFlags {
     /// no, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
-    /// A mount, SOURCE:TARGET[:ro]: a volume name, or a host path if the worker allows it.
+    /// A mount, SOURCE:TARGET[:ro]: a volume name (the task's own unless the worker allows
+    /// shared volumes), or a host path if the worker allows it.
     /// Repeatable.
     #[arg(long = "mount")]
     pub mounts: Vec<String>,

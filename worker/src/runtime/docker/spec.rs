@@ -1,16 +1,19 @@
 //! The container Docker is asked to create for a task: a pure mapping from the task and the
 //! worker's limits, and the part of the runtime that fences a task in (`no-new-privileges`,
-//! the pids and memory limits), so it is tested here rather than only through a fork bomb.
+//! the pids and memory limits, log rotation, volumes of its own), so it is tested here rather
+//! than only through a fork bomb.
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping, HostConfig, HostConfigLogConfig, PortBinding,
+};
 use cube_shared::validate::{parse_host_binding, parse_mount};
 use cube_shared::{
     Task, LABEL_GENERATION, LABEL_SERVICE, LABEL_SERVICE_VERSION, LABEL_TASK_ID, LABEL_WORKER,
 };
 
-use crate::policy::Limits;
+use crate::policy::{volume_name, Limits};
 
 /// Every container gets it: no process in it gains privileges it did not start with (setuid
 /// binaries, file capabilities).
@@ -45,7 +48,7 @@ pub(super) fn create_body(task: &Task, worker: &str, limits: &Limits) -> Contain
     } else {
         limits.default_memory
     };
-    let binds = binds(&task.mounts);
+    let binds = binds(task, limits.shared_volumes);
     let devices: Vec<DeviceMapping> = task
         .devices
         .iter()
@@ -68,6 +71,7 @@ pub(super) fn create_body(task: &Task, worker: &str, limits: &Limits) -> Contain
         cap_add: (!task.cap_add.is_empty()).then(|| task.cap_add.clone()),
         devices: (!devices.is_empty()).then_some(devices),
         binds: (!binds.is_empty()).then_some(binds),
+        log_config: log_config(limits),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -89,22 +93,49 @@ pub(super) fn create_body(task: &Task, worker: &str, limits: &Limits) -> Contain
     }
 }
 
-/// Docker's `binds` for the task's mounts: host paths first, then named volumes, each
-/// `source:target[:ro]`. A mount that does not parse was refused before it got here.
-fn binds(mounts: &[String]) -> Vec<String> {
+/// Docker's `binds` for the task's mounts: host paths first, then named volumes (under the
+/// names [`volume_name`] gives them), each `source:target[:ro]`. A mount that does not parse
+/// was refused before it got here.
+fn binds(task: &Task, shared_volumes: bool) -> Vec<String> {
     let (mut host, mut volumes) = (Vec::new(), Vec::new());
-    for m in mounts {
+    for m in &task.mounts {
         if let Ok((source, target, read_only)) = parse_mount(m) {
-            let spec = format!("{source}:{target}{}", if read_only { ":ro" } else { "" });
+            let ro = if read_only { ":ro" } else { "" };
             if source.starts_with('/') {
-                host.push(spec);
+                host.push(format!("{source}:{target}{ro}"));
             } else {
-                volumes.push(spec);
+                let name = volume_name(task, &source, shared_volumes);
+                volumes.push(format!("{name}:{target}{ro}"));
             }
         }
     }
     host.extend(volumes);
     host
+}
+
+/// Rotated `json-file` logs, as `limits` says; `None` (the daemon's own logging) if they set
+/// no size.
+fn log_config(limits: &Limits) -> Option<HostConfigLogConfig> {
+    (limits.log_max_size > 0).then(|| HostConfigLogConfig {
+        typ: Some("json-file".into()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), docker_size(limits.log_max_size)),
+            (
+                "max-file".to_string(),
+                limits.log_max_files.max(1).to_string(),
+            ),
+        ])),
+    })
+}
+
+/// A size as Docker reads it (powers of 1024): `10m` rather than `10485760`, when it is one.
+fn docker_size(bytes: u64) -> String {
+    for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
+        if bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 #[cfg(test)]
@@ -113,6 +144,14 @@ mod tests {
 
     fn host(body: &ContainerCreateBody) -> &HostConfig {
         body.host_config.as_ref().expect("a host config")
+    }
+
+    /// The `json-file` log's max-size and max-file, if that is its logging.
+    fn rotation(body: &ContainerCreateBody) -> Option<(String, String)> {
+        let log = host(body).log_config.clone()?;
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let config = log.config?;
+        Some((config["max-size"].clone(), config["max-file"].clone()))
     }
 
     /// What every container gets, whatever its task asks: what `security.rs` proves holds a
@@ -125,6 +164,7 @@ mod tests {
         assert_eq!(h.security_opt, Some(vec![NO_NEW_PRIVILEGES.to_string()]));
         assert_eq!(h.pids_limit, Some(512));
         assert_eq!(h.memory, Some(512 << 20), "the default memory limit");
+        assert_eq!(rotation(&body), Some(("10m".into(), "3".into())));
         assert_eq!(h.privileged, Some(false));
         assert_eq!(h.nano_cpus, None, "no CPU limit unless asked");
         for unset in [&h.cap_add, &h.binds] {
@@ -149,18 +189,25 @@ mod tests {
         let limits = Limits {
             default_memory: 64 << 20,
             pids_limit: 100,
+            log_max_size: 1 << 20,
+            log_max_files: 5,
+            ..Limits::default()
         };
         let body = create_body(&task, "w1", &limits);
         assert_eq!(
             (host(&body).memory, host(&body).pids_limit),
             (Some(64 << 20), Some(100))
         );
+        assert_eq!(rotation(&body), Some(("1m".into(), "5".into())));
         let none = Limits {
             default_memory: 0,
             pids_limit: 0,
+            log_max_size: 0,
+            ..Limits::default()
         };
         let body = create_body(&task, "w1", &none);
         assert_eq!((host(&body).memory, host(&body).pids_limit), (None, None));
+        assert_eq!(host(&body).log_config, None, "the daemon's own logging");
         // `no-new-privileges` is not a limit: it stays.
         assert_eq!(
             host(&body).security_opt,
@@ -243,15 +290,22 @@ mod tests {
         task.devices = vec!["/dev/fuse".into()];
         let body = create_body(&task, "w1", &Limits::default());
         let h = host(&body);
+        let id = task.id;
         assert_eq!(
             h.binds,
             Some(vec![
                 "/srv/conf:/etc/app:ro".to_string(),
                 "/srv/out:/out".to_string(),
-                "data:/data".to_string(),
-                "cache:/cache:ro".to_string(),
+                format!("cube-task_{id}_data:/data"),
+                format!("cube-task_{id}_cache:/cache:ro"),
             ])
         );
+        let shared = Limits {
+            shared_volumes: true,
+            ..Limits::default()
+        };
+        let binds = host(&create_body(&task, "w1", &shared)).binds.clone();
+        assert_eq!(binds.unwrap()[2], "data:/data", "as named when shared");
         assert_eq!(
             h.devices,
             Some(vec![DeviceMapping {
@@ -283,5 +337,13 @@ mod tests {
             Some(vec![NO_NEW_PRIVILEGES.to_string()]),
             "even a privileged container gains no new privileges"
         );
+    }
+
+    #[test]
+    fn sizes_are_written_as_docker_reads_them() {
+        assert_eq!(docker_size(10 << 20), "10m");
+        assert_eq!(docker_size(2 << 30), "2g");
+        assert_eq!(docker_size(3 << 10), "3k");
+        assert_eq!(docker_size(1536), "1536");
     }
 }
