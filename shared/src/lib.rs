@@ -1,6 +1,7 @@
 //! Cube's shared vocabulary: the model (Task, TaskEvent, State, Node), the wire format and
 //! subject names that make up the public NATS contract, and validation. No I/O lives here.
 
+pub mod body;
 mod node;
 mod report;
 pub mod schema;

@@ -8,10 +8,11 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cube_client::{Chain, LogTail, JOURNAL_SCAN};
-use cube_shared::service::{decode_service_event, spec_from_json, validate_service_name};
+use cube_shared::body::BodyError;
+use cube_shared::service::{decode_service_event, validate_service_name};
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
-use cube_shared::{task_with_optional_id, State as TaskState, Task, TaskEvent};
 use cube_shared::{Endpoints, ServiceEvent, ServiceKind, ServiceStatus, TaskList, TaskListQuery};
+use cube_shared::{State as TaskState, Task, TaskEvent};
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, Instrument};
 use uuid::Uuid;
@@ -237,47 +238,21 @@ pub struct Accepted {
     pub event_id: Uuid,
 }
 
-/// A request body as JSON, within what an event may be: 413 above it, 400 if not JSON.
-fn json_body(body: &[u8]) -> ApiResult<serde_json::Value> {
-    if body.len() > MAX_EVENT_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is {} bytes; the limit is {MAX_EVENT_BYTES}",
-                body.len()
-            ),
-        ));
+/// A refused request body: 413 if it is too large, 400 otherwise.
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        let status = match e {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))
 }
 
 /// Reads a submission (a Task, or a TaskEvent with `state: running`) and checks it as the
 /// manager will: the bytes published are the bytes checked by `wire::decode_event`.
 pub(crate) fn read_submission(body: &[u8]) -> ApiResult<TaskEvent> {
-    let value = json_body(body)?;
-    let Some(object) = value.as_object() else {
-        return Err(ApiError::bad_request(
-            "the body must be a JSON object: a Task, or a TaskEvent with a `task`",
-        ));
-    };
-    let event = if object.contains_key("task") {
-        let event: TaskEvent = wire::decode(body, MAX_EVENT_BYTES)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if event.is_stop() {
-            return Err(ApiError::bad_request(format!(
-                "this event stops task {}: use POST /api/tasks/{}/stop",
-                event.task.id, event.task.id
-            )));
-        }
-        event
-    } else {
-        // A bare task may leave its id to Cube, as `cube submit -f` does.
-        let task =
-            task_with_optional_id(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        TaskEvent::submit(task)
-    };
-    wire::decode_event(&encode(&event)).map_err(|e| ApiError::bad_request(e.to_string()))
+    Ok(cube_shared::body::read_submission(body)?)
 }
 
 async fn submit(State(app): State<App>, body: Bytes) -> ApiResult<(StatusCode, Json<Accepted>)> {
@@ -367,15 +342,7 @@ async fn endpoints(State(app): State<App>, Path(name): Path<String>) -> ApiResul
 /// the deploy event made of it as the manager will: the bytes published are the bytes
 /// checked by `decode_service_event`.
 pub(crate) fn read_spec(body: &[u8]) -> ApiResult<ServiceEvent> {
-    let value = json_body(body)?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "the body must be a JSON object: a ServiceSpec",
-        ));
-    }
-    let spec = spec_from_json(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let event = ServiceEvent::deploy(spec);
-    decode_service_event(&encode(&event)).map_err(|e| ApiError::bad_request(e.to_string()))
+    Ok(cube_shared::body::read_spec(body)?)
 }
 
 /// Reads an action's optional JSON body (`{}` when empty), refusing unknown fields.
