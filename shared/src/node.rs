@@ -83,6 +83,47 @@ pub struct Node {
     pub leaving: bool,
 }
 
+/// The most cores a node may claim: more than any one host has.
+pub const MAX_NODE_CORES: f64 = 4096.0;
+/// The most memory, and disk, a node may claim (64 TiB, 1 PiB).
+pub const MAX_NODE_MEMORY: u64 = 64 << 40;
+pub const MAX_NODE_DISK: u64 = 1 << 50;
+/// Names that belong to the manager, the client and the shared worker user.
+pub const RESERVED_NODE_NAMES: [&str; 3] = ["manager", "client", "workers"];
+
+impl Node {
+    /// Why the node's heartbeat cannot be true (a capacity no host has, a reserved name), if
+    /// it cannot: a worker that lies is not believed.
+    pub fn implausible(&self) -> Option<String> {
+        let name = &self.name;
+        if RESERVED_NODE_NAMES.contains(&name.as_str()) {
+            return Some(format!("the name {name} is reserved"));
+        }
+        let finite = [self.cores, self.cpu_usage, self.cpu_allocated]
+            .iter()
+            .all(|x| x.is_finite() && *x >= 0.0);
+        if !finite || self.cores > MAX_NODE_CORES {
+            return Some(format!(
+                "{name} claims {} cores; a host has 0 to {MAX_NODE_CORES}",
+                self.cores
+            ));
+        }
+        if self.memory > MAX_NODE_MEMORY {
+            return Some(format!(
+                "{name} claims {} bytes of memory; a host has at most {MAX_NODE_MEMORY}",
+                self.memory
+            ));
+        }
+        if self.disk > MAX_NODE_DISK {
+            return Some(format!(
+                "{name} claims {} bytes of disk; a host has at most {MAX_NODE_DISK}",
+                self.disk
+            ));
+        }
+        None
+    }
+}
+
 /// At most this many placements are listed in one heartbeat message (about 30 KB of JSON,
 /// well under the 64 KiB a heartbeat may take).
 pub const HEARTBEAT_PAGE: usize = 500;

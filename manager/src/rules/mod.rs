@@ -89,7 +89,8 @@ pub struct Rules {
     /// Tasks placed elsewhere because their node was judged down, with the placement lost:
     /// if that node comes back before the replacement starts, the original is kept.
     lost: HashMap<Uuid, Placement>,
-    /// Nodes whose heartbeat could not be read, and when that was last journalled.
+    /// Doubts about workers (an unreadable or implausible heartbeat, a report ahead of the
+    /// clock), and when each was last journalled.
     unreadable: HashMap<String, DateTime<Utc>>,
     /// Stale copies recently asked to stop: (task, generation) → when.
     fenced: HashMap<(Uuid, u64), DateTime<Utc>>,

@@ -17,6 +17,8 @@ use crate::metrics::RejectKind;
 pub const FENCE_AGAIN: Duration = Duration::from_secs(10);
 /// How often an unreadable heartbeat of one node is journalled again.
 const UNREADABLE_AGAIN: Duration = Duration::from_secs(60);
+/// How many doubted workers' names are remembered for [`UNREADABLE_AGAIN`].
+const MAX_REMEMBERED_DOUBTS: usize = 10_000;
 
 /// Whether the copy of `task` (`None`: unknown to the manager) at `generation` on `node` is
 /// stale: not the current placement, not a queued placement whose `running` report may still
@@ -79,6 +81,9 @@ impl Rules {
         if cube_shared::validate::validate_worker_name(&node.name).is_err() {
             return;
         }
+        if let Some(lie) = node.implausible() {
+            return self.implausible_heartbeat(token, &lie, now, mono);
+        }
         node.last_heartbeat = now;
         let name = node.name.clone();
         let was = self.cluster.node(&name).map(|n| n.state);
@@ -134,6 +139,14 @@ impl Rules {
 
     /// A heartbeat that cannot be read still says its node is there; nothing it would have
     /// listed is held against the node until its heartbeats can be read again.
+    /// A heartbeat that cannot be true (a capacity no host has, a reserved name): not
+    /// believed, and journalled.
+    fn implausible_heartbeat(&mut self, token: &str, lie: &str, now: DateTime<Utc>, mono: Instant) {
+        warn!(worker = %token, %lie, "implausible heartbeat refused");
+        let message = format!("a heartbeat of {token} cannot be true ({lie}); it is not believed");
+        self.doubted_heartbeat(token, "heartbeat-refused", message, now, mono);
+    }
+
     fn unreadable_heartbeat(
         &mut self,
         token: &str,
@@ -141,31 +154,66 @@ impl Rules {
         now: DateTime<Utc>,
         mono: Instant,
     ) {
-        self.metrics.rejected(RejectKind::InvalidHeartbeat);
         warn!(worker = %token, %error, "unreadable heartbeat");
-        if self.cluster.node(token).is_none() {
+        let message = format!("a heartbeat of {token} cannot be read ({error}); the node counts as heard, its placements are not checked");
+        self.doubted_heartbeat(token, "heartbeat-unreadable", message, now, mono);
+    }
+
+    /// A report whose times are not believed: journalled as [`Rules::doubted_heartbeat`]
+    /// journals.
+    pub(super) fn doubted_report(&mut self, worker: &str, message: String, now: DateTime<Utc>) {
+        self.journal_doubt(
+            &format!("clock.{worker}"),
+            worker,
+            "report-clock",
+            message,
+            now,
+        );
+    }
+
+    /// Journals `message` about `worker` at most once per [`UNREADABLE_AGAIN`] per `key`,
+    /// remembering at most [`MAX_REMEMBERED_DOUBTS`] keys.
+    fn journal_doubt(
+        &mut self,
+        key: &str,
+        worker: &str,
+        kind: &str,
+        message: String,
+        now: DateTime<Utc>,
+    ) {
+        let again = chrono::Duration::from_std(UNREADABLE_AGAIN).unwrap_or_default();
+        if self.unreadable.get(key).is_none_or(|at| now - *at >= again) {
+            if self.unreadable.len() >= MAX_REMEMBERED_DOUBTS {
+                // Many names at once: forget them rather than grow without bound.
+                self.unreadable.clear();
+            }
+            self.unreadable.insert(key.to_string(), now);
+            self.journal(JournalEntry::new(kind, message).worker(worker), now);
+        }
+    }
+
+    /// A heartbeat that is not believed: the node's record stays as it was (or the node is
+    /// not admitted). A known node still counts as heard, so that its tasks are not judged
+    /// lost for it.
+    fn doubted_heartbeat(
+        &mut self,
+        token: &str,
+        kind: &str,
+        message: String,
+        now: DateTime<Utc>,
+        mono: Instant,
+    ) {
+        self.metrics.rejected(RejectKind::InvalidHeartbeat);
+        let known = self.cluster.node(token).is_some();
+        if known {
+            self.hearing.heard(token, mono);
+            for id in self.cluster.active_on(token) {
+                self.hearing.listed(id, mono);
+            }
+        } else if kind == "heartbeat-unreadable" {
             return;
         }
-        self.hearing.heard(token, mono);
-        for id in self.cluster.active_on(token) {
-            self.hearing.listed(id, mono);
-        }
-        let again = chrono::Duration::from_std(UNREADABLE_AGAIN).unwrap_or_default();
-        if self
-            .unreadable
-            .get(token)
-            .is_none_or(|at| now - *at >= again)
-        {
-            self.unreadable.insert(token.to_string(), now);
-            self.journal(
-                JournalEntry::new(
-                    "heartbeat-unreadable",
-                    format!("a heartbeat of {token} cannot be read ({error}); the node counts as heard, its placements are not checked"),
-                )
-                .worker(token),
-                now,
-            );
-        }
+        self.journal_doubt(token, token, kind, message, now);
     }
 
     /// Task `id` on `worker`, a node just judged down: placed elsewhere if its restart policy

@@ -12,6 +12,10 @@ use tracing::{debug, info, info_span, warn};
 use super::Rules;
 use crate::metrics::RejectKind;
 
+/// How far ahead of the manager's clock a worker's times may be (clocks are never exactly in
+/// step) before they are not believed.
+pub(crate) const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Why a report changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ignored {
@@ -146,7 +150,7 @@ impl Rules {
             // A worker took the task from the shared queue: it is now the task's worker.
             task.worker = Some(report.worker.clone());
         }
-        let report = interpret(&task, report);
+        let report = self.within_clock(interpret(&task, report), now);
         if report.state == State::Failed && task.previous.is_some() {
             let reason = report.error.as_deref().unwrap_or("it failed");
             self.move_failed(task, &report.worker, reason, now);
@@ -164,6 +168,30 @@ impl Rules {
             );
         }
         Ok(())
+    }
+
+    /// The report with its times no later than the manager's clock allows: a worker's time
+    /// more than [`MAX_CLOCK_AHEAD`] ahead (a wrong clock, or a lie) is replaced by the
+    /// manager's, and the node journalled (at most once a minute).
+    fn within_clock(&mut self, mut report: StateReport, now: DateTime<Utc>) -> StateReport {
+        let limit = now + chrono::Duration::from_std(MAX_CLOCK_AHEAD).unwrap_or_default();
+        let mut ahead = None;
+        for time in [&mut report.start_time, &mut report.finish_time] {
+            if let Some(t) = time.filter(|t| *t > limit) {
+                ahead = Some(t);
+                *time = Some(now);
+            }
+        }
+        if let Some(t) = ahead {
+            let message = format!(
+                "{} reports a time {}s ahead of the manager's clock; the manager's time is recorded",
+                report.worker,
+                (t - now).num_seconds()
+            );
+            warn!(worker = %report.worker, "{message}");
+            self.doubted_report(&report.worker, message, now);
+        }
+        report
     }
 
     /// What follows a change: journal entries, the old copy of a moved task stopped, a stop

@@ -162,3 +162,29 @@ fn a_report_delivered_again_after_a_later_one_never_takes_health_back() {
         .on_report(&state_for(t.id, "w1"), &report(Health::Unhealthy), h.now);
     assert_eq!(h.task(t.id).health, Some(Health::Unhealthy));
 }
+
+#[test]
+fn a_worker_time_ahead_of_the_managers_clock_is_not_believed() {
+    let mut h = Harness::new(&["w1"]);
+    let t = sleeper(RestartPolicy::No);
+    h.submit(t.clone());
+    let mut r = StateReport::new(t.id, "w1", State::Running);
+    r.generation = Some(1);
+    r.start_time = Some(h.now + chrono::Duration::days(365));
+    h.rules
+        .on_report(&state_for(t.id, "w1"), &encode(&r), h.now);
+    let d = h.effects();
+    assert_eq!(h.task(t.id).start_time, Some(h.now));
+    assert!(
+        d.journal_kinds().contains(&"report-clock"),
+        "{:?}",
+        d.journal_kinds()
+    );
+    // A few seconds ahead is an ordinary clock difference.
+    let mut r = StateReport::new(t.id, "w1", State::Completed);
+    r.generation = Some(1);
+    r.finish_time = Some(h.now + chrono::Duration::seconds(5));
+    h.rules
+        .on_report(&state_for(t.id, "w1"), &encode(&r), h.now);
+    assert_eq!(h.task(t.id).finish_time, r.finish_time);
+}

@@ -223,3 +223,49 @@ fn a_destination_lost_mid_move_leaves_the_task_where_it_was() {
     );
     assert!(d.journal[1].message.contains(&format!("node lost: {to}")));
 }
+
+#[test]
+fn a_heartbeat_that_cannot_be_true_is_not_believed_and_is_journalled() {
+    let mut h = Harness::new(&["w1"]);
+    let t = sleeper(RestartPolicy::Always);
+    h.submit(t.clone());
+    h.report(t.id, "w1", State::Running, None);
+    let lie = |h: &mut Harness, name: &str| {
+        let mut node = crate::testing::node(name, 100_000.0, 1 << 60);
+        node.running = vec![RunningTask {
+            id: t.id,
+            generation: 1,
+        }];
+        h.rules.on_heartbeat(
+            &HEARTBEAT_ALL.replace('*', name),
+            &encode(&node),
+            h.now,
+            h.mono,
+        );
+        h.effects()
+    };
+    // A known node claiming a capacity no host has keeps its record, and its task.
+    let d = lie(&mut h, "w1");
+    assert_eq!(d.journal_kinds(), ["heartbeat-refused"]);
+    assert!(
+        d.journal[0].message.contains("100000 cores"),
+        "{}",
+        d.journal[0].message
+    );
+    assert_eq!(h.rules.cluster().node("w1").unwrap().cores, 4.0);
+    // Said again at once: not journalled again.
+    assert!(lie(&mut h, "w1").journal.is_empty());
+    // An unknown node that lies, or takes a reserved name, is not admitted.
+    assert_eq!(lie(&mut h, "liar").journal_kinds(), ["heartbeat-refused"]);
+    assert!(h.rules.cluster().node("liar").is_none());
+    let d = h.heartbeat("manager", &[]);
+    assert_eq!(d.journal_kinds(), ["heartbeat-refused"]);
+    assert!(h.rules.cluster().node("manager").is_none());
+    // Silence judged later spares w1's task: its lying heartbeats still count as heard.
+    for _ in 0..12 {
+        h.advance(1.0);
+        lie(&mut h, "w1");
+        h.tick();
+    }
+    assert_eq!(h.task(t.id).state, State::Running);
+}
