@@ -56,6 +56,9 @@ enum Command {
     /// Services: a named desired state the manager keeps true (deploy, scale, ls, status,
     /// history, rollback, promote, rm, endpoints).
     Service(cmd::service::ServiceArgs),
+    /// Tokens of the HTTP API and dashboard (create, revoke, ls), with roles read, submit
+    /// and admin.
+    Token(cmd::token::TokenArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(cmd::events::EventsArgs),
     /// Print a task's container output, or follow it with -f.
@@ -313,6 +316,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Service(args) => {
             init_tracing("warn");
             cmd::service::service(args).await
+        }
+        Command::Token(args) => {
+            init_tracing("warn");
+            cmd::token::token(args).await
         }
         Command::Events(args) => {
             init_tracing("warn");

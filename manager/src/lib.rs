@@ -14,6 +14,7 @@ mod run;
 pub mod scheduler;
 #[cfg(test)]
 mod testing;
+pub mod tokens;
 pub mod topology;
 mod writer;
 

@@ -18,6 +18,7 @@ pub struct Topology {
     pub nodes: kv::Store,
     pub admin: kv::Store,
     pub endpoints: kv::Store,
+    pub tokens: kv::Store,
 }
 
 /// How many workers one cluster can have: each has its own consumer of the work stream.
@@ -179,8 +180,17 @@ pub async fn ensure(
         ))
         .await
         .map_err(|e| Error::setup(format!("bucket {ENDPOINTS_DB}"), e))?;
+    let tokens = js
+        .create_or_update_key_value(bucket(
+            TOKENS_DB,
+            "Cube's HTTP API tokens: token id → name, role and SHA-256 of the secret",
+            replicas,
+        ))
+        .await
+        .map_err(|e| Error::setup(format!("bucket {TOKENS_DB}"), e))?;
     Ok(Topology {
         endpoints,
+        tokens,
         js,
         tasks,
         events,

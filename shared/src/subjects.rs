@@ -31,6 +31,14 @@ pub const API_NODES_FORGET: &str = "cube.api.nodes.forget";
 pub const API_SERVICES_LIST: &str = "cube.api.services.list";
 /// Body: [`ServiceQuery`](crate::service::ServiceQuery).
 pub const API_SERVICES_GET: &str = "cube.api.services.get";
+/// Body: [`TokenCreate`](crate::token::TokenCreate); answer:
+/// [`TokenCreated`](crate::token::TokenCreated), the only time the token is shown.
+pub const API_TOKENS_CREATE: &str = "cube.api.tokens.create";
+/// Body: [`TokenRevoke`](crate::token::TokenRevoke); answer: the revoked
+/// [`TokenInfo`](crate::token::TokenInfo).
+pub const API_TOKENS_REVOKE: &str = "cube.api.tokens.revoke";
+/// Answer: every [`TokenInfo`](crate::token::TokenInfo), oldest first.
+pub const API_TOKENS_LIST: &str = "cube.api.tokens.list";
 /// Any client → every manager, leader and standbys: each answers with a
 /// [`ManagerInfo`](crate::report::ManagerInfo). Gather answers for a moment to see them all.
 pub const MANAGERS: &str = "cube.managers";
@@ -74,6 +82,10 @@ pub const NODE_DB: &str = "cube-nodes";
 pub const ENDPOINTS_DB: &str = "cube-endpoints";
 /// KV bucket: operators' decisions that outlive the manager (`drain.<worker>`).
 pub const ADMIN_DB: &str = "cube-admin";
+
+/// KV bucket: token id → [`TokenRecord`](crate::token::TokenRecord), the HTTP API's bearer
+/// tokens (hashed). Only the manager role may read it.
+pub const TOKENS_DB: &str = "cube-tokens";
 
 /// The manager's durable consumers.
 pub const MANAGER_EVENTS_CONSUMER: &str = "manager-events";
