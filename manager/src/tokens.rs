@@ -59,7 +59,7 @@ pub async fn records(store: &kv::Store) -> Result<Vec<TokenRecord>, TokenError> 
             },
         )
         .collect();
-    records.sort_by(|a, b| a.info.created.cmp(&b.info.created));
+    records.sort_by_key(|r| r.info.created);
     Ok(records)
 }
 

@@ -101,8 +101,12 @@ pub(crate) struct Tokens {
     pub mode: AuthMode,
     js: jetstream::Context,
     bucket: Arc<OnceCell<kv::Store>>,
-    cache: Arc<Mutex<HashMap<String, (Option<TokenRole>, Instant)>>>,
+    cache: Arc<Mutex<Cache>>,
 }
+
+/// SHA-256 of a presented token → its role (`None`: not a valid token) and when that was
+/// looked up.
+type Cache = HashMap<String, (Option<TokenRole>, Instant)>;
 
 /// A lookup that could not be made (NATS trouble): 503, not a refusal of the token.
 #[derive(Debug, thiserror::Error)]
