@@ -176,6 +176,9 @@ mod tests {
             API_NODES_LIST.to_string(),
             API_NODES_DRAIN.to_string(),
             API_NODES_FORGET.to_string(),
+            API_TOKENS_CREATE.to_string(),
+            API_TOKENS_REVOKE.to_string(),
+            API_TOKENS_LIST.to_string(),
         ] {
             assert!(
                 ASYNCAPI.contains(&format!("address: {address}\n")),
