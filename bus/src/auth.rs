@@ -75,6 +75,9 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "$KV.cube-endpoints.>",
                 // Secrets' values: no other role may read or write them.
                 "$KV.cube-secrets.>",
+                // The HTTP API's bearer tokens (hashed): only the manager reads or writes
+                // them; clients manage them through `cube.api.tokens.*`.
+                "$KV.cube-tokens.>",
                 // The HTTP API (`--http-addr`) asks and submits as any client does.
                 "tasks.events",
                 "services.events",
@@ -290,6 +293,64 @@ mod tests {
             .iter()
             .any(|s| s == "tasks.events" || s.starts_with("tasks.pending")));
         assert_eq!(subscribe, vec!["_INBOX.w1.>".to_string()]);
+    }
+
+    /// Whether a NATS subject pattern (`*` one token, `>` the rest) matches a subject.
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+        loop {
+            match (p.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// The `cube-tokens` bucket (the HTTP API's hashed tokens) is the manager's alone: no
+    /// other role may read, watch or write it by any JetStream or KV subject.
+    #[test]
+    fn only_the_manager_may_touch_the_tokens_bucket() {
+        assert!(matches("$JS.API.>", "$JS.API.STREAM.INFO.KV_cube-tokens"));
+        assert!(matches("a.*.c", "a.b.c") && !matches("a.*", "a.b.c"));
+        let subjects = [
+            "$KV.cube-tokens.0123456789ab",
+            "$JS.API.STREAM.INFO.KV_cube-tokens",
+            "$JS.API.DIRECT.GET.KV_cube-tokens.$KV.cube-tokens.0123456789ab",
+            "$JS.API.STREAM.MSG.GET.KV_cube-tokens",
+            "$JS.API.CONSUMER.CREATE.KV_cube-tokens",
+            "$JS.API.CONSUMER.CREATE.KV_cube-tokens.x.$KV.cube-tokens.>",
+            "$JS.API.CONSUMER.DURABLE.CREATE.KV_cube-tokens.x",
+            "$JS.API.CONSUMER.MSG.NEXT.KV_cube-tokens.x",
+            "$JS.API.STREAM.PURGE.KV_cube-tokens",
+            "$JS.API.STREAM.DELETE.KV_cube-tokens",
+            "$JS.API.STREAM.UPDATE.KV_cube-tokens",
+            "$JS.FC.KV_cube-tokens.x",
+        ];
+        for role in [Role::Client, Role::Workers, Role::Worker("w1".into())] {
+            let user = User {
+                role: role.clone(),
+                password: String::new(),
+            };
+            let (publish, subscribe, _) = permissions(&role, user.name());
+            for subject in subjects {
+                for pattern in publish.iter().chain(&subscribe) {
+                    assert!(
+                        !matches(pattern, subject),
+                        "{role:?} may reach {subject} by {pattern}"
+                    );
+                }
+            }
+        }
+        let (manager, _, _) = permissions(&Role::Manager, "manager");
+        for subject in subjects {
+            assert!(
+                manager.iter().any(|p| matches(p, subject)),
+                "the manager may not reach {subject}"
+            );
+        }
     }
 
     #[test]

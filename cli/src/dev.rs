@@ -17,6 +17,7 @@ use crate::connect::connect;
 use crate::nats_process::{server_config, NatsProcess, Sync};
 use crate::NatsArgs;
 use cube_bus::auth::{random_password, Role, User};
+use cube_shared::token::TokenRole;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -154,7 +155,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         "Cube dev cluster is up. Try: cube submit --image cube-busybox:latest -- sleep 30 ; cube status. Ctrl-C stops it."
     );
     if let Some(url) = &dashboard {
-        info!("Dashboard and HTTP API: {url}");
+        announce_dashboard(&client, url, &shutdown).await?;
     }
     if !users.is_empty() {
         info!(
@@ -196,6 +197,47 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The name of the admin token `cube dev` makes on every start (replacing the last one).
+pub const DEV_TOKEN: &str = "dev";
+
+/// Makes a fresh admin token for the dashboard once the manager answers, and prints the
+/// dashboard's URL with it (the page logs in with it and drops it from the URL).
+pub(crate) async fn announce_dashboard(
+    client: &async_nats::Client,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let cube = cube_client::Cube::new(client.clone()).with_timeout(Duration::from_secs(5));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let created = loop {
+        // The last start's token goes: only the newest one opens the dashboard.
+        let attempt = async {
+            match cube.revoke_token(DEV_TOKEN).await {
+                Ok(_) | Err(cube_client::Error::Manager(_)) => {}
+                Err(e) => return Err(e),
+            }
+            cube.create_token(TokenRole::Admin, Some(DEV_TOKEN.to_string()))
+                .await
+        };
+        let last = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        match last {
+            Ok(created) => break created,
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(anyhow::Error::new(e).context("making the dashboard's admin token"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    info!(
+        "Dashboard and HTTP API: {url}?token={} (an admin token; `cube token create` makes others, curl sends one as -H 'Authorization: Bearer TOKEN')",
+        created.token
+    );
+    Ok(())
 }
 
 /// Where `cube dev` (with its default `--data-dir`) leaves the client's `user:password`; the

@@ -60,6 +60,9 @@ enum Command {
     /// Secrets: values only the manager can read, given to a task's environment on the one
     /// worker it is placed on (put, ls, rm; `cube submit --secret-env VAR=SECRET`).
     Secret(cmd::secret::SecretArgs),
+    /// Tokens of the HTTP API and dashboard (create, revoke, ls), with roles read, submit
+    /// and admin.
+    Token(cmd::token::TokenArgs),
     /// Show the journal of decisions (submitted, scheduled, rejected, failed, …).
     Events(cmd::events::EventsArgs),
     /// Print a task's container output, or follow it with -f.
@@ -314,6 +317,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Service(args) => {
             init_tracing("warn");
             cmd::service::service(args).await
+        }
+        Command::Token(args) => {
+            init_tracing("warn");
+            cmd::token::token(args).await
         }
         Command::Events(args) => {
             init_tracing("warn");

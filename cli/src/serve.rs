@@ -65,6 +65,26 @@ pub struct ManagerArgs {
     /// localhost (e.g. the name of a proxy in front); others are refused (DNS rebinding).
     #[arg(long, env = "CUBE_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
     pub http_allowed_hosts: Vec<String>,
+    /// tokens: every HTTP request needs a token (`cube token create`); none: no
+    /// authentication, allowed only on a loopback --http-addr.
+    #[arg(long, env = "CUBE_HTTP_AUTH", value_enum, default_value_t = HttpAuth::Tokens)]
+    pub http_auth: HttpAuth,
+}
+
+/// `--http-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpAuth {
+    Tokens,
+    None,
+}
+
+impl From<HttpAuth> for cube_web::AuthMode {
+    fn from(a: HttpAuth) -> cube_web::AuthMode {
+        match a {
+            HttpAuth::Tokens => cube_web::AuthMode::Tokens,
+            HttpAuth::None => cube_web::AuthMode::None,
+        }
+    }
 }
 
 impl ManagerArgs {
@@ -317,13 +337,18 @@ fn sysinfo_hostname() -> String {
 }
 
 pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<()> {
-    // Bound first, so that a busy port is an error before anything starts.
+    // Bound first, so that a busy port (or an address that may not go without tokens) is
+    // an error before anything starts.
     let web = match args.http_addr {
-        Some(addr) => Some(
-            cube_web::Server::bind(addr)
-                .await?
-                .allow_hosts(args.http_allowed_hosts.clone()),
-        ),
+        Some(addr) => {
+            cube_web::check_mode(args.http_auth.into(), addr)?;
+            Some(
+                cube_web::Server::bind(addr)
+                    .await?
+                    .allow_hosts(args.http_allowed_hosts.clone())
+                    .auth(args.http_auth.into())?,
+            )
+        }
         None => None,
     };
     let cfg = args.config();

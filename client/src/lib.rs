@@ -18,8 +18,10 @@ use cube_shared::service::ServiceQuery;
 use cube_shared::subjects::{
     API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SECRETS_LIST, API_SECRETS_PUT,
     API_SECRETS_RM, API_SERVICES_GET, API_SERVICES_LIST, API_TASKS_GET, API_TASKS_LIST,
-    ENDPOINTS_DB, EVENTS, MANAGERS, SERVICE_EVENTS,
+    API_TOKENS_CREATE, API_TOKENS_LIST, API_TOKENS_REVOKE, ENDPOINTS_DB, EVENTS, MANAGERS,
+    SERVICE_EVENTS,
 };
+use cube_shared::token::{TokenCreate, TokenCreated, TokenInfo, TokenRevoke, TokenRole};
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
 use cube_shared::{
     check_resubmission, ApiReply, DrainRequest, Endpoints, ForgetRequest, ManagerInfo, ManagerRole,
@@ -223,6 +225,30 @@ impl Cube {
     /// Every secret's name, size and time of change: never a value (`cube secret ls`).
     pub async fn secrets(&self) -> Result<Vec<SecretInfo>, Error> {
         self.request(API_SECRETS_LIST, &()).await
+    }
+
+    /// Makes an HTTP API token with `role` (named `name`, or after its role and id); the
+    /// answer is the only time the token itself is shown.
+    pub async fn create_token(
+        &self,
+        role: TokenRole,
+        name: Option<String>,
+    ) -> Result<TokenCreated, Error> {
+        self.request(API_TOKENS_CREATE, &TokenCreate { role, name })
+            .await
+    }
+
+    /// Revokes the HTTP API token with this name or id; returns what it was.
+    pub async fn revoke_token(&self, name_or_id: &str) -> Result<TokenInfo, Error> {
+        let body = TokenRevoke {
+            token: name_or_id.to_string(),
+        };
+        self.request(API_TOKENS_REVOKE, &body).await
+    }
+
+    /// Every HTTP API token (names, roles, when made; never the tokens), oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, Error> {
+        self.request(API_TOKENS_LIST, &()).await
     }
 
     /// Submits `task` (its id decides which task it is); returns the event published.

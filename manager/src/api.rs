@@ -8,7 +8,9 @@ use cube_shared::service::ServiceQuery;
 use cube_shared::subjects::{
     API_NODES_DRAIN, API_NODES_FORGET, API_NODES_LIST, API_SECRETS_LIST, API_SECRETS_PUT,
     API_SECRETS_RM, API_SERVICES_GET, API_SERVICES_LIST, API_TASKS_GET, API_TASKS_LIST,
+    API_TOKENS_CREATE, API_TOKENS_LIST, API_TOKENS_REVOKE,
 };
+use cube_shared::token::{TokenCreate, TokenRevoke};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::ServiceStatus;
 use cube_shared::{ApiReply, DrainRequest, ForgetRequest, Task, TaskQuery};
@@ -17,6 +19,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::run::Shell;
+use crate::tokens;
 
 /// A reply must fit in one NATS message (1 MiB by default); lists stop short of that.
 const MAX_REPLY_BYTES: usize = 900 * 1024;
@@ -86,6 +89,23 @@ impl Shell {
                 respond(result)
             }
             API_SECRETS_LIST => respond::<Vec<SecretInfo>>(Ok(self.secrets.list())),
+            API_TOKENS_CREATE => respond(
+                match wire::decode::<TokenCreate>(&msg.payload, MAX_MESSAGE_BYTES) {
+                    Ok(r) => tokens::create(&self.topo.tokens, r)
+                        .await
+                        .map_err(Into::into),
+                    Err(e) => Err(e.into()),
+                },
+            ),
+            API_TOKENS_REVOKE => respond(
+                match wire::decode::<TokenRevoke>(&msg.payload, MAX_MESSAGE_BYTES) {
+                    Ok(r) => tokens::revoke(&self.topo.tokens, &r.token)
+                        .await
+                        .map_err(Into::into),
+                    Err(e) => Err(e.into()),
+                },
+            ),
+            API_TOKENS_LIST => respond(tokens::list(&self.topo.tokens).await.map_err(Into::into)),
             other => {
                 debug!(subject = other, "unknown API call");
                 respond::<()>(Err(ApiError::UnknownCall(other.to_string())))
@@ -206,6 +226,8 @@ enum ApiError {
     NoService(String),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
 }
 
 impl ApiError {
@@ -213,7 +235,11 @@ impl ApiError {
     /// their cause in their message already).
     fn reason(&self) -> String {
         match self {
-            ApiError::RecordDrain(_) | ApiError::Secret(_) => cube_bus::Chain(self).to_string(),
+            ApiError::RecordDrain(_)
+            | ApiError::Secret(_)
+            | ApiError::Tokens(tokens::TokenError::Bucket { .. }) => {
+                cube_bus::Chain(self).to_string()
+            }
             other => other.to_string(),
         }
     }

@@ -15,6 +15,7 @@ pub mod scheduler;
 mod secrets;
 #[cfg(test)]
 mod testing;
+pub mod tokens;
 pub mod topology;
 mod writer;
 

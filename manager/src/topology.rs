@@ -20,6 +20,7 @@ pub struct Topology {
     pub endpoints: kv::Store,
     /// Secrets' values: only the manager may read it.
     pub secrets: kv::Store,
+    pub tokens: kv::Store,
 }
 
 /// How many workers one cluster can have: each has its own consumer of the work stream.
@@ -189,9 +190,18 @@ pub async fn ensure(
         ))
         .await
         .map_err(|e| Error::setup(format!("bucket {SECRETS_DB}"), e))?;
+    let tokens = js
+        .create_or_update_key_value(bucket(
+            TOKENS_DB,
+            "Cube's HTTP API tokens: token id → name, role and SHA-256 of the secret",
+            replicas,
+        ))
+        .await
+        .map_err(|e| Error::setup(format!("bucket {TOKENS_DB}"), e))?;
     Ok(Topology {
         endpoints,
         secrets,
+        tokens,
         js,
         tasks,
         events,

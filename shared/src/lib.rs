@@ -11,6 +11,7 @@ mod state;
 pub mod subjects;
 mod submission;
 mod task;
+pub mod token;
 pub mod units;
 pub mod validate;
 pub mod wire;

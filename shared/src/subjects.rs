@@ -37,6 +37,14 @@ pub const API_SECRETS_PUT: &str = "cube.api.secrets.put";
 pub const API_SECRETS_RM: &str = "cube.api.secrets.rm";
 /// Answers the [`SecretInfo`](crate::secret::SecretInfo) of every secret, never a value.
 pub const API_SECRETS_LIST: &str = "cube.api.secrets.list";
+/// Body: [`TokenCreate`](crate::token::TokenCreate); answer:
+/// [`TokenCreated`](crate::token::TokenCreated), the only time the token is shown.
+pub const API_TOKENS_CREATE: &str = "cube.api.tokens.create";
+/// Body: [`TokenRevoke`](crate::token::TokenRevoke); answer: the revoked
+/// [`TokenInfo`](crate::token::TokenInfo).
+pub const API_TOKENS_REVOKE: &str = "cube.api.tokens.revoke";
+/// Answer: every [`TokenInfo`](crate::token::TokenInfo), oldest first.
+pub const API_TOKENS_LIST: &str = "cube.api.tokens.list";
 /// Any client → every manager, leader and standbys: each answers with a
 /// [`ManagerInfo`](crate::report::ManagerInfo). Gather answers for a moment to see them all.
 pub const MANAGERS: &str = "cube.managers";
@@ -82,6 +90,10 @@ pub const ENDPOINTS_DB: &str = "cube-endpoints";
 pub const SECRETS_DB: &str = "cube-secrets";
 /// KV bucket: operators' decisions that outlive the manager (`drain.<worker>`).
 pub const ADMIN_DB: &str = "cube-admin";
+
+/// KV bucket: token id → [`TokenRecord`](crate::token::TokenRecord), the HTTP API's bearer
+/// tokens (hashed). Only the manager role may read it.
+pub const TOKENS_DB: &str = "cube-tokens";
 
 /// The manager's durable consumers.
 pub const MANAGER_EVENTS_CONSUMER: &str = "manager-events";
@@ -175,6 +187,9 @@ mod tests {
             API_SECRETS_PUT.to_string(),
             API_SECRETS_RM.to_string(),
             API_SECRETS_LIST.to_string(),
+            API_TOKENS_CREATE.to_string(),
+            API_TOKENS_REVOKE.to_string(),
+            API_TOKENS_LIST.to_string(),
         ] {
             assert!(
                 ASYNCAPI.contains(&format!("address: {address}\n")),

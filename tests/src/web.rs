@@ -9,6 +9,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use cube_shared::token::TokenRole;
+
 use crate::procs::ProcCluster;
 use crate::{eventually, free_port, WITHIN};
 
@@ -17,7 +19,10 @@ pub struct WebCluster {
     pub cluster: ProcCluster,
     /// `http://127.0.0.1:<port>`, without a trailing slash.
     pub base: String,
+    /// Sends [`WebCluster::token`] with every request.
     pub http: reqwest::Client,
+    /// An `admin` token, made when the cluster started.
+    pub token: String,
 }
 
 impl WebCluster {
@@ -40,9 +45,8 @@ impl WebCluster {
             cluster.add_worker().await?;
         }
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()?;
+        let token = create_token(&cluster.cube(), TokenRole::Admin).await?;
+        let http = client_with(&token)?;
         eventually(Duration::from_secs(30), "the HTTP API answers", || async {
             let r = http.get(format!("{base}/api/nodes")).send().await?;
             if r.status().is_success() {
@@ -56,12 +60,41 @@ impl WebCluster {
             cluster,
             base,
             http,
+            token,
         })
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// The URL of `path` (without a query) with the admin token: a browser that opens it
+    /// logs in and lands on `path`.
+    pub fn login_url(&self, path: &str) -> String {
+        format!("{}{path}?token={}", self.base, self.token)
+    }
+}
+
+/// A fresh token of `role`, made through the manager (`cube.api.tokens.create`), once the
+/// leader answers.
+pub async fn create_token(cube: &cube_client::Cube, role: TokenRole) -> Result<String> {
+    eventually(WITHIN, "the manager makes a token", || async {
+        Ok(cube.create_token(role, None).await?.token)
+    })
+    .await
+}
+
+/// An HTTP client that sends `token` as its bearer token on every request.
+pub fn client_with(token: &str) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Headless Chromium (Debian's `chromium`), killed when dropped, with one page attached.
@@ -223,6 +256,30 @@ impl Browser {
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// On the login page (where the dashboard sends a browser without a token): types
+    /// `token` into the form and submits it; returns once the page it was going to shows.
+    pub async fn log_in(&mut self, token: &str) -> Result<()> {
+        self.wait_for(
+            "document.body && document.body.dataset.page === 'login' && !!document.getElementById('token')",
+            WITHIN,
+            "the login page shows",
+        )
+        .await?;
+        self.eval(&format!(
+            "document.getElementById('token').value = {}; \
+             document.getElementById('login').requestSubmit(); true",
+            json!(token)
+        ))
+        .await?;
+        self.wait_for(
+            "document.readyState === 'complete' && document.body && document.body.dataset.page !== 'login'",
+            WITHIN,
+            "the dashboard shows after logging in",
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn navigate(&mut self, url: &str) -> Result<()> {

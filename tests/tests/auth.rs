@@ -154,6 +154,23 @@ async fn each_role_may_do_its_job_and_nothing_else() -> Result<()> {
     client_conn.publish(work.clone(), "{}".into()).await?;
     denied(&mut client_errors, &work).await?;
 
+    // The HTTP API's tokens: a client makes one through the manager, which alone may read
+    // the bucket that keeps them (hashed).
+    let created = cube_client::Cube::new(client_conn.clone())
+        .create_token(cube_shared::token::TokenRole::Read, None)
+        .await?;
+    for subject in [
+        format!(
+            "$JS.API.DIRECT.GET.KV_cube-tokens.$KV.cube-tokens.{}",
+            created.info.id
+        ),
+        "$JS.API.STREAM.INFO.KV_cube-tokens".to_string(),
+        "$JS.API.CONSUMER.CREATE.KV_cube-tokens".to_string(),
+    ] {
+        client_conn.publish(subject.clone(), "".into()).await?;
+        denied(&mut client_errors, &subject).await?;
+    }
+
     // The manager has taken the forged report (it acknowledges a report once its outcome
     // is stored): what it did with it shows now.
     let (manager_conn, _) = connect_as(&nats, &manager).await?;

@@ -47,8 +47,10 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
     cube_tests::ensure_image()?;
     let dir = tempfile::tempdir()?;
     let port = cube_tests::free_port()?;
+    let http_port = cube_tests::free_port()?;
     let worker = unique("dev");
     let _cleanup = RemoveOnDrop(worker.clone());
+    let log = dir.path().join("dev.log");
     let mut dev = tokio::process::Command::new(cube_bin())
         .args([
             "dev",
@@ -56,11 +58,13 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
             &port.to_string(),
             "--worker-name",
             &worker,
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
             "--data-dir",
         ])
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .kill_on_drop(true)
         .spawn()?;
     let url = format!("nats://127.0.0.1:{port}");
@@ -78,6 +82,35 @@ async fn cube_dev_runs_a_whole_cluster() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+
+    // It prints the dashboard's URL with an admin token, which the HTTP API takes.
+    let dashboard = format!("http://127.0.0.1:{http_port}/?token=");
+    let token = eventually(WITHIN, "cube dev prints the dashboard's URL", || async {
+        let text = std::fs::read_to_string(&log)?;
+        let at = text
+            .find(&dashboard)
+            .ok_or_else(|| anyhow::anyhow!("no URL yet"))?
+            + dashboard.len();
+        Ok(text[at..]
+            .split(|c: char| c.is_whitespace())
+            .next()
+            .unwrap_or_default()
+            .to_string())
+    })
+    .await?;
+    let nodes = cube_tests::web::client_with(&token)?
+        .get(format!("http://127.0.0.1:{http_port}/api/tokens"))
+        .send()
+        .await?;
+    assert_eq!(nodes.status(), reqwest::StatusCode::OK);
+    let tokens = cli.run(&["token", "ls"]).await?;
+    assert!(
+        tokens
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("dev")
+                && l.split_whitespace().nth(2) == Some("admin")),
+        "{tokens}"
+    );
 
     let id = cli.submit_long_running().await?;
     eventually(WITHIN, "the task shows running", || async {

@@ -178,8 +178,14 @@ async fn scenario(stack: &Stack) -> Result<()> {
     let client = host.client().await?;
     ensure!(nodes(&client).await?.len() == 2, "more nodes than workers");
 
-    // The manager's dashboard, HTTP API and metrics, on the host's loopback.
-    let http = reqwest::Client::new();
+    // The manager's dashboard, HTTP API and metrics, on the host's loopback; the HTTP API
+    // with a token the client role made (`cube token create`).
+    let token = cube_tests::web::create_token(
+        &cube_client::Cube::new(client.clone()),
+        cube_shared::token::TokenRole::Read,
+    )
+    .await?;
+    let http = cube_tests::web::client_with(&token)?;
     let base = format!("http://127.0.0.1:{}", stack.http_port);
     let page = http
         .get(format!("{base}/"))

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use cube_shared::token::TokenRole;
 use cube_tests::web::{Browser, WebCluster};
 use cube_tests::{eventually, unique, IMAGE, WITHIN};
 use serde_json::{json, Value};
@@ -52,7 +53,10 @@ fn row(id: Uuid) -> String {
 async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload() -> Result<()> {
     let web = WebCluster::start(1).await?;
     let worker = web.cluster.worker_names()[0].clone();
+    // Without a token the dashboard sends the browser to its login page, and back.
     let mut browser = Browser::open(&web.url("/")).await?;
+    browser.log_in(&web.token).await?;
+    assert_eq!(browser.eval("location.pathname").await?, json!("/"));
     wait_live(&mut browser).await?;
     // The worker is listed with its bars.
     let listed = browser
@@ -191,7 +195,8 @@ async fn the_managers_section_shows_a_takeover_live() -> Result<()> {
     let pid = standby.pid();
     let result = async {
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let token = cube_tests::web::create_token(&cluster.cube(), TokenRole::Read).await?;
+        let http = cube_tests::web::client_with(&token)?;
         eventually(WITHIN, "the standby lists two managers", || async {
             let m: Value = http
                 .get(format!("{base}/api/managers"))
@@ -203,7 +208,7 @@ async fn the_managers_section_shows_a_takeover_live() -> Result<()> {
             Ok(())
         })
         .await?;
-        let mut browser = Browser::open(&format!("{base}/")).await?;
+        let mut browser = Browser::open(&format!("{base}/?token={token}")).await?;
         wait_live(&mut browser).await?;
         let roles = browser
             .eval("[...document.querySelectorAll('#managers tr')].map(tr => tr.dataset.role)")
@@ -314,7 +319,7 @@ async fn a_service_and_its_rollout_show_live_without_reload() -> Result<()> {
             "update": { "min_healthy_time": "1s" },
         })
     };
-    let mut browser = Browser::open(&web.url("/")).await?;
+    let mut browser = Browser::open(&web.login_url("/")).await?;
     wait_live(&mut browser).await?;
     assert_eq!(
         browser

@@ -2,11 +2,10 @@
 //! the manager and a Docker worker as `cube` processes): submit, bad input, get, list with
 //! filters, events, logs, stop, and the dashboard's pages with hostile text in a task.
 
-use std::time::Duration;
-
 use anyhow::{anyhow, ensure, Result};
+use cube_shared::token::TokenRole;
 use cube_shared::{State, Task};
-use cube_tests::web::{get_json, next_event, post, WebCluster};
+use cube_tests::web::{client_with, create_token, get_json, next_event, post, WebCluster};
 use cube_tests::{eventually, in_state, unique, NatsServer, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -370,10 +369,11 @@ async fn the_api_works_under_the_managers_nats_permissions() -> Result<()> {
     ));
     let server = cube_web::Server::bind("127.0.0.1:0".parse()?).await?;
     let base = format!("http://{}", server.local_addr());
-    let web_task = tokio::spawn(server.run(conn, shutdown.child_token()));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()?;
+    let web_task = tokio::spawn(server.run(conn.clone(), shutdown.child_token()));
+    // A token, made by the leader and checked by the web server in the `cube-tokens` bucket,
+    // both under the manager's permissions.
+    let token = create_token(&cube_client::Cube::new(conn), TokenRole::Submit).await?;
+    let http = client_with(&token)?;
 
     let nodes = eventually(WITHIN, "the API lists nodes", || async {
         let r = http.get(format!("{base}/api/nodes")).send().await?;
@@ -560,9 +560,8 @@ async fn managers_over_http_show_the_takeover() -> Result<()> {
     let logs = tempfile::tempdir()?;
     let standby = cluster.spawn_standby_serving_http(port, logs.path().join("standby.log"))?;
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()?;
+    let token = create_token(&cluster.cube(), TokenRole::Read).await?;
+    let http = client_with(&token)?;
     let result = async {
         let pair = eventually(WITHIN, "two managers listed", || async {
             let r = http.get(format!("{base}/api/managers")).send().await?;

@@ -1,5 +1,6 @@
-//! Refuses requests that a web page the user visits could make on the user's behalf. Cube's
-//! HTTP API has no authentication, so a browser on the same machine is its weak point:
+//! Refuses requests that a web page the user visits could make on the user's behalf. The
+//! user's browser holds the dashboard's session cookie (or the server runs with
+//! `--http-auth none`), so a browser on the same machine is the API's weak point:
 //!
 //! - DNS rebinding: a page on `evil.example` whose name then resolves to 127.0.0.1 may read
 //!   the API as a same-origin page. Its requests carry `Host: evil.example`, so only a `Host`

@@ -4,9 +4,12 @@
 //! and logs streams, the Task DB's updates and the workers' heartbeats for live updates.
 
 mod api;
+mod auth;
 mod guard;
 mod live;
+mod login;
 mod pages;
+mod tokens;
 
 use std::net::SocketAddr;
 
@@ -17,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use cube_client::Cube;
+
+pub use auth::{check_mode, AuthMode, CACHE_TTL};
 
 /// The OpenAPI 3 document of every route, served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../assets/openapi.json");
@@ -31,6 +36,11 @@ pub enum Error {
         #[source]
         source: cube_client::NatsError,
     },
+    #[error(
+        "the HTTP API on {addr} would have no authentication: `--http-auth none` is allowed \
+         only on a loopback address (127.0.0.1 or ::1); use tokens (`cube token create`)"
+    )]
+    Unauthenticated { addr: SocketAddr },
     #[error("HTTP server on {addr}")]
     Http {
         addr: SocketAddr,
@@ -72,6 +82,8 @@ pub(crate) fn routes() -> Routes {
     };
     let r = api::routes(r);
     let r = live::routes(r);
+    let r = tokens::routes(r);
+    let r = login::routes(r);
     pages::routes(r)
 }
 
@@ -85,6 +97,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     allowed_hosts: guard::AllowedHosts,
+    auth: AuthMode,
 }
 
 impl Server {
@@ -100,6 +113,7 @@ impl Server {
             listener,
             addr,
             allowed_hosts: guard::AllowedHosts::default(),
+            auth: AuthMode::Tokens,
         })
     }
 
@@ -109,6 +123,14 @@ impl Server {
     pub fn allow_hosts(mut self, names: impl IntoIterator<Item = String>) -> Server {
         self.allowed_hosts = guard::AllowedHosts::new(names);
         self
+    }
+
+    /// Whether requests need a token (the default) or not; [`AuthMode::None`] is refused
+    /// off loopback.
+    pub fn auth(mut self, mode: AuthMode) -> Result<Server, Error> {
+        check_mode(mode, self.addr)?;
+        self.auth = mode;
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,12 +143,18 @@ impl Server {
         client: async_nats::Client,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
+        let tokens = auth::Tokens::new(self.auth, client.clone());
         let app = App {
             cube: Cube::new(client),
             shutdown: shutdown.clone(),
         };
         let router = routes()
             .router
+            // After routing (so that it sees the route), before the handlers.
+            .layer(axum::middleware::from_fn_with_state(
+                tokens,
+                auth::authenticate,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.allowed_hosts,
                 guard::guard,

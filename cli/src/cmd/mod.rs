@@ -1,4 +1,5 @@
-//! The client commands: submit, stop, status, nodes, managers, events, service, secret. Each speaks
+//! The client commands: submit, stop, status, nodes, managers, events, service, secret,
+//! token. Each speaks
 //! only the public NATS contract, through `cube-client`, as any other client could; this
 //! module turns the client's typed errors into messages that say what to do.
 
@@ -11,6 +12,7 @@ pub mod status;
 pub mod stop;
 pub mod submit;
 mod task_spec;
+pub mod token;
 
 use anyhow::{anyhow, Result};
 use cube_client::{Chain, Cube, Error};

@@ -274,7 +274,8 @@ async fn supervise(
                 )?
                 .allow_hosts(args.http_allowed_hosts.clone());
             let dashboard = format!("http://{}/", server.local_addr());
-            info!("Dashboard and HTTP API: {dashboard}");
+            // The first manager leads already: it answers for the token at once.
+            super::announce_dashboard(&client, &dashboard, shutdown).await?;
             Some(crate::serve::spawn_web(
                 server,
                 client.clone(),
