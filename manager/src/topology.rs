@@ -143,61 +143,56 @@ pub async fn ensure(
             .map_err(|e| Error::setup(format!("stream {name}"), e))?;
         }
     }
-    let tasks = js
-        .create_or_update_key_value(bucket(
-            TASK_DB,
-            "Cube's Task DB: task id → Task, service.<name> → Service",
-            replicas,
-        ))
-        .await
-        .map_err(|e| Error::setup(format!("bucket {TASK_DB}"), e))?;
-    let events = js
-        .create_or_update_key_value(kv::Config {
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..bucket(EVENT_DB, "Cube's Event DB: event id → TaskEvent", replicas)
-        })
-        .await
-        .map_err(|e| Error::setup(format!("bucket {EVENT_DB}"), e))?;
-    let nodes = js
-        .create_or_update_key_value(bucket(
-            NODE_DB,
-            "Cube's nodes: worker name → Node",
-            replicas,
-        ))
-        .await
-        .map_err(|e| Error::setup(format!("bucket {NODE_DB}"), e))?;
-    let admin = js
-        .create_or_update_key_value(bucket(
-            ADMIN_DB,
-            "Cube's operator decisions (drain.<worker>) and the leadership lease (leader)",
-            replicas,
-        ))
-        .await
-        .map_err(|e| Error::setup(format!("bucket {ADMIN_DB}"), e))?;
-    let endpoints = js
-        .create_or_update_key_value(bucket(
-            ENDPOINTS_DB,
-            "Cube's service discovery: service name → its healthy copies' addresses",
-            replicas,
-        ))
-        .await
-        .map_err(|e| Error::setup(format!("bucket {ENDPOINTS_DB}"), e))?;
-    let secrets = js
-        .create_or_update_key_value(bucket(
-            SECRETS_DB,
-            "Cube's secrets: name → value, read only by the manager",
-            replicas,
-        ))
-        .await
-        .map_err(|e| Error::setup(format!("bucket {SECRETS_DB}"), e))?;
-    let tokens = js
-        .create_or_update_key_value(bucket(
-            TOKENS_DB,
-            "Cube's HTTP API tokens: token id → name, role and SHA-256 of the secret",
-            replicas,
-        ))
-        .await
-        .map_err(|e| Error::setup(format!("bucket {TOKENS_DB}"), e))?;
+    let ensure_bucket = |config: kv::Config| {
+        let js = js.clone();
+        async move {
+            let name = config.bucket.clone();
+            js.create_or_update_key_value(config)
+                .await
+                .map_err(|e| Error::setup(format!("bucket {name}"), e))
+        }
+    };
+    let tasks = ensure_bucket(bucket(
+        TASK_DB,
+        "Cube's Task DB: task id → Task, service.<name> → Service",
+        replicas,
+    ))
+    .await?;
+    let events = ensure_bucket(kv::Config {
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..bucket(EVENT_DB, "Cube's Event DB: event id → TaskEvent", replicas)
+    })
+    .await?;
+    let nodes = ensure_bucket(bucket(
+        NODE_DB,
+        "Cube's nodes: worker name → Node",
+        replicas,
+    ))
+    .await?;
+    let admin = ensure_bucket(bucket(
+        ADMIN_DB,
+        "Cube's operator decisions (drain.<worker>) and the leadership lease (leader)",
+        replicas,
+    ))
+    .await?;
+    let endpoints = ensure_bucket(bucket(
+        ENDPOINTS_DB,
+        "Cube's service discovery: service name → its healthy copies' addresses",
+        replicas,
+    ))
+    .await?;
+    let secrets = ensure_bucket(bucket(
+        SECRETS_DB,
+        "Cube's secrets: name → value, read only by the manager",
+        replicas,
+    ))
+    .await?;
+    let tokens = ensure_bucket(bucket(
+        TOKENS_DB,
+        "Cube's HTTP API tokens: token id → name, role and SHA-256 of the secret",
+        replicas,
+    ))
+    .await?;
     Ok(Topology {
         endpoints,
         secrets,
