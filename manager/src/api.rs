@@ -44,17 +44,11 @@ impl Shell {
                 wire::decode::<ServiceQuery>(&msg.payload, MAX_MESSAGE_BYTES)
                     .map_err(ApiError::from)
                     .and_then(|q| {
-                        let mut status = self
+                        let status = self
                             .rules
                             .service_status(&q.name)
                             .ok_or(ApiError::NoService(q.name))?;
-                        // Its record fits a message; with its copies, older versions may not.
-                        while encode(&status).len() > MAX_REPLY_BYTES
-                            && status.service.versions.len() > 1
-                        {
-                            status.service.versions.remove(0);
-                        }
-                        Ok(status)
+                        Ok(fit_reply(status, MAX_REPLY_BYTES))
                     }),
             ),
             API_NODES_LIST => {
@@ -245,9 +239,136 @@ impl ApiError {
     }
 }
 
+/// A service's status within `max` bytes encoded. Its record fits a message, but with its
+/// copies it may not: older versions go first, then, for a service of thousands of copies,
+/// the copies and endpoints that do not fit (its counts still count every copy).
+fn fit_reply(mut status: ServiceStatus, max: usize) -> ServiceStatus {
+    while encode(&status).len() > max && status.service.versions.len() > 1 {
+        status.service.versions.remove(0);
+    }
+    if encode(&status).len() <= max {
+        return status;
+    }
+    let copies = std::mem::take(&mut status.copies);
+    let endpoints = std::mem::take(&mut status.endpoints);
+    // Each element adds its encoding and a comma.
+    let mut size = encode(&status).len();
+    status.copies = copies
+        .into_iter()
+        .take_while(|c| {
+            size += encode(c).len() + 1;
+            size <= max
+        })
+        .collect();
+    status.endpoints = endpoints
+        .into_iter()
+        .take_while(|e| {
+            size += encode(e).len() + 1;
+            size <= max
+        })
+        .collect();
+    status
+}
+
 fn respond<T: Serialize>(result: Result<T, ApiError>) -> bytes::Bytes {
     encode(&match result {
         Ok(v) => ApiReply::Ok(v),
         Err(e) => ApiReply::Error(e.reason()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cube_shared::service::{CopyStatus, Endpoint, Service, ServiceKind, ServiceVersion};
+    use uuid::Uuid;
+
+    /// Service `web` at version 3 of 3 (each template about 200 KB), with `copies` copies
+    /// and as many endpoints.
+    fn status(copies: usize) -> ServiceStatus {
+        let now = Utc::now();
+        let version = |version| {
+            let mut template = Task::new("cube-busybox:latest");
+            template.cmd = vec!["x".repeat(200 * 1024)];
+            ServiceVersion {
+                version,
+                template,
+                created_at: now,
+                good: true,
+                failed: false,
+            }
+        };
+        ServiceStatus {
+            service: Service {
+                name: "web".into(),
+                kind: ServiceKind::Service,
+                count: copies as u32,
+                update: Default::default(),
+                max_failures: 0,
+                version: 3,
+                versions: (1..=3).map(version).collect(),
+                rollout: None,
+                removed: false,
+                finished: None,
+                next_copy: copies as u64 + 1,
+                applied: Vec::new(),
+                created_at: now,
+                updated_at: now,
+            },
+            desired: copies as u32,
+            running: copies as u32,
+            healthy: copies as u32,
+            completed: 0,
+            failed: 0,
+            copies: (0..copies)
+                .map(|i| CopyStatus {
+                    task_id: Uuid::new_v4(),
+                    name: format!("web.{i}"),
+                    version: 3,
+                    state: "running".into(),
+                    node: Some("worker-1".into()),
+                    healthy: true,
+                    stopping: false,
+                })
+                .collect(),
+            endpoints: (0..copies)
+                .map(|_| Endpoint {
+                    task_id: Uuid::new_v4(),
+                    node: "worker-1".into(),
+                    address: "10.0.0.1".into(),
+                    version: 3,
+                    ports: [("80/tcp".to_string(), 8080)].into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_service_that_fits_is_answered_whole() {
+        let whole = status(10);
+        assert!(encode(&whole).len() <= MAX_REPLY_BYTES);
+        assert_eq!(fit_reply(whole.clone(), MAX_REPLY_BYTES), whole);
+    }
+
+    #[test]
+    fn a_service_of_thousands_of_copies_is_answered_within_one_message() {
+        // 10,000 copies and endpoints (the most a service may have): well over 1 MiB.
+        let whole = status(10_000);
+        assert!(encode(&whole).len() > 2 * 1024 * 1024);
+        let fitted = fit_reply(whole.clone(), MAX_REPLY_BYTES);
+        let size = encode(&fitted).len();
+        assert!(size <= MAX_REPLY_BYTES, "{size} bytes");
+        // Older versions went first; the current one stays, and so do the counts.
+        let versions: Vec<u64> = fitted.service.versions.iter().map(|v| v.version).collect();
+        assert_eq!(versions, [3]);
+        assert_eq!((fitted.desired, fitted.running), (10_000, 10_000));
+        // Copies come before endpoints, in order, as many as fit.
+        assert!(!fitted.copies.is_empty() && fitted.copies.len() < 10_000);
+        assert_eq!(fitted.copies[..], whole.copies[..fitted.copies.len()]);
+        assert!(fitted.endpoints.is_empty());
+        // Nothing more would have fit.
+        let mut more = fitted.clone();
+        more.copies.push(whole.copies[fitted.copies.len()].clone());
+        assert!(encode(&more).len() > MAX_REPLY_BYTES);
+    }
 }
