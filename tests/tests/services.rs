@@ -275,7 +275,10 @@ async fn an_update_that_never_turns_healthy_reverts_while_the_old_copies_serve()
             old_ids.is_subset(&ids),
             "an old copy stopped during the failed rollout"
         );
-        let reverted = s.service.version == 1
+        // Version 1's own finished rollout looks the same until the manager has taken the
+        // deploy of version 2 in.
+        let reverted = s.service.version_of(2).is_some()
+            && s.service.version == 1
             && s.service.rollout.as_ref().map(|r| r.state) == Some(RolloutState::Succeeded)
             && docker.len() == 3;
         if reverted {
