@@ -138,23 +138,21 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
             let mut publish = vec![
                 "$JS.API.INFO".to_string(),
                 "$JS.API.STREAM.INFO.CUBE_WORK".into(),
-                "$JS.API.STREAM.INFO.KV_cube-tasks".into(),
                 "$JS.API.STREAM.INFO.KV_cube-nodes".into(),
-                // Reading the Task DB: single records, and one scan on start.
-                "$JS.API.DIRECT.GET.KV_cube-tasks.>".into(),
-                "$JS.API.STREAM.MSG.GET.KV_cube-tasks".into(),
-                // The scan is an ordered consumer: it has no name, so its create request
-                // names only the stream.
-                "$JS.API.CONSUMER.CREATE.KV_cube-tasks".into(),
-                "$JS.API.CONSUMER.CREATE.KV_cube-tasks.>".into(),
-                "$JS.API.CONSUMER.DELETE.KV_cube-tasks.>".into(),
-                "$JS.FC.KV_cube-tasks.>".into(),
+                // The Task DB: only its own tasks' records and those waiting on the shared
+                // queue, each by direct get, whose subject names the key (a wildcard there
+                // reaches only keys the pattern allows), and the fence, to see the bucket is
+                // there. No bucket info (it can list every key), no get by sequence, no scan.
+                format!("$JS.API.DIRECT.GET.KV_cube-tasks.$KV.cube-tasks.on.{name}.*"),
+                "$JS.API.DIRECT.GET.KV_cube-tasks.$KV.cube-tasks.queue.*".into(),
+                "$JS.API.DIRECT.GET.KV_cube-tasks.$KV.cube-tasks.fence".into(),
                 format!("$KV.cube-nodes.{name}"),
                 format!("nodes.heartbeat.{name}"),
                 format!("tasks.state.*.{name}"),
-                // Container output; a restarted worker reads where it stopped.
-                "tasks.logs.*".into(),
-                "$JS.API.STREAM.MSG.GET.CUBE_LOGS".into(),
+                // Container output, under its own name; a restarted worker reads back where
+                // its own subject stopped, by direct get.
+                format!("tasks.logs.*.{name}"),
+                format!("$JS.API.DIRECT.GET.CUBE_LOGS.tasks.logs.*.{name}"),
             ];
             for (consumer, filter) in [
                 (own.as_str(), format!("tasks.pending.{name}")),
@@ -356,10 +354,53 @@ mod tests {
     #[test]
     fn workers_publish_logs_and_clients_read_them() {
         let (worker, _, _) = permissions(&Role::Worker("w1".into()), "w1");
-        assert!(worker.contains(&"tasks.logs.*".to_string()));
-        assert!(worker.contains(&"$JS.API.STREAM.MSG.GET.CUBE_LOGS".to_string()));
+        let may = |subject: &str| worker.iter().any(|p| matches(p, subject));
+        let id = "0b5e9bd6-3c53-4b0e-a2a3-5c7d2b0d7c11";
+        assert!(may(&format!("tasks.logs.{id}.w1")));
+        assert!(may(&format!(
+            "$JS.API.DIRECT.GET.CUBE_LOGS.tasks.logs.{id}.w1"
+        )));
+        // Another worker's output: neither written nor read; and no get by sequence.
+        assert!(!may(&format!("tasks.logs.{id}.w2")));
+        assert!(!may(&format!("tasks.logs.{id}")));
+        assert!(!may(&format!(
+            "$JS.API.DIRECT.GET.CUBE_LOGS.tasks.logs.{id}.w2"
+        )));
+        assert!(!may("$JS.API.DIRECT.GET.CUBE_LOGS"));
+        assert!(!may("$JS.API.STREAM.MSG.GET.CUBE_LOGS"));
         let (client, _, _) = permissions(&Role::Client, "client");
         assert!(client.contains(&"$JS.API.CONSUMER.MSG.NEXT.CUBE_LOGS.>".to_string()));
         assert!(!client.iter().any(|s| s.starts_with("tasks.logs")));
+    }
+
+    #[test]
+    fn a_worker_reads_only_its_own_task_records() {
+        let (worker, _, _) = permissions(&Role::Worker("w1".into()), "w1");
+        let may = |subject: &str| worker.iter().any(|p| matches(p, subject));
+        let get = |key: &str| format!("$JS.API.DIRECT.GET.KV_cube-tasks.$KV.cube-tasks.{key}");
+        let id = "0b5e9bd6-3c53-4b0e-a2a3-5c7d2b0d7c11";
+        assert!(may(&get(&format!("on.w1.{id}"))));
+        // A task on the shared queue, and the fence.
+        assert!(may(&get(&format!("queue.{id}"))));
+        assert!(may(&get("fence")));
+        for denied in [
+            get(&format!("on.w2.{id}")),
+            // A task on no worker; and wildcards, which a direct get would answer with the
+            // newest record of any key they match.
+            get(id),
+            get("*"),
+            get(">"),
+            get("on.*.*"),
+            get("service.web"),
+            // By sequence, or a scan: either would reach every record.
+            "$JS.API.DIRECT.GET.KV_cube-tasks".to_string(),
+            "$JS.API.STREAM.MSG.GET.KV_cube-tasks".to_string(),
+            "$JS.API.CONSUMER.CREATE.KV_cube-tasks".to_string(),
+            // The bucket's info can list its keys.
+            "$JS.API.STREAM.INFO.KV_cube-tasks".to_string(),
+            "$KV.cube-tasks.on.w1.x".to_string(),
+        ] {
+            assert!(!may(&denied), "{denied}");
+        }
     }
 }

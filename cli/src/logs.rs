@@ -35,7 +35,7 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
     let cube = cube(&args.nats).await?;
     // An unknown task is an error, not an empty log.
     let task = get_task(&cube, &args.id).await?;
-    let subject = logs_for(task.id);
+    let subjects = logs_of(task.id);
     let stream = cube
         .jetstream()
         .get_stream_no_info(LOGS_STREAM)
@@ -46,13 +46,13 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
     let mut end = if args.follow {
         None
     } else {
-        match last_sequence(&stream, &subject).await? {
+        match last_sequence(&stream, &subjects).await? {
             Some(last) => Some(last),
             None => return Ok(()),
         }
     };
     let mut messages = loop {
-        match open(&stream, &subject).await {
+        match open(&stream, &subjects).await {
             Ok(m) => break m,
             Err(e) if args.follow => {
                 // The stream may not exist yet (a manager that has not run since Cube
@@ -85,7 +85,7 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
                 match get_task(&cube, &task.id.to_string()).await {
                     // Everything the task will ever write is in the stream by now: its worker
                     // publishes a container's output before it reports the container ended.
-                    Ok(t) if has_ended(&t) => end = Some(last_sequence(&stream, &subject).await?.unwrap_or(0)),
+                    Ok(t) if has_ended(&t) => end = Some(last_sequence(&stream, &subjects).await?.unwrap_or(0)),
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "asking whether the task ended"),
                 }
@@ -110,31 +110,37 @@ pub async fn logs(args: LogsArgs, shutdown: CancellationToken) -> Result<()> {
 
 /// The stream sequence of the task's newest chunk, `None` if it has none (or the stream does
 /// not exist yet).
+/// The sequence of the newest chunk on any of `subjects` (wildcards allowed).
 async fn last_sequence(
     stream: &jetstream::stream::Stream<()>,
-    subject: &str,
+    subjects: &[String],
 ) -> Result<Option<u64>> {
-    match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(Some(m.sequence)),
-        Err(e) => match e.kind() {
-            LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            LastRawMessageErrorKind::JetStream(j)
-                if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-            {
-                Ok(None)
-            }
-            _ => Err(e).context("reading the logs stream"),
-        },
+    let mut last = None;
+    for subject in subjects {
+        let newest = match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Some(m.sequence),
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => None,
+                LastRawMessageErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    None
+                }
+                _ => return Err(e).context("reading the logs stream"),
+            },
+        };
+        last = last.max(newest);
     }
+    Ok(last)
 }
 
 async fn open(
     stream: &jetstream::stream::Stream<()>,
-    subject: &str,
+    subjects: &[String],
 ) -> Result<consumer::pull::Ordered> {
     stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
+            filter_subjects: subjects.to_vec(),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })

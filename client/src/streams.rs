@@ -1,10 +1,10 @@
 //! Reading Cube's streams as any client may: the journal (`CUBE_JOURNAL`), its tail or live,
-//! and the tail of a task's output (`CUBE_LOGS`, subject `tasks.logs.<task-id>`).
+//! and the tail of a task's output (`CUBE_LOGS`, subjects `tasks.logs.<task-id>.<worker>`).
 
 use std::collections::VecDeque;
 
 use async_nats::jetstream::{self, consumer, context::GetStreamErrorKind};
-use cube_shared::subjects::{logs_for, JOURNAL_STREAM, LOGS_STREAM};
+use cube_shared::subjects::{logs_of, JOURNAL_STREAM, LOGS_STREAM};
 use cube_shared::wire::{self, DecodeError, MAX_MESSAGE_BYTES};
 use cube_shared::JournalEntry;
 use futures::StreamExt;
@@ -71,7 +71,7 @@ impl Cube {
     pub async fn journal(&self, last: u64, task: Option<Uuid>) -> Result<Vec<JournalEntry>, Error> {
         let scan = if task.is_some() { JOURNAL_SCAN } else { last };
         // A journal stream that does not exist yet holds no entries.
-        let messages = match self.tail(JOURNAL_STREAM, None, scan).await {
+        let messages = match self.tail(JOURNAL_STREAM, Vec::new(), scan).await {
             Err(Error::NoStream(_)) => Vec::new(),
             other => other?,
         };
@@ -122,7 +122,7 @@ impl Cube {
     pub async fn logs(&self, task: Uuid) -> Result<LogTail, Error> {
         let mut tail = ByteTail::new(LOG_TAIL_BYTES);
         match self
-            .read(LOGS_STREAM, Some(logs_for(task)), u64::MAX, |chunk| {
+            .read(LOGS_STREAM, logs_of(task), u64::MAX, |chunk| {
                 tail.push(chunk)
             })
             .await
@@ -170,16 +170,16 @@ impl Cube {
             })?
     }
 
-    /// The payloads of the last `last` messages of `stream` (on `subject`, if given), oldest
+    /// The payloads of the last `last` messages of `stream` (on `subjects`, if any), oldest
     /// first. [`Error::NoStream`] if the stream does not exist.
     async fn tail(
         &self,
         stream: &'static str,
-        subject: Option<String>,
+        subjects: Vec<String>,
         last: u64,
     ) -> Result<Vec<bytes::Bytes>, Error> {
         let mut out = Vec::new();
-        self.read(stream, subject, last, |m| out.push(m)).await?;
+        self.read(stream, subjects, last, |m| out.push(m)).await?;
         let excess = out
             .len()
             .saturating_sub(usize::try_from(last).unwrap_or(usize::MAX));
@@ -187,13 +187,13 @@ impl Cube {
         Ok(out)
     }
 
-    /// Hands `keep` the payloads of `stream` (on `subject`, if given) oldest first: the last
-    /// `last` of the stream without a subject, every one of the subject with one. Only the
+    /// Hands `keep` the payloads of `stream` (on `subjects`, if any) oldest first: the last
+    /// `last` of the stream without subjects, every one of the subjects with them. Only the
     /// messages present when the read starts: a busy writer cannot keep it going.
     async fn read(
         &self,
         stream: &'static str,
-        subject: Option<String>,
+        subjects: Vec<String>,
         last: u64,
         mut keep: impl FnMut(bytes::Bytes),
     ) -> Result<(), Error> {
@@ -212,7 +212,7 @@ impl Cube {
             }
             // Without a subject filter the tail is a range of sequences; with one, every
             // message of the subject is read (a task's output is capped per subject).
-            let deliver_policy = if subject.is_none() {
+            let deliver_policy = if subjects.is_empty() {
                 consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: last_seq.saturating_sub(last - 1).max(first).max(1),
                 }
@@ -222,7 +222,7 @@ impl Cube {
             let mut consumer = handle
                 .create_consumer(consumer::pull::OrderedConfig {
                     deliver_policy,
-                    filter_subject: subject.clone().unwrap_or_default(),
+                    filter_subjects: subjects.clone(),
                     ..Default::default()
                 })
                 .await

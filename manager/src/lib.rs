@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod lease;
 pub mod metrics;
 mod presence;
+mod records;
 pub mod rules;
 mod run;
 pub mod scheduler;

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull};
 use chrono::Utc;
 use cube_bus::Outgoing;
-use cube_shared::service::{service_key, SERVICE_KEY_PREFIX};
 use cube_shared::subjects::*;
-use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
-use cube_shared::{JournalEntry, Node, Service};
+use cube_shared::wire::encode;
+use cube_shared::JournalEntry;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::presence::Presence;
-use crate::rules::{Decided, Rules, Stored};
+use crate::records::{self, TaskKeys};
+use crate::rules::Rules;
 use crate::secrets::Secrets;
 use crate::topology::{self, Topology};
 use crate::writer::{self, Commit};
@@ -33,6 +33,8 @@ pub(crate) struct Shell {
     pub(crate) rules: Rules,
     /// Secrets' values, put into the placements that need them as they are sent.
     pub(crate) secrets: Secrets,
+    /// Where each task's record is in the Task DB.
+    keys: TaskKeys,
     writer: mpsc::Sender<Commit>,
     /// The writer has stopped: nothing more can be made durable.
     writer_gone: bool,
@@ -199,11 +201,11 @@ async fn lead(
     let starting = async {
         let fence = Arc::new(Fence::raise(&topo.tasks, epoch, lease.holder()).await?);
         // Read after the fence: everything an earlier leader managed to write is here.
-        let stored = load(topo).await?;
+        let loaded = records::load(topo).await?;
         let secrets = Secrets::load(topo.secrets.clone()).await?;
-        Ok::<_, Error>((fence, stored, secrets))
+        Ok::<_, Error>((fence, loaded, secrets))
     };
-    let (fence, stored, secrets) = tokio::select! {
+    let (fence, (stored, keys, settle), secrets) = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         lost = lease.lost() => return Err(lost),
         started = starting.instrument(span.clone()) => started?,
@@ -237,10 +239,12 @@ async fn lead(
         topo: topo.clone(),
         rules,
         secrets,
+        keys,
         writer,
         writer_gone: false,
         epoch,
     };
+    shell.settle(settle).await;
     shell.journal_takeover(lease).await;
     let deposed_error = || Error::Deposed {
         epoch,
@@ -377,40 +381,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What a starting manager rebuilds its picture from: the Task DB, the node list and the
-/// drains in the `cube-admin` bucket.
-async fn load(topo: &Topology) -> Result<Stored, Error> {
-    let mut stored = Stored::default();
-    for (key, value) in topology::load_all(&topo.tasks).await? {
-        if key == FENCE_KEY {
-            continue;
-        }
-        if let Some(name) = key.strip_prefix(SERVICE_KEY_PREFIX) {
-            match wire::decode::<Service>(&value, usize::MAX) {
-                Ok(service) => stored.services.push(service),
-                Err(e) => warn!(service = name, error = %e, "skipping unreadable service record"),
-            }
-            continue;
-        }
-        match wire::decode_stored_task(&value) {
-            Ok(task) => stored.tasks.push(task),
-            Err(e) => warn!(key, error = %e, "skipping unreadable task record"),
-        }
-    }
-    for (key, _) in topology::load_all(&topo.admin).await? {
-        if let Some(name) = key.strip_prefix("drain.") {
-            stored.drained.push(name.to_string());
-        }
-    }
-    for (key, value) in topology::load_all(&topo.nodes).await? {
-        match wire::decode::<Node>(&value, MAX_MESSAGE_BYTES) {
-            Ok(node) => stored.nodes.push(node),
-            Err(e) => warn!(key, error = %e, "skipping unreadable node record"),
-        }
-    }
-    Ok(stored)
-}
-
 async fn subscribe(
     client: &async_nats::Client,
     subject: &str,
@@ -487,6 +457,22 @@ async fn durable(
 }
 
 impl Shell {
+    /// Puts every Task DB record where it belongs before anything else is written (see
+    /// [`TaskKeys::settle`]).
+    async fn settle(&mut self, records: Vec<Outgoing>) {
+        if records.is_empty() {
+            return;
+        }
+        info!(writes = records.len(), "settling the Task DB's keys");
+        let commit = Commit {
+            records,
+            ..Default::default()
+        };
+        if self.writer.send(commit).await.is_err() {
+            self.writer_gone = true;
+        }
+    }
+
     /// Journals this term's start: who leads now, at which epoch, and whom it took over from.
     async fn journal_takeover(&mut self, lease: &Lease) {
         let message = match lease.took_from() {
@@ -552,87 +538,18 @@ impl Shell {
     pub(crate) async fn flush(&mut self, handled: Vec<jetstream::Message>) {
         self.rules.reconcile(Utc::now());
         let decided = self.rules.take_effects();
-        let commit = commit(decided, handled, self.epoch, &self.secrets);
+        let secrets = &self.secrets;
+        let commit = records::commit(
+            decided,
+            handled,
+            self.epoch,
+            &|t| secrets.resolve(t),
+            &mut self.keys,
+        );
         if !commit.is_empty() && self.writer.send(commit).await.is_err() {
             // It stops only at shutdown (or if it panicked): the loop must not go on deciding
             // what nobody will write.
             self.writer_gone = true;
         }
-    }
-}
-
-/// The writer's messages for what the rules decided, as the leader of `epoch` sends them.
-fn commit(
-    decided: Decided,
-    handled: Vec<jetstream::Message>,
-    epoch: u64,
-    secrets: &Secrets,
-) -> Commit {
-    let kv = |bucket: &str, key: String, payload| Outgoing {
-        subject: format!("$KV.{bucket}.{key}"),
-        payload,
-        msg_id: None,
-        headers: None,
-    };
-    let mut records: Vec<Outgoing> = decided
-        .events
-        .iter()
-        .map(|e| kv(EVENT_DB, e.id.to_string(), encode(e)))
-        .collect();
-    records.extend(
-        decided
-            .tasks
-            .iter()
-            .map(|t| kv(TASK_DB, t.id.to_string(), encode(t))),
-    );
-    records.extend(
-        decided
-            .services
-            .iter()
-            .map(|s| kv(TASK_DB, service_key(&s.name), encode(s))),
-    );
-    // Discovery follows what was stored; it is not fenced (a deposed leader's gate is shut
-    // before it gets here, and the next leader writes every service's endpoints at once).
-    records.extend(
-        decided
-            .endpoints
-            .iter()
-            .map(|e| kv(ENDPOINTS_DB, e.service.clone(), encode(e))),
-    );
-    // Work carries the epoch; its message id too, so that a placement a new leader sends
-    // again is not dropped as a duplicate of its predecessor's (a worker refuses the older).
-    let work = decided
-        .work
-        .into_iter()
-        .map(|mut w| {
-            w.event.epoch = Some(epoch);
-            if !w.event.is_stop() {
-                w.event.secrets = secrets.resolve(&w.event.task);
-            }
-            Outgoing {
-                subject: w.subject,
-                payload: encode(&w.event),
-                msg_id: Some(format!("{}.{epoch}", w.event.id)),
-                headers: None,
-            }
-        })
-        .collect();
-    let mut notices: Vec<(String, bytes::Bytes)> = decided
-        .journal
-        .iter()
-        .map(|e| (journal_for(&e.kind), encode(e)))
-        .collect();
-    notices.extend(
-        decided
-            .rejections
-            .iter()
-            .map(|r| (REJECTED.to_string(), encode(r))),
-    );
-    Commit {
-        records,
-        work,
-        notices,
-        placed: decided.placed,
-        handled,
     }
 }

@@ -71,6 +71,9 @@ pub fn logs_stream(per_task: u64) -> stream::Config {
         // Room for the headers; a larger message is refused, so no worker can flood a task's
         // share with one huge chunk.
         max_message_size: (LOG_CHUNK_MAX * 2) as i32,
+        // Workers read back the newest chunk of their own subjects by direct get, which
+        // permissions can bind to the subject (a plain get names it only in its body).
+        allow_direct: true,
         ..file_stream(LOGS_STREAM, &[LOGS_ALL])
     }
 }

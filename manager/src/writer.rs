@@ -47,10 +47,11 @@ impl Term {
         let prefix = format!("$KV.{}.", self.tasks.name);
         let mut records = records;
         loop {
-            let headers = self.fence.headers();
             for r in &mut records {
                 if r.subject.starts_with(&prefix) {
-                    r.headers = Some(headers.clone());
+                    // Beside its own (a deletion's `KV-Operation`).
+                    let own = r.headers.take().unwrap_or_default();
+                    r.headers = Some(self.fence.add_headers(own));
                 }
             }
             match cube_bus::publish_all(js, records.clone(), shutdown).await {
@@ -180,6 +181,10 @@ fn latest_only(records: Vec<Outgoing>) -> Vec<Outgoing> {
         .filter(|r| seen.insert(r.subject.clone()))
         .collect();
     latest.reverse();
+    // Deletions last: each is of a key whose record was written under another first, which
+    // must be stored before the old goes (a record that moved twice in merged batches would
+    // otherwise lose its old key before its newest is in).
+    latest.sort_by_key(crate::records::is_deletion);
     latest
 }
 
@@ -206,5 +211,30 @@ mod tests {
         let expected = [("b", "1"), ("a", "2"), ("c", "1")]
             .map(|(s, v)| (s.to_string(), bytes::Bytes::from_static(v.as_bytes())));
         assert_eq!(kept, expected);
+    }
+
+    #[test]
+    fn merged_batches_store_a_record_that_moved_twice_before_deleting_its_old_keys() {
+        let del = |subject: &str| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("KV-Operation", "DEL");
+            Outgoing {
+                headers: Some(h),
+                ..put(subject, "")
+            }
+        };
+        // On w1, then w2, then w3, in three merged batches.
+        let records = vec![
+            put("on.w1.x", "1"),
+            put("on.w2.x", "2"),
+            del("on.w1.x"),
+            put("on.w3.x", "3"),
+            del("on.w2.x"),
+        ];
+        let kept: Vec<String> = latest_only(records)
+            .into_iter()
+            .map(|r| r.subject)
+            .collect();
+        assert_eq!(kept, ["on.w3.x", "on.w1.x", "on.w2.x"]);
     }
 }

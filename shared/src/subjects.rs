@@ -77,8 +77,15 @@ pub const EPOCH_HEADER: &str = "Cube-Epoch";
 /// are refused by JetStream itself.
 pub const FENCE_KEY: &str = "fence";
 
-/// KV bucket: task id → Task (the Task DB).
+/// KV bucket: the Task DB, one record per task (keys: [`task_key`]), the services'
+/// (`service.<name>`) and the leaders' [`FENCE_KEY`].
 pub const TASK_DB: &str = "cube-tasks";
+/// The Task DB keeps a task placed on a worker under `on.<worker>.<task-id>`: NATS
+/// permissions then let each worker read its own records and no other's.
+pub const TASK_ON_WORKER_PREFIX: &str = "on.";
+/// The Task DB keeps a task waiting on the shared queue (`tasks.pending`) under
+/// `queue.<task-id>`: any worker may take it, so any worker may read it.
+pub const TASK_QUEUED_PREFIX: &str = "queue.";
 /// KV bucket: event id → TaskEvent as received (the Event DB).
 pub const EVENT_DB: &str = "cube-events";
 /// KV bucket: worker name → Node (the node list).
@@ -122,9 +129,52 @@ pub fn journal_for(kind: &str) -> String {
     format!("cube.journal.{kind}")
 }
 
-/// A task's container output: one message per chunk, with the [`LOG_STREAM_HEADER`].
-pub fn logs_for(task_id: Uuid) -> String {
-    format!("tasks.logs.{task_id}")
+/// A task's container output as its worker ships it: `tasks.logs.<task-id>.<worker>`, one
+/// message per chunk, with the [`LOG_STREAM_HEADER`]. The worker's name is in the subject so
+/// that a worker may write, and read back, only its own tasks' output.
+pub fn logs_for(task_id: Uuid, worker: &str) -> String {
+    format!("tasks.logs.{task_id}.{worker}")
+}
+
+/// Every chunk of a task's output, from whichever workers ran it: the subjects a reader
+/// filters on (`tasks.logs.<task-id>` is where earlier releases wrote it).
+pub fn logs_of(task_id: Uuid) -> Vec<String> {
+    vec![
+        format!("tasks.logs.{task_id}"),
+        format!("tasks.logs.{task_id}.*"),
+    ]
+}
+
+/// Where in the Task DB a task's record is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskPlace<'a> {
+    /// Placed on this worker: `on.<worker>.<task-id>`.
+    Worker(&'a str),
+    /// Waiting on the shared queue for any worker: `queue.<task-id>`.
+    Queue,
+    /// On no worker (not placed yet, or ended before it was): `<task-id>`; no worker may
+    /// read it.
+    Nowhere,
+}
+
+/// The Task DB key of a task's record.
+pub fn task_key(task_id: Uuid, place: TaskPlace) -> String {
+    match place {
+        TaskPlace::Worker(w) => format!("{TASK_ON_WORKER_PREFIX}{w}.{task_id}"),
+        TaskPlace::Queue => format!("{TASK_QUEUED_PREFIX}{task_id}"),
+        TaskPlace::Nowhere => task_id.to_string(),
+    }
+}
+
+/// The task whose record a Task DB key holds (`None`: not a task's key, such as the fence
+/// or a service's).
+pub fn task_of_key(key: &str) -> Option<Uuid> {
+    let id = if let Some(rest) = key.strip_prefix(TASK_ON_WORKER_PREFIX) {
+        rest.split_once('.')?.1
+    } else {
+        key.strip_prefix(TASK_QUEUED_PREFIX).unwrap_or(key)
+    };
+    Uuid::parse_str(id).ok().filter(|u| u.to_string() == id)
 }
 
 /// A worker's own durable consumer on `tasks.pending.<worker>`.
@@ -172,7 +222,7 @@ mod tests {
             as_param(state_for(task, "{worker}")),
             heartbeat_for("{worker}"),
             journal_for("{kind}"),
-            as_param(logs_for(task)),
+            as_param(logs_for(task, "{worker}")),
             EVENTS.to_string(),
             SERVICE_EVENTS.to_string(),
             API_SERVICES_LIST.to_string(),
@@ -197,6 +247,26 @@ mod tests {
             );
         }
         assert!(ASYNCAPI.contains(&worker_consumer("{worker}")));
+    }
+
+    #[test]
+    fn task_keys_name_the_worker_and_give_the_task_back() {
+        let id = Uuid::new_v4();
+        assert_eq!(task_key(id, TaskPlace::Worker("w1")), format!("on.w1.{id}"));
+        assert_eq!(task_key(id, TaskPlace::Queue), format!("queue.{id}"));
+        assert_eq!(task_key(id, TaskPlace::Nowhere), id.to_string());
+        for place in [
+            TaskPlace::Worker("w-1_x"),
+            TaskPlace::Queue,
+            TaskPlace::Nowhere,
+        ] {
+            assert_eq!(task_of_key(&task_key(id, place)), Some(id), "{place:?}");
+        }
+        for other in [FENCE_KEY, "service.web", "on.w1", "on.w1.nope", "on..x"] {
+            assert_eq!(task_of_key(other), None, "{other}");
+        }
+        // A service named like a task id is not a task (its key has the service prefix).
+        assert_eq!(task_of_key(&format!("service.{id}")), None);
     }
 
     #[test]

@@ -297,3 +297,104 @@ async fn only_the_manager_reads_secrets() -> Result<()> {
     denied(&mut worker_errors, &format!("$KV.{SECRETS_DB}.>")).await?;
     Ok(())
 }
+
+/// A worker's credentials reach its own work and nothing of another worker's: not the other's
+/// Task DB records (by key, by wildcard, by sequence or by scan), not its tasks' output, not
+/// its queue, not any secret. The same requests with the owner's credentials succeed, so the
+/// refusals are the permissions' doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reads_only_its_own_work() -> Result<()> {
+    use cube_shared::subjects::{
+        logs_for, task_key, worker_consumer, TaskPlace, LOGS_STREAM, TASK_DB,
+    };
+    cube_tests::ensure_image()?;
+    let (a, b) = (unique("oa"), unique("ob"));
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    let (manager, client) = (user(Role::Manager), user(Role::Client));
+    let (wa, wb) = (user(Role::Worker(a.clone())), user(Role::Worker(b.clone())));
+    let users = [manager, client.clone(), wa.clone(), wb.clone()];
+    let (nats, shutdown, _stop) = cluster(&users).await?;
+    let (client_conn, _) = connect_as(&nats, &client).await?;
+    start_worker(&nats, &wa, &a, shutdown.child_token()).await?;
+    let marker = unique("output");
+    let mut t = cube_tests::task(&["sh", "-c", &format!("echo {marker}; sleep 300")]);
+    t.env = vec!["PLAIN=visible-to-its-worker".into()];
+    let event = TaskEvent::submit(t);
+    let id = event.task.id;
+    cube_tests::eventually(WITHIN, "the task runs on worker a", || async {
+        jetstream::new(client_conn.clone())
+            .publish(EVENTS, cube_shared::wire::encode(&event))
+            .await?
+            .await?;
+        let t = task(&client_conn, id).await?;
+        anyhow::ensure!(t.state == State::Running, "{}", t.state);
+        anyhow::ensure!(t.worker.as_deref() == Some(a.as_str()), "{:?}", t.worker);
+        Ok(())
+    })
+    .await?;
+    let record = format!("$KV.{TASK_DB}.{}", task_key(id, TaskPlace::Worker(&a)));
+    let output = logs_for(id, &a);
+
+    // The owner reads its record and its task's output back, by direct get.
+    let (own, _) = connect_as(&nats, &wa).await?;
+    let own = jetstream::new(own);
+    let db = own.get_stream_no_info(format!("KV_{TASK_DB}")).await?;
+    let got = db.direct_get_last_for_subject(record.as_str()).await?;
+    assert!(
+        got.payload.windows(4).any(|w| w == b"PLAI"),
+        "its own record"
+    );
+    let logs = own.get_stream_no_info(LOGS_STREAM).await?;
+    cube_tests::eventually(WITHIN, "its output is stored", || async {
+        let chunk = logs.direct_get_last_for_subject(output.as_str()).await?;
+        anyhow::ensure!(String::from_utf8_lossy(&chunk.payload).contains(&marker));
+        Ok(())
+    })
+    .await?;
+
+    // The other worker reaches none of it.
+    let (other, mut errors) = connect_as(&nats, &wb).await?;
+    let direct = |stream: &str, subject: &str| format!("$JS.API.DIRECT.GET.{stream}.{subject}");
+    let tasks = format!("KV_{TASK_DB}");
+    for subject in [
+        direct(&tasks, &record),
+        direct(&tasks, &format!("$KV.{TASK_DB}.on.{a}.*")),
+        direct(&tasks, &format!("$KV.{TASK_DB}.on.*.*")),
+        direct(&tasks, &format!("$KV.{TASK_DB}.>")),
+        direct(&tasks, &format!("$KV.{TASK_DB}.*")),
+        direct(&tasks, &format!("$KV.{TASK_DB}.{id}")),
+        format!("$JS.API.DIRECT.GET.{tasks}"),
+        format!("$JS.API.STREAM.MSG.GET.{tasks}"),
+        format!("$JS.API.STREAM.INFO.{tasks}"),
+        format!("$JS.API.CONSUMER.CREATE.{tasks}"),
+        direct(LOGS_STREAM, &output),
+        direct(LOGS_STREAM, &format!("tasks.logs.{id}.*")),
+        format!("$JS.API.STREAM.MSG.GET.{LOGS_STREAM}"),
+        format!("$JS.API.CONSUMER.CREATE.{LOGS_STREAM}"),
+        format!("tasks.logs.{id}.{a}"),
+        format!(
+            "$JS.API.CONSUMER.CREATE.{WORK_STREAM}.{}.tasks.pending.{a}",
+            worker_consumer(&a)
+        ),
+        format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{}",
+            worker_consumer(&a)
+        ),
+        direct("KV_cube-secrets", "$KV.cube-secrets.db"),
+        "$JS.API.STREAM.MSG.GET.KV_cube-secrets".to_string(),
+    ] {
+        other.publish(subject.clone(), "{}".into()).await?;
+        denied(&mut errors, &subject).await?;
+    }
+    // What it may ask by wildcard is the newest record of a task on the shared queue.
+    let db = jetstream::new(other)
+        .get_stream_no_info(format!("KV_{TASK_DB}"))
+        .await?;
+    if let Ok(m) = db
+        .direct_get_last_for_subject(format!("$KV.{TASK_DB}.queue.>"))
+        .await
+    {
+        assert!(!String::from_utf8_lossy(&m.payload).contains(&id.to_string()));
+    }
+    Ok(())
+}

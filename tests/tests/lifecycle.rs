@@ -122,8 +122,10 @@ async fn any_nats_client_can_submit_and_read_the_task_db() -> anyhow::Result<()>
     assert!(env.contains(&"GREETING=hello".to_string()), "{env:?}");
 
     let tasks = js.get_key_value(TASK_DB).await?;
-    let stored: Task =
-        serde_json::from_slice(&tasks.get(id.to_string()).await?.expect("in the Task DB"))?;
+    // Under its worker's key: the worker may read it, and no other may.
+    let place = cube_shared::subjects::TaskPlace::Worker(&cluster.worker_names[0]);
+    let key = cube_shared::subjects::task_key(id, place);
+    let stored: Task = serde_json::from_slice(&tasks.get(key).await?.expect("in the Task DB"))?;
     assert_eq!(stored.state, State::Running);
     assert_eq!(stored.name, "raw");
     let nodes = js.get_key_value(NODE_DB).await?;

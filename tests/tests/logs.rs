@@ -195,7 +195,7 @@ async fn shows_and_follows(c: &mut ProcCluster) -> Result<()> {
     // Every message carries the header that says which output it is.
     let stream = c.js.get_stream(LOGS_STREAM).await?;
     let last = stream
-        .get_last_raw_message_by_subject(&logs_for(id))
+        .get_last_raw_message_by_subject(&logs_for(id, "*"))
         .await?;
     let header = last
         .headers
@@ -601,8 +601,9 @@ async fn logs_work_under_the_nats_permissions() -> Result<()> {
 
     // A client may not write a task's output.
     let (conn, mut errors) = cube_tests::connect_as(&nats, &client).await?;
-    conn.publish(logs_for(id), "forged".into()).await?;
-    cube_tests::denied(&mut errors, &logs_for(id)).await?;
+    let forged = logs_for(id, "some-worker");
+    conn.publish(forged.clone(), "forged".into()).await?;
+    cube_tests::denied(&mut errors, &forged).await?;
     Ok(())
 }
 

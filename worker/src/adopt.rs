@@ -104,7 +104,7 @@ impl Worker {
         let ids: HashSet<Uuid> = ids.collect();
         let every = Duration::from_secs(1);
         let reads = futures::stream::iter(ids).map(|id| async move {
-            let get = || self.task_db.get(id.to_string());
+            let get = || self.task_db.record(id);
             retry(&self.shutdown, every, "reading the Task DB", get).await
         });
         let read: Vec<Option<Option<bytes::Bytes>>> =

@@ -20,6 +20,7 @@ pub mod runtime;
 mod slots;
 pub mod stats;
 mod stop;
+mod task_db;
 mod work;
 
 use std::collections::BTreeMap;

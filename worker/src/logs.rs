@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use cube_shared::subjects::*;
@@ -180,7 +180,7 @@ pub(crate) fn follow(
     let (stored, stored_rx) = watch::channel(0);
     let publisher = Publisher {
         js,
-        subject: logs_for(task_id),
+        subject: logs_for(task_id, worker),
         generation,
         token: token.clone(),
         failing,
@@ -313,9 +313,14 @@ impl Publisher {
         loop {
             let last = tokio::time::timeout(PUBLISH_TIMEOUT, async {
                 let stream = self.js.get_stream_no_info(LOGS_STREAM).await?;
-                match stream.get_last_raw_message_by_subject(&self.subject).await {
+                // A direct get names the subject in the request's own subject, which NATS
+                // permissions can bind: a worker may read back only its own output.
+                match stream
+                    .direct_get_last_for_subject(self.subject.as_str())
+                    .await
+                {
                     Ok(m) => Ok(Some(m.headers)),
-                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
                     Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
                 }
             })

@@ -18,6 +18,7 @@ use crate::epoch::Epochs;
 use crate::relist::RELIST_EVERY;
 use crate::runtime::Runtime;
 use crate::slots::{Table, Turn};
+use crate::task_db::TaskDb;
 use crate::work::Outcome;
 use crate::{Config, Error};
 
@@ -41,7 +42,7 @@ pub(crate) struct Worker {
     pub(crate) cfg: Config,
     pub(crate) js: jetstream::Context,
     /// The Task DB, read to check that a piece of work is still current before acting on it.
-    pub(crate) task_db: kv::Store,
+    pub(crate) task_db: TaskDb,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: Arc<Table>,
@@ -70,7 +71,8 @@ pub async fn run(
     let Some(work) = wait_for(&shutdown, WORK_STREAM, || js.get_stream(WORK_STREAM)).await else {
         return Ok(());
     };
-    let Some(task_db) = wait_for(&shutdown, TASK_DB, || js.get_key_value(TASK_DB)).await else {
+    let name = cfg.name.clone();
+    let Some(task_db) = wait_for(&shutdown, TASK_DB, || TaskDb::open(&js, &name)).await else {
         return Ok(());
     };
     // The manager creates the buckets one after another: wait for each.

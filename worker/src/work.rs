@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use cube_shared::secret::{resolve_env, SecretValues};
 use cube_shared::subjects::{PENDING, TASK_DB};
 use cube_shared::{wire, Health, State, StateReport, Task};
@@ -79,7 +79,9 @@ pub(crate) enum Record {
 pub(crate) fn verdict(task: &Task, worker: &str, record: Record) -> Verdict {
     let current = match record {
         Record::Found(current) => *current,
-        Record::Missing => return Verdict::Superseded("the task is not in the Task DB".into()),
+        Record::Missing => {
+            return Verdict::Superseded("the Task DB has no record of it on this worker".into())
+        }
         Record::Unreadable(e) => {
             warn!(error = %e, "unreadable Task DB record; acting on the work as sent");
             return Verdict::Current;
@@ -386,8 +388,8 @@ impl Worker {
     }
 
     /// The task's record in the Task DB.
-    async fn record(&self, id: Uuid) -> Result<Record, kv::EntryError> {
-        let entry = self.task_db.get(id.to_string()).await?;
+    async fn record(&self, id: Uuid) -> Result<Record, crate::task_db::ReadError> {
+        let entry = self.task_db.record(id).await?;
         Ok(match entry {
             None => Record::Missing,
             Some(bytes) => match wire::decode_stored_task(&bytes) {

@@ -100,7 +100,11 @@ impl Fence {
 
     /// The headers that make a Task DB write conditional on this fence, and name its epoch.
     pub fn headers(&self) -> HeaderMap {
-        let mut h = HeaderMap::new();
+        self.add_headers(HeaderMap::new())
+    }
+
+    /// `h` with [`Fence::headers`] added.
+    pub fn add_headers(&self, mut h: HeaderMap) -> HeaderMap {
         h.insert(
             EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
             format!("$KV.{}.{FENCE_KEY}", self.bucket).as_str(),
