@@ -80,6 +80,18 @@ async fn schedule_reports_throughput_latency_and_the_raw_jetstream_ratio() -> Re
         num(&v["submit_to_scheduled"], "p50_ms") <= num(&v["submit_to_running"], "p50_ms"),
         "{v}"
     );
+    // What nats-server counted: every task's submission is stored in CUBE_EVENTS, and its
+    // placement in CUBE_WORK, once each (a second would be a duplicate).
+    let cost = &v["cost"];
+    let by_stream = &cost["stored_per_task_by_stream"];
+    assert_eq!(num(by_stream, "CUBE_EVENTS"), 1.0, "{v}");
+    assert_eq!(num(by_stream, "CUBE_WORK"), 1.0, "{v}");
+    assert!(num(cost, "stored_per_task") >= 2.0, "{v}");
+    assert!(
+        num(cost, "msgs_in_per_task") >= num(cost, "stored_per_task"),
+        "{v}"
+    );
+    assert!(num(cost, "manager_cpu_ms_per_task") > 0.0, "{v}");
     Ok(())
 }
 

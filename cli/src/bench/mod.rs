@@ -6,6 +6,7 @@
 //! are hosted in this process: simulated ones (like Kubernetes' kubemark hollow nodes) for
 //! `schedule` and `nodes`, one Docker worker for `docker`.
 
+pub mod cost;
 mod docker;
 mod failover;
 mod nodes;
@@ -147,6 +148,8 @@ fn per_second(count: usize, elapsed: Duration) -> f64 {
 pub struct Harness {
     dir: tempfile::TempDir,
     nats: Vec<NatsProcess>,
+    /// Each server's monitoring port (`/jsz`, `/varz`), on loopback.
+    monitor_ports: Vec<u16>,
     managers: Vec<Option<Child>>,
     spec: HarnessSpec,
     keep: bool,
@@ -192,6 +195,9 @@ impl Harness {
         let route_ports = (0..spec.servers)
             .map(|_| free_port())
             .collect::<Result<Vec<u16>>>()?;
+        let monitor_ports = (0..spec.servers)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>>>()?;
         let mut nats = Vec::with_capacity(spec.servers);
         for (i, port) in ports.iter().enumerate() {
             let name = if spec.servers == 1 {
@@ -214,6 +220,7 @@ impl Harness {
                 };
                 crate::nats_process::cluster_config(&member, &store, common.sync, &[])
             };
+            let text = format!("{text}http: \"127.0.0.1:{}\"\n", monitor_ports[i]);
             std::fs::write(&config, text)?;
             let log = if spec.servers == 1 {
                 dir.path().join("nats-server.log")
@@ -235,6 +242,7 @@ impl Harness {
         let mut harness = Harness {
             dir,
             nats,
+            monitor_ports,
             managers: Vec::new(),
             spec,
             keep: common.keep,
@@ -244,6 +252,11 @@ impl Harness {
         };
         harness.start_manager().await?;
         Ok(harness)
+    }
+
+    /// nats-server's counters now (see [`cost`]).
+    pub async fn counters(&self) -> Result<cost::Counters> {
+        cost::Counters::read(&self.monitor_ports).await
     }
 
     /// `cube manager` number `index`, its log appended to that manager's.

@@ -57,6 +57,9 @@ pub struct ScheduleReport {
     pub raw_jetstream_msgs_per_s: Option<f64>,
     /// tasks_per_s / raw_jetstream_msgs_per_s.
     pub ratio_to_raw: Option<f64>,
+    /// What the tasks cost nats-server and the manager (heartbeats of the simulated workers
+    /// during the run included).
+    pub cost: cost::Cost,
 }
 
 pub async fn run(args: ScheduleArgs) -> Result<()> {
@@ -101,6 +104,8 @@ pub(super) async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<Sc
         let observer = Observer::start(&harness.client).await?;
         let tasks: Vec<Task> = (0..args.tasks).map(bench_task).collect();
         let message_bytes = encode(&TaskEvent::submit(tasks[0].clone())).len();
+        let manager_cpu = || harness.manager_pid().and_then(|p| cost::cpu_time(p).ok());
+        let (counters, cpu) = (harness.counters().await?, manager_cpu());
         let (sent, acked) = submit_all(&harness.js, tasks, args.common.window, args.rate).await?;
         if let Err(e) = observer
             .wait_running(args.tasks, Duration::from_secs(30))
@@ -119,6 +124,8 @@ pub(super) async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<Sc
                 "note: {e:#}, but the manager counts all {running} running (a journal notice was lost on its way to the bench; the figures leave those tasks out)"
             );
         }
+        let cpu = manager_cpu().zip(cpu).map(|(after, before)| after.saturating_sub(before));
+        let cost = counters.cost(&harness.counters().await?, args.tasks, cpu);
         let (tasks_per_s, submit_to_running) = observer.measure(&sent);
         let first = sent.values().min().copied().expect("at least one task");
         let seen = observer.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,6 +145,7 @@ pub(super) async fn measure(args: &ScheduleArgs, harness: &Harness) -> Result<Sc
             message_bytes,
             raw_jetstream_msgs_per_s: None,
             ratio_to_raw: None,
+            cost,
         })
     }
     .await;
@@ -230,6 +238,7 @@ fn table(r: &ScheduleReport) -> String {
     out += "\n";
     out += &r.submit_to_running.row("submit → running");
     out += "\n";
+    out += &cost_rows(&r.cost);
     if let (Some(raw), Some(ratio)) = (r.raw_jetstream_msgs_per_s, r.ratio_to_raw) {
         out += &format!(
             "  {:<24} {:>10.0} msgs/s    ({} B messages, publish+consume)\n",
@@ -241,5 +250,37 @@ fn table(r: &ScheduleReport) -> String {
             ratio * 100.0
         );
     }
+    out
+}
+
+/// The cost lines of a bench's table.
+pub(super) fn cost_rows(c: &cost::Cost) -> String {
+    let streams: Vec<String> = c
+        .stored_per_task_by_stream
+        .iter()
+        .map(|(name, n)| format!("{name} {n:.2}"))
+        .collect();
+    let mut out = format!(
+        "  {:<24} {:>10.2} per task ({})\n",
+        "stored messages",
+        c.stored_per_task,
+        streams.join(", ")
+    );
+    out += &format!(
+        "  {:<24} {:>10.2} per task (/jsz api.total: stream and consumer requests)\n",
+        "JetStream API requests", c.api_calls_per_task
+    );
+    out += &format!(
+        "  {:<24} {:>10.2} per task (/varz in_msgs: publishes, acks, gets, heartbeats)\n",
+        "messages into NATS", c.msgs_in_per_task
+    );
+    if let Some(ms) = c.manager_cpu_ms_per_task {
+        out += &format!("  {:<24} {:>10.3} ms per task\n", "manager CPU", ms);
+    }
+    out += &format!(
+        "  {:<24} {:>10.1} MiB at the end\n",
+        "JetStream store",
+        c.storage_bytes as f64 / (1 << 20) as f64
+    );
     out
 }
