@@ -78,7 +78,7 @@
     tr.appendChild(el("td", { class: "num" }, String(m.terms || 0)));
     return tr;
   }
-  // The same words as the server's first rendering (pages.rs, managers_summary).
+  // The same words as the server's first rendering (pages/overview.rs, managers_summary).
   function managersSummary(managers) {
     const n = managers.filter((m) => m.role === "standby").length;
     const standbys = n === 0 ? "no standby" : n === 1 ? "1 standby" : n + " standbys";
@@ -257,7 +257,7 @@
     }
     return run;
   }
-  // The same words as the server's first rendering (pages.rs: service_state, service_message,
+  // The same words as the server's first rendering (pages/service.rs: service_state, service_message,
   // rollout_text, state_badge).
   function serviceState(s) {
     if (s.removed) return "removed";
