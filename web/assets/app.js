@@ -398,6 +398,19 @@
     source.addEventListener("managers", (m) => { if (page === "overview") renderManagers(JSON.parse(m.data)); });
   }
   connect();
+  // ---- charts (overview): drawn on the server, fetched anew as often as it samples; the
+  // picture shown changes only once the new one has loaded ----
+  const charts = document.getElementById("charts");
+  if (charts) {
+    const every = Math.max(1000, Number(charts.dataset.every) || 10000);
+    setInterval(() => {
+      charts.querySelectorAll("img[data-chart]").forEach((img) => {
+        const next = new Image();
+        next.onload = () => { img.src = next.src; };
+        next.src = "/charts/" + encodeURIComponent(img.dataset.chart) + "?at=" + Date.now();
+      });
+    }, every);
+  }
   setInterval(() => {
     document.querySelectorAll("td.age[data-time]").forEach((td) => { td.textContent = age(td.dataset.time); });
   }, 5000);

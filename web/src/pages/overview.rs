@@ -9,6 +9,7 @@ use maud::{html, Markup};
 use super::service::service_row;
 use super::{journal_table, layout, urlencode, PageError};
 use crate::api::{filtered_tasks, TasksFilter};
+use crate::charts::{CHARTS, HEIGHT, WIDTH};
 use crate::App;
 
 /// A bar: `reserved` of `total` filled, `used` as a marker line.
@@ -149,6 +150,16 @@ pub(super) async fn overview(
                 tbody #nodes { @for n in &nodes { (node_row(n)) } }
             }
             @if nodes.is_empty() { p.empty #no-nodes { "No workers yet: start one with `cube worker`." } }
+        }
+        section #charts-section {
+            h2 { "The last hour" }
+            // Drawn on the server; app.js fetches them anew as often as they are sampled.
+            div.charts #charts data-every=(app.charts.interval.as_millis()) {
+                @for (name, title) in CHARTS {
+                    img src=(format!("/charts/{name}")) alt=(title) title=(title) data-chart=(name)
+                        width=(WIDTH) height=(HEIGHT);
+                }
+            }
         }
         section #services-section {
             h2 { "Services" }
