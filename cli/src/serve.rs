@@ -69,6 +69,10 @@ pub struct ManagerArgs {
     /// authentication, allowed only on a loopback --http-addr.
     #[arg(long, env = "CUBE_HTTP_AUTH", value_enum, default_value_t = HttpAuth::Tokens)]
     pub http_auth: HttpAuth,
+    /// How often the dashboard's charts take a sample (tasks by state, placements, each
+    /// node's CPU and memory); they keep the last hour, in this process's memory only.
+    #[arg(long, env = "CUBE_CHART_INTERVAL", default_value = "10s", value_parser = chart_interval)]
+    pub chart_interval: Duration,
 }
 
 /// `--http-auth`.
@@ -103,6 +107,14 @@ impl ManagerArgs {
             replicas: self.replicas as usize,
             ..Default::default()
         }
+    }
+}
+
+/// `--chart-interval`: a duration of at least a second.
+fn chart_interval(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d >= Duration::from_secs(1) => Ok(d),
+        _ => Err(format!("`{s}` is shorter than a second")),
     }
 }
 
@@ -346,6 +358,7 @@ pub async fn manager(args: ManagerArgs, shutdown: CancellationToken) -> Result<(
                 cube_web::Server::bind(addr)
                     .await?
                     .allow_hosts(args.http_allowed_hosts.clone())
+                    .chart_interval(args.chart_interval)
                     .auth(args.http_auth.into())?,
             )
         }

@@ -261,8 +261,10 @@ impl Browser {
     /// On the login page (where the dashboard sends a browser without a token): types
     /// `token` into the form and submits it; returns once the page it was going to shows.
     pub async fn log_in(&mut self, token: &str) -> Result<()> {
+        // Parsed to the end: the form is there before the script that sends it as JSON has
+        // run, and a submission before that is a plain GET of the form.
         self.wait_for(
-            "document.body && document.body.dataset.page === 'login' && !!document.getElementById('token')",
+            "document.readyState !== 'loading' && document.body && document.body.dataset.page === 'login' && !!document.getElementById('token')",
             WITHIN,
             "the login page shows",
         )

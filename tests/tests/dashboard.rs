@@ -4,7 +4,7 @@
 //! task's page stops it with its Stop button and shows it complete.
 //!
 //! With `CUBE_SCREENSHOT=path.png` it also saves a picture of the dashboard (how
-//! docs/dashboard.png is made).
+//! docs/dashboard.png is made, with `CUBE_CHART_INTERVAL=1s` so that its charts have samples).
 
 use std::time::Duration;
 

@@ -78,7 +78,7 @@
     tr.appendChild(el("td", { class: "num" }, String(m.terms || 0)));
     return tr;
   }
-  // The same words as the server's first rendering (pages.rs, managers_summary).
+  // The same words as the server's first rendering (pages/overview.rs, managers_summary).
   function managersSummary(managers) {
     const n = managers.filter((m) => m.role === "standby").length;
     const standbys = n === 0 ? "no standby" : n === 1 ? "1 standby" : n + " standbys";
@@ -257,7 +257,7 @@
     }
     return run;
   }
-  // The same words as the server's first rendering (pages.rs: service_state, service_message,
+  // The same words as the server's first rendering (pages/service.rs: service_state, service_message,
   // rollout_text, state_badge).
   function serviceState(s) {
     if (s.removed) return "removed";
@@ -398,6 +398,19 @@
     source.addEventListener("managers", (m) => { if (page === "overview") renderManagers(JSON.parse(m.data)); });
   }
   connect();
+  // ---- charts (overview): drawn on the server, fetched anew as often as it samples; the
+  // picture shown changes only once the new one has loaded ----
+  const charts = document.getElementById("charts");
+  if (charts) {
+    const every = Math.max(1000, Number(charts.dataset.every) || 10000);
+    setInterval(() => {
+      charts.querySelectorAll("img[data-chart]").forEach((img) => {
+        const next = new Image();
+        next.onload = () => { img.src = next.src; };
+        next.src = "/charts/" + encodeURIComponent(img.dataset.chart) + "?at=" + Date.now();
+      });
+    }, every);
+  }
   setInterval(() => {
     document.querySelectorAll("td.age[data-time]").forEach((td) => { td.textContent = age(td.dataset.time); });
   }, 5000);

@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod charts;
 mod guard;
 mod live;
 mod login;
@@ -12,6 +13,7 @@ mod pages;
 mod tokens;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::http::Method;
 use axum::routing::{on, MethodFilter};
@@ -22,6 +24,7 @@ use tracing::info;
 use cube_client::Cube;
 
 pub use auth::{check_mode, AuthMode, CACHE_TTL};
+pub use charts::DEFAULT_INTERVAL as DEFAULT_CHART_INTERVAL;
 
 /// The OpenAPI 3 document of every route, served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../assets/openapi.json");
@@ -54,6 +57,8 @@ pub enum Error {
 pub(crate) struct App {
     pub cube: Cube,
     pub shutdown: CancellationToken,
+    /// The charts' history, which the sampler fills.
+    pub charts: charts::Charts,
 }
 
 /// The router, with the list of (method, path) it serves: the OpenAPI test compares the two.
@@ -84,6 +89,7 @@ pub(crate) fn routes() -> Routes {
     let r = live::routes(r);
     let r = tokens::routes(r);
     let r = login::routes(r);
+    let r = charts::routes(r);
     pages::routes(r)
 }
 
@@ -98,6 +104,7 @@ pub struct Server {
     addr: SocketAddr,
     allowed_hosts: guard::AllowedHosts,
     auth: AuthMode,
+    chart_interval: Duration,
 }
 
 impl Server {
@@ -114,6 +121,7 @@ impl Server {
             addr,
             allowed_hosts: guard::AllowedHosts::default(),
             auth: AuthMode::Tokens,
+            chart_interval: DEFAULT_CHART_INTERVAL,
         })
     }
 
@@ -133,20 +141,34 @@ impl Server {
         Ok(self)
     }
 
+    /// How often the dashboard's charts take a sample (default
+    /// [`DEFAULT_CHART_INTERVAL`]; at least a second). They keep the last hour.
+    pub fn chart_interval(mut self, interval: Duration) -> Server {
+        self.chart_interval = interval;
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Serves until `shutdown`; live streams end then too, so that it returns promptly.
+    /// Serves until `shutdown`; live streams end then too, so that it returns promptly. The
+    /// charts' sampler runs as long, and has ended when this returns.
     pub async fn run(
         self,
         client: async_nats::Client,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
         let tokens = auth::Tokens::new(self.auth, client.clone());
+        let cube = Cube::new(client);
+        let charts = charts::Charts::new(self.chart_interval);
+        // Its own token: it stops when the server does, even on an error.
+        let sampling = shutdown.child_token();
+        let sampler = charts.start(cube.clone(), sampling.clone());
         let app = App {
-            cube: Cube::new(client),
+            cube,
             shutdown: shutdown.clone(),
+            charts,
         };
         let router = routes()
             .router
@@ -162,10 +184,15 @@ impl Server {
             .with_state(app);
         info!(addr = %self.addr, "dashboard and HTTP API on http://{}/", self.addr);
         let addr = self.addr;
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .map_err(|source| Error::Http { addr, source })
+            .map_err(|source| Error::Http { addr, source });
+        sampling.cancel();
+        if let Err(e) = sampler.await {
+            tracing::warn!(error = %e, "the charts' sampler ended abnormally");
+        }
+        served
     }
 }
 
