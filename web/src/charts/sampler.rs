@@ -189,11 +189,9 @@ impl PlacementCounter {
                     self.observe(task.id, task.state, task.generation);
                 }
             }
-            Operation::Delete | Operation::Purge => {
-                if let Ok(id) = entry.key.parse::<Uuid>() {
-                    self.scheduled.remove(&id);
-                }
-            }
+            // A record that moved to another key (its task was placed on another worker, or
+            // on none): the put under its new key came first and said all there is.
+            Operation::Delete | Operation::Purge => {}
         }
     }
 
