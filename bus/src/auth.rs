@@ -69,7 +69,6 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "tasks.rejected",
                 "cube.journal.>",
                 "$KV.cube-tasks.>",
-                "$KV.cube-events.>",
                 "$KV.cube-nodes.>",
                 "$KV.cube-admin.>",
                 "$KV.cube-endpoints.>",

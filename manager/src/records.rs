@@ -175,11 +175,7 @@ pub(crate) fn commit(
     secrets: &dyn Fn(&Task) -> SecretValues,
     keys: &mut TaskKeys,
 ) -> Commit {
-    let mut records: Vec<Outgoing> = decided
-        .events
-        .iter()
-        .map(|e| kv(EVENT_DB, &e.id.to_string(), encode(e)))
-        .collect();
+    let mut records: Vec<Outgoing> = Vec::new();
     let mut deletions = Vec::new();
     for task in &decided.tasks {
         let (put, old) = keys.store(task);

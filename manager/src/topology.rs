@@ -14,7 +14,6 @@ use crate::Error;
 pub struct Topology {
     pub js: jetstream::Context,
     pub tasks: kv::Store,
-    pub events: kv::Store,
     pub nodes: kv::Store,
     pub admin: kv::Store,
     pub endpoints: kv::Store,
@@ -161,11 +160,6 @@ pub async fn ensure(
         replicas,
     ))
     .await?;
-    let events = ensure_bucket(kv::Config {
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..bucket(EVENT_DB, "Cube's Event DB: event id → TaskEvent", replicas)
-    })
-    .await?;
     let nodes = ensure_bucket(bucket(
         NODE_DB,
         "Cube's nodes: worker name → Node",
@@ -202,7 +196,6 @@ pub async fn ensure(
         tokens,
         js,
         tasks,
-        events,
         nodes,
         admin,
     })

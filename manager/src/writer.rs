@@ -1,5 +1,5 @@
 //! The manager's writer: it carries out each batch's decisions, in order, while the loop goes
-//! on deciding the next batch. A batch's records (Task DB, Event DB) are stored before the
+//! on deciding the next batch. A batch's records (the Task DB's) are stored before the
 //! work that announces them (a worker checks the Task DB before it acts on work); the journal
 //! and rejections follow, so they never announce what was not stored; the messages the batch
 //! handled are acknowledged last, so a manager that dies mid-way has them delivered again.

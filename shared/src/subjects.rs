@@ -86,8 +86,6 @@ pub const TASK_ON_WORKER_PREFIX: &str = "on.";
 /// The Task DB keeps a task waiting on the shared queue (`tasks.pending`) under
 /// `queue.<task-id>`: any worker may take it, so any worker may read it.
 pub const TASK_QUEUED_PREFIX: &str = "queue.";
-/// KV bucket: event id → TaskEvent as received (the Event DB).
-pub const EVENT_DB: &str = "cube-events";
 /// KV bucket: worker name → Node (the node list).
 pub const NODE_DB: &str = "cube-nodes";
 /// KV bucket: service name → [`Endpoints`](crate::Endpoints), its healthy copies' addresses.

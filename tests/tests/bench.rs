@@ -86,6 +86,8 @@ async fn schedule_reports_throughput_latency_and_the_raw_jetstream_ratio() -> Re
     let by_stream = &cost["stored_per_task_by_stream"];
     assert_eq!(num(by_stream, "CUBE_EVENTS"), 1.0, "{v}");
     assert_eq!(num(by_stream, "CUBE_WORK"), 1.0, "{v}");
+    // The submission is kept in its stream alone (no Event DB copy).
+    assert!(by_stream.get("KV_cube-events").is_none(), "{v}");
     assert!(num(cost, "stored_per_task") >= 2.0, "{v}");
     assert!(
         num(cost, "msgs_in_per_task") >= num(cost, "stored_per_task"),

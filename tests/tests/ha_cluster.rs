@@ -20,7 +20,7 @@ use bollard::models::ContainerSummaryStateEnum;
 use cube_client::Cube;
 use cube_manager::topology;
 use cube_shared::subjects::{
-    ADMIN_DB, EVENTS_STREAM, EVENT_DB, JOURNAL_STREAM, LOGS_STREAM, NODE_DB, STATE_STREAM, TASK_DB,
+    ADMIN_DB, EVENTS_STREAM, JOURNAL_STREAM, LOGS_STREAM, NODE_DB, STATE_STREAM, TASK_DB,
     WORK_STREAM,
 };
 use cube_shared::{State, LABEL_TASK_ID};
@@ -208,7 +208,6 @@ async fn has_three_replicas_each(c: &mut NatsCluster) -> Result<()> {
         JOURNAL_STREAM.to_string(),
         LOGS_STREAM.to_string(),
         kv_stream(TASK_DB),
-        kv_stream(EVENT_DB),
         kv_stream(NODE_DB),
         kv_stream(ADMIN_DB),
     ] {

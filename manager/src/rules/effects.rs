@@ -25,8 +25,6 @@ pub(super) struct Effects {
     /// Tasks changed, in the order first changed; each is stored once, as it is at the end.
     tasks: Vec<Uuid>,
     dirty: HashSet<Uuid>,
-    /// Submissions and stops to keep in the Event DB.
-    pub(super) events: Vec<TaskEvent>,
     pub(super) work: Vec<Work>,
     pub(super) journal: Vec<JournalEntry>,
     pub(super) rejections: Vec<Rejection>,
@@ -62,7 +60,6 @@ impl Effects {
                 .iter()
                 .filter_map(|id| cluster.task(id).cloned())
                 .collect(),
-            events: self.events,
             work: self.work,
             journal: self.journal,
             rejections: self.rejections,
@@ -77,14 +74,12 @@ impl Effects {
     }
 }
 
-/// Effects to carry out, in this order: store `tasks` (the Task DB) and `events` (the Event
-/// DB); publish `work`; publish `journal` and `rejections`; acknowledge what was handled. A
+/// Effects to carry out, in this order: store `tasks` (the Task DB); publish `work`; publish `journal` and `rejections`; acknowledge what was handled. A
 /// worker checks the Task DB before it acts on work, and the journal never announces what was
 /// not stored.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Decided {
     pub tasks: Vec<Task>,
-    pub events: Vec<TaskEvent>,
     pub work: Vec<Work>,
     pub journal: Vec<JournalEntry>,
     pub rejections: Vec<Rejection>,
@@ -100,7 +95,6 @@ impl Decided {
         self.tasks.is_empty()
             && self.services.is_empty()
             && self.endpoints.is_empty()
-            && self.events.is_empty()
             && self.work.is_empty()
             && self.journal.is_empty()
             && self.rejections.is_empty()

@@ -67,7 +67,6 @@ impl Rules {
         }
         task.reset_status();
         task.submitted_at = Some(now);
-        self.effects.events.push(event.clone());
         self.journal(
             JournalEntry::new(
                 "submitted",
@@ -94,7 +93,6 @@ impl Rules {
                 now,
             );
         };
-        self.effects.events.push(event.clone());
         self.request_stop(task, Some(&event), now);
     }
 
