@@ -34,6 +34,15 @@ pub struct ManagerArgs {
     /// before it is declared failed (`cube nodes forget NAME` gives up at once).
     #[arg(long, env = "CUBE_LOST_AFTER", default_value = "10m", value_parser = duration)]
     pub lost_after: Duration,
+    /// How long a task that ended for good (completed, or failed with no restart to come)
+    /// is kept in the manager's memory and the Task DB; then `cube status ID` shows what the
+    /// journal says of it. Its id may then be submitted again.
+    #[arg(long, env = "CUBE_KEEP_ENDED", default_value = "24h", value_parser = duration)]
+    pub keep_ended: Duration,
+    /// The most tasks that ended for good kept at once: beyond it, the longest ended go
+    /// first, whatever --keep-ended says.
+    #[arg(long, env = "CUBE_KEEP_ENDED_MAX", default_value_t = 50_000)]
+    pub keep_ended_max: usize,
     /// When more than this share of the nodes is silent at once, the manager takes it for
     /// its own loss of contact and declares no node down until they report again.
     #[arg(long, env = "CUBE_DISRUPTION_THRESHOLD", default_value_t = 0.55, value_parser = share)]
@@ -99,6 +108,8 @@ impl ManagerArgs {
                 node_grace: self.node_grace,
                 lost_after: self.lost_after,
                 disruption_threshold: self.disruption_threshold,
+                keep_ended: self.keep_ended,
+                keep_ended_max: self.keep_ended_max,
                 ..Default::default()
             },
             scheduler: self.scheduler.name().to_string(),

@@ -117,6 +117,20 @@ impl Cluster {
         self.tasks.insert(task.id, task);
     }
 
+    /// Forgets task `id` (an ended one: it holds no reservation and waits for nothing).
+    pub fn remove_task(&mut self, id: &Uuid) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        if let (true, Some(w)) = (task.state.is_active(), &task.worker) {
+            self.reserved.entry(w.clone()).or_default().remove(&task);
+        }
+        self.by_state[task.state as usize] -= 1;
+        self.restarting.remove(id);
+        if let Some(service) = &task.service {
+            self.forget_copy(service, *id);
+        }
+        Some(task)
+    }
+
     /// The copies of service `name` the reconciler still looks at: every live one, and ended
     /// ones until it lets them go ([`Cluster::forget_copy`]).
     pub fn copies_of(&self, name: &str) -> impl Iterator<Item = Uuid> + '_ {

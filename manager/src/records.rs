@@ -120,6 +120,11 @@ impl TaskKeys {
         (put, old.filter(|o| *o != key).map(|o| delete(&o)))
     }
 
+    /// The deletion of a forgotten task's record, if it was stored.
+    pub(crate) fn forget(&mut self, id: &Uuid) -> Option<Outgoing> {
+        self.at.remove(id).map(|key| delete(&key))
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.at.len()
@@ -182,6 +187,7 @@ pub(crate) fn commit(
         records.push(put);
         deletions.extend(old);
     }
+    deletions.extend(decided.forgotten.iter().filter_map(|id| keys.forget(id)));
     records.extend(deletions);
     records.extend(
         decided

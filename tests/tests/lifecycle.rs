@@ -197,3 +197,52 @@ async fn published_ports_and_env_reach_the_container() -> anyhow::Result<()> {
     assert!(body.contains("hello cube"), "{body}");
     Ok(())
 }
+
+/// A task that ended is kept for `--keep-ended`, then forgotten: gone from the Task DB and the
+/// manager, while `cube status ID` still tells what the journal kept of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_task_is_forgotten_after_keep_ended_and_the_journal_still_tells(
+) -> anyhow::Result<()> {
+    use cube_shared::subjects::{task_key, TaskPlace};
+    let mut cluster = Cluster::empty().await?;
+    cluster.start_manager(cube_manager::Config {
+        timings: cube_manager::rules::Timings {
+            keep_ended: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let worker = cluster.add_worker(|_| {}).await?;
+    let url = cluster.nats.url();
+    let id: uuid::Uuid = cube(&url, &["submit", "--image", IMAGE, "--", "true"])
+        .await?
+        .trim()
+        .parse()?;
+    cluster.wait_state(id, State::Completed, WITHIN).await?;
+    let js = jetstream::new(cluster.client.clone());
+    let tasks = js.get_key_value(TASK_DB).await?;
+    let key = task_key(id, TaskPlace::Worker(&worker));
+    assert!(tasks.get(&key).await?.is_some(), "kept at first");
+
+    // Looked over every 10 s: forgotten within two sweeps.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cube_tests::cube_output(&url, &["status", &id.to_string()]).await?;
+        if out.stdout.contains("no longer kept") {
+            anyhow::ensure!(out.ok, "{}", out.stderr);
+            assert!(out.stdout.contains("completed"), "{}", out.stdout);
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "still known after 30 s: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(tasks.get(&key).await?.is_none(), "its record is deleted");
+    let listed = cube(&url, &["status", "-o", "json"]).await?;
+    assert!(!listed.contains(&id.to_string()), "{listed}");
+    Ok(())
+}

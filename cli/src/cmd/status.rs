@@ -28,7 +28,14 @@ pub struct StatusArgs {
 pub async fn status(args: StatusArgs) -> Result<()> {
     let cube = cube(&args.nats).await?;
     if let Some(id) = &args.id {
-        let task = get_task(&cube, id).await?;
+        let task = match get_task(&cube, id).await {
+            Ok(task) => task,
+            Err(e) => {
+                return forgotten(&cube, id, args.output.json())
+                    .await
+                    .unwrap_or(Err(e))
+            }
+        };
         if args.output.json() {
             print_json(&task)?;
         } else {
@@ -64,6 +71,36 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         eprintln!("({} of {} tasks shown)", list.tasks.len(), list.total);
     }
     Ok(())
+}
+
+/// A task the manager no longer knows may have ended long enough ago to be forgotten
+/// (`cube manager --keep-ended`): what the journal still says of it, if it names it by its
+/// full id. `None` if the journal has nothing (or `id` is not a full id).
+async fn forgotten(cube: &cube_client::Cube, id: &str, json: bool) -> Option<Result<()>> {
+    let uuid = id.parse::<uuid::Uuid>().ok()?;
+    let entries = cube
+        .journal(cube_client::JOURNAL_SCAN, Some(uuid))
+        .await
+        .ok()?;
+    if entries.is_empty() {
+        return None;
+    }
+    if json {
+        let forgotten = serde_json::json!({"id": uuid, "forgotten": true, "journal": entries});
+        return Some(print_json(&forgotten));
+    }
+    println!(
+        "task {uuid} is no longer kept (it ended over `cube manager --keep-ended` ago); the journal says:"
+    );
+    for e in &entries {
+        println!(
+            "  {}  {:<14}  {}",
+            e.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            e.kind,
+            e.message
+        );
+    }
+    Some(Ok(()))
 }
 
 fn print_task(t: &Task) {

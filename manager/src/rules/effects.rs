@@ -34,6 +34,8 @@ pub(super) struct Effects {
     services: Vec<String>,
     /// Services' healthy endpoints that changed.
     pub(super) endpoints: Vec<Endpoints>,
+    /// Tasks that ended long enough ago to be forgotten.
+    pub(super) forgotten: Vec<Uuid>,
 }
 
 impl Effects {
@@ -70,6 +72,7 @@ impl Effects {
                 .filter_map(|name| services.get(name).cloned())
                 .collect(),
             endpoints: self.endpoints,
+            forgotten: self.forgotten,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Decided {
     pub services: Vec<Service>,
     /// Endpoints to write to the `cube-endpoints` bucket, after the records.
     pub endpoints: Vec<Endpoints>,
+    /// Tasks forgotten ([`super::retention`]): their records are deleted.
+    pub forgotten: Vec<Uuid>,
 }
 
 impl Decided {
@@ -95,6 +100,7 @@ impl Decided {
         self.tasks.is_empty()
             && self.services.is_empty()
             && self.endpoints.is_empty()
+            && self.forgotten.is_empty()
             && self.work.is_empty()
             && self.journal.is_empty()
             && self.rejections.is_empty()

@@ -23,6 +23,7 @@ mod nodes;
 mod placement;
 mod reports;
 mod restarts;
+pub mod retention;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,11 @@ pub struct Timings {
     pub schedule_timeout: Duration,
     /// How often the shell calls [`Rules::tick`]; a longer gap is a stall.
     pub tick: Duration,
+    /// How long a task that ended for good is kept (memory and Task DB) before it is
+    /// forgotten ([`retention`]).
+    pub keep_ended: Duration,
+    /// The most tasks that ended for good kept at once: beyond it the longest ended go.
+    pub keep_ended_max: usize,
 }
 
 impl Default for Timings {
@@ -75,6 +81,8 @@ impl Default for Timings {
             disruption_threshold: 0.55,
             schedule_timeout: Duration::from_secs(60),
             tick: Duration::from_secs(1),
+            keep_ended: Duration::from_secs(24 * 3600),
+            keep_ended_max: 50_000,
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct Rules {
     /// queued up meanwhile are applied: a task that ran and ended while the manager was down
     /// must not be started again.
     resend_due: bool,
+    /// When ended tasks were last looked over ([`retention`]).
+    last_sweep: Option<DateTime<Utc>>,
     /// When each submission not yet placed arrived, for the scheduling latency. Only tasks
     /// submitted since this manager started: a restart forgets the others.
     awaiting_placement: HashMap<Uuid, DateTime<Utc>>,
@@ -141,6 +151,7 @@ impl Rules {
             fenced: HashMap::new(),
             drained: stored.drained.into_iter().collect(),
             resend_due: false,
+            last_sweep: None,
             awaiting_placement: HashMap::new(),
             services: services::Services::new(stored.services),
             metrics,
@@ -193,6 +204,7 @@ impl Rules {
         self.check_liveness(now, mono);
         self.check_placements(now, mono);
         self.restart_due(now);
+        self.forget_ended(now);
         self.migrate_drained(now);
         self.place_pending(now);
         // Time decides too (healthy long enough, deadlines, backoff), and so do nodes.

@@ -5,6 +5,7 @@ mod intake;
 mod liveness;
 mod nodes;
 mod restarts;
+mod retention;
 mod services;
 
 use std::time::{Duration, Instant};
@@ -56,9 +57,13 @@ impl Harness {
     }
 
     fn with_scheduler(scheduler: &str, workers: &[&str]) -> Harness {
+        Harness::with(timings(), scheduler, workers)
+    }
+
+    fn with(timings: Timings, scheduler: &str, workers: &[&str]) -> Harness {
         let mono = Instant::now();
         let rules = Rules::new(
-            timings(),
+            timings,
             algorithms::by_name(scheduler).unwrap(),
             crate::metrics::Metrics::default(),
             Stored::default(),
