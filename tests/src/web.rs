@@ -68,6 +68,35 @@ impl WebCluster {
         format!("{}{path}", self.base)
     }
 
+    /// Submits `body` (a TaskSpec) through the HTTP API: the accepted task's id.
+    pub async fn submit(&self, body: Value) -> Result<uuid::Uuid> {
+        let r = self
+            .http
+            .post(self.url("/api/tasks"))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().as_u16() == 202, "{}", r.text().await?);
+        let accepted: Value = r.json().await?;
+        Ok(serde_json::from_value(accepted["id"].clone())?)
+    }
+
+    /// Waits until the HTTP API shows task `id` in `state`, and returns it as JSON.
+    pub async fn wait_state(&self, id: impl std::fmt::Display, state: &str) -> Result<Value> {
+        eventually(WITHIN, &format!("task {id} is {state}"), || async {
+            let t: Value = self
+                .http
+                .get(self.url(&format!("/api/tasks/{id}")))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::ensure!(t["state"] == json!(state), "{t}");
+            Ok(t)
+        })
+        .await
+    }
+
     /// The URL of `path` (without a query) with the admin token: a browser that opens it
     /// logs in and lands on `path`.
     pub fn login_url(&self, path: &str) -> String {

@@ -15,18 +15,6 @@ use cube_tests::{eventually, unique, IMAGE, WITHIN};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn submit(web: &WebCluster, body: Value) -> Result<Uuid> {
-    let r = web
-        .http
-        .post(web.url("/api/tasks"))
-        .json(&body)
-        .send()
-        .await?;
-    ensure!(r.status().as_u16() == 202, "{}", r.text().await?);
-    let accepted: Value = r.json().await?;
-    Ok(serde_json::from_value(accepted["id"].clone())?)
-}
-
 /// Waits until the page is loaded and its live stream connected.
 async fn wait_live(browser: &mut Browser) -> Result<()> {
     browser
@@ -69,11 +57,11 @@ async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload(
     browser.eval("window.__cubeMarker = 'no reload'").await?;
 
     let name = unique("browser");
-    let id = submit(
-        &web,
-        json!({ "name": name, "image": IMAGE, "cmd": ["sh", "-c", "echo started; sleep 300"] }),
-    )
-    .await?;
+    let id = web
+        .submit(
+            json!({ "name": name, "image": IMAGE, "cmd": ["sh", "-c", "echo started; sleep 300"] }),
+        )
+        .await?;
 
     let first = browser
         .wait_for(&row(id), WITHIN, "the new task appears on the page")
@@ -109,8 +97,7 @@ async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload(
     if let Ok(path) = std::env::var("CUBE_SCREENSHOT") {
         // A few more tasks, in different states, for the picture.
         for (n, cmd) in [("web", "sleep 300"), ("batch", "true"), ("crash", "exit 3")] {
-            submit(
-                &web,
+            web.submit(
                 json!({ "name": n, "image": IMAGE, "cmd": ["sh", "-c", cmd], "memory": 64 << 20, "cpu": 0.25 }),
             )
             .await?;
@@ -154,19 +141,10 @@ async fn a_task_submitted_after_the_page_loaded_appears_and_runs_without_reload(
     // out here): it is not counted once more in every state it passes through.
     browser.navigate(&web.url("/?state=completed")).await?;
     wait_live(&mut browser).await?;
-    let other = submit(&web, json!({ "image": IMAGE, "cmd": ["sleep", "300"] })).await?;
-    eventually(WITHIN, "the second task runs", || async {
-        let t: Value = web
-            .http
-            .get(web.url(&format!("/api/tasks/{other}")))
-            .send()
-            .await?
-            .json()
-            .await?;
-        ensure!(t["state"] == json!("running"), "{t}");
-        Ok(())
-    })
-    .await?;
+    let other = web
+        .submit(json!({ "image": IMAGE, "cmd": ["sleep", "300"] }))
+        .await?;
+    web.wait_state(other, "running").await?;
     let counts = "(() => { const c = (s) => Number(document.querySelector('[data-count=\"' + s \
          + '\"] .count').textContent); return ['pending', 'scheduled', 'running', 'completed', \
          'failed'].map(c).join(' '); })()";

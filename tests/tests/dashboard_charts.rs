@@ -7,8 +7,7 @@
 use anyhow::{ensure, Context, Result};
 use cube_tests::web::{Browser, WebCluster};
 use cube_tests::{eventually, unique, IMAGE, WITHIN};
-use serde_json::{json, Value};
-use uuid::Uuid;
+use serde_json::json;
 
 const CHARTS: [&str; 4] = [
     "tasks.svg",
@@ -16,18 +15,6 @@ const CHARTS: [&str; 4] = [
     "nodes-cpu.svg",
     "nodes-memory.svg",
 ];
-
-async fn submit(web: &WebCluster, body: Value) -> Result<Uuid> {
-    let r = web
-        .http
-        .post(web.url("/api/tasks"))
-        .json(&body)
-        .send()
-        .await?;
-    ensure!(r.status().as_u16() == 202, "{}", r.text().await?);
-    let accepted: Value = r.json().await?;
-    Ok(serde_json::from_value(accepted["id"].clone())?)
-}
 
 /// GETs a chart: its SVG, once checked to be served as one.
 async fn chart(web: &WebCluster, name: &str) -> Result<String> {
@@ -120,27 +107,16 @@ async fn the_charts_draw_tasks_placements_and_nodes_and_load_in_the_browser() ->
     let mut running = Vec::new();
     for i in 0..2 {
         running.push(
-            submit(
-                &web,
+            web.submit(
                 json!({ "name": format!("{name}-{i}"), "image": IMAGE, "cmd": ["sleep", "300"] }),
             )
             .await?,
         );
     }
-    submit(&web, json!({ "image": IMAGE, "cmd": ["true"] })).await?;
-    for id in &running {
-        eventually(WITHIN, "the task runs", || async {
-            let t: Value = web
-                .http
-                .get(web.url(&format!("/api/tasks/{id}")))
-                .send()
-                .await?
-                .json()
-                .await?;
-            ensure!(t["state"] == json!("running"), "{t}");
-            Ok(())
-        })
+    web.submit(json!({ "image": IMAGE, "cmd": ["true"] }))
         .await?;
+    for id in &running {
+        web.wait_state(id, "running").await?;
     }
 
     // A few samples later the charts draw it all.
