@@ -6,6 +6,7 @@
 pub mod algorithms;
 pub mod api;
 pub mod cluster;
+mod inputs;
 pub mod lease;
 pub mod metrics;
 mod presence;
