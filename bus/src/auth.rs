@@ -68,6 +68,8 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "tasks.pending.*",
                 "tasks.rejected",
                 "cube.journal.>",
+                // The journal as stored: one message per commit.
+                "cube.journal_batch",
                 "$KV.cube-tasks.>",
                 "$KV.cube-nodes.>",
                 "$KV.cube-admin.>",

@@ -8,6 +8,7 @@
 //! streams. Nothing here needs more than the `client` role's permissions.
 
 mod error;
+mod journal;
 mod streams;
 
 use std::time::Duration;
@@ -34,7 +35,8 @@ use uuid::Uuid;
 
 pub use cube_bus::Chain;
 pub use error::{Error, NatsError};
-pub use streams::{JournalFollower, JournalRead, LogTail, JOURNAL_SCAN, LOG_TAIL_BYTES};
+pub use journal::{entries_of, JournalFollower, JournalRead, JOURNAL_SCAN};
+pub use streams::{LogTail, LOG_TAIL_BYTES};
 
 /// How long a call may take unless [`Cube::with_timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

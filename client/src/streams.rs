@@ -1,20 +1,16 @@
-//! Reading Cube's streams as any client may: the journal (`CUBE_JOURNAL`), its tail or live,
-//! and the tail of a task's output (`CUBE_LOGS`, subjects `tasks.logs.<task-id>.<worker>`).
+//! Reading Cube's streams as any client may: the tail of a task's output (`CUBE_LOGS`,
+//! subjects `tasks.logs.<task-id>.<worker>`), and the reading they share with the journal.
 
 use std::collections::VecDeque;
 
 use async_nats::jetstream::{self, consumer, context::GetStreamErrorKind};
-use cube_shared::subjects::{logs_of, JOURNAL_STREAM, LOGS_STREAM};
-use cube_shared::wire::{self, DecodeError, MAX_MESSAGE_BYTES};
-use cube_shared::JournalEntry;
+use cube_shared::subjects::{logs_of, LOGS_STREAM};
 use futures::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{Cube, Error};
 
-/// The most journal entries scanned for one task's events.
-pub const JOURNAL_SCAN: u64 = 10_000;
 /// The most bytes of a task's output [`Cube::logs`] returns.
 pub const LOG_TAIL_BYTES: usize = 64 * 1024;
 
@@ -29,100 +25,12 @@ pub struct LogTail {
     pub truncated: bool,
 }
 
-/// The journal from some entry on, as it grows: see [`Cube::follow_journal`].
-pub struct JournalFollower {
-    messages: consumer::pull::Ordered,
-    was_empty: bool,
-}
-
-/// One entry read from the journal.
-#[derive(Debug)]
-pub struct JournalRead {
-    /// The entry, or why it could not be read (the journal is written by the manager alone,
-    /// but a reader should survive a stray message).
-    pub entry: Result<JournalEntry, DecodeError>,
-    /// Whether this was the newest entry stored when it was read.
-    pub caught_up: bool,
-}
-
-impl JournalFollower {
-    /// Whether the journal held no entry when following began: nothing will be read until
-    /// the manager writes one.
-    pub fn was_empty(&self) -> bool {
-        self.was_empty
-    }
-
-    /// The next entry, waiting for one if need be; `None` if the consumer ended.
-    pub async fn next(&mut self) -> Option<Result<JournalRead, Error>> {
-        let msg = match self.messages.next().await? {
-            Ok(msg) => msg,
-            Err(e) => return Some(Err(Error::nats("reading the journal")(e))),
-        };
-        Some(Ok(JournalRead {
-            entry: wire::decode::<JournalEntry>(&msg.payload, MAX_MESSAGE_BYTES),
-            caught_up: msg.info().map_or(0, |i| i.pending) == 0,
-        }))
-    }
-}
-
 impl Cube {
-    /// The last `last` journal entries, oldest first; with `task`, only that task's among
-    /// the last [`JOURNAL_SCAN`]. Entries that do not read as JournalEntries are left out.
-    pub async fn journal(&self, last: u64, task: Option<Uuid>) -> Result<Vec<JournalEntry>, Error> {
-        let scan = if task.is_some() { JOURNAL_SCAN } else { last };
-        // A journal stream that does not exist yet holds no entries.
-        let messages = match self.tail(JOURNAL_STREAM, Vec::new(), scan).await {
-            Err(Error::NoStream(_)) => Vec::new(),
-            other => other?,
-        };
-        let mut entries: Vec<JournalEntry> = messages
-            .into_iter()
-            .filter_map(|m| wire::decode::<JournalEntry>(&m, MAX_MESSAGE_BYTES).ok())
-            .filter(|e| task.is_none() || e.task_id == task)
-            .collect();
-        let excess = entries.len().saturating_sub(last as usize);
-        entries.drain(..excess);
-        Ok(entries)
-    }
-
-    /// Follows the journal: from the `last` newest entries on, or, with `last` 0 or an empty
-    /// journal, from the next entry written. [`Error::NoStream`] if no manager ever created
-    /// the journal.
-    pub async fn follow_journal(&self, last: u64) -> Result<JournalFollower, Error> {
-        let follow = async {
-            let stream = self.stream(JOURNAL_STREAM).await?;
-            // `get_stream` fetched the stream's info just now: no second round trip.
-            let newest = stream.cached_info().state.last_sequence;
-            let deliver_policy = if last == 0 || newest == 0 {
-                consumer::DeliverPolicy::New
-            } else {
-                consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: newest.saturating_sub(last - 1).max(1),
-                }
-            };
-            let messages = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy,
-                    ..Default::default()
-                })
-                .await
-                .map_err(Error::nats("reading the journal"))?
-                .messages()
-                .await
-                .map_err(Error::nats("reading the journal"))?;
-            Ok(JournalFollower {
-                messages,
-                was_empty: newest == 0,
-            })
-        };
-        self.bounded(JOURNAL_STREAM, follow).await
-    }
-
     /// The end of a task's output, or `kept: false` if there is no logs stream.
     pub async fn logs(&self, task: Uuid) -> Result<LogTail, Error> {
         let mut tail = ByteTail::new(LOG_TAIL_BYTES);
         match self
-            .read(LOGS_STREAM, logs_of(task), u64::MAX, |chunk| {
+            .read(LOGS_STREAM, logs_of(task), u64::MAX, |_, chunk| {
                 tail.push(chunk)
             })
             .await
@@ -145,7 +53,10 @@ impl Cube {
     }
 
     /// A stream by name; [`Error::NoStream`] if it does not exist.
-    async fn stream(&self, name: &'static str) -> Result<jetstream::stream::Stream, Error> {
+    pub(crate) async fn stream(
+        &self,
+        name: &'static str,
+    ) -> Result<jetstream::stream::Stream, Error> {
         self.js.get_stream(name).await.map_err(|e| match e.kind() {
             GetStreamErrorKind::JetStream(j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -157,7 +68,7 @@ impl Cube {
     }
 
     /// `work`, bounded by the client's timeout.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         what: &str,
         work: impl std::future::Future<Output = Result<T, Error>>,
@@ -170,33 +81,17 @@ impl Cube {
             })?
     }
 
-    /// The payloads of the last `last` messages of `stream` (on `subjects`, if any), oldest
-    /// first. [`Error::NoStream`] if the stream does not exist.
-    async fn tail(
+    /// Hands `keep` the subject and payload of the messages of `stream` (on `subjects`, if
+    /// any) oldest first: the last `last` of the stream without subjects, every one of the
+    /// subjects with them. Only the messages present when the read starts: a busy writer
+    /// cannot keep it going. The stream's first and last sequences when the read started.
+    pub(crate) async fn read(
         &self,
         stream: &'static str,
         subjects: Vec<String>,
         last: u64,
-    ) -> Result<Vec<bytes::Bytes>, Error> {
-        let mut out = Vec::new();
-        self.read(stream, subjects, last, |m| out.push(m)).await?;
-        let excess = out
-            .len()
-            .saturating_sub(usize::try_from(last).unwrap_or(usize::MAX));
-        out.drain(..excess);
-        Ok(out)
-    }
-
-    /// Hands `keep` the payloads of `stream` (on `subjects`, if any) oldest first: the last
-    /// `last` of the stream without subjects, every one of the subjects with them. Only the
-    /// messages present when the read starts: a busy writer cannot keep it going.
-    async fn read(
-        &self,
-        stream: &'static str,
-        subjects: Vec<String>,
-        last: u64,
-        mut keep: impl FnMut(bytes::Bytes),
-    ) -> Result<(), Error> {
+        mut keep: impl FnMut(&str, bytes::Bytes),
+    ) -> Result<(u64, u64), Error> {
         fn reading<E>(stream: &str) -> impl FnOnce(E) -> Error
         where
             E: std::error::Error + Send + Sync + 'static,
@@ -208,7 +103,7 @@ impl Cube {
             let info = handle.cached_info();
             let (first, last_seq) = (info.state.first_sequence, info.state.last_sequence);
             if last_seq == 0 || last == 0 {
-                return Ok(());
+                return Ok((first, last_seq));
             }
             // Without a subject filter the tail is a range of sequences; with one, every
             // message of the subject is read (a task's output is capped per subject).
@@ -230,7 +125,7 @@ impl Cube {
             // What is there now; messages stored later are not waited for.
             let pending = consumer.info().await.map_err(reading(stream))?.num_pending;
             if pending == 0 {
-                return Ok(());
+                return Ok((first, last_seq));
             }
             let mut messages = consumer.messages().await.map_err(reading(stream))?;
             let mut delivered = 0u64;
@@ -242,13 +137,13 @@ impl Cube {
                 if sequence > last_seq {
                     break;
                 }
-                keep(msg.payload.clone());
+                keep(msg.subject.as_str(), msg.payload.clone());
                 delivered += 1;
                 if left == 0 || delivered >= pending || sequence == last_seq {
                     break;
                 }
             }
-            Ok(())
+            Ok((first, last_seq))
         };
         self.bounded(stream, read).await
     }

@@ -115,7 +115,7 @@ pub async fn ensure(
         stream::Config {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 256 << 20,
-            ..file_stream(JOURNAL_STREAM, &[JOURNAL_ALL])
+            ..file_stream(JOURNAL_STREAM, &[JOURNAL_STORED])
         },
         logs_stream(logs_per_task),
     ];

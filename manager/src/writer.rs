@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use cube_shared::subjects::{JOURNAL_ALL, JOURNAL_STORED};
+
 use crate::lease::fence::Check;
 use crate::metrics::Metrics;
 use crate::{Fence, Gate};
@@ -152,8 +154,11 @@ pub(crate) fn spawn(
                 let latency = (now - received).num_microseconds().unwrap_or(0).max(0);
                 metrics.scheduling_latency.observe(latency as f64 / 1e6);
             }
-            for (subject, payload) in commit.notices {
-                // Core NATS: this only queues the message in the client.
+            // Core NATS: this only queues the messages in the client. Each entry goes to its
+            // own subject for live listeners; the stream stores them a batch at a time.
+            let stored = stored_batches(&commit.notices);
+            let batches = stored.into_iter().map(|b| (JOURNAL_STORED.to_string(), b));
+            for (subject, payload) in commit.notices.into_iter().chain(batches) {
                 if let Err(e) = client.publish(subject, payload).await {
                     debug!(error = %e, "publishing the journal");
                 }
@@ -169,6 +174,31 @@ pub(crate) fn spawn(
         }
     });
     (tx, handle)
+}
+
+/// The most bytes of one stored journal message.
+const STORED_BATCH_BYTES: usize = 256 * 1024;
+
+/// The journal entries among `notices` (on `cube.journal.<kind>`), as the JSON arrays the
+/// journal stream stores ([`JOURNAL_STORED`]): in order, each at most
+/// [`STORED_BATCH_BYTES`] (or one entry, if a single one is larger).
+fn stored_batches(notices: &[(String, bytes::Bytes)]) -> Vec<bytes::Bytes> {
+    let prefix = JOURNAL_ALL.trim_end_matches('>');
+    let mut batches = Vec::new();
+    let mut batch: Vec<u8> = Vec::new();
+    for (_, entry) in notices.iter().filter(|(s, _)| s.starts_with(prefix)) {
+        if !batch.is_empty() && batch.len() + entry.len() + 2 > STORED_BATCH_BYTES {
+            batch.push(b']');
+            batches.push(std::mem::take(&mut batch).into());
+        }
+        batch.push(if batch.is_empty() { b'[' } else { b',' });
+        batch.extend_from_slice(entry);
+    }
+    if !batch.is_empty() {
+        batch.push(b']');
+        batches.push(batch.into());
+    }
+    batches
 }
 
 /// Of several writes to the same key (batches merged), only the last: it is the one that
@@ -236,5 +266,34 @@ mod tests {
             .map(|r| r.subject)
             .collect();
         assert_eq!(kept, ["on.w3.x", "on.w1.x", "on.w2.x"]);
+    }
+
+    #[test]
+    fn the_journal_is_stored_a_batch_at_a_time_in_order_and_bounded() {
+        let entry = |i: usize| cube_shared::JournalEntry::new("scheduled", format!("{i:0>1000}"));
+        let mut notices: Vec<(String, bytes::Bytes)> = (0..600)
+            .map(|i| {
+                let e = entry(i);
+                (
+                    cube_shared::subjects::journal_for(&e.kind),
+                    cube_shared::wire::encode(&e),
+                )
+            })
+            .collect();
+        notices.insert(
+            3,
+            ("tasks.rejected".into(), bytes::Bytes::from_static(b"{}")),
+        );
+        let batches = stored_batches(&notices);
+        assert!(batches.len() >= 3, "{} batches", batches.len());
+        let mut read = Vec::new();
+        for b in &batches {
+            assert!(b.len() <= STORED_BATCH_BYTES, "{}", b.len());
+            let entries: Vec<cube_shared::JournalEntry> = serde_json::from_slice(b).unwrap();
+            read.extend(entries.into_iter().map(|e| e.message));
+        }
+        let sent: Vec<String> = (0..600).map(|i| entry(i).message).collect();
+        assert_eq!(read, sent, "every entry once, in order, and no rejection");
+        assert!(stored_batches(&[]).is_empty());
     }
 }
