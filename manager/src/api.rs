@@ -352,7 +352,8 @@ mod tests {
 
     #[test]
     fn a_service_of_thousands_of_copies_is_answered_within_one_message() {
-        // 10,000 copies and endpoints (the most a service may have): well over 1 MiB.
+        // 10,000 copies and endpoints, ten times the most a service may ask for now (a record
+        // kept from before that limit may hold them): well over 1 MiB.
         let whole = status(10_000);
         assert!(encode(&whole).len() > 2 * 1024 * 1024);
         let fitted = fit_reply(whole.clone(), MAX_REPLY_BYTES);

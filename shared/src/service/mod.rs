@@ -77,6 +77,7 @@ pub struct UpdatePolicy {
     /// New copies started at a time (default 1): never more than `count + max_parallel`
     /// copies run during a rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_COUNT))]
     pub max_parallel: Option<u32>,
     /// How long a new copy must be healthy (its health check passing, or running without one)
     /// before it counts (default 10s).
@@ -101,6 +102,7 @@ pub struct UpdatePolicy {
     /// New copies started beside the old ones before anything is replaced; the rollout then
     /// waits for `cube service promote` (default 0: no canaries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_COUNT))]
     pub canary: Option<u32>,
 }
 
@@ -134,8 +136,10 @@ pub struct ServiceSpec {
     pub name: String,
     #[serde(default)]
     pub kind: ServiceKind,
-    /// Copies wanted (`service`), or completions wanted (`batch`); ignored for `system`.
+    /// Copies wanted (`service`), or completions wanted (`batch`), at most 1000; ignored for
+    /// `system`.
     #[serde(default = "one")]
+    #[schemars(range(max = MAX_COUNT))]
     pub count: u32,
     /// The task every copy runs. Its `id` may be left out; `name` is set by Cube.
     pub template: Task,
@@ -150,8 +154,10 @@ fn one() -> u32 {
     1
 }
 
-/// The largest count a service may ask for.
-pub const MAX_COUNT: u32 = 10_000;
+/// The largest count a service may ask for (and the most canaries, or copies started at once,
+/// in a rollout). Every copy is a task the manager places and records, and a service's status
+/// is one reply: ten thousand copies stalled the manager for seconds.
+pub const MAX_COUNT: u32 = 1_000;
 
 impl ServiceSpec {
     pub fn max_failures(&self) -> u32 {
@@ -204,8 +210,9 @@ pub struct ServiceEvent {
     /// `deploy`: the desired state (its `name` is the event's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<ServiceSpec>,
-    /// `scale`: the new count.
+    /// `scale`: the new count, at most 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_COUNT))]
     pub count: Option<u32>,
     /// `rollback`: the version to go back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,5 +446,22 @@ mod tests {
         for bad in ["", "1web", "web.1", "Web", "web_1", &"a".repeat(64)] {
             assert!(validate_service_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_service_asks_for_at_most_a_thousand_copies() {
+        let event = |count: u32| {
+            let e = json!({"id": Uuid::new_v4(), "name": "web", "action": "deploy",
+                "spec": {"name": "web", "count": count, "template": {"image": "busybox"}}});
+            decode_service_event(&serde_json::to_vec(&e).unwrap())
+        };
+        assert_eq!(MAX_COUNT, 1000);
+        assert!(event(1000).is_ok());
+        assert!(event(1001)
+            .unwrap_err()
+            .to_string()
+            .contains("above the limit of 1000"));
+        assert!(validate_service_event(&ServiceEvent::scale("web", 1000)).is_ok());
+        assert!(validate_service_event(&ServiceEvent::scale("web", 1001)).is_err());
     }
 }
