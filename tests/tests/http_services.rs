@@ -412,17 +412,37 @@ async fn deploy_scale_roll_back_and_remove_a_service_over_http() -> Result<()> {
     assert_eq!(back["service"]["rollout"]["from"], json!(2), "{back}");
     wait_containers(&web, &name, 1).await?;
 
-    // Remove: every copy stops, in the API and in Docker.
+    // Remove: every copy stops, in the API and in Docker. The service is gone (404); its
+    // record stays in the list, `removed`.
     let removed = delete(&web, &format!("/api/services/{name}")).await?;
     assert_accepted(&removed, &name, "remove");
-    let gone = wait_service(&web, &name, "every copy stops", |s| {
-        s["service"]["removed"] == json!(true)
-            && s["running"] == json!(0)
-            && s["copies"] == json!([])
+    let gone = eventually(WITHIN, "every copy stops", || async {
+        let (status, list) = get_json(&web, "/api/services").await?;
+        ensure!(status == StatusCode::OK, "{status}: {list}");
+        let s = list
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["service"]["name"] == json!(name)))
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            s["service"]["removed"] == json!(true) && s["running"] == json!(0),
+            "{s}"
+        );
+        Ok(s)
     })
     .await?;
     assert_eq!(gone["desired"], json!(0), "{gone}");
     wait_containers(&web, &name, 0).await?;
+    for path in [
+        format!("/api/services/{name}"),
+        format!("/api/services/{name}/endpoints"),
+    ] {
+        assert_error(
+            &get_json(&web, &path).await?,
+            StatusCode::NOT_FOUND,
+            "removed",
+        );
+    }
     // A removed service takes no more changes.
     assert_error(
         &post(

@@ -335,7 +335,6 @@ mod tests {
                 Admin
             }
             ("POST", "/api/tasks")
-            | ("DELETE", "/api/tasks/{id}")
             | ("POST", "/api/tasks/{id}/stop")
             | ("POST", "/api/services")
             | ("DELETE", "/api/services/{name}")

@@ -7,11 +7,14 @@
 //!   that is an IP literal, `localhost`, or a name the operator allowed
 //!   (`--http-allowed-hosts`) is served, on every request (421 otherwise).
 //! - Cross-site writes: an HTML form or a `fetch` in "no-cors" mode may POST without any
-//!   preflight, but only with a form or `text/plain` body. A POST must say
+//!   preflight, but only with a form or `text/plain` body. A POST with a body must say
 //!   `Content-Type: application/json` (415 otherwise), which such a page cannot send without
 //!   a preflight that Cube never grants (it sends no CORS headers). A POST or DELETE whose
 //!   `Origin` is not the server's own, or whose `Sec-Fetch-Site` is `cross-site`, is refused
 //!   (403). DELETE needs no Content-Type: a browser never sends it cross-site unpreflighted.
+//!   Nor does a POST without a body (a stop, a promote): a form always sends a Content-Type,
+//!   and a `fetch` that sends none also sends its `Origin` (every browser does for a POST),
+//!   which the Origin check refuses.
 //!
 //! Reads (GET) may come from anywhere that passes the Host check, so that a link to the
 //! dashboard from another site still opens it.
@@ -19,6 +22,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use axum::body::HttpBody;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -67,6 +71,7 @@ pub(crate) fn refusal(
     allowed: &AllowedHosts,
     method: &Method,
     headers: &HeaderMap,
+    body_empty: bool,
 ) -> Option<ApiError> {
     let host = headers
         .get(header::HOST)
@@ -119,8 +124,11 @@ pub(crate) fn refusal(
     if *method == Method::POST {
         let content_type = headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+            .and_then(|v| v.to_str().ok());
+        if content_type.is_none() && body_empty {
+            return None;
+        }
+        let content_type = content_type.unwrap_or_default();
         let essence = content_type.split(';').next().unwrap_or_default().trim();
         if !essence.eq_ignore_ascii_case("application/json") {
             return Some(ApiError::new(
@@ -138,7 +146,10 @@ pub(crate) async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
-    match refusal(&allowed, request.method(), request.headers()) {
+    // Only HTTP/1 is served: a request without Content-Length or Transfer-Encoding has no
+    // body, which hyper reports as an exact size of 0.
+    let body_empty = request.body().size_hint().exact() == Some(0);
+    match refusal(&allowed, request.method(), request.headers(), body_empty) {
         Some(refused) => {
             tracing::info!(
                 method = %request.method(),
@@ -166,7 +177,12 @@ mod tests {
     }
 
     fn status(allowed: &AllowedHosts, method: Method, pairs: &[(&'static str, &str)]) -> u16 {
-        refusal(allowed, &method, &headers(pairs)).map_or(200, |e| e.status.as_u16())
+        refusal(allowed, &method, &headers(pairs), false).map_or(200, |e| e.status.as_u16())
+    }
+
+    /// As [`status`], for a request without a body.
+    fn bodiless(allowed: &AllowedHosts, method: Method, pairs: &[(&'static str, &str)]) -> u16 {
+        refusal(allowed, &method, &headers(pairs), true).map_or(200, |e| e.status.as_u16())
     }
 
     #[test]
@@ -242,6 +258,20 @@ mod tests {
                 &[host, json, own, ("sec-fetch-site", "same-origin")]
             ),
             200
+        );
+        // A POST without a body (a stop) needs no Content-Type, but a declared one must be
+        // JSON, and another origin is refused all the same.
+        assert_eq!(bodiless(&a, Method::POST, &[host]), 200);
+        assert_eq!(bodiless(&a, Method::POST, &[host, own]), 200);
+        assert_eq!(bodiless(&a, Method::POST, &[host, other]), 403);
+        assert_eq!(bodiless(&a, Method::POST, &[host, own, cross]), 403);
+        assert_eq!(
+            bodiless(
+                &a,
+                Method::POST,
+                &[host, ("content-type", "application/x-www-form-urlencoded")]
+            ),
+            415
         );
         // Reads are not writes: a link from another site still opens the dashboard.
         assert_eq!(status(&a, Method::GET, &[host, other, cross]), 200);

@@ -2,14 +2,14 @@
 //! (see [`crate::auth`]). `GET /login` is a form; `POST /login` with `{"token": "…"}` checks
 //! the token and sets the cookie.
 
-use axum::extract::Query;
+use axum::body::Bytes;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use maud::{html, DOCTYPE};
 use serde::Deserialize;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ApiQuery};
 use crate::auth::{session_cookie, AuthMode, Tokens};
 use crate::Routes;
 
@@ -50,7 +50,7 @@ document.getElementById('login').addEventListener('submit', async (e) => {
 });
 "#;
 
-async fn page(Query(q): Query<PageQuery>) -> Html<String> {
+async fn page(ApiQuery(q): ApiQuery<PageQuery>) -> Html<String> {
     let next = local(q.next);
     let page = html! {
         (DOCTYPE)
@@ -88,7 +88,14 @@ struct Login {
     token: String,
 }
 
-async fn log_in(Extension(tokens): Extension<Tokens>, Json(login): Json<Login>) -> Response {
+async fn log_in(Extension(tokens): Extension<Tokens>, body: Bytes) -> Response {
+    let login: Login = match serde_json::from_slice(&body) {
+        Ok(login) => login,
+        Err(e) => {
+            return ApiError::bad_request(format!("the body must be {{\"token\": \"…\"}}: {e}"))
+                .into_response()
+        }
+    };
     if tokens.mode == AuthMode::None {
         return StatusCode::NO_CONTENT.into_response();
     }

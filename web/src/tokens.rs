@@ -26,6 +26,16 @@ async fn create(
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let request: TokenCreate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("a token request: {e}")))?;
+    // The manager refuses a name in use in its own words only; an HTTP client deserves to
+    // hear that it is a conflict (409), as for a task id or a service's kind.
+    if let Some(name) = &request.name {
+        if app.cube.tokens().await?.iter().any(|t| &t.name == name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a token named `{name}` exists already (`cube token ls` lists them)"),
+            ));
+        }
+    }
     let created = app.cube.create_token(request.role, request.name).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

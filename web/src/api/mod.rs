@@ -2,6 +2,7 @@
 //! endpoints; deploy, scale, rollback, promote, remove). Errors are `{"error": "..."}` with a
 //! status that says whose fault it is.
 
+mod query;
 mod services;
 mod tasks;
 
@@ -12,7 +13,8 @@ use cube_client::Chain;
 use cube_shared::body::BodyError;
 use serde::Serialize;
 
-pub(crate) use tasks::{filtered_tasks, TasksFilter};
+pub(crate) use query::{ApiQuery, TasksFilter};
+pub(crate) use tasks::filtered_tasks;
 
 use crate::{Error, Routes, OPENAPI};
 

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::Json;
 use cube_shared::service::{decode_service_event, validate_service_name};
-use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
+use cube_shared::wire::encode;
 use cube_shared::{Endpoints, ServiceEvent, ServiceKind, ServiceStatus};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -40,13 +40,13 @@ async fn list_services(State(app): State<App>) -> ApiResult<Json<Vec<ServiceStat
     Ok(Json(app.cube.services().await?))
 }
 
+/// One service; a removed one is gone (404) here, as for the actions, though its record
+/// stays in the list (`removed`) and the dashboard's pages.
 async fn get_service(
     State(app): State<App>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ServiceStatus>> {
-    Ok(Json(
-        app.cube.service(&name).await.map_err(ApiError::lookup)?,
-    ))
+    Ok(Json(live_service(&app, &name).await?))
 }
 
 /// The healthy copies' addresses, as the `cube-endpoints` bucket holds them; none yet (the
@@ -55,10 +55,10 @@ async fn endpoints(State(app): State<App>, Path(name): Path<String>) -> ApiResul
     // A name that cannot be a service's is no key of the bucket either.
     validate_service_name(&name)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("no service {name}: {e}")))?;
+    let status = live_service(&app, &name).await?;
     if let Some(endpoints) = app.cube.endpoints(&name).await? {
         return Ok(Json(endpoints));
     }
-    let status = app.cube.service(&name).await.map_err(ApiError::lookup)?;
     Ok(Json(Endpoints {
         service: status.service.name,
         endpoints: Vec::new(),
@@ -74,10 +74,7 @@ pub(crate) fn read_spec(body: &[u8]) -> ApiResult<ServiceEvent> {
 
 /// Reads an action's optional JSON body (`{}` when empty), refusing unknown fields.
 fn read_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    wire::decode(body, MAX_EVENT_BYTES).map_err(|e| ApiError::bad_request(e.to_string()))
+    Ok(cube_shared::body::read_action(body)?)
 }
 
 /// Service `name` as it is now, if it is live: unknown or removed is 404, as the manager
@@ -226,6 +223,7 @@ async fn remove_service(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cube_shared::wire::MAX_EVENT_BYTES;
 
     #[test]
     fn a_spec_is_checked_like_the_manager_checks_a_deploy() {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, Instrument};
 use uuid::Uuid;
 
+use super::query::{ApiQuery, Filter, TasksFilter};
 use super::{ApiError, ApiResult};
 use crate::{App, Routes};
 
@@ -17,7 +18,6 @@ pub(super) fn routes(r: Routes) -> Routes {
     r.add(Method::GET, "/api/tasks", list_tasks)
         .add(Method::POST, "/api/tasks", submit)
         .add(Method::GET, "/api/tasks/{id}", get_task)
-        .add(Method::DELETE, "/api/tasks/{id}", stop)
         .add(Method::POST, "/api/tasks/{id}/stop", stop)
         .add(Method::GET, "/api/tasks/{id}/logs", logs)
         .add(Method::GET, "/api/nodes", nodes)
@@ -25,54 +25,37 @@ pub(super) fn routes(r: Routes) -> Routes {
         .add(Method::GET, "/api/events", events)
 }
 
-/// Which tasks to list; strings so that a bad value gets Cube's own words. The dashboard's
-/// pages ignore query parameters they do not know (a link may carry anything).
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct TasksFilter {
-    pub state: Option<String>,
-    pub node: Option<String>,
-    pub limit: Option<usize>,
-}
-
-/// Query of `GET /api/tasks`: the API refuses an unknown parameter, so that a misspelt
-/// filter (`?status=running`) is an error rather than the whole list.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StrictTasksFilter {
-    state: Option<String>,
-    node: Option<String>,
-    limit: Option<usize>,
+/// Tasks newest first, by state and node; a filter that does not read is refused (400).
+pub(crate) async fn filtered_tasks(app: &App, filter: &TasksFilter) -> ApiResult<TaskList> {
+    tasks_matching(app, &filter.read()?).await
 }
 
 /// Tasks newest first, by state and node. With a node filter, the manager's list (up to its
 /// reply size) is filtered here.
-pub(crate) async fn filtered_tasks(app: &App, filter: &TasksFilter) -> ApiResult<TaskList> {
-    let state = match filter.state.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(s.parse::<TaskState>().map_err(ApiError::bad_request)?),
-        None => None,
-    };
-    let node = filter.node.as_deref().filter(|s| !s.is_empty());
-    let limit = filter.limit.unwrap_or(1000);
+async fn tasks_matching(app: &App, filter: &Filter) -> ApiResult<TaskList> {
+    let node = filter.node.as_deref();
     let query = TaskListQuery {
-        state,
-        limit: Some(if node.is_some() { usize::MAX } else { limit }),
+        state: filter.state,
+        limit: Some(if node.is_some() {
+            usize::MAX
+        } else {
+            filter.limit
+        }),
     };
     let mut list = app.cube.tasks(&query).await?;
     if let Some(node) = node {
         list.tasks.retain(|t| t.worker.as_deref() == Some(node));
         list.total = list.tasks.len();
-        list.tasks.truncate(limit);
+        list.tasks.truncate(filter.limit);
     }
     Ok(list)
 }
 
 async fn list_tasks(
     State(app): State<App>,
-    Query(filter): Query<StrictTasksFilter>,
+    Query(filter): Query<TasksFilter>,
 ) -> ApiResult<Json<TaskList>> {
-    let StrictTasksFilter { state, node, limit } = filter;
-    let filter = TasksFilter { state, node, limit };
-    Ok(Json(filtered_tasks(&app, &filter).await?))
+    Ok(Json(tasks_matching(&app, &filter.read_strictly()?).await?))
 }
 
 async fn get_task(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
@@ -97,7 +80,7 @@ struct ManagersQuery {
 /// list is an answer too (no manager runs), not an error.
 async fn managers(
     State(app): State<App>,
-    Query(q): Query<ManagersQuery>,
+    ApiQuery(q): ApiQuery<ManagersQuery>,
 ) -> ApiResult<Json<Vec<cube_shared::ManagerInfo>>> {
     let wait = match q.wait.as_deref().filter(|w| !w.is_empty()) {
         Some(w) => {
@@ -118,7 +101,7 @@ async fn managers(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
-    /// How many entries (default 50, at most 10,000).
+    /// How many entries (default 50, at most [`JOURNAL_SCAN`]).
     last: Option<u64>,
     /// Only this task's (full id, unique prefix or name).
     task: Option<String>,
@@ -126,9 +109,14 @@ struct EventsQuery {
 
 async fn events(
     State(app): State<App>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Json<Vec<cube_shared::JournalEntry>>> {
-    let last = q.last.unwrap_or(50).min(JOURNAL_SCAN);
+    let last = q.last.unwrap_or(50);
+    if last > JOURNAL_SCAN {
+        return Err(ApiError::bad_request(format!(
+            "last: at most {JOURNAL_SCAN} entries"
+        )));
+    }
     let task = match q.task.as_deref().filter(|t| !t.is_empty()) {
         Some(t) => Some(app.cube.task(t).await.map_err(ApiError::lookup)?.id),
         None => None,

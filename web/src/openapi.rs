@@ -1,0 +1,163 @@
+//! Tests that tie openapi.json to the wire types: what the API answers is described by the
+//! JSON Schemas made from the types (docs/schema, `cube schema`), and what it takes names the
+//! same fields, with the same bounds, as the server checks.
+
+use serde_json::{json, Map, Value};
+
+use crate::OPENAPI;
+use cube_shared::service::MAX_COUNT;
+
+fn document() -> Value {
+    serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+}
+
+fn wire(name: &str) -> Value {
+    cube_shared::schema::schema(name).unwrap_or_else(|| panic!("no wire type {name}"))
+}
+
+/// A draft-07 schema of docs/schema as openapi.json spells it: its definitions are components,
+/// and Rust's integer formats (`uint64`), which OpenAPI does not define, are left out (the
+/// bounds say the same).
+fn as_component(schema: &Value) -> Value {
+    match schema {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "$schema" | "title" | "definitions"))
+                .filter(|(k, v)| {
+                    !(k.as_str() == "format" && v.as_str().is_some_and(|f| f.starts_with("uint")))
+                })
+                .map(|(k, v)| match (k.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => (
+                        k.clone(),
+                        Value::String(r.replace("#/definitions/", "#/components/schemas/")),
+                    ),
+                    _ => (k.clone(), as_component(v)),
+                })
+                .collect::<Map<_, _>>(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(as_component).collect()),
+        other => other.clone(),
+    }
+}
+
+fn keys(schema: &Value) -> Vec<String> {
+    let mut k: Vec<String> = schema["properties"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+/// Every schema of an answer is the wire type's, so that the document cannot drift from
+/// what the server sends (nullable fields included).
+#[test]
+fn answers_are_described_by_the_wire_types() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    for (wire_name, component) in [
+        ("task", "Task"),
+        ("node", "Node"),
+        ("journal-entry", "JournalEntry"),
+        ("manager-info", "ManagerInfo"),
+        ("task-list", "TaskList"),
+        ("service", "Service"),
+        ("service-status", "ServiceStatus"),
+        ("endpoints", "Endpoints"),
+    ] {
+        let schema = wire(wire_name);
+        assert_eq!(schemas[component], as_component(&schema), "{component}");
+        for (name, definition) in schema["definitions"].as_object().into_iter().flatten() {
+            assert_eq!(
+                schemas[name],
+                as_component(definition),
+                "{name} (in {wire_name})"
+            );
+        }
+    }
+}
+
+/// The request bodies name the wire types' fields, and the bounds the server checks.
+#[test]
+fn requests_name_the_fields_and_bounds_the_server_reads() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let task = wire("task");
+    let spec = &schemas["TaskSpec"];
+    let mut sent = keys(spec);
+    // A copy's fields are set by Cube and refused in a submission.
+    sent.extend(["service".to_string(), "service_version".to_string()]);
+    sent.sort();
+    assert_eq!(sent, keys(&task), "TaskSpec");
+    assert_eq!(spec["required"], json!(["image"]));
+    assert_eq!(spec["additionalProperties"], json!(false));
+    assert_eq!(keys(&schemas["TaskEvent"]), keys(&wire("task-event")));
+    let service_spec = wire("service-spec");
+    assert_eq!(keys(&schemas["ServiceSpec"]), keys(&service_spec));
+    assert_eq!(
+        keys(&schemas["UpdatePolicySpec"]),
+        keys(&service_spec["definitions"]["UpdatePolicy"])
+    );
+    for (what, bound) in [
+        (
+            "ServiceSpec count",
+            &schemas["ServiceSpec"]["properties"]["count"],
+        ),
+        (
+            "ScaleRequest count",
+            &schemas["ScaleRequest"]["properties"]["count"],
+        ),
+        ("service-spec count", &service_spec["properties"]["count"]),
+        (
+            "service-event count",
+            &wire("service-event")["properties"]["count"],
+        ),
+    ] {
+        assert_eq!(bound["maximum"], json!(MAX_COUNT), "{what}");
+    }
+    for field in ["canary", "max_parallel"] {
+        let bound = &schemas["UpdatePolicySpec"]["properties"][field]["maximum"];
+        assert_eq!(*bound, json!(MAX_COUNT), "{field}");
+    }
+    let max_bytes = json!(cube_shared::validate::MAX_BYTES);
+    assert_eq!(spec["properties"]["disk"]["maximum"], max_bytes);
+    assert_eq!(
+        spec["properties"]["cpu"]["maximum"].as_f64(),
+        Some(cube_shared::validate::MAX_CPU)
+    );
+    assert_eq!(
+        spec["properties"]["memory"]["anyOf"][1],
+        json!({"minimum": cube_shared::validate::MIN_MEMORY, "maximum": max_bytes})
+    );
+    assert_eq!(
+        spec["properties"]["image"]["maxLength"],
+        json!(cube_shared::validate::MAX_IMAGE_LEN)
+    );
+}
+
+/// The live stream is documented event by event, each `data` with its schema.
+#[test]
+fn the_stream_names_every_event_it_sends() {
+    let doc = document();
+    let events = &doc["paths"]["/api/stream"]["get"]["responses"]["200"]["content"]
+        ["text/event-stream"]["schema"]["oneOf"];
+    let mut names: Vec<&str> = events
+        .as_array()
+        .expect("oneOf")
+        .iter()
+        .map(|e| e["properties"]["event"]["const"].as_str().expect("a name"))
+        .collect();
+    names.sort();
+    // As web/src/live.rs sends them.
+    let sent = [
+        "journal",
+        "managers",
+        "nodes",
+        "problem",
+        "service",
+        "service-gone",
+        "task",
+    ];
+    assert_eq!(names, sent);
+}
