@@ -112,6 +112,12 @@ pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, 
     Ok(out)
 }
 
+/// The header that marks a KV write as a deletion or purge (`DEL`, `PURGE`) rather
+/// than a value; async-nats keeps its own copy private.
+pub const KV_OPERATION: &str = "KV-Operation";
+/// [`KV_OPERATION`]'s value for a deletion.
+pub const KV_DELETE: &str = "DEL";
+
 /// A message for JetStream: where, what, and the `Nats-Msg-Id` that makes a retry harmless.
 #[derive(Debug, Clone)]
 pub struct Outgoing {

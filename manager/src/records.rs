@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use async_nats::HeaderMap;
-use cube_bus::Outgoing;
+use cube_bus::{Outgoing, KV_DELETE, KV_OPERATION};
 use cube_shared::secret::SecretValues;
 use cube_shared::service::{service_key, SERVICE_KEY_PREFIX};
 use cube_shared::subjects::*;
@@ -25,10 +25,6 @@ use crate::rules::{Decided, Stored};
 use crate::topology::{self, Topology};
 use crate::writer::Commit;
 use crate::Error;
-
-/// The header that makes a KV write a deletion, and its value.
-const KV_OPERATION: &str = "KV-Operation";
-const KV_DELETE: &str = "DEL";
 
 fn kv(bucket: &str, key: &str, payload: bytes::Bytes) -> Outgoing {
     Outgoing {
@@ -105,7 +101,6 @@ impl TaskKeys {
             tasks.push(task);
         }
         // Every put before any deletion: a record is never gone before its successor is in.
-        moved.sort_by_key(is_deletion);
         writes.splice(0..0, moved);
         writes.sort_by_key(is_deletion);
         (tasks, keys, writes)

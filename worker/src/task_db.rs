@@ -15,9 +15,6 @@ pub(crate) struct TaskDb {
     worker: String,
 }
 
-/// The header of a KV deletion or purge marker.
-const KV_OPERATION: &str = "KV-Operation";
-
 impl TaskDb {
     /// The Task DB as `worker` reads it, once the manager has created it (checked by reading
     /// the fence key, which every leader writes before anything else).
@@ -51,7 +48,7 @@ impl TaskDb {
     async fn value(&self, key: &str) -> Result<Option<bytes::Bytes>, ReadError> {
         let subject = format!("$KV.{TASK_DB}.{key}");
         match self.stream.direct_get_last_for_subject(subject).await {
-            Ok(m) if m.headers.get(KV_OPERATION).is_some() => Ok(None),
+            Ok(m) if m.headers.get(cube_bus::KV_OPERATION).is_some() => Ok(None),
             Ok(m) => Ok(Some(m.payload)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),

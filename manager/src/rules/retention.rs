@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use cube_shared::units::format_duration;
 use cube_shared::{JournalEntry, State, Task};
 use uuid::Uuid;
 
@@ -87,18 +88,9 @@ impl Rules {
         let message = format!(
             "forgot {} tasks that ended over {} ago or beyond the newest {max} ended ({ended_kept} ended tasks kept); their journal entries remain",
             forget.len(),
-            humantime(keep),
+            format_duration(keep),
         );
         self.journal(JournalEntry::new("forgotten", message), now);
         self.effects.forgotten.extend(forget);
-    }
-}
-
-fn humantime(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
