@@ -24,9 +24,14 @@ pub fn task_event(bytes: &[u8]) {
     let work = within_limit("decode_work", bytes, MAX_EVENT_BYTES, &work);
 
     if let Some(event) = event {
-        // A submission is a placement that leaves room for what Cube adds to it.
+        // A submission is a placement that leaves room for what Cube adds to it. A missing
+        // `timestamp` reads as the time of decoding: each decoder's own now.
+        let same_time = placement.map(|p| TaskEvent {
+            timestamp: event.timestamp,
+            ..p.clone()
+        });
         assert_eq!(
-            placement,
+            same_time.as_ref(),
             Some(event),
             "decode_event and decode_placement disagree"
         );
@@ -43,9 +48,14 @@ pub fn task_event(bytes: &[u8]) {
     if let Some(placement) = placement {
         accepted("decode_placement", placement);
         salvage_agrees(bytes, &salvaged, placement);
-        // What the manager may send, the worker reads, as the same event.
+        // What the manager may send, the worker reads, as the same event (decoded at its
+        // own now, if the event has no `timestamp`).
+        let same_time = work.map(|w| TaskEvent {
+            timestamp: placement.timestamp,
+            ..w.clone()
+        });
         assert_eq!(
-            work,
+            same_time.as_ref(),
             Some(placement),
             "decode_work reads a placement otherwise"
         );
