@@ -10,6 +10,11 @@ use std::time::Duration;
 use crate::secret::MAX_TASK_SECRETS;
 use crate::{EnvVar, State, Task, TaskEvent};
 
+mod image;
+pub use image::{
+    validate_image, INVALID_EXAMPLES as INVALID_IMAGES, VALID_EXAMPLES as VALID_IMAGES,
+};
+
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_IMAGE_LEN: usize = 255;
 pub const MAX_CMD_ARGS: usize = 256;
@@ -340,73 +345,6 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// Checks an image reference the way Docker reads one: `[registry[:port]/]path[:tag][@digest]`,
-/// path components lowercase.
-pub fn validate_image(image: &str) -> Result<(), String> {
-    if image.len() > MAX_IMAGE_LEN {
-        return Err(format!("longer than {MAX_IMAGE_LEN} characters"));
-    }
-    let (rest, digest) = match image.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (image, None),
-    };
-    if let Some(d) = digest {
-        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
-            !algo.is_empty()
-                && algo.chars().all(|c| c.is_ascii_alphanumeric())
-                && hex.len() >= 32
-                && hex.chars().all(|c| c.is_ascii_hexdigit())
-        });
-        if !ok {
-            return Err(format!("`{}`: bad digest", excerpt(image)));
-        }
-    }
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (path, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
-    if let Some(tag) = tag {
-        let ok = !tag.is_empty()
-            && tag.len() <= 128
-            && !tag.starts_with(['.', '-'])
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !ok {
-            return Err(format!("`{}`: bad tag", excerpt(image)));
-        }
-    }
-    let mut components: Vec<&str> = path.split('/').collect();
-    if components.len() > 1 {
-        let first = components[0];
-        if first.contains(['.', ':']) || first == "localhost" {
-            let host_ok = first
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
-            if !host_ok {
-                return Err(format!("`{}`: bad registry host", excerpt(image)));
-            }
-            components.remove(0);
-        }
-    }
-    for c in components {
-        let ok = !c.is_empty()
-            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-            && c.chars().all(|ch| {
-                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
-            });
-        if !ok {
-            return Err(format!(
-                "`{}` is not an image reference (name components are lowercase letters, digits and . _ -)",
-                excerpt(image)
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A worker name becomes a NATS subject token and part of a consumer name.
 pub fn validate_worker_name(name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
@@ -447,32 +385,6 @@ mod tests {
     #[test]
     fn a_plain_task_is_valid() {
         validate_task(&task()).unwrap();
-    }
-
-    #[test]
-    fn image_references() {
-        for ok in [
-            "busybox",
-            "nginx:1.27",
-            "library/nginx",
-            "localhost:5000/team/app:v1.2-rc",
-            "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef",
-            "cube-busybox:test",
-        ] {
-            validate_image(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        for bad in [
-            "",
-            "Nginx",
-            "nginx:",
-            "a b",
-            "nginx:bad tag",
-            "x@sha256:zz",
-            "/x",
-            "a//b",
-        ] {
-            assert!(validate_image(bad).is_err(), "{bad} should be rejected");
-        }
     }
 
     #[test]

@@ -77,6 +77,19 @@ pub(super) fn unavailable(doing: &'static str, e: BollardError) -> RuntimeError 
     RuntimeError::Unavailable(Box::new(DockerError::api(doing, e)))
 }
 
+/// An image inspect that failed: a 400 is the engine refusing the reference itself (it parses
+/// it before looking), which no retry mends; anything else may pass.
+pub(super) fn inspect_failed(image: &str, e: BollardError) -> RuntimeError {
+    if status(&e) == Some(400) {
+        image_unavailable(
+            image,
+            DockerError::api("the engine refused the reference", e),
+        )
+    } else {
+        unavailable("inspecting the image", e)
+    }
+}
+
 /// The container was created but the engine would not start it.
 pub(super) fn start_failed(e: BollardError) -> RuntimeError {
     RuntimeError::StartFailed(Box::new(DockerError::engine(e)))
@@ -121,6 +134,13 @@ mod tests {
             e.to_string(),
             "container would not start: executable file not found"
         );
+        let e = inspect_failed("a..b", server(400, "invalid reference format"));
+        assert!(matches!(e, RuntimeError::ImageUnavailable { .. }));
+        assert!(e
+            .to_string()
+            .ends_with("the engine refused the reference: invalid reference format"));
+        let e = inspect_failed("a", server(500, "disk full"));
+        assert!(matches!(e, RuntimeError::Unavailable(_)));
         let e = image_unavailable("nope:1", DockerError::PullTimeout(Duration::from_secs(2)));
         assert_eq!(
             e.to_string(),

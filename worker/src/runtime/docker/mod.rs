@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 pub use errors::DockerError;
 
-use self::errors::{image_unavailable, start_failed, status, unavailable};
+use self::errors::{image_unavailable, inspect_failed, start_failed, status, unavailable};
 use super::{Exec, Exit, LogLine, Observed, Runtime, RuntimeError, Started};
 use crate::metrics::DockerErrors;
 use crate::policy::Limits;
@@ -104,7 +104,7 @@ impl DockerRuntime {
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => {
                 self.failed("inspect_image");
-                return Err(unavailable("inspecting the image", e));
+                return Err(inspect_failed(image, e));
             }
         }
         let options = CreateImageOptionsBuilder::default()
