@@ -97,7 +97,9 @@ pub(crate) fn verdict(task: &Task, worker: &str, record: Record) -> Verdict {
     if let Some(other) = current.worker.as_deref().filter(|w| *w != worker) {
         return superseded(format!("the task is assigned to {other}"));
     }
-    if current.state.is_final() {
+    // Every placement has a generation of its own, so a record of this generation that ended
+    // (failed too, even if a restart is to come: that is a new placement) says this one ran.
+    if matches!(current.state, State::Completed | State::Failed) {
         return superseded(format!("the task has ended ({})", current.state));
     }
     if current.stop_requested && current.state == State::Scheduled {

@@ -79,6 +79,10 @@ fn a_start_the_task_db_moved_on_from_is_superseded() {
     assert!(superseded(verdict(&t, "w1", elsewhere)));
     let ended = record(&t, |c| c.state = State::Completed);
     assert!(superseded(verdict(&t, "w1", ended)));
+    // A placement delivered again after it failed (its consumer was made anew and replays
+    // the work stream) must not run it a second time.
+    let failed = record(&t, |c| c.state = State::Failed);
+    assert!(superseded(verdict(&t, "w1", failed)));
     assert!(superseded(verdict(&t, "w1", Record::Missing)));
 }
 
