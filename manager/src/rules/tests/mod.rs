@@ -2,6 +2,7 @@
 //! Docker, no sleeps. The harness is here; the tests are by concern beside it.
 
 mod intake;
+mod limits;
 mod liveness;
 mod nodes;
 mod restarts;
