@@ -43,6 +43,16 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    /// JetStream answered that it will not store the event, with its reason: above all a
+    /// stream full of events the manager has not handled yet ([`Error::is_full`]). Nothing
+    /// was stored; the event may be sent again later.
+    #[error("JetStream refused to store the event on {subject}: {reason}")]
+    Refused {
+        subject: &'static str,
+        /// JetStream's error code (10077: the stream could not store it, e.g. it is full).
+        code: u64,
+        reason: String,
+    },
     /// The manager's answer is not what the contract says.
     #[error("the manager's answer to {subject} is not readable")]
     Reply {
@@ -77,7 +87,17 @@ pub enum Error {
     Nats(#[from] cube_bus::Error),
 }
 
+/// JetStream's error code for a message its stream could not store ("maximum messages
+/// exceeded", "maximum bytes exceeded", …).
+pub const STREAM_STORE_FAILED: u64 = 10077;
+
 impl Error {
+    /// A refusal by a full stream (or one that could not store for another reason of its
+    /// own): a backlog the manager has not caught up with.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::Refused { code, .. } if *code == STREAM_STORE_FAILED)
+    }
+
     /// A closure for `map_err` that wraps a NATS error with what was being done.
     pub(crate) fn nats<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
     where
