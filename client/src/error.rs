@@ -92,6 +92,29 @@ pub enum Error {
 pub const STREAM_STORE_FAILED: u64 = 10077;
 
 impl Error {
+    /// What a publish acknowledgement's failure means: JetStream's own refusal (with its code
+    /// and reason), or no acknowledgement at all.
+    pub(crate) fn refused(
+        subject: &'static str,
+        e: async_nats::jetstream::context::PublishError,
+    ) -> Error {
+        use std::error::Error as _;
+        let answer = e
+            .source()
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .map(|j| (j.error_code().0, j.to_string()));
+        match answer {
+            Some((code, reason)) => Error::Refused {
+                subject,
+                code,
+                reason,
+            },
+            None => Error::NotStored {
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// A refusal by a full stream (or one that could not store for another reason of its
     /// own): a backlog the manager has not caught up with.
     pub fn is_full(&self) -> bool {
@@ -111,6 +134,30 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_streams_refusal_says_so_and_keeps_jetstreams_reason() {
+        use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+        let answer: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code":503,"err_code":10077,"description":"maximum messages exceeded"}"#,
+        )
+        .unwrap();
+        let e = Error::refused(
+            "tasks.events",
+            PublishError::with_source(PublishErrorKind::Other, answer),
+        );
+        assert!(e.is_full(), "{e:?}");
+        assert!(e.to_string().contains("maximum messages exceeded"), "{e}");
+        let timed_out = Error::refused(
+            "tasks.events",
+            PublishError::new(PublishErrorKind::TimedOut),
+        );
+        assert!(
+            matches!(timed_out, Error::NotStored { .. }),
+            "{timed_out:?}"
+        );
+        assert!(!timed_out.is_full());
+    }
 
     #[test]
     fn the_chain_keeps_every_cause() {

@@ -368,7 +368,7 @@ impl Cube {
                     subject,
                     source: Box::new(e),
                 })?;
-            ack.await.map_err(|e| refused(subject, e))
+            ack.await.map_err(|e| Error::refused(subject, e))
         };
         tokio::time::timeout(self.timeout, stored)
             .await
@@ -493,25 +493,5 @@ mod tests {
             !has_ended(&t),
             "a failed task with a restart planned has not ended"
         );
-    }
-}
-
-/// What a publish acknowledgement's failure means: JetStream's own refusal (with its code and
-/// reason), or no acknowledgement at all.
-fn refused(subject: &'static str, e: jetstream::context::PublishError) -> Error {
-    use std::error::Error as _;
-    let answer = e
-        .source()
-        .and_then(|s| s.downcast_ref::<jetstream::Error>())
-        .map(|j| (j.error_code().0, j.to_string()));
-    match answer {
-        Some((code, reason)) => Error::Refused {
-            subject,
-            code,
-            reason,
-        },
-        None => Error::NotStored {
-            source: Box::new(e),
-        },
     }
 }
