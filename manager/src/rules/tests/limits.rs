@@ -2,8 +2,7 @@
 //! full, a submission is refused with a reason and journaled; nothing already taken is
 //! affected, and submissions are taken again once there is room.
 
-use cube_shared::subjects::SERVICE_EVENTS;
-use cube_shared::{ServiceEvent, ServiceKind, ServiceSpec};
+use cube_shared::ServiceKind;
 
 use super::*;
 use crate::rules::limits::{StoreUse, TASK_DB_FULL_PERCENT};
@@ -78,17 +77,7 @@ fn a_known_task_submitted_again_and_stops_are_never_refused_at_the_bound() {
 #[test]
 fn services_count_their_copies_and_a_restart_to_come_counts() {
     let mut h = harness(3);
-    let spec = ServiceSpec {
-        name: "web".into(),
-        kind: ServiceKind::Service,
-        count: 2,
-        template: sleeper(RestartPolicy::No),
-        update: Default::default(),
-        max_failures: None,
-    };
-    let deploy = encode(&ServiceEvent::deploy(spec));
-    h.rules.on_service_event(SERVICE_EVENTS, &deploy, h.now);
-    h.effects();
+    h.deploy("web", ServiceKind::Service, 2);
     assert_eq!(h.rules.live_tasks(), 2, "the service's two copies");
 
     // One more fits; it fails and waits for its restart: still live.

@@ -162,6 +162,22 @@ impl Harness {
         (w, other)
     }
 
+    /// Deploys a service `name` of `count` copies of a sleeper (or a batch job of them).
+    fn deploy(&mut self, name: &str, kind: cube_shared::ServiceKind, count: u32) -> Decided {
+        let spec = cube_shared::ServiceSpec {
+            name: name.into(),
+            kind,
+            count,
+            template: sleeper(RestartPolicy::No),
+            update: Default::default(),
+            max_failures: None,
+        };
+        let deploy = encode(&cube_shared::ServiceEvent::deploy(spec));
+        self.rules
+            .on_service_event(cube_shared::subjects::SERVICE_EVENTS, &deploy, self.now);
+        self.effects()
+    }
+
     /// The shell's tick: it first says whether the manager can hear.
     fn tick(&mut self) -> Decided {
         self.tick_hearing(true)
