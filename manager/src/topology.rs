@@ -68,10 +68,12 @@ pub mod limits {
     /// and deletion markers. Submissions are refused before it is full
     /// ([`crate::rules::limits::TASK_DB_FULL_PERCENT`]).
     pub const TASK_DB_MAX_BYTES: i64 = 1 << 30;
-    /// How long a Task DB deletion marker stays (a per-message TTL): long enough for any
-    /// reader to see the key go, short enough that markers do not pile up with every task
-    /// ever run.
-    pub const DELETION_TTL: Duration = Duration::from_secs(600);
+    /// How long a Task DB deletion marker stays (a per-message TTL), so that markers do not
+    /// pile up with every task ever run: at most this long times the rate of deletions (one
+    /// per task forgotten, one per record moved). Nothing needs it longer: a reader that
+    /// finds no key (the worker's direct get, a starting manager's load) takes it as
+    /// deleted, and live watchers (the dashboard) see the marker as it is written.
+    pub const DELETION_TTL: Duration = Duration::from_secs(60);
     pub const NODE_DB_MAX_BYTES: i64 = 256 << 20;
     pub const ADMIN_DB_MAX_BYTES: i64 = 8 << 20;
     pub const ENDPOINTS_DB_MAX_BYTES: i64 = 32 << 20;
