@@ -43,6 +43,12 @@ pub struct ManagerArgs {
     /// first, whatever --keep-ended says.
     #[arg(long, env = "CUBE_KEEP_ENDED_MAX", default_value_t = 50_000)]
     pub keep_ended_max: usize,
+    /// The most live tasks (pending, scheduled, running or waiting to restart; services'
+    /// copies included): a submission beyond it is refused with the reason, on
+    /// tasks.rejected and in the journal, until tasks end. Submissions are refused as well
+    /// while the Task DB holds 80 % of its byte limit.
+    #[arg(long, env = "CUBE_MAX_TASKS", default_value_t = cube_manager::rules::limits::DEFAULT_MAX_TASKS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_tasks: usize,
     /// When more than this share of the nodes is silent at once, the manager takes it for
     /// its own loss of contact and declares no node down until they report again.
     #[arg(long, env = "CUBE_DISRUPTION_THRESHOLD", default_value_t = 0.55, value_parser = share)]
@@ -110,6 +116,7 @@ impl ManagerArgs {
                 disruption_threshold: self.disruption_threshold,
                 keep_ended: self.keep_ended,
                 keep_ended_max: self.keep_ended_max,
+                max_tasks: self.max_tasks,
                 ..Default::default()
             },
             scheduler: self.scheduler.name().to_string(),

@@ -43,6 +43,16 @@ pub enum Error {
         #[source]
         source: NatsError,
     },
+    /// JetStream answered that it will not store the event, with its reason: above all a
+    /// stream full of events the manager has not handled yet ([`Error::is_full`]). Nothing
+    /// was stored; the event may be sent again later.
+    #[error("JetStream refused to store the event on {subject}: {reason}")]
+    Refused {
+        subject: &'static str,
+        /// JetStream's error code (10077: the stream could not store it, e.g. it is full).
+        code: u64,
+        reason: String,
+    },
     /// The manager's answer is not what the contract says.
     #[error("the manager's answer to {subject} is not readable")]
     Reply {
@@ -77,7 +87,40 @@ pub enum Error {
     Nats(#[from] cube_bus::Error),
 }
 
+/// JetStream's error code for a message its stream could not store ("maximum messages
+/// exceeded", "maximum bytes exceeded", …).
+pub const STREAM_STORE_FAILED: u64 = 10077;
+
 impl Error {
+    /// What a publish acknowledgement's failure means: JetStream's own refusal (with its code
+    /// and reason), or no acknowledgement at all.
+    pub(crate) fn refused(
+        subject: &'static str,
+        e: async_nats::jetstream::context::PublishError,
+    ) -> Error {
+        use std::error::Error as _;
+        let answer = e
+            .source()
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .map(|j| (j.error_code().0, j.to_string()));
+        match answer {
+            Some((code, reason)) => Error::Refused {
+                subject,
+                code,
+                reason,
+            },
+            None => Error::NotStored {
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// A refusal by a full stream (or one that could not store for another reason of its
+    /// own): a backlog the manager has not caught up with.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::Refused { code, .. } if *code == STREAM_STORE_FAILED)
+    }
+
     /// A closure for `map_err` that wraps a NATS error with what was being done.
     pub(crate) fn nats<E>(what: impl Into<String>) -> impl FnOnce(E) -> Error
     where
@@ -91,6 +134,30 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_streams_refusal_says_so_and_keeps_jetstreams_reason() {
+        use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+        let answer: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code":503,"err_code":10077,"description":"maximum messages exceeded"}"#,
+        )
+        .unwrap();
+        let e = Error::refused(
+            "tasks.events",
+            PublishError::with_source(PublishErrorKind::Other, answer),
+        );
+        assert!(e.is_full(), "{e:?}");
+        assert!(e.to_string().contains("maximum messages exceeded"), "{e}");
+        let timed_out = Error::refused(
+            "tasks.events",
+            PublishError::new(PublishErrorKind::TimedOut),
+        );
+        assert!(
+            matches!(timed_out, Error::NotStored { .. }),
+            "{timed_out:?}"
+        );
+        assert!(!timed_out.is_full());
+    }
 
     #[test]
     fn the_chain_keeps_every_cause() {

@@ -368,9 +368,7 @@ impl Cube {
                     subject,
                     source: Box::new(e),
                 })?;
-            ack.await.map_err(|e| Error::NotStored {
-                source: Box::new(e),
-            })
+            ack.await.map_err(|e| Error::refused(subject, e))
         };
         tokio::time::timeout(self.timeout, stored)
             .await

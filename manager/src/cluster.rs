@@ -80,6 +80,11 @@ impl Cluster {
         self.by_state
     }
 
+    /// How many failed tasks wait for a restart.
+    pub fn restarting_count(&self) -> usize {
+        self.restarting.len()
+    }
+
     /// Records a task's new version, keeping reservations and the pending queue in step.
     /// This is the only way a task changes, so the accounting cannot drift.
     pub fn put_task(&mut self, task: Task) {

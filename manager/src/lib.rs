@@ -19,6 +19,7 @@ mod secrets;
 mod testing;
 pub mod tokens;
 pub mod topology;
+pub mod upkeep;
 mod writer;
 
 use std::time::Duration;

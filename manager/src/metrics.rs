@@ -23,16 +23,19 @@ pub enum RejectKind {
     UnknownTask,
     /// A heartbeat that could not be read (its node still counts as heard).
     InvalidHeartbeat,
+    /// A submission beyond the limits of bounded state (`--max-tasks`, a full Task DB).
+    OverLimit,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 6] = [
+    pub const ALL: [RejectKind; 7] = [
         RejectKind::InvalidEvent,
         RejectKind::Conflict,
         RejectKind::InvalidReport,
         RejectKind::WrongSubject,
         RejectKind::UnknownTask,
         RejectKind::InvalidHeartbeat,
+        RejectKind::OverLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl RejectKind {
             RejectKind::WrongSubject => "wrong_subject",
             RejectKind::UnknownTask => "unknown_task",
             RejectKind::InvalidHeartbeat => "invalid_heartbeat",
+            RejectKind::OverLimit => "over_limit",
         }
     }
 }

@@ -35,10 +35,17 @@ fn kv(bucket: &str, key: &str, payload: bytes::Bytes) -> Outgoing {
     }
 }
 
-/// A deletion of `key` from the Task DB.
+/// A deletion of `key` from the Task DB. Its marker expires after
+/// [`topology::limits::DELETION_TTL`], so that markers do not pile up with every task ever
+/// run: a reader then finds no key, as it would a deleted one.
 fn delete(key: &str) -> Outgoing {
     let mut headers = HeaderMap::new();
     headers.insert(KV_OPERATION, KV_DELETE);
+    let ttl = topology::limits::DELETION_TTL.as_secs();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_TTL,
+        format!("{ttl}s").as_str(),
+    );
     Outgoing {
         headers: Some(headers),
         ..kv(TASK_DB, key, bytes::Bytes::new())

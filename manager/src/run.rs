@@ -23,6 +23,7 @@ use crate::records::{self, TaskKeys};
 use crate::rules::Rules;
 use crate::secrets::Secrets;
 use crate::topology::{self, Topology};
+use crate::upkeep;
 use crate::writer::{self, Commit};
 use crate::{scheduler_by_name, Config, Error, Fence, Holder, Lease, Observer};
 
@@ -227,6 +228,8 @@ async fn lead(
         term.clone(),
     );
     let writing = AbortOnDrop(Some(writing));
+    let (task_db_use, upkeep) = upkeep::spawn(topo.js.clone(), term.clone());
+    let _upkeep = AbortOnDrop(Some(upkeep));
     let rules = Rules::new(
         cfg.timings,
         scheduler_by_name(&cfg.scheduler)?,
@@ -335,6 +338,7 @@ async fn lead(
                 shell.rules.set_hearing(can_hear, now, mono);
                 let gap = mono.saturating_duration_since(std::mem::replace(&mut last_tick, mono));
                 shell.rules.ticked_after(gap, now, mono);
+                shell.rules.set_task_db_use(*task_db_use.borrow());
                 shell.rules.tick(now, mono);
                 shell.flush(Vec::new()).await;
                 shell.cfg.metrics.set_nodes(shell.rules.cluster().node_counts());

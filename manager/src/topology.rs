@@ -38,14 +38,94 @@ fn file_stream(name: &str, subjects: &[&str]) -> stream::Config {
     }
 }
 
-fn bucket(name: &str, description: &str, replicas: usize) -> kv::Config {
+/// Bounded state: every stream and bucket has limits (see the README, "Bounded state").
+///
+/// nats-server reserves a file stream's `max_bytes` against its `max_file_store` (a stream
+/// whose limit does not fit is refused), so the byte limits add up to about 3 GiB with
+/// `CUBE_LOGS`: they fit the shipped 10 GB store with room for the work stream, and the
+/// 4 GB of the test clusters.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Submissions waiting for the manager (handled ones are purged, see
+    /// [`crate::upkeep`]): a full stream refuses new ones, so the client hears it.
+    pub const EVENTS_MAX_BYTES: i64 = 256 << 20;
+    pub const EVENTS_MAX_MSGS: i64 = 1_000_000;
+    /// Service events waiting for the manager, likewise.
+    pub const SERVICES_MAX_BYTES: i64 = 32 << 20;
+    pub const SERVICES_MAX_MSGS: i64 = 100_000;
+    /// Workers' reports waiting for the manager, likewise: a full stream holds a worker's
+    /// report back (it tries again) rather than drop it.
+    pub const STATE_MAX_BYTES: i64 = 256 << 20;
+    pub const STATE_MAX_MSGS: i64 = 2_000_000;
+    /// How long a message waits for a manager, at most.
+    pub const INPUT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const STATE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    /// The journal: the oldest entries go first.
+    pub const JOURNAL_MAX_BYTES: i64 = 256 << 20;
+    pub const JOURNAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The Task DB: live tasks (`--max-tasks`), ended ones (`--keep-ended-max`), services
+    /// and deletion markers. Submissions are refused before it is full
+    /// ([`crate::rules::limits::TASK_DB_FULL_PERCENT`]).
+    pub const TASK_DB_MAX_BYTES: i64 = 1 << 30;
+    /// How long a Task DB deletion marker stays (a per-message TTL), so that markers do not
+    /// pile up with every task ever run: at most this long times the rate of deletions (one
+    /// per task forgotten, one per record moved). Nothing needs it longer: a reader that
+    /// finds no key (the worker's direct get, a starting manager's load) takes it as
+    /// deleted, and live watchers (the dashboard) see the marker as it is written.
+    pub const DELETION_TTL: Duration = Duration::from_secs(60);
+    pub const NODE_DB_MAX_BYTES: i64 = 256 << 20;
+    pub const ADMIN_DB_MAX_BYTES: i64 = 8 << 20;
+    pub const ENDPOINTS_DB_MAX_BYTES: i64 = 32 << 20;
+    pub const SECRETS_DB_MAX_BYTES: i64 = 32 << 20;
+    pub const TOKENS_DB_MAX_BYTES: i64 = 8 << 20;
+}
+
+pub use limits::TASK_DB_MAX_BYTES;
+
+/// A KV bucket: one value per key, at most `max_bytes` in all (a put beyond is refused).
+fn bucket(name: &str, description: &str, max_bytes: i64) -> kv::Config {
     kv::Config {
-        num_replicas: replicas,
         bucket: name.to_string(),
         description: description.to_string(),
         history: 1,
+        max_bytes,
         storage: stream::StorageType::File,
         ..Default::default()
+    }
+}
+
+/// The stream behind bucket `config`, as async-nats makes it, and with per-message TTLs
+/// allowed if `ttl`: the Task DB's deletions expire ([`limits::DELETION_TTL`]). Made here
+/// because async-nats allows TTLs only with server-made delete markers as well, and a
+/// bucket's TTLs, once allowed, cannot be disallowed by a later update.
+fn bucket_stream(config: &kv::Config, replicas: usize, ttl: bool) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history,
+        max_bytes: config.max_bytes,
+        storage: config.storage,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_message_ttl: ttl,
+        ..Default::default()
+    }
+}
+
+/// A stream of messages for the manager (submissions, service events, reports): what it
+/// has handled is purged ([`crate::upkeep`]), and a backlog beyond `max_bytes` or `max_msgs`
+/// is refused to the publisher (never the oldest dropped: it may not have been handled).
+fn input_stream(name: &str, subject: &str, max_bytes: i64, max_msgs: i64) -> stream::Config {
+    stream::Config {
+        max_bytes,
+        max_messages: max_msgs,
+        discard: stream::DiscardPolicy::New,
+        ..file_stream(name, &[subject])
     }
 }
 
@@ -90,8 +170,13 @@ pub async fn ensure(
         // limit so that the manager, not the server, explains an oversized event.
         stream::Config {
             max_message_size: (MAX_EVENT_BYTES * 2) as i32,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..file_stream(EVENTS_STREAM, &[EVENTS])
+            max_age: limits::INPUT_MAX_AGE,
+            ..input_stream(
+                EVENTS_STREAM,
+                EVENTS,
+                limits::EVENTS_MAX_BYTES,
+                limits::EVENTS_MAX_MSGS,
+            )
         },
         // A work queue: each message is removed once a worker acknowledges it. Consumers'
         // filters (`tasks.pending` and `tasks.pending.<worker>`) never overlap.
@@ -103,18 +188,29 @@ pub async fn ensure(
             ..file_stream(WORK_STREAM, &[PENDING, "tasks.pending.*"])
         },
         stream::Config {
-            max_age: Duration::from_secs(24 * 3600),
-            ..file_stream(STATE_STREAM, &[STATE_ALL])
+            max_age: limits::STATE_MAX_AGE,
+            ..input_stream(
+                STATE_STREAM,
+                STATE_ALL,
+                limits::STATE_MAX_BYTES,
+                limits::STATE_MAX_MSGS,
+            )
         },
         // Service events wait here while the manager is down, like submissions.
         stream::Config {
             max_message_size: (MAX_EVENT_BYTES * 2) as i32,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..file_stream(SERVICES_STREAM, &[SERVICE_EVENTS])
+            max_age: limits::INPUT_MAX_AGE,
+            ..input_stream(
+                SERVICES_STREAM,
+                SERVICE_EVENTS,
+                limits::SERVICES_MAX_BYTES,
+                limits::SERVICES_MAX_MSGS,
+            )
         },
         stream::Config {
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 256 << 20,
+            max_age: limits::JOURNAL_MAX_AGE,
+            max_bytes: limits::JOURNAL_MAX_BYTES,
+            discard: stream::DiscardPolicy::Old,
             ..file_stream(JOURNAL_STREAM, &[JOURNAL_STORED])
         },
         logs_stream(logs_per_task),
@@ -145,50 +241,72 @@ pub async fn ensure(
             .map_err(|e| Error::setup(format!("stream {name}"), e))?;
         }
     }
-    let ensure_bucket = |config: kv::Config| {
+    let ensure_bucket = |config: kv::Config, ttl: bool| {
         let js = js.clone();
         async move {
             let name = config.bucket.clone();
-            js.create_or_update_key_value(config)
+            let what = || format!("bucket {name}");
+            js.create_or_update_stream(bucket_stream(&config, replicas, ttl))
                 .await
-                .map_err(|e| Error::setup(format!("bucket {name}"), e))
+                .map_err(|e| Error::setup(what(), e))?;
+            js.get_key_value(&name)
+                .await
+                .map_err(|e| Error::setup(what(), e))
         }
     };
-    let tasks = ensure_bucket(bucket(
-        TASK_DB,
-        "Cube's Task DB: task id → Task, service.<name> → Service",
-        replicas,
-    ))
+    let tasks = ensure_bucket(
+        bucket(
+            TASK_DB,
+            "Cube's Task DB: task id → Task, service.<name> → Service",
+            limits::TASK_DB_MAX_BYTES,
+        ),
+        true,
+    )
     .await?;
-    let nodes = ensure_bucket(bucket(
-        NODE_DB,
-        "Cube's nodes: worker name → Node",
-        replicas,
-    ))
+    let nodes = ensure_bucket(
+        bucket(
+            NODE_DB,
+            "Cube's nodes: worker name → Node",
+            limits::NODE_DB_MAX_BYTES,
+        ),
+        false,
+    )
     .await?;
-    let admin = ensure_bucket(bucket(
-        ADMIN_DB,
-        "Cube's operator decisions (drain.<worker>) and the leadership lease (leader)",
-        replicas,
-    ))
+    let admin = ensure_bucket(
+        bucket(
+            ADMIN_DB,
+            "Cube's operator decisions (drain.<worker>) and the leadership lease (leader)",
+            limits::ADMIN_DB_MAX_BYTES,
+        ),
+        false,
+    )
     .await?;
-    let endpoints = ensure_bucket(bucket(
-        ENDPOINTS_DB,
-        "Cube's service discovery: service name → its healthy copies' addresses",
-        replicas,
-    ))
+    let endpoints = ensure_bucket(
+        bucket(
+            ENDPOINTS_DB,
+            "Cube's service discovery: service name → its healthy copies' addresses",
+            limits::ENDPOINTS_DB_MAX_BYTES,
+        ),
+        false,
+    )
     .await?;
-    let secrets = ensure_bucket(bucket(
-        SECRETS_DB,
-        "Cube's secrets: name → value, read only by the manager",
-        replicas,
-    ))
+    let secrets = ensure_bucket(
+        bucket(
+            SECRETS_DB,
+            "Cube's secrets: name → value, read only by the manager",
+            limits::SECRETS_DB_MAX_BYTES,
+        ),
+        false,
+    )
     .await?;
-    let tokens = ensure_bucket(bucket(
-        TOKENS_DB,
-        "Cube's HTTP API tokens: token id → name, role and SHA-256 of the secret",
-        replicas,
-    ))
+    let tokens = ensure_bucket(
+        bucket(
+            TOKENS_DB,
+            "Cube's HTTP API tokens: token id → name, role and SHA-256 of the secret",
+            limits::TOKENS_DB_MAX_BYTES,
+        ),
+        false,
+    )
     .await?;
     Ok(Topology {
         endpoints,

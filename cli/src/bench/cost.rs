@@ -21,6 +21,8 @@ pub struct Counters {
     pub in_msgs: u64,
     /// Bytes JetStream holds on disk (`/jsz` `storage`), summed.
     pub storage_bytes: u64,
+    /// What each stream holds now: messages and bytes (the largest replica's).
+    pub held: BTreeMap<String, (u64, u64)>,
 }
 
 /// The cost of a run, per task.
@@ -71,6 +73,12 @@ impl Counters {
                 .as_str()
                 .ok_or_else(|| anyhow!("a stream without a name in /jsz"))?;
             let last = number(&stream["state"]["last_seq"], "/jsz stream last_seq")?;
+            let held = (
+                stream["state"]["messages"].as_u64().unwrap_or(0),
+                stream["state"]["bytes"].as_u64().unwrap_or(0),
+            );
+            let seen = self.held.entry(name.to_string()).or_default();
+            *seen = (*seen).max(held);
             // Replicas hold the same sequence: a stream counts once.
             let seen = self.last_seq.entry(name.to_string()).or_default();
             *seen = (*seen).max(last);

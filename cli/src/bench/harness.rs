@@ -22,6 +22,8 @@ pub struct Harness {
     monitor_ports: Vec<u16>,
     managers: Vec<Option<Child>>,
     spec: HarnessSpec,
+    /// Passed to every manager besides what `spec` says.
+    manager_args: Vec<String>,
     keep: bool,
     pub url: String,
     pub client: async_nats::Client,
@@ -58,6 +60,16 @@ impl Harness {
 
     /// The servers of `spec` and one manager, set up and leading.
     pub async fn start_with(common: &Common, spec: HarnessSpec) -> Result<Harness> {
+        Harness::start_with_args(common, spec, Vec::new()).await
+    }
+
+    /// [`Harness::start_with`], each manager started with `manager_args` as well (e.g.
+    /// `--keep-ended 30s`).
+    pub async fn start_with_args(
+        common: &Common,
+        spec: HarnessSpec,
+        manager_args: Vec<String>,
+    ) -> Result<Harness> {
         let dir = tempfile::Builder::new().prefix("cube-bench-").tempdir()?;
         let ports = (0..spec.servers)
             .map(|_| free_port())
@@ -115,6 +127,7 @@ impl Harness {
             monitor_ports,
             managers: Vec::new(),
             spec,
+            manager_args,
             keep: common.keep,
             url,
             client,
@@ -148,6 +161,7 @@ impl Harness {
         if let Some(ttl) = self.spec.lease_ttl {
             args.extend(["--lease-ttl".into(), format!("{}ms", ttl.as_millis())]);
         }
+        args.extend(self.manager_args.iter().cloned());
         let child = tokio::process::Command::new(exe)
             .args(&args)
             .env_remove("CUBE_NATS_USER")
@@ -269,8 +283,23 @@ impl Harness {
 
     /// How many tasks the manager counts as running.
     pub async fn running_tasks(&self) -> Result<usize> {
+        self.tasks_in(cube_shared::State::Running).await
+    }
+
+    /// How many tasks the manager counts as pending, scheduled or running.
+    pub async fn live_tasks(&self) -> Result<usize> {
+        use cube_shared::State::*;
+        let mut live = 0;
+        for state in [Pending, Scheduled, Running] {
+            live += self.tasks_in(state).await?;
+        }
+        Ok(live)
+    }
+
+    /// How many tasks the manager counts in `state`.
+    pub async fn tasks_in(&self, state: cube_shared::State) -> Result<usize> {
         let query = cube_shared::TaskListQuery {
-            state: Some(cube_shared::State::Running),
+            state: Some(state),
             limit: Some(0),
         };
         let reply = self.client.request(API_TASKS_LIST, encode(&query)).await?;

@@ -13,6 +13,7 @@ mod harness;
 mod nodes;
 mod schedule;
 mod services;
+mod soak;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ pub enum BenchCommand {
     /// Services: a service of many copies deployed on simulated workers until every copy
     /// runs, then rolled over to a new version, beside as many plain tasks in the same run.
     Services(services::ServicesArgs),
+    /// Many short tasks for a long time: throughput, p99 submit → running, the JetStream
+    /// store and the manager's memory over time, and whether they stay flat.
+    Soak(soak::SoakArgs),
 }
 
 /// Options every benchmark takes.
@@ -89,6 +93,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Nodes(a) => nodes::run(a).await,
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Services(a) => services::run(a).await,
+        BenchCommand::Soak(a) => soak::run(a).await,
     }
 }
 
@@ -333,6 +338,15 @@ pub struct SimSpec {
 
 impl SimFleet {
     pub async fn start(url: &str, spec: &SimSpec) -> Result<SimFleet> {
+        SimFleet::start_running(url, spec, None).await
+    }
+
+    /// [`SimFleet::start`], whose simulated containers exit (code 0) after `run_time`.
+    pub async fn start_running(
+        url: &str,
+        spec: &SimSpec,
+        run_time: Option<Duration>,
+    ) -> Result<SimFleet> {
         use cube_worker::runtime::{SimConfig, SimRuntime};
         let shutdown = CancellationToken::new();
         let mut handles = Vec::with_capacity(spec.count);
@@ -347,7 +361,7 @@ impl SimFleet {
             cfg.heartbeat_interval = spec.heartbeat;
             let runtime = Arc::new(SimRuntime::new(SimConfig {
                 start_latency: spec.start_latency,
-                run_time: None,
+                run_time,
             }));
             let (c, token) = (client.clone(), shutdown.clone());
             handles.push(tokio::spawn(async move {

@@ -164,7 +164,8 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// Clock ticks per second in `/proc`: 100 on every Linux architecture Cube runs on.
 const USER_HZ: f64 = 100.0;
 
-fn status_mb(pid: u32, key: &str) -> Result<f64> {
+/// A `/proc/<pid>/status` figure given in kB (`VmRSS:`, `VmHWM:`), in MB.
+pub(super) fn status_mb(pid: u32, key: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()

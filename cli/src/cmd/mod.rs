@@ -41,6 +41,9 @@ pub fn explain(e: Error) -> anyhow::Error {
         Error::NoStream(stream) => {
             anyhow!("the stream {stream} does not exist — has `cube manager` ever run {NEVER_RAN}")
         }
+        e @ Error::Refused { .. } if e.is_full() => anyhow!(
+            "{e}; nothing was stored — its stream holds as many events as its limits allow, waiting for the manager (is it running and keeping up?): submit it again later"
+        ),
         e @ Error::NotStored { .. } => {
             anyhow!("{}; has a manager ever run {NEVER_RAN}", Chain(&e))
         }

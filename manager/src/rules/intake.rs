@@ -1,5 +1,6 @@
 //! Submissions and stops (`tasks.events`): decoded, checked, recorded, and handed to
-//! placement; what cannot be taken is refused with a reason.
+//! placement; what cannot be taken (unreadable, a conflict, beyond the [`super::limits`]) is
+//! refused with a reason.
 
 use chrono::{DateTime, Utc};
 use cube_shared::subjects::{pending_for, EVENTS};
@@ -64,6 +65,9 @@ impl Rules {
                     self.reject(RejectKind::Conflict, &encode(&event), EVENTS, reason, now)
                 }
             };
+        }
+        if let Some(reason) = self.over_limit() {
+            return self.reject(RejectKind::OverLimit, &encode(&event), EVENTS, reason, now);
         }
         task.reset_status();
         task.submitted_at = Some(now);

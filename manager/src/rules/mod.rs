@@ -13,11 +13,12 @@
 //!
 //! One file per concern: `intake` (submissions and stops), `placement`, `reports`, `liveness`
 //! (judging silent nodes, only when the manager can hear), `nodes` (heartbeats, lost tasks,
-//! revival, fencing), `restarts`, `drain`.
+//! revival, fencing), `restarts`, `drain`, `retention` and `limits` (bounded state).
 
 mod drain;
 mod effects;
 mod intake;
+pub mod limits;
 mod liveness;
 mod nodes;
 mod placement;
@@ -70,6 +71,9 @@ pub struct Timings {
     pub keep_ended: Duration,
     /// The most tasks that ended for good kept at once: beyond it the longest ended go.
     pub keep_ended_max: usize,
+    /// The most live tasks (not ended for good, services' copies included): a submission
+    /// beyond it is refused ([`limits`]).
+    pub max_tasks: usize,
 }
 
 impl Default for Timings {
@@ -83,6 +87,7 @@ impl Default for Timings {
             tick: Duration::from_secs(1),
             keep_ended: Duration::from_secs(24 * 3600),
             keep_ended_max: 50_000,
+            max_tasks: limits::DEFAULT_MAX_TASKS,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct Rules {
     resend_due: bool,
     /// When ended tasks were last looked over ([`retention`]).
     last_sweep: Option<DateTime<Utc>>,
+    /// How full the Task DB is, as the shell last read it ([`limits`]).
+    task_db: Option<limits::StoreUse>,
     /// When each submission not yet placed arrived, for the scheduling latency. Only tasks
     /// submitted since this manager started: a restart forgets the others.
     awaiting_placement: HashMap<Uuid, DateTime<Utc>>,
@@ -152,6 +159,7 @@ impl Rules {
             drained: stored.drained.into_iter().collect(),
             resend_due: false,
             last_sweep: None,
+            task_db: None,
             awaiting_placement: HashMap::new(),
             services: services::Services::new(stored.services),
             metrics,

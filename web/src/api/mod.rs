@@ -56,7 +56,7 @@ impl From<cube_client::Error> for ApiError {
     fn from(e: cube_client::Error) -> ApiError {
         use cube_client::Error as E;
         let status = match &e {
-            E::NoManager(_) | E::NoStream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::NoManager(_) | E::NoStream(_) | E::Refused { .. } => StatusCode::SERVICE_UNAVAILABLE,
             E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             E::Manager(_) => StatusCode::BAD_REQUEST,
             E::Conflict(_) => StatusCode::CONFLICT,

@@ -117,8 +117,13 @@ async fn events(
             "last: at most {JOURNAL_SCAN} entries"
         )));
     }
+    // A full id is taken as it is: the journal is all that remains of a task that was
+    // refused, or forgotten after `--keep-ended`.
     let task = match q.task.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => Some(app.cube.task(t).await.map_err(ApiError::lookup)?.id),
+        Some(t) => match t.parse::<Uuid>() {
+            Ok(id) => Some(id),
+            Err(_) => Some(app.cube.task(t).await.map_err(ApiError::lookup)?.id),
+        },
         None => None,
     };
     Ok(Json(app.cube.journal(last, task).await?))

@@ -2,6 +2,7 @@
 //! Docker, no sleeps. The harness is here; the tests are by concern beside it.
 
 mod intake;
+mod limits;
 mod liveness;
 mod nodes;
 mod restarts;
@@ -159,6 +160,22 @@ impl Harness {
         let w = self.task(id).worker.expect("placed on a worker");
         let other = if w == "w1" { "w2" } else { "w1" };
         (w, other)
+    }
+
+    /// Deploys a service `name` of `count` copies of a sleeper (or a batch job of them).
+    fn deploy(&mut self, name: &str, kind: cube_shared::ServiceKind, count: u32) -> Decided {
+        let spec = cube_shared::ServiceSpec {
+            name: name.into(),
+            kind,
+            count,
+            template: sleeper(RestartPolicy::No),
+            update: Default::default(),
+            max_failures: None,
+        };
+        let deploy = encode(&cube_shared::ServiceEvent::deploy(spec));
+        self.rules
+            .on_service_event(cube_shared::subjects::SERVICE_EVENTS, &deploy, self.now);
+        self.effects()
     }
 
     /// The shell's tick: it first says whether the manager can hear.

@@ -94,20 +94,8 @@ fn what_has_not_ended_for_good_is_never_forgotten() {
 
 #[test]
 fn a_batch_jobs_completed_copies_are_kept_while_the_job_is() {
-    use cube_shared::subjects::SERVICE_EVENTS;
-    use cube_shared::{ServiceEvent, ServiceKind, ServiceSpec};
     let mut h = harness(1, 0);
-    let spec = ServiceSpec {
-        name: "job".into(),
-        kind: ServiceKind::Batch,
-        count: 1,
-        template: sleeper(RestartPolicy::No),
-        update: Default::default(),
-        max_failures: None,
-    };
-    let deploy = encode(&ServiceEvent::deploy(spec));
-    h.rules.on_service_event(SERVICE_EVENTS, &deploy, h.now);
-    h.effects();
+    h.deploy("job", cube_shared::ServiceKind::Batch, 1);
     let copy = h
         .rules
         .cluster()
