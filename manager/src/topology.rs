@@ -268,6 +268,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_work_stream_is_bounded_and_not_a_work_queue() {
+        let c = work_stream();
+        assert_eq!(c.name, WORK_STREAM);
+        assert_eq!(c.subjects, vec![PENDING.to_string(), "tasks.pending.*".into()]);
+        // A work queue scans every consumer on each acknowledgement.
+        assert_eq!(c.retention, stream::RetentionPolicy::Limits);
+        assert_eq!((c.max_age, c.max_bytes), (WORK_MAX_AGE, WORK_MAX_BYTES));
+        assert_eq!(c.discard, stream::DiscardPolicy::Old);
+        // Longer than a node may be silent before its tasks are failed (`lost_after`).
+        assert!(WORK_MAX_AGE > crate::rules::Timings::default().lost_after);
+        assert_eq!(c.max_consumers, MAX_WORKERS as i32);
+    }
+
+    #[test]
     fn the_logs_stream_keeps_the_newest_chunks_of_each_task() {
         let c = logs_stream(16 << 10);
         assert_eq!(c.subjects, vec![LOGS_ALL.to_string()]);
