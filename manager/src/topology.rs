@@ -271,7 +271,10 @@ mod tests {
     fn the_work_stream_is_bounded_and_not_a_work_queue() {
         let c = work_stream();
         assert_eq!(c.name, WORK_STREAM);
-        assert_eq!(c.subjects, vec![PENDING.to_string(), "tasks.pending.*".into()]);
+        assert_eq!(
+            c.subjects,
+            vec![PENDING.to_string(), "tasks.pending.*".into()]
+        );
         // A work queue scans every consumer on each acknowledgement.
         assert_eq!(c.retention, stream::RetentionPolicy::Limits);
         assert_eq!((c.max_age, c.max_bytes), (WORK_MAX_AGE, WORK_MAX_BYTES));
