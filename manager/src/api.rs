@@ -51,9 +51,10 @@ impl Shell {
                         Ok(fit_reply(status, MAX_REPLY_BYTES))
                     }),
             ),
-            API_NODES_LIST => {
-                respond::<Vec<cube_shared::Node>>(Ok(self.rules.cluster().node_list()))
-            }
+            API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(fit_list(
+                self.rules.cluster().node_list(),
+                MAX_REPLY_BYTES,
+            ))),
             API_NODES_DRAIN => {
                 let result = match wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES) {
                     Ok(r) => self.drain(&r.name, r.drain).await,
@@ -242,6 +243,19 @@ impl ApiError {
 /// A service's status within `max` bytes encoded. Its record fits a message, but with its
 /// copies it may not: older versions go first, then, for a service of thousands of copies,
 /// the copies and endpoints that do not fit (its counts still count every copy).
+/// The first items of `list` whose encoding fits in `max` bytes: a list too long for one
+/// NATS message would not be sent at all (ten thousand nodes are about 4 MB).
+fn fit_list<T: Serialize>(list: Vec<T>, max: usize) -> Vec<T> {
+    // `[`, `]`, and a comma between two items.
+    let mut size = 1;
+    list.into_iter()
+        .take_while(|item| {
+            size += encode(item).len() + 1;
+            size <= max
+        })
+        .collect()
+}
+
 fn fit_reply(mut status: ServiceStatus, max: usize) -> ServiceStatus {
     while encode(&status).len() > max && status.service.versions.len() > 1 {
         status.service.versions.remove(0);
@@ -371,5 +385,25 @@ mod tests {
         let mut more = fitted.clone();
         more.copies.push(whole.copies[fitted.copies.len()].clone());
         assert!(encode(&more).len() > MAX_REPLY_BYTES);
+    }
+
+    #[test]
+    fn a_list_too_long_for_one_reply_is_cut_to_what_fits() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("node-{i:05}")).collect();
+        let whole = encode(&names).len();
+        assert!(whole > 100_000);
+        let cut = fit_list(names.clone(), 100_000);
+        assert!(encode(&cut).len() <= 100_000, "{}", encode(&cut).len());
+        assert!(
+            cut.len() > 100_000 / 20,
+            "it keeps all that fits: {}",
+            cut.len()
+        );
+        assert!(cut[..] == names[..cut.len()], "the first ones, in order");
+        assert!(
+            fit_list(names.clone(), whole) == names,
+            "a list that fits is whole"
+        );
+        assert!(fit_list(names.clone(), whole - 1).len() == names.len() - 1);
     }
 }

@@ -22,8 +22,72 @@ pub struct Topology {
     pub tokens: kv::Store,
 }
 
-/// How many workers one cluster can have: each has its own consumer of the work stream.
-pub const MAX_WORKERS: usize = 100_000;
+pub use cube_shared::subjects::MAX_WORKERS;
+
+/// How long `CUBE_WORK` keeps a placement, and how many bytes of them at most (the oldest go
+/// first). Longer than a placement can matter: one nobody took up is made again after the
+/// schedule timeout (60 s), a node silent for `lost_after` (10 min) has its tasks failed, and a
+/// copy a returning node still runs is fenced by its heartbeat. Each worker's consumer
+/// remembers what it acknowledged, so nothing is delivered twice while it lives.
+pub const WORK_MAX_AGE: Duration = Duration::from_secs(3600);
+pub const WORK_MAX_BYTES: i64 = 1 << 30;
+
+/// The work stream: placements and stops, one subject per worker (`tasks.pending.<worker>`)
+/// and the shared queue (`tasks.pending`). Limits retention, not a work queue: on a work
+/// queue nats-server scans every consumer on each acknowledgement (to see whether another
+/// still needs the message) and checks each new consumer's filter against every other, which
+/// made both O(workers); here an acknowledgement only moves its consumer's floor.
+pub fn work_stream() -> stream::Config {
+    stream::Config {
+        retention: stream::RetentionPolicy::Limits,
+        max_age: WORK_MAX_AGE,
+        max_bytes: WORK_MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        // One consumer per worker: nats-server 2.15 caps a stream at 1,000 consumers unless
+        // it sets its own limit (and "unlimited" is not expressible).
+        max_consumers: MAX_WORKERS as i32,
+        ..file_stream(WORK_STREAM, &[PENDING, "tasks.pending.*"])
+    }
+}
+
+/// JetStream cannot change a stream's retention: a `CUBE_WORK` made by an earlier release (a
+/// work queue) is deleted, with its consumers, so that [`ensure`] makes it again. Nothing is
+/// lost: what it held is placements and stops the Task DB records, which the leader sends
+/// again when it takes over (and a placement not taken up is made again after the schedule
+/// timeout); workers bind their consumers again on their own. The name stays, and with it the
+/// NATS permissions and the contract.
+async fn migrate_work_stream(js: &jetstream::Context) -> Result<(), Error> {
+    let Ok(mut existing) = js.get_stream(WORK_STREAM).await else {
+        return Ok(());
+    };
+    let info = existing
+        .info()
+        .await
+        .map_err(|e| Error::setup(format!("stream {WORK_STREAM}"), e))?;
+    if info.config.retention != stream::RetentionPolicy::WorkQueue {
+        return Ok(());
+    }
+    tracing::warn!(
+        messages = info.state.messages,
+        consumers = info.state.consumer_count,
+        "{WORK_STREAM} is a work queue (an earlier release): deleting it to make it again with \
+         limits retention; the leader sends the recorded placements again"
+    );
+    match js.delete_stream(WORK_STREAM).await {
+        Ok(_) => Ok(()),
+        // Another manager starting at the same time deleted it first.
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::DeleteStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Error::setup(format!("stream {WORK_STREAM}"), e)),
+    }
+}
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -165,6 +229,7 @@ pub async fn ensure(
     logs_per_task: u64,
     replicas: usize,
 ) -> Result<Topology, Error> {
+    migrate_work_stream(&js).await?;
     let streams = [
         // Submissions wait here while the manager is down. The size cap is above Cube's own
         // limit so that the manager, not the server, explains an oversized event.
@@ -178,15 +243,7 @@ pub async fn ensure(
                 limits::EVENTS_MAX_MSGS,
             )
         },
-        // A work queue: each message is removed once a worker acknowledges it. Consumers'
-        // filters (`tasks.pending` and `tasks.pending.<worker>`) never overlap.
-        stream::Config {
-            retention: stream::RetentionPolicy::WorkQueue,
-            // One durable consumer per worker: nats-server 2.15 caps a stream at 1,000
-            // consumers unless it sets its own limit (and "unlimited" is not expressible).
-            max_consumers: MAX_WORKERS as i32,
-            ..file_stream(WORK_STREAM, &[PENDING, "tasks.pending.*"])
-        },
+        work_stream(),
         stream::Config {
             max_age: limits::STATE_MAX_AGE,
             ..input_stream(
@@ -327,6 +384,23 @@ pub async fn load_all(store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_work_stream_is_bounded_and_not_a_work_queue() {
+        let c = work_stream();
+        assert_eq!(c.name, WORK_STREAM);
+        assert_eq!(
+            c.subjects,
+            vec![PENDING.to_string(), "tasks.pending.*".into()]
+        );
+        // A work queue scans every consumer on each acknowledgement.
+        assert_eq!(c.retention, stream::RetentionPolicy::Limits);
+        assert_eq!((c.max_age, c.max_bytes), (WORK_MAX_AGE, WORK_MAX_BYTES));
+        assert_eq!(c.discard, stream::DiscardPolicy::Old);
+        // Longer than a node may be silent before its tasks are failed (`lost_after`).
+        assert!(WORK_MAX_AGE > crate::rules::Timings::default().lost_after);
+        assert_eq!(c.max_consumers, MAX_WORKERS as i32);
+    }
 
     #[test]
     fn the_logs_stream_keeps_the_newest_chunks_of_each_task() {

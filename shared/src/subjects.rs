@@ -110,6 +110,10 @@ pub const MANAGER_SERVICES_CONSUMER: &str = "manager-services";
 /// The durable consumer all workers share on [`PENDING`]: the queue group.
 pub const SHARED_WORK_CONSUMER: &str = "workers";
 
+/// How many workers one cluster can have: each has its own consumer of the work stream, and
+/// a pull request waiting on the shared one.
+pub const MAX_WORKERS: usize = 100_000;
+
 /// Work the scheduler placed on one worker, and stop requests for its tasks.
 pub fn pending_for(worker: &str) -> String {
     format!("{PENDING}.{worker}")

@@ -76,6 +76,35 @@ pub(crate) fn record(node: &Node) -> Node {
     }
 }
 
+/// How often the Node DB record is written again though nothing it says changed: it only
+/// tells a manager that starts which nodes exist (liveness is the heartbeats'), so it need
+/// not be fresh, but a record removed meanwhile (`cube nodes forget`) comes back.
+pub(crate) const RECORD_REFRESH: Duration = Duration::from_secs(600);
+
+/// The Node DB record last stored, and when.
+pub(crate) type Recorded = Option<(Node, std::time::Instant)>;
+
+/// Whether `record` must be stored, given what was `last` stored: the first, one that says
+/// something new about what the node is or offers (capacity, labels, version, address, that it
+/// is leaving), and one every [`RECORD_REFRESH`]. Usage samples (CPU, memory and disk used,
+/// task count) and the heartbeat's time change every beat and do not count: stored every
+/// second by every worker they made the bucket the cluster's busiest writer (10,000 workers,
+/// 10,000 stored writes a second, each an fsync under `sync_interval: always`).
+pub(crate) fn record_due(last: &Recorded, record: &Node, now: std::time::Instant) -> bool {
+    let Some((stored, at)) = last else {
+        return true;
+    };
+    let steady = |n: &Node| Node {
+        cpu_usage: 0.0,
+        memory_used: 0,
+        disk_used: 0,
+        task_count: 0,
+        last_heartbeat: chrono::DateTime::UNIX_EPOCH,
+        ..n.clone()
+    };
+    now.saturating_duration_since(*at) >= RECORD_REFRESH || steady(stored) != steady(record)
+}
+
 impl Worker {
     /// Heartbeats every interval until the worker shuts down; `first` is told once the first
     /// heartbeat has been sent (or tried).
@@ -87,6 +116,7 @@ impl Worker {
     ) {
         let mut first = Some(first);
         let mut stats = self.stats();
+        let mut recorded: Recorded = None;
         let mut tick = tokio::time::interval(self.cfg.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -96,7 +126,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = self.heartbeat(&client, &nodes, &mut stats, false) => {}
+                _ = self.heartbeat(&client, &nodes, &mut stats, &mut recorded, false) => {}
             }
             if let Some(first) = first.take() {
                 let _ = first.send(());
@@ -111,7 +141,9 @@ impl Worker {
     /// send no more work.
     pub(crate) async fn leave(&self, client: &async_nats::Client, nodes: &kv::Store) {
         let mut stats = self.stats();
-        let last = self.heartbeat(client, nodes, &mut stats, true);
+        // Leaving is news: the record is stored whatever was stored before.
+        let mut recorded = None;
+        let last = self.heartbeat(client, nodes, &mut stats, &mut recorded, true);
         if tokio::time::timeout(LEAVE_TIMEOUT, last).await.is_err() {
             warn!("the last heartbeat could not be sent in {LEAVE_TIMEOUT:?}; leaving anyway");
         }
@@ -154,14 +186,15 @@ impl Worker {
         }
     }
 
-    /// Says what the node offers and runs, on the heartbeat subject (in pages, see [`pages`])
-    /// and in the Node DB (without the list); what it offers is also what tasks from the
-    /// shared queue are claimed against.
+    /// Says what the node offers and runs, on the heartbeat subject (in pages, see [`pages`]),
+    /// and in the Node DB (without the list) when [`record_due`]; what it offers is also what
+    /// tasks from the shared queue are claimed against.
     async fn heartbeat(
         &self,
         client: &async_nats::Client,
         nodes: &kv::Store,
         stats: &mut Stats,
+        recorded: &mut Recorded,
         leaving: bool,
     ) {
         let s = stats.sample();
@@ -222,9 +255,14 @@ impl Worker {
             self.cfg.metrics.heartbeats.inc();
         }
         let stored = pages.first().map(record).unwrap_or(node);
+        let now = std::time::Instant::now();
+        if !record_due(recorded, &stored, now) {
+            return;
+        }
         match tokio::time::timeout(RECORD_TIMEOUT, nodes.put(&self.cfg.name, encode(&stored))).await
         {
-            Ok(Ok(_)) => {}
+            // Not stored: tried again at the next beat.
+            Ok(Ok(_)) => *recorded = Some((stored, now)),
             Ok(Err(e)) => debug!(error = %e, "recording the node"),
             Err(_) => debug!("recording the node took longer than {RECORD_TIMEOUT:?}"),
         }
@@ -316,6 +354,68 @@ mod tests {
         let decoded: Node = cube_shared::wire::decode(&encode(&pages[3]), MAX_MESSAGE_BYTES)
             .expect("the manager can read a page");
         assert_eq!(decoded.page, pages[3].page);
+    }
+
+    #[test]
+    fn the_node_db_is_written_when_what_the_node_offers_changes_not_every_beat() {
+        let t0 = std::time::Instant::now();
+        let first = record(&node());
+        assert!(record_due(&None, &first, t0), "the first record is stored");
+        let last: Recorded = Some((first.clone(), t0));
+        // A later beat: new usage figures, a new time, more tasks: nothing worth storing.
+        let beat = Node {
+            cpu_usage: 0.9,
+            memory_used: 7,
+            disk_used: 9,
+            task_count: 40,
+            last_heartbeat: Utc::now() + chrono::Duration::seconds(5),
+            ..first.clone()
+        };
+        assert!(!record_due(&last, &beat, t0 + Duration::from_secs(1)));
+        // What it is or offers changed: stored at once.
+        let changes = [
+            Node {
+                cores: 32.0,
+                ..beat.clone()
+            },
+            Node {
+                memory: 1 << 30,
+                ..beat.clone()
+            },
+            Node {
+                disk: 1,
+                ..beat.clone()
+            },
+            Node {
+                labels: Default::default(),
+                ..beat.clone()
+            },
+            Node {
+                version: "0.0.0".into(),
+                ..beat.clone()
+            },
+            Node {
+                address: "elsewhere".into(),
+                ..beat.clone()
+            },
+            Node {
+                leaving: true,
+                ..beat.clone()
+            },
+        ];
+        for changed in changes {
+            assert!(
+                record_due(&last, &changed, t0 + Duration::from_secs(1)),
+                "{changed:?}"
+            );
+        }
+        // Nothing changed, but the record is old: stored again.
+        assert!(!record_due(
+            &last,
+            &beat,
+            t0 + RECORD_REFRESH - Duration::from_millis(1)
+        ));
+        assert!(record_due(&last, &beat, t0 + RECORD_REFRESH));
     }
 
     #[test]

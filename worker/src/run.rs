@@ -103,10 +103,10 @@ pub async fn run(
     };
     let name = &worker.cfg.name;
     let concurrency = worker.cfg.concurrency;
-    let own = &worker_consumer(name);
-    let mut own = consume(&work, own, &pending_for(name), concurrency, &shutdown).await?;
-    let shared = SHARED_WORK_CONSUMER;
-    let mut shared = consume(&work, shared, PENDING, concurrency, &shutdown).await?;
+    let own = own_consumer(name, concurrency);
+    let mut own = consume(&work, own, concurrency, &shutdown).await?;
+    let shared = shared_consumer(concurrency);
+    let mut shared = consume(&work, shared, concurrency, &shutdown).await?;
     let tracker = TaskTracker::new();
     // Heartbeats run on their own, so that a slow NATS never holds up work or exits.
     let (first_beat, after_first_beat) = oneshot::channel();
@@ -201,14 +201,9 @@ where
     retry(shutdown, Duration::from_millis(250), &what, get).await
 }
 
-async fn consume(
-    stream: &jetstream::stream::Stream,
-    name: &str,
-    subject: &str,
-    concurrency: usize,
-    shutdown: &CancellationToken,
-) -> Result<tokio::sync::mpsc::Receiver<jetstream::Message>, Error> {
-    let config = pull::Config {
+/// The settings both work consumers share.
+fn work_consumer(name: &str, subject: &str, concurrency: usize) -> pull::Config {
+    pull::Config {
         durable_name: Some(name.to_string()),
         filter_subject: subject.to_string(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -216,13 +211,49 @@ async fn consume(
         max_deliver: MAX_DELIVER,
         max_ack_pending: (concurrency * 8).max(64) as i64,
         ..Default::default()
-    };
+    }
+}
+
+/// The worker's own consumer, `worker-<name>` on `tasks.pending.<name>`. Its state (what was
+/// delivered and acknowledged) is kept in the server's memory: a consumer kept on disk costs
+/// its creation a few synchronous writes (under `sync_interval: always`, fsyncs), which held
+/// 10,000 workers starting at once to about 60 a second. A nats-server restart loses it; the
+/// worker's binding makes it again, and it delivers what `CUBE_WORK` still holds for this
+/// worker (an hour of it at most), each checked against the
+/// Task DB like any redelivery: what was already done is acknowledged and skipped, what was
+/// not is done. So a worker still gets every placement it had not acknowledged.
+pub(crate) fn own_consumer(name: &str, concurrency: usize) -> pull::Config {
+    pull::Config {
+        memory_storage: true,
+        ..work_consumer(&worker_consumer(name), &pending_for(name), concurrency)
+    }
+}
+
+/// The consumer every worker shares, `workers` on `tasks.pending` (the `queue` scheduler's).
+/// Each worker keeps a pull request waiting on it: nats-server refuses requests beyond the
+/// consumer's `max_waiting` (512 by default), and a refused client asks again at once, so
+/// the limit is the cluster's.
+pub(crate) fn shared_consumer(concurrency: usize) -> pull::Config {
+    pull::Config {
+        max_waiting: MAX_WAITING,
+        ..work_consumer(SHARED_WORK_CONSUMER, PENDING, concurrency)
+    }
+}
+
+/// Pull requests the shared consumer keeps waiting: one per worker, with room for a worker
+/// whose previous request the server has not yet expired.
+const MAX_WAITING: i64 = 2 * MAX_WORKERS as i64;
+
+async fn consume(
+    stream: &jetstream::stream::Stream,
+    config: pull::Config,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) -> Result<tokio::sync::mpsc::Receiver<jetstream::Message>, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
     cube_bus::durable_messages(stream.clone(), config, concurrency, shutdown.child_token())
         .await
-        .map_err(|source| Error::Consumer {
-            name: name.to_string(),
-            source,
-        })
+        .map_err(|source| Error::Consumer { name, source })
 }
 
 impl Worker {

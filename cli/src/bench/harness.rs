@@ -227,6 +227,11 @@ impl Harness {
             .and_then(|c| c.id())
     }
 
+    /// The first nats-server's pid, while it runs.
+    pub fn nats_pid(&self) -> Option<u32> {
+        self.nats.first().and_then(NatsProcess::pid)
+    }
+
     /// The pid of manager `index`, while it runs.
     pub fn pid_of(&self, index: usize) -> Option<u32> {
         self.managers

@@ -36,6 +36,11 @@ pub struct NodesReport {
     pub workers: usize,
     pub interval_ms: f64,
     pub sync: String,
+    /// From the first worker's connection until the manager had journalled every worker as
+    /// joined.
+    pub registered_s: f64,
+    /// nats-server's CPU over the same measurement as the manager's, as a share of one core.
+    pub nats_cpu_share: f64,
     /// The manager's CPU time over the measurement, as a share of one core.
     pub manager_cpu_share: f64,
     /// The manager's resident memory at the end of the measurement, and its peak.
@@ -75,10 +80,18 @@ async fn measure(args: &NodesArgs, harness: &Harness) -> Result<NodesReport> {
         cores: 64.0,
         memory: 256 << 30,
     };
+    // The manager journals each node it hears of for the first time: counted from before the
+    // first worker connects (`cube nodes` cannot list thousands of nodes in one reply).
+    let joins = harness.client.subscribe(journal_for(NODE_JOINED)).await?;
+    let began = Instant::now();
     let fleet = SimFleet::start(&harness.url, &spec).await?;
     let outcome = async {
-        harness.wait_for_nodes(&spec.prefix, args.workers).await?;
+        let registered = registered(joins, &spec.prefix, args.workers, began).await?;
+        let nats = harness.nats_pid().context("nats-server is not running")?;
+        let nats_before = cpu_ticks(nats)?;
         let (cpu, rss) = cpu_share(pid, args.duration).await?;
+        let nats_cpu =
+            (cpu_ticks(nats)? - nats_before) as f64 / USER_HZ / args.duration.as_secs_f64();
         let peak = status_mb(pid, "VmHWM:")?;
         // Heartbeats on the wire, counted by the bench on the manager's subject.
         let mut beats = harness.client.subscribe(HEARTBEAT_ALL).await?;
@@ -108,6 +121,8 @@ async fn measure(args: &NodesArgs, harness: &Harness) -> Result<NodesReport> {
         Ok::<_, anyhow::Error>(NodesReport {
             bench: "nodes",
             workers: args.workers,
+            registered_s: registered.as_secs_f64(),
+            nats_cpu_share: nats_cpu,
             interval_ms: ms(args.interval),
             sync: format!("{:?}", args.common.sync).to_lowercase(),
             manager_cpu_share: cpu,
@@ -124,6 +139,38 @@ async fn measure(args: &NodesArgs, harness: &Harness) -> Result<NodesReport> {
     .await;
     fleet.stop().await;
     outcome
+}
+
+/// How many node-joined journal entries it takes to be sure all workers were heard.
+const NODE_JOINED: &str = "node-joined";
+/// How long the bench waits for every worker to join (the target is a minute).
+const REGISTER_WITHIN: Duration = Duration::from_secs(180);
+
+/// Waits until the manager has journalled all `count` workers named `prefix…` as joined, and
+/// returns how long that took since `began`.
+async fn registered(
+    mut joins: async_nats::Subscriber,
+    prefix: &str,
+    count: usize,
+    began: Instant,
+) -> Result<Duration> {
+    let deadline = tokio::time::Instant::from_std(began + REGISTER_WITHIN);
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    while seen.len() < count {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, joins.next()).await else {
+            bail!(
+                "only {} of {count} workers registered within {REGISTER_WITHIN:?}",
+                seen.len()
+            );
+        };
+        let Ok(entry) = serde_json::from_slice::<cube_shared::JournalEntry>(&msg.payload) else {
+            continue;
+        };
+        if let Some(worker) = entry.worker.filter(|w| w.starts_with(prefix)) {
+            seen.insert(worker);
+        }
+    }
+    Ok(began.elapsed())
 }
 
 /// The CPU time `pid` used over `window`, as a share of one core, and its resident memory
@@ -206,6 +253,10 @@ fn table(r: &NodesReport) -> String {
         r.workers, r.interval_ms, r.sync
     );
     out += &format!(
+        "  {:<30} {:>8.1} s (from the first connection)\n",
+        "all workers registered", r.registered_s
+    );
+    out += &format!(
         "  {:<30} {:>8.1} /s\n",
         "heartbeats received", r.heartbeats_per_s
     );
@@ -217,6 +268,11 @@ fn table(r: &NodesReport) -> String {
     out += &format!(
         "  {:<30} {:>8.1} MB (peak {:.1} MB)\n",
         "manager resident memory", r.manager_rss_mb, r.manager_peak_rss_mb
+    );
+    out += &format!(
+        "  {:<30} {:>8.1} % of one core\n",
+        "nats-server CPU",
+        r.nats_cpu_share * 100.0
     );
     out += &format!(
         "  with {} tasks running:\n  {:<30} {:>8.1} % of one core\n  {:<30} {:>8.1} MB\n",
