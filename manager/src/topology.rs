@@ -30,7 +30,10 @@ pub use cube_shared::subjects::MAX_WORKERS;
 /// copy a returning node still runs is fenced by its heartbeat. Each worker's consumer
 /// remembers what it acknowledged, so nothing is delivered twice while it lives.
 pub const WORK_MAX_AGE: Duration = Duration::from_secs(3600);
-pub const WORK_MAX_BYTES: i64 = 1 << 30;
+/// 512 MiB: about half a million placements, minutes of work at full speed (a placement
+/// dropped before it was taken is made again after the schedule timeout). Every stream's byte
+/// limit is reserved against the server's `max_file_store`, which the sum must fit.
+pub const WORK_MAX_BYTES: i64 = 512 << 20;
 
 /// The work stream: placements and stops, one subject per worker (`tasks.pending.<worker>`)
 /// and the shared queue (`tasks.pending`). Limits retention, not a work queue: on a work

@@ -546,9 +546,9 @@ impl NatsCluster {
 /// The configuration of a test cluster's node: loopback only, JetStream in its store with
 /// every write fsynced before it is acknowledged (as [`NatsServer`]'s), cluster `cube-test`
 /// with routes to the other nodes, monitoring on its HTTP port. Its storage limit is fixed
-/// (4 GB, far above what a test writes) rather than JetStream's default share of the free disk,
+/// (8 GB, far above what a test writes) rather than JetStream's default share of the free disk,
 /// so that a node started again on a fuller disk still has room for the streams' reservations
-/// (`CUBE_LOGS` reserves 1 GiB on every node).
+/// (every stream's and bucket's byte limit, about 3.6 GiB on every node).
 pub fn generated(node: &NodeConf) -> String {
     let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("a string");
     let routes: Vec<String> = node
@@ -561,7 +561,7 @@ pub fn generated(node: &NodeConf) -> String {
          listen: \"127.0.0.1:{port}\"\n\
          http: \"127.0.0.1:{http}\"\n\
          log_file: {log}\n\
-         jetstream {{\n  store_dir: {store}\n  sync_interval: always\n  max_file_store: 4GB\n}}\n\
+         jetstream {{\n  store_dir: {store}\n  sync_interval: always\n  max_file_store: 8GB\n}}\n\
          cluster {{\n  name: cube-test\n  listen: \"127.0.0.1:{route}\"\n  \
          routes: [{routes}]\n}}\n",
         name = node.name,
