@@ -313,6 +313,7 @@ async fn lead(
                 for msg in &batch {
                     shell.rules.on_report(msg.subject.as_str(), &msg.payload, now);
                 }
+                shell.rules.set_reports_waiting(!caught_up, Instant::now());
                 if caught_up {
                     shell.rules.resend_placements();
                 }

@@ -25,6 +25,10 @@ use uuid::Uuid;
 use super::nodes::Unseen;
 use super::Rules;
 
+/// How long reports may wait unread before the manager counts itself behind on them: a
+/// pipeline's ordinary lag, far below any placement's timeout.
+pub(crate) const BACKLOG_TOLERATED: Duration = Duration::from_secs(1);
+
 /// What the manager has heard, on its monotonic clock.
 pub(crate) struct Hearing {
     /// When each node's last heartbeat arrived.
@@ -45,6 +49,12 @@ pub(crate) struct Hearing {
     /// The latest reading of the monotonic clock a handler was given: what a placement made
     /// by a handler without one (a submission, a report) counts from.
     latest: Instant,
+    /// Since when reports have been waiting in the state stream unread, at the end of every
+    /// batch read: the manager is behind on what workers said.
+    behind_since: Option<Instant>,
+    /// Silence of a placement before this instant is held against nobody: the end of a
+    /// backlog of reports, which may have held what would have explained it.
+    placements_rearmed: Instant,
 }
 
 impl Hearing {
@@ -56,6 +66,8 @@ impl Hearing {
             deaf: false,
             disruption: false,
             judged: BTreeSet::new(),
+            behind_since: None,
+            placements_rearmed: now,
             last_any: None,
             latest: now,
         }
@@ -94,8 +106,15 @@ impl Hearing {
     /// How long task `id`'s current placement has gone unlisted, as far as it can be held
     /// against it.
     fn unlisted(&self, id: Uuid, now: Instant) -> Duration {
-        let since = self.listed.get(&id).copied().unwrap_or(self.rearmed);
-        now.saturating_duration_since(since.max(self.rearmed))
+        let floor = self.rearmed.max(self.placements_rearmed);
+        let since = self.listed.get(&id).copied().unwrap_or(floor);
+        now.saturating_duration_since(since.max(floor))
+    }
+
+    /// Whether reports have waited unread for longer than [`BACKLOG_TOLERATED`] at `now`.
+    fn behind_on_reports(&self, now: Instant) -> bool {
+        self.behind_since
+            .is_some_and(|since| now.saturating_duration_since(since) > BACKLOG_TOLERATED)
     }
 
     pub(crate) fn forget_node(&mut self, node: &str) {
@@ -141,6 +160,25 @@ impl Rules {
         } else if can_hear && self.hearing.deaf {
             self.hearing.deaf = false;
             self.rearm("contact with NATS is back", now, mono);
+        }
+    }
+
+    /// The shell read a batch of reports at `mono`; `waiting`: more were in the state stream
+    /// after it. A placement is not judged unlisted while the manager is behind on reports
+    /// (its `completed` may be among them: a slow manager would place again what ran), and
+    /// after a backlog longer than [`BACKLOG_TOLERATED`] every placement gets its timeouts
+    /// afresh, as nodes do when the manager hears again.
+    pub fn set_reports_waiting(&mut self, waiting: bool, mono: Instant) {
+        self.hearing.at(mono);
+        match (waiting, self.hearing.behind_since) {
+            (true, None) => self.hearing.behind_since = Some(mono),
+            (false, Some(_)) => {
+                if self.hearing.behind_on_reports(mono) {
+                    self.hearing.placements_rearmed = mono;
+                }
+                self.hearing.behind_since = None;
+            }
+            _ => {}
         }
     }
 
@@ -301,7 +339,7 @@ impl Rules {
     /// ("vanished": a missed exit, a worker restarted with an empty memory); a placement
     /// nobody took up is made again.
     pub(super) fn check_placements(&mut self, now: DateTime<Utc>, mono: Instant) {
-        if !self.hearing.can_judge() {
+        if !self.hearing.can_judge() || self.hearing.behind_on_reports(mono) {
             return;
         }
         let limit = self.timings.node_ttl + self.timings.node_grace;

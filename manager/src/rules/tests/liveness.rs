@@ -278,6 +278,49 @@ fn a_placement_nobody_takes_up_is_made_again() {
 }
 
 #[test]
+fn no_placement_is_judged_while_reports_wait_unread() {
+    // A slow manager: the worker ran the task and reported it completed, but the report waits
+    // in the stream behind thousands of others. Placing it again would run it twice.
+    let mut h = Harness::new(&["w1", "w2"]);
+    let t = sleeper(RestartPolicy::No);
+    h.submit(t.clone());
+    let (w, other) = h.placed_and_other(t.id);
+    h.rules.set_reports_waiting(true, h.mono);
+    let all = pass(&mut h, 120, &[(&w, &[]), (other, &[])]);
+    assert!(
+        kinds(&all).is_empty(),
+        "judged while behind: {:?}",
+        kinds(&all)
+    );
+    // Caught up without its report: its timeout starts afresh from there.
+    h.rules.set_reports_waiting(false, h.mono);
+    let all = pass(&mut h, 60, &[(&w, &[]), (other, &[])]);
+    assert!(kinds(&all).is_empty());
+    let all = pass(&mut h, 1, &[(&w, &[]), (other, &[])]);
+    assert_eq!(kinds(&all), ["placement-timeout", "scheduled"]);
+    // A running task's worker stops listing it while its exit waits unread: not vanished.
+    let (mut h, t, w, other) = running(RestartPolicy::OnFailure);
+    h.rules.set_reports_waiting(true, h.mono);
+    let all = pass(&mut h, 40, &[(&w, &[]), (other, &[])]);
+    assert!(kinds(&all).is_empty());
+    assert_eq!(h.task(t.id).state, State::Running);
+    // An ordinary lag (reports waiting for less than a second, batch after batch) holds
+    // nothing up.
+    let mut h = Harness::new(&["w1", "w2"]);
+    let t = sleeper(RestartPolicy::No);
+    h.submit(t.clone());
+    let (w, other) = h.placed_and_other(t.id);
+    let mut all = Vec::new();
+    for _ in 0..61 {
+        h.rules.set_reports_waiting(true, h.mono);
+        h.advance(0.5);
+        h.rules.set_reports_waiting(false, h.mono);
+        all.extend(pass(&mut h, 1, &[(&w, &[]), (other, &[])]));
+    }
+    assert_eq!(kinds(&all), ["placement-timeout", "scheduled"]);
+}
+
+#[test]
 fn paged_heartbeats_list_every_placement() {
     let mut h = Harness::new(&["w1"]);
     let ids: Vec<Uuid> = (0..3)
