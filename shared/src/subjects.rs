@@ -193,6 +193,39 @@ mod tests {
 
     const ASYNCAPI: &str = include_str!("../../docs/asyncapi.yaml");
 
+    /// The document is YAML (a description holding `: ` must be quoted), and every message a
+    /// channel names is one of its components.
+    #[test]
+    fn the_asyncapi_document_is_yaml_whose_references_resolve() {
+        use yaml_rust2::{Yaml, YamlLoader};
+        let docs = YamlLoader::load_from_str(ASYNCAPI)
+            .unwrap_or_else(|e| panic!("docs/asyncapi.yaml is not YAML: {e}"));
+        let doc = &docs[0];
+        let messages = doc["components"]["messages"]
+            .as_hash()
+            .expect("components.messages");
+        let channels = doc["channels"].as_hash().expect("channels");
+        assert!(channels.len() > 5);
+        for (name, channel) in channels {
+            // `null`: a dynamic address (the requester's inbox).
+            let address = &channel["address"];
+            assert!(
+                address.as_str().is_some() || address.is_null(),
+                "{name:?} has no address"
+            );
+            for (_, m) in channel["messages"].as_hash().expect("messages") {
+                let target = m["$ref"].as_str().expect("a $ref");
+                let component = target
+                    .strip_prefix("#/components/messages/")
+                    .unwrap_or_else(|| panic!("{target}"));
+                assert!(
+                    messages.contains_key(&Yaml::String(component.to_string())),
+                    "{name:?} refers to {target}, which is not there"
+                );
+            }
+        }
+    }
+
     /// `pub const NAME: &str = "value";` in this file: every name on the wire.
     fn constants() -> Vec<(String, String)> {
         include_str!("subjects.rs")
