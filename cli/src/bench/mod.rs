@@ -11,6 +11,7 @@ mod docker;
 mod failover;
 mod harness;
 mod nodes;
+mod place;
 mod schedule;
 mod services;
 
@@ -58,6 +59,9 @@ pub enum BenchCommand {
     /// Services: a service of many copies deployed on simulated workers until every copy
     /// runs, then rolled over to a new version, beside as many plain tasks in the same run.
     Services(services::ServicesArgs),
+    /// The manager's placement rules alone, in this process: a placement, a task that fits
+    /// nowhere, freed room and a tick, with many nodes and many waiting tasks.
+    Place(place::PlaceArgs),
 }
 
 /// Options every benchmark takes.
@@ -89,6 +93,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Nodes(a) => nodes::run(a).await,
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Services(a) => services::run(a).await,
+        BenchCommand::Place(a) => place::run(a).await,
     }
 }
 
