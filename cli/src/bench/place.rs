@@ -193,15 +193,15 @@ fn fitting(i: usize) -> Task {
     let (cpu, memory) = [(0.25, 256 * MIB), (0.5, MIB << 10), (1.0, 2 * GIB)][i % 3];
     t.cpu = cpu;
     t.memory = memory;
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         t.constraints = vec![format!("zone=z{}", i % 3)];
     }
     t
 }
 
 fn measure(args: &PlaceArgs, name: &str) -> Result<Figures> {
-    let scheduler = cube_manager::algorithms::by_name(name)
-        .with_context(|| format!("no algorithm {name}"))?;
+    let scheduler =
+        cube_manager::algorithms::by_name(name).with_context(|| format!("no algorithm {name}"))?;
     let mono = Instant::now();
     let mut b = Bench {
         rules: Rules::new(
@@ -215,8 +215,7 @@ fn measure(args: &PlaceArgs, name: &str) -> Result<Figures> {
         mono,
     };
     b.rules.set_hearing(true, b.now, b.mono);
-    let mut f = Figures::default();
-    f.join = timed(args.nodes, args.budget, |i| {
+    let join = timed(args.nodes, args.budget, |i| {
         b.step();
         let n = node(i);
         let subject = HEARTBEAT_ALL.replace('*', &n.name);
@@ -224,13 +223,13 @@ fn measure(args: &PlaceArgs, name: &str) -> Result<Figures> {
         b.settle();
     });
     let mut placed = Vec::new();
-    f.place = timed(args.placements, args.budget, |i| {
+    let place = timed(args.placements, args.budget, |i| {
         let t = fitting(i);
         let id = t.id;
         b.submit(t);
         placed.push(id);
     });
-    f.wait = timed(args.pending, args.budget, |_| {
+    let wait = timed(args.pending, args.budget, |_| {
         let mut t = Task::new("busybox");
         t.memory = 128 * GIB;
         b.submit(t);
@@ -247,17 +246,23 @@ fn measure(args: &PlaceArgs, name: &str) -> Result<Figures> {
     for (id, worker, generation) in &ending {
         b.report(*id, worker, State::Running, *generation);
     }
-    f.free = timed(ending.len(), args.budget, |i| {
+    let free = timed(ending.len(), args.budget, |i| {
         let (id, worker, generation) = &ending[i];
         b.report(*id, worker, State::Completed, *generation);
     });
-    f.tick = timed(args.rounds, args.budget, |_| {
+    let tick = timed(args.rounds, args.budget, |_| {
         b.step();
         b.rules.set_hearing(true, b.now, b.mono);
         b.rules.tick(b.now, b.mono);
         b.settle();
     });
-    Ok(f)
+    Ok(Figures {
+        join,
+        place,
+        wait,
+        free,
+        tick,
+    })
 }
 
 fn table(r: &PlaceReport) -> String {

@@ -117,6 +117,7 @@ pub struct Rules {
     services: services::Services,
     metrics: Metrics,
     placements: Placements,
+    placing: placement::Placing,
     effects: Effects,
 }
 
@@ -156,6 +157,7 @@ impl Rules {
             services: services::Services::new(stored.services),
             metrics,
             placements,
+            placing: Default::default(),
             effects: Effects::default(),
         };
         for task in stored.tasks {

@@ -4,6 +4,7 @@
 mod intake;
 mod liveness;
 mod nodes;
+mod placement;
 mod restarts;
 mod retention;
 mod services;
