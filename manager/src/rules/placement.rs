@@ -25,6 +25,8 @@ pub(super) struct Placing {
     /// the answer stands, though the counts in the text may have moved a little.
     reasons: HashMap<Request, String>,
     reasons_at: (u64, u64),
+    /// One task of each request the last pass could not place.
+    refused: Vec<Task>,
 }
 
 /// What decides whether a task fits on a node: its resources and constraints.
@@ -139,11 +141,33 @@ impl Rules {
     /// pass that may let one be placed ([`Mark`]). Once a task cannot be placed, later ones
     /// that ask for the same (resources and constraints) cannot either: they wait without
     /// asking the scheduler. A pass so costs O(waiting) cheap steps plus one placement per
-    /// distinct request, and nothing when nothing changed.
+    /// distinct request; nothing when nothing changed, and one index query per distinct
+    /// request when room was freed that none of them fits.
     pub(super) fn place_pending(&mut self, now: DateTime<Utc>) {
-        if !self.cluster.has_pending() || self.placing.passed == Some(self.cluster.mark()) {
+        let mark = self.cluster.mark();
+        if !self.cluster.has_pending() || self.placing.passed == Some(mark) {
             return;
         }
+        if self
+            .placing
+            .passed
+            .is_some_and(|p| (p.nodes, p.queued) == (mark.nodes, mark.queued))
+        {
+            // Only room was freed: unless some request refused last time fits now, the pass
+            // would place nothing. The waiting tasks are the last pass's, all refused.
+            let none = |_: &str| false;
+            let room = self.cluster.room();
+            if !self
+                .placing
+                .refused
+                .iter()
+                .any(|t| room.any(&Want::new(t, &none)))
+            {
+                self.placing.passed = Some(mark);
+                return;
+            }
+        }
+        let mut examples = Vec::new();
         let mut refused: HashMap<Request, String> = HashMap::new();
         for id in self.cluster.pending() {
             let Some(task) = self.cluster.task(&id) else {
@@ -151,15 +175,21 @@ impl Rules {
             };
             let request = Request::of(task);
             if let Some(reason) = refused.get(&request) {
-                let task = task.clone();
-                self.waits(task, reason.clone(), now);
+                if task.error.as_ref() != Some(reason) {
+                    let (task, reason) = (task.clone(), reason.clone());
+                    self.waits(task, reason, now);
+                }
                 continue;
             }
             if !self.try_place(id, now) {
-                let reason = self.cluster.task(&id).and_then(|t| t.error.clone());
-                refused.insert(request, reason.unwrap_or_default());
+                let Some(task) = self.cluster.task(&id) else {
+                    continue;
+                };
+                refused.insert(request, task.error.clone().unwrap_or_default());
+                examples.push(task.clone());
             }
         }
+        self.placing.refused = examples;
         self.placing.passed = Some(self.cluster.mark());
     }
 
