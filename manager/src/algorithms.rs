@@ -4,6 +4,7 @@
 
 use cube_shared::Task;
 
+use crate::cluster::room::{Room, Want};
 use crate::scheduler::{lowest, NodeView, Scheduler};
 
 /// The algorithms `cube manager --scheduler` accepts, with one line each.
@@ -60,6 +61,10 @@ impl Scheduler for Spread {
     fn score(&mut self, task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64> {
         candidates.iter().map(|n| n.fullness_with(task)).collect()
     }
+
+    fn place_indexed(&mut self, room: &Room, want: &Want) -> Option<Option<String>> {
+        Some(room.best(want, false))
+    }
 }
 
 /// The fullest node that fits: highest load after placing the task, then the most tasks.
@@ -73,6 +78,10 @@ impl Scheduler for BinPack {
 
     fn score(&mut self, task: &Task, candidates: &[NodeView<'_>]) -> Vec<f64> {
         candidates.iter().map(|n| -n.fullness_with(task)).collect()
+    }
+
+    fn place_indexed(&mut self, room: &Room, want: &Want) -> Option<Option<String>> {
+        Some(room.best(want, true))
     }
 }
 
@@ -140,6 +149,13 @@ pub struct RoundRobin {
     last: Option<String>,
 }
 
+impl RoundRobin {
+    /// Round-robin as if it had last chosen `last`.
+    pub fn after(last: Option<String>) -> RoundRobin {
+        RoundRobin { last }
+    }
+}
+
 impl Scheduler for RoundRobin {
     fn name(&self) -> &'static str {
         "round-robin"
@@ -167,6 +183,14 @@ impl Scheduler for RoundRobin {
         let name = candidates[lowest(scores)].node.name.clone();
         self.last = Some(name.clone());
         name
+    }
+
+    fn place_indexed(&mut self, room: &Room, want: &Want) -> Option<Option<String>> {
+        let name = room.next_after(want, self.last.as_deref());
+        if name.is_some() {
+            self.last.clone_from(&name);
+        }
+        Some(name)
     }
 }
 

@@ -10,6 +10,8 @@ use uuid::Uuid;
 use crate::metrics::NodeCounts;
 use crate::scheduler::NodeView;
 
+pub mod room;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Reservation {
     pub cpu: f64,
@@ -60,6 +62,21 @@ pub struct Cluster {
     /// How many tasks are in each state, indexed like [`State::ALL`]: kept by
     /// [`Cluster::put_task`], so it is right from the first task loaded after a restart.
     by_state: [usize; State::ALL.len()],
+    /// The nodes that take work, by free room.
+    room: room::Room,
+    /// What may have changed the fate of a waiting task (see [`Mark`]).
+    mark: Mark,
+}
+
+/// Counts of the changes that may let a waiting task be placed or change why it waits: room
+/// freed on a node, a node joined, left or changed (state, capacity, labels), a task newly
+/// waiting. Nothing else can: a placement only takes room. So a pass over the waiting tasks
+/// with the same mark as the last one would decide nothing new.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub freed: u64,
+    pub nodes: u64,
+    pub queued: u64,
 }
 
 impl Cluster {
@@ -88,13 +105,23 @@ impl Cluster {
     /// Records a task's new version, keeping reservations and the pending queue in step.
     /// This is the only way a task changes, so the accounting cannot drift.
     pub fn put_task(&mut self, task: Task) {
-        if let Some(old) = self.tasks.get(&task.id) {
-            if let (true, Some(w)) = (old.state.is_active(), &old.worker) {
+        let held = |t: &Task| match (t.state.is_active(), &t.worker) {
+            (true, Some(w)) => Some((w.clone(), t.cpu, t.memory, t.disk)),
+            _ => None,
+        };
+        let before = self.tasks.get(&task.id).and_then(held);
+        let after = held(&task);
+        if before != after {
+            if let Some((w, ..)) = &before {
+                let old = &self.tasks[&task.id];
                 self.reserved.entry(w.clone()).or_default().remove(old);
+                self.reindex(w);
+                self.mark.freed += 1;
             }
-        }
-        if let (true, Some(w)) = (task.state.is_active(), &task.worker) {
-            self.reserved.entry(w.clone()).or_default().add(&task);
+            if let Some((w, ..)) = &after {
+                self.reserved.entry(w.clone()).or_default().add(&task);
+                self.reindex(w);
+            }
         }
         if let Some(old) = self.tasks.get(&task.id) {
             self.by_state[old.state as usize] -= 1;
@@ -107,6 +134,7 @@ impl Cluster {
                 .is_none_or(|old| old.state != cube_shared::State::Pending);
         if newly_pending {
             self.pending.push_back(task.id);
+            self.mark.queued += 1;
         }
         if let Some(service) = &task.service {
             self.copies
@@ -127,6 +155,8 @@ impl Cluster {
         let task = self.tasks.remove(id)?;
         if let (true, Some(w)) = (task.state.is_active(), &task.worker) {
             self.reserved.entry(w.clone()).or_default().remove(&task);
+            self.reindex(w);
+            self.mark.freed += 1;
         }
         self.by_state[task.state as usize] -= 1;
         self.restarting.remove(id);
@@ -227,30 +257,70 @@ impl Cluster {
 
     /// Records a node as the rules now see it.
     pub fn put_node(&mut self, node: Node) {
-        self.nodes.insert(node.name.clone(), node);
+        let changed = self.nodes.get(&node.name).is_none_or(|old| {
+            old.state != node.state
+                || old.cores.to_bits() != node.cores.to_bits()
+                || old.memory != node.memory
+                || old.disk != node.disk
+                || old.labels != node.labels
+        });
+        let name = node.name.clone();
+        self.nodes.insert(name.clone(), node);
+        if changed {
+            self.mark.nodes += 1;
+            self.reindex(&name);
+        }
     }
 
     /// Forgets a node (`cube nodes forget`); what was reserved there goes with its tasks.
     pub fn remove_node(&mut self, name: &str) -> Option<Node> {
-        self.nodes.remove(name)
+        let node = self.nodes.remove(name)?;
+        self.mark.nodes += 1;
+        self.room.remove(name);
+        Some(node)
+    }
+
+    /// Files node `name` in the index again, after a change to it or its reservations.
+    fn reindex(&mut self, name: &str) {
+        match self.nodes.get(name) {
+            Some(node) => {
+                let r = self.reserved.get(name).copied().unwrap_or_default();
+                self.room.update(node, r);
+            }
+            None => self.room.remove(name),
+        }
+    }
+
+    /// The index of the nodes that take work, by free room.
+    pub fn room(&self) -> &room::Room {
+        &self.room
+    }
+
+    /// See [`Mark`].
+    pub fn mark(&self) -> Mark {
+        self.mark
+    }
+
+    /// Node `name` as the scheduler sees it.
+    pub fn view(&self, name: &str) -> Option<NodeView<'_>> {
+        self.nodes.get(name).map(|n| self.view_of(n))
     }
 
     /// Nodes as the scheduler sees them.
     pub fn views(&self) -> Vec<NodeView<'_>> {
-        self.nodes
-            .values()
-            .map(|n| {
-                let r = self.reserved.get(&n.name).copied().unwrap_or_default();
-                NodeView {
-                    node: n,
-                    alive: alive(n),
-                    cpu_reserved: r.cpu,
-                    memory_reserved: r.memory,
-                    disk_reserved: r.disk,
-                    tasks: r.tasks,
-                }
-            })
-            .collect()
+        self.nodes.values().map(|n| self.view_of(n)).collect()
+    }
+
+    fn view_of<'a>(&'a self, n: &'a Node) -> NodeView<'a> {
+        let r = self.reserved.get(&n.name).copied().unwrap_or_default();
+        NodeView {
+            node: n,
+            alive: alive(n),
+            cpu_reserved: r.cpu,
+            memory_reserved: r.memory,
+            disk_reserved: r.disk,
+            tasks: r.tasks,
+        }
     }
 
     /// How many nodes are in each state, as `cube nodes` shows them.

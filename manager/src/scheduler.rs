@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use cube_shared::units::format_bytes;
-use cube_shared::{Node, NodeState, Task};
+use cube_shared::{Constraint, Node, NodeState, Task};
+
+use crate::cluster::room::{Room, Want};
 
 /// A node as the scheduler sees it: capacity from heartbeats, reservations from the Task DB.
 #[derive(Debug, Clone)]
@@ -23,6 +25,11 @@ pub struct NodeView<'a> {
 impl NodeView<'_> {
     /// Why this node cannot take `task`, or `None` if it can.
     pub fn rejects(&self, task: &Task) -> Option<String> {
+        self.rejects_with(task, &task.parsed_constraints())
+    }
+
+    /// [`NodeView::rejects`] with the task's constraints parsed once for many nodes.
+    pub fn rejects_with(&self, task: &Task, constraints: &[Constraint]) -> Option<String> {
         match self.node.state {
             NodeState::Down => return Some("node down".into()),
             NodeState::Unreachable => return Some("node unreachable".into()),
@@ -30,9 +37,8 @@ impl NodeView<'_> {
             NodeState::Ready if !self.alive => return Some("node unreachable".into()),
             NodeState::Ready => {}
         }
-        if let Some(c) = task
-            .parsed_constraints()
-            .into_iter()
+        if let Some(c) = constraints
+            .iter()
             .find(|c| !c.allows_node(&self.node.name, &self.node.labels))
         {
             return Some(format!("constraint {c}"));
@@ -49,17 +55,37 @@ impl NodeView<'_> {
         None
     }
 
-    /// How full the node would be with `task` on it: the larger of its reserved cpu and
-    /// memory fractions (a node offering none of a resource counts as full of it), with the
-    /// task count as a tie-break among equally loaded nodes.
+    /// How full the node would be with `task` on it (see [`fullness`]).
     pub fn fullness_with(&self, task: &Task) -> f64 {
-        let cpu = fraction(self.cpu_reserved + task.cpu, self.node.cores);
-        let memory = fraction(
-            (self.memory_reserved + task.memory) as f64,
-            self.node.memory as f64,
-        );
-        cpu.max(memory) + f64::from(self.tasks) * 1e-6
+        fullness(
+            self.cpu_reserved,
+            self.memory_reserved,
+            self.tasks,
+            self.node.cores,
+            self.node.memory,
+            task.cpu,
+            task.memory,
+        )
     }
+}
+
+/// How full a node of `cores` and `memory` with these reservations would be with `cpu` and
+/// `memory_added` more: the larger of its reserved cpu and memory fractions (a node offering
+/// none of a resource counts as full of it), with the task count as a tie-break among equally
+/// loaded nodes. The node index ([`crate::cluster::room`]) orders nodes by it with nothing
+/// added, and scores with it, so that it chooses to the bit as a scan would.
+pub fn fullness(
+    cpu_reserved: f64,
+    memory_reserved: u64,
+    tasks: u32,
+    cores: f64,
+    memory: u64,
+    cpu: f64,
+    memory_added: u64,
+) -> f64 {
+    let cpu = fraction(cpu_reserved + cpu, cores);
+    let memory = fraction((memory_reserved + memory_added) as f64, memory as f64);
+    cpu.max(memory) + f64::from(tasks) * 1e-6
 }
 
 fn fraction(used: f64, capacity: f64) -> f64 {
@@ -85,9 +111,10 @@ pub trait Scheduler: Send + Sync {
         nodes: &[NodeView<'n>],
     ) -> Result<Vec<NodeView<'n>>, Unschedulable> {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let constraints = task.parsed_constraints();
         let candidates: Vec<NodeView<'n>> = nodes
             .iter()
-            .filter(|n| match n.rejects(task) {
+            .filter(|n| match n.rejects_with(task, &constraints) {
                 Some(reason) => {
                     *reasons.entry(reason).or_default() += 1;
                     false
@@ -125,6 +152,13 @@ pub trait Scheduler: Send + Sync {
     /// to take, rather than to a chosen worker.
     fn uses_shared_queue(&self) -> bool {
         false
+    }
+
+    /// The choice among the ready nodes in `room` that `want` allows, through the index
+    /// rather than a scan (`Some(None)`: none has room), for an algorithm that has an indexed
+    /// form; `None` for one that must score every node (E-PVM).
+    fn place_indexed(&mut self, _room: &Room, _want: &Want) -> Option<Option<String>> {
+        None
     }
 
     /// Select, score, pick.

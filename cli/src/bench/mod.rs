@@ -11,6 +11,7 @@ mod docker;
 mod failover;
 mod harness;
 mod nodes;
+mod place;
 mod schedule;
 mod services;
 mod soak;
@@ -62,6 +63,9 @@ pub enum BenchCommand {
     /// Many short tasks for a long time: throughput, p99 submit → running, the JetStream
     /// store and the manager's memory over time, and whether they stay flat.
     Soak(soak::SoakArgs),
+    /// The manager's placement rules alone, in this process: a placement, a task that fits
+    /// nowhere, freed room and a tick, with many nodes and many waiting tasks.
+    Place(place::PlaceArgs),
 }
 
 /// Options every benchmark takes.
@@ -94,6 +98,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::Services(a) => services::run(a).await,
         BenchCommand::Soak(a) => soak::run(a).await,
+        BenchCommand::Place(a) => place::run(a).await,
     }
 }
 

@@ -124,6 +124,7 @@ pub struct Rules {
     services: services::Services,
     metrics: Metrics,
     placements: Placements,
+    placing: placement::Placing,
     effects: Effects,
 }
 
@@ -164,6 +165,7 @@ impl Rules {
             services: services::Services::new(stored.services),
             metrics,
             placements,
+            placing: Default::default(),
             effects: Effects::default(),
         };
         for task in stored.tasks {

@@ -5,6 +5,7 @@ mod intake;
 mod limits;
 mod liveness;
 mod nodes;
+mod placement;
 mod restarts;
 mod retention;
 mod services;
