@@ -24,11 +24,10 @@ pub struct Topology {
 
 pub use cube_shared::subjects::MAX_WORKERS;
 
-/// How long `CUBE_WORK` keeps a placement, and how many bytes of them at most (the oldest go
-/// first). Longer than a placement can matter: one nobody took up is made again after the
-/// schedule timeout (60 s), a node silent for `lost_after` (10 min) has its tasks failed, and a
-/// copy a returning node still runs is fenced by its heartbeat. Each worker's consumer
-/// remembers what it acknowledged, so nothing is delivered twice while it lives.
+/// How long `CUBE_WORK` keeps a placement nobody acknowledged, and how many bytes of them at
+/// most (the oldest go first). Longer than a placement can matter: one nobody took up is made
+/// again after the schedule timeout (60 s), a node silent for `lost_after` (10 min) has its
+/// tasks failed, and a copy a returning node still runs is fenced by its heartbeat.
 pub const WORK_MAX_AGE: Duration = Duration::from_secs(3600);
 /// 512 MiB: about half a million placements, minutes of work at full speed (a placement
 /// dropped before it was taken is made again after the schedule timeout). Every stream's byte
@@ -36,13 +35,15 @@ pub const WORK_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const WORK_MAX_BYTES: i64 = 512 << 20;
 
 /// The work stream: placements and stops, one subject per worker (`tasks.pending.<worker>`)
-/// and the shared queue (`tasks.pending`). Limits retention, not a work queue: on a work
-/// queue nats-server scans every consumer on each acknowledgement (to see whether another
-/// still needs the message) and checks each new consumer's filter against every other, which
-/// made both O(workers); here an acknowledgement only moves its consumer's floor.
+/// and the shared queue (`tasks.pending`). A work queue: a message is removed once its worker
+/// acknowledges it. That costs nats-server a look at every consumer per acknowledgement (is
+/// another still interested?), O(workers), and limits retention would avoid it; but a
+/// placement carries the values of its task's secrets (`run::commit`), which must not stay
+/// stored once the worker has them (`tests/tests/secrets.rs` searches every stream for them).
+/// Consumers' filters (`tasks.pending` and `tasks.pending.<worker>`) never overlap.
 pub fn work_stream() -> stream::Config {
     stream::Config {
-        retention: stream::RetentionPolicy::Limits,
+        retention: stream::RetentionPolicy::WorkQueue,
         max_age: WORK_MAX_AGE,
         max_bytes: WORK_MAX_BYTES,
         discard: stream::DiscardPolicy::Old,
@@ -50,45 +51,6 @@ pub fn work_stream() -> stream::Config {
         // it sets its own limit (and "unlimited" is not expressible).
         max_consumers: MAX_WORKERS as i32,
         ..file_stream(WORK_STREAM, &[PENDING, "tasks.pending.*"])
-    }
-}
-
-/// JetStream cannot change a stream's retention: a `CUBE_WORK` made by an earlier release (a
-/// work queue) is deleted, with its consumers, so that [`ensure`] makes it again. Nothing is
-/// lost: what it held is placements and stops the Task DB records, which the leader sends
-/// again when it takes over (and a placement not taken up is made again after the schedule
-/// timeout); workers bind their consumers again on their own. The name stays, and with it the
-/// NATS permissions and the contract.
-async fn migrate_work_stream(js: &jetstream::Context) -> Result<(), Error> {
-    let Ok(mut existing) = js.get_stream(WORK_STREAM).await else {
-        return Ok(());
-    };
-    let info = existing
-        .info()
-        .await
-        .map_err(|e| Error::setup(format!("stream {WORK_STREAM}"), e))?;
-    if info.config.retention != stream::RetentionPolicy::WorkQueue {
-        return Ok(());
-    }
-    tracing::warn!(
-        messages = info.state.messages,
-        consumers = info.state.consumer_count,
-        "{WORK_STREAM} is a work queue (an earlier release): deleting it to make it again with \
-         limits retention; the leader sends the recorded placements again"
-    );
-    match js.delete_stream(WORK_STREAM).await {
-        Ok(_) => Ok(()),
-        // Another manager starting at the same time deleted it first.
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::DeleteStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(Error::setup(format!("stream {WORK_STREAM}"), e)),
     }
 }
 
@@ -232,7 +194,6 @@ pub async fn ensure(
     logs_per_task: u64,
     replicas: usize,
 ) -> Result<Topology, Error> {
-    migrate_work_stream(&js).await?;
     let streams = [
         // Submissions wait here while the manager is down. The size cap is above Cube's own
         // limit so that the manager, not the server, explains an oversized event.
@@ -389,15 +350,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_work_stream_is_bounded_and_not_a_work_queue() {
+    fn the_work_stream_is_a_bounded_work_queue() {
         let c = work_stream();
         assert_eq!(c.name, WORK_STREAM);
         assert_eq!(
             c.subjects,
             vec![PENDING.to_string(), "tasks.pending.*".into()]
         );
-        // A work queue scans every consumer on each acknowledgement.
-        assert_eq!(c.retention, stream::RetentionPolicy::Limits);
+        // An acknowledged placement (and the secrets it carries) goes at once.
+        assert_eq!(c.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!((c.max_age, c.max_bytes), (WORK_MAX_AGE, WORK_MAX_BYTES));
         assert_eq!(c.discard, stream::DiscardPolicy::Old);
         // Longer than a node may be silent before its tasks are failed (`lost_after`).

@@ -219,7 +219,7 @@ fn work_consumer(name: &str, subject: &str, concurrency: usize) -> pull::Config 
 /// its creation a few synchronous writes (under `sync_interval: always`, fsyncs), which held
 /// 10,000 workers starting at once to about 60 a second. A nats-server restart loses it; the
 /// worker's binding makes it again, and it delivers what `CUBE_WORK` still holds for this
-/// worker (an hour of it at most), each checked against the
+/// worker (what it had not acknowledged: a work queue), each checked against the
 /// Task DB like any redelivery: what was already done is acknowledged and skipped, what was
 /// not is done. So a worker still gets every placement it had not acknowledged.
 pub(crate) fn own_consumer(name: &str, concurrency: usize) -> pull::Config {

@@ -194,6 +194,56 @@ mod tests {
         }
     }
 
+    /// The pattern the OpenAPI document gives `TaskSpec.image` (what schemathesis and any
+    /// client generate from) accepts exactly what [`validate_image`] accepts.
+    #[test]
+    fn the_openapi_pattern_is_this_grammar() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../web/assets/openapi.json")).unwrap();
+        let schema = &doc["components"]["schemas"]["TaskSpec"]["properties"]["image"];
+        let pattern = jsonschema::validator_for(schema).expect("a schema");
+        let judge = |s: &str| {
+            let by_pattern = pattern.is_valid(&serde_json::Value::String(s.to_string()));
+            assert_eq!(by_pattern, validate_image(s).is_ok(), "`{s}`");
+        };
+        VALID_EXAMPLES
+            .iter()
+            .chain(INVALID_EXAMPLES)
+            .for_each(|s| judge(s));
+        use proptest::strategy::{Strategy, ValueTree};
+        let pieces = proptest::sample::select(vec![
+            "a",
+            "b1",
+            "z",
+            "9",
+            "A",
+            "x",
+            ".",
+            "_",
+            "__",
+            "___",
+            "-",
+            "--",
+            "/",
+            ":",
+            "5000",
+            "localhost",
+            "reg.io",
+            "@sha256:",
+            "latest",
+            "v1.2",
+            "Tag",
+            "-x",
+            ".y",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ]);
+        let strategy = proptest::collection::vec(pieces, 1..7).prop_map(|p| p.concat());
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        for _ in 0..5000 {
+            judge(&strategy.new_tree(&mut runner).unwrap().current());
+        }
+    }
+
     #[test]
     fn a_long_name_is_refused_with_its_reason() {
         let long = format!("{}:1", "a".repeat(256));
