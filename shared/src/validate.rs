@@ -12,7 +12,8 @@ use crate::{EnvVar, State, Task, TaskEvent};
 
 mod image;
 pub use image::{
-    validate_image, INVALID_EXAMPLES as INVALID_IMAGES, VALID_EXAMPLES as VALID_IMAGES,
+    validate_image, INVALID_EXAMPLES as INVALID_IMAGES, REFERENCE_PIECES as IMAGE_REFERENCE_PIECES,
+    VALID_EXAMPLES as VALID_IMAGES,
 };
 
 pub const MAX_NAME_LEN: usize = 128;

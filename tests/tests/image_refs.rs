@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptionsBuilder};
 use bollard::Docker;
-use cube_shared::validate::{validate_image, INVALID_IMAGES, VALID_IMAGES};
+use cube_shared::validate::{validate_image, IMAGE_REFERENCE_PIECES, INVALID_IMAGES, VALID_IMAGES};
 use cube_tests::Rng;
 
 /// Whether the engine parses `reference`.
@@ -48,33 +48,10 @@ async fn engine_accepts(docker: &Docker, reference: &str) -> Result<bool> {
 
 /// A reference made of the pieces the grammar distinguishes, often slightly wrong.
 fn random_reference(rng: &mut Rng) -> String {
-    const PIECES: &[&str] = &[
-        "a",
-        "b1",
-        "z",
-        "9",
-        "A",
-        "x",
-        ".",
-        "_",
-        "__",
-        "___",
-        "-",
-        "--",
-        "/",
-        ":",
-        "5000",
-        "localhost",
-        "reg.io",
-        "@sha256:",
-        "latest",
-        "v1.2",
-        "Tag",
-        "-x",
-        ".y",
-    ];
     let n = rng.range(1, 7);
-    let mut s: String = (0..n).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+    let mut s: String = (0..n)
+        .map(|_| IMAGE_REFERENCE_PIECES[rng.below(IMAGE_REFERENCE_PIECES.len())])
+        .collect();
     if rng.below(8) == 0 {
         s.push_str(&"0123456789abcdef".repeat(4)[..rng.range(30, 65)]);
     }

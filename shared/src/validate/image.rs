@@ -153,6 +153,34 @@ pub const VALID_EXAMPLES: &[&str] = &[
     "a1b2_c3/d--e:Tag_1.0-x",
 ];
 
+/// Pieces a reference is made of, each on some side of a rule above: random references for
+/// tests are strings of them, often slightly wrong.
+pub const REFERENCE_PIECES: &[&str] = &[
+    "a",
+    "b1",
+    "z",
+    "9",
+    "A",
+    "x",
+    ".",
+    "_",
+    "__",
+    "___",
+    "-",
+    "--",
+    "/",
+    ":",
+    "5000",
+    "localhost",
+    "reg.io",
+    "@sha256:",
+    "latest",
+    "v1.2",
+    "Tag",
+    "-x",
+    ".y",
+];
+
 pub const INVALID_EXAMPLES: &[&str] = &[
     "",
     "Nginx",
@@ -211,32 +239,9 @@ mod tests {
             .chain(INVALID_EXAMPLES)
             .for_each(|s| judge(s));
         use proptest::strategy::{Strategy, ValueTree};
-        let pieces = proptest::sample::select(vec![
-            "a",
-            "b1",
-            "z",
-            "9",
-            "A",
-            "x",
-            ".",
-            "_",
-            "__",
-            "___",
-            "-",
-            "--",
-            "/",
-            ":",
-            "5000",
-            "localhost",
-            "reg.io",
-            "@sha256:",
-            "latest",
-            "v1.2",
-            "Tag",
-            "-x",
-            ".y",
-            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-        ]);
+        let mut pieces = REFERENCE_PIECES.to_vec();
+        pieces.push("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        let pieces = proptest::sample::select(pieces);
         let strategy = proptest::collection::vec(pieces, 1..7).prop_map(|p| p.concat());
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         for _ in 0..5000 {
