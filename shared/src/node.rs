@@ -92,6 +92,32 @@ pub const MAX_NODE_DISK: u64 = 1 << 50;
 pub const RESERVED_NODE_NAMES: [&str; 3] = ["manager", "client", "workers"];
 
 impl Node {
+    /// A ready node named `name` offering `cores`, `memory` bytes and 1 TiB of disk, with
+    /// nothing reserved or running, heard now: what tests and benchmarks build on.
+    pub fn ready(name: &str, cores: f64, memory: u64) -> Node {
+        Node {
+            name: name.into(),
+            address: String::new(),
+            cores,
+            cpu_usage: 0.0,
+            memory,
+            memory_used: 0,
+            memory_allocated: 0,
+            disk: 1 << 40,
+            disk_used: 0,
+            disk_allocated: 0,
+            cpu_allocated: 0.0,
+            task_count: 0,
+            labels: Default::default(),
+            last_heartbeat: chrono::Utc::now(),
+            version: String::new(),
+            state: NodeState::Ready,
+            running: Vec::new(),
+            page: None,
+            leaving: false,
+        }
+    }
+
     /// Why the node's heartbeat cannot be true (a capacity no host has, a reserved name), if
     /// it cannot: a worker that lies is not believed.
     pub fn implausible(&self) -> Option<String> {

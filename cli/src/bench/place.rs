@@ -17,7 +17,7 @@ use cube_manager::metrics::Metrics;
 use cube_manager::rules::{Rules, Stored, Timings};
 use cube_shared::subjects::{state_for, EVENTS, HEARTBEAT_ALL};
 use cube_shared::wire::encode;
-use cube_shared::{Node, NodeState, State, StateReport, Task, TaskEvent};
+use cube_shared::{Node, State, StateReport, Task, TaskEvent};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -165,25 +165,9 @@ fn timed(count: usize, budget: Duration, mut op: impl FnMut(usize)) -> Phase {
 fn node(i: usize) -> Node {
     let (cores, memory) = [(4.0, 8 * GIB), (8.0, 16 * GIB), (16.0, 64 * GIB)][i % 3];
     Node {
-        name: format!("node-{i:05}"),
-        address: String::new(),
-        cores,
         cpu_usage: 0.1,
-        memory,
-        memory_used: 0,
-        memory_allocated: 0,
-        disk: 1 << 40,
-        disk_used: 0,
-        disk_allocated: 0,
-        cpu_allocated: 0.0,
-        task_count: 0,
         labels: [("zone".to_string(), format!("z{}", (i / 3) % 3))].into(),
-        last_heartbeat: Utc::now(),
-        version: String::new(),
-        state: NodeState::Ready,
-        running: Vec::new(),
-        page: None,
-        leaving: false,
+        ..Node::ready(&format!("node-{i:05}"), cores, memory)
     }
 }
 
