@@ -16,12 +16,13 @@ fn wire(name: &str) -> Value {
 }
 
 /// A draft-07 schema of docs/schema as openapi.json spells it: its definitions are components,
-/// and Rust's integer formats (`uint64`), which OpenAPI does not define, are left out (the
-/// bounds say the same).
+/// and Rust's integer formats (`uint64`, `uint32`, ...), which OpenAPI does not define, become
+/// the bounds they mean. Without a `maximum`, a client (schemathesis did) may send a whole
+/// number the server cannot read, as the document allows it.
 fn as_component(schema: &Value) -> Value {
     match schema {
-        Value::Object(fields) => Value::Object(
-            fields
+        Value::Object(fields) => {
+            let mut out: Map<String, Value> = fields
                 .iter()
                 .filter(|(k, _)| !matches!(k.as_str(), "$schema" | "title" | "definitions"))
                 .filter(|(k, v)| {
@@ -34,11 +35,30 @@ fn as_component(schema: &Value) -> Value {
                     ),
                     _ => (k.clone(), as_component(v)),
                 })
-                .collect::<Map<_, _>>(),
-        ),
+                .collect();
+            if let Some((min, max)) = fields.get("format").and_then(integer_range) {
+                out.entry("minimum").or_insert(min);
+                out.entry("maximum").or_insert(max);
+            }
+            Value::Object(out)
+        }
         Value::Array(items) => Value::Array(items.iter().map(as_component).collect()),
         other => other.clone(),
     }
+}
+
+/// The range of one of the integer formats schemars writes for Rust's types (`uint` is usize,
+/// 64 bits here). `int64` is OpenAPI's own format, kept, but its range is stated too.
+fn integer_range(format: &Value) -> Option<(Value, Value)> {
+    let range = match format.as_str()? {
+        "uint8" => (json!(0), json!(u8::MAX)),
+        "uint16" => (json!(0), json!(u16::MAX)),
+        "uint32" => (json!(0), json!(u32::MAX)),
+        "uint64" | "uint" => (json!(0), json!(u64::MAX)),
+        "int64" => (json!(i64::MIN), json!(i64::MAX)),
+        _ => return None,
+    };
+    Some(range)
 }
 
 fn keys(schema: &Value) -> Vec<String> {
@@ -160,4 +180,52 @@ fn the_stream_names_every_event_it_sends() {
         "task",
     ];
     assert_eq!(names, sent);
+}
+
+/// Every whole number in a schema has a largest value the server can read. Schemathesis sent
+/// `previous.generation: 2.9e20` (a u64 beyond 2^64) because the document allowed it, and the
+/// server answered 400. Query parameters are read as text, and a `limit` beyond what the
+/// machine counts is no limit, so they are not held to this.
+#[test]
+fn every_whole_number_in_a_schema_is_bounded() {
+    fn walk(at: &str, schema: &Value, unbounded: &mut Vec<String>) {
+        match schema {
+            Value::Object(fields) => {
+                let whole = match &fields.get("type") {
+                    Some(Value::String(t)) => t == "integer",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                    _ => false,
+                };
+                let bounded = fields.contains_key("maximum")
+                    || fields.get("anyOf").is_some_and(|any| {
+                        any.as_array()
+                            .into_iter()
+                            .flatten()
+                            .all(|a| a.get("maximum").is_some() || a.get("const").is_some())
+                    });
+                if whole && !bounded {
+                    unbounded.push(at.to_string());
+                }
+                for (k, v) in fields {
+                    walk(&format!("{at}/{k}"), v, unbounded);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(&format!("{at}/{i}"), v, unbounded);
+                }
+            }
+            _ => {}
+        }
+    }
+    let doc = document();
+    let mut unbounded = Vec::new();
+    walk("components", &doc["components"], &mut unbounded);
+    for (path, operations) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            let body = &operation["requestBody"];
+            walk(&format!("{path} {method} body"), body, &mut unbounded);
+        }
+    }
+    assert!(unbounded.is_empty(), "no maximum: {unbounded:#?}");
 }
