@@ -266,6 +266,11 @@ async fn publish_once(
 /// A durable pull consumer whose messages keep coming across disconnections and server
 /// restarts: a background task (re)binds the consumer and forwards its messages, creating it
 /// again if the server lost it. The channel closes when `shutdown` fires.
+///
+/// The first binding happens here, so that a consumer the server refuses (a misconfiguration,
+/// a permission) is reported to the caller. One the server does not answer in time (a busy
+/// server: ten thousand workers starting at once) is asked again after a growing, jittered
+/// wait until it answers or `shutdown` fires; on shutdown the channel returned is closed.
 pub async fn durable_messages(
     stream: jetstream::stream::Stream,
     config: pull::Config,
@@ -273,24 +278,39 @@ pub async fn durable_messages(
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
-    // The first binding happens here, so a misconfiguration is reported to the caller.
-    let first = bind(&stream, &config).await?;
     let (tx, rx) = mpsc::channel(buffer.max(1));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let first = loop {
+        let bound = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(rx),
+            bound = bind(&stream, &config) => bound,
+        };
+        match bound {
+            Ok(messages) => break messages,
+            Err(Bind::Refused(e)) => return Err(e),
+            Err(Bind::Unanswered(e)) => {
+                debug!(consumer = %name, error = %Chain(&e), "binding the consumer; asking again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(rx),
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
+                }
+            }
+        }
+    };
     tokio::spawn(async move {
         let mut messages = Some(first);
-        let mut backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             let mut current = match messages.take() {
                 Some(m) => m,
                 None => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     match bind(&stream, &config).await {
                         Ok(m) => m,
-                        Err(e) => {
+                        Err(Bind::Refused(e) | Bind::Unanswered(e)) => {
                             warn!(consumer = %name, error = %Chain(&e), "binding the consumer; retrying");
                             continue;
                         }
@@ -304,7 +324,7 @@ pub async fn durable_messages(
                 };
                 match next {
                     Some(Ok(msg)) => {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         let sent = tokio::select! {
                             _ = shutdown.cancelled() => return,
                             sent = tx.send(msg) => sent,
@@ -337,21 +357,44 @@ pub async fn durable_messages(
     Ok(rx)
 }
 
+/// Why a consumer could not be bound: the server said no, or did not answer (in time).
+enum Bind {
+    Refused(Error),
+    Unanswered(Error),
+}
+
 async fn bind(
     stream: &jetstream::stream::Stream,
     config: &pull::Config,
-) -> Result<pull::Stream, Error> {
+) -> Result<pull::Stream, Bind> {
+    use jetstream::stream::ConsumerErrorKind as K;
     let name = config.durable_name.clone().unwrap_or_default();
     let consumer = stream
         .get_or_create_consumer(&name, config.clone())
         .await
-        .map_err(nats(format!("consumer {name}")))?;
-    consumer
-        .messages()
-        .await
-        .map_err(nats(format!("consumer {name}")))
+        .map_err(|e| {
+            let unanswered = matches!(e.kind(), K::TimedOut | K::Request);
+            let e = nats(format!("consumer {name}"))(e);
+            if unanswered {
+                Bind::Unanswered(e)
+            } else {
+                Bind::Refused(e)
+            }
+        })?;
+    consumer.messages().await.map_err(|e| {
+        use jetstream::consumer::StreamErrorKind as S;
+        let unanswered = matches!(e.kind(), S::TimedOut);
+        let e = nats(format!("consumer {name}"))(e);
+        if unanswered {
+            Bind::Unanswered(e)
+        } else {
+            Bind::Refused(e)
+        }
+    })
 }
 pub mod auth;
+mod backoff;
+pub use backoff::Backoff;
 
 /// How a process proves who it is to NATS, and how it checks the server (TLS).
 #[derive(Debug, Clone, Default)]

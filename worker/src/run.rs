@@ -68,7 +68,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     cfg.validate()?;
     let js = jetstream::new(client.clone());
-    let Some(work) = wait_for(&shutdown, WORK_STREAM, || js.get_stream(WORK_STREAM)).await else {
+    // The work stream's handle binds the consumers: on a busy server (thousands of workers
+    // starting at once) an answer that takes longer than a publish's timeout is still
+    // awaited, rather than thrown away and asked for again.
+    let mut setup = js.clone();
+    setup.set_timeout(SETUP_TIMEOUT);
+    let Some(work) = wait_for(&shutdown, WORK_STREAM, || setup.get_stream(WORK_STREAM)).await
+    else {
         return Ok(());
     };
     let name = cfg.name.clone();
@@ -157,11 +163,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Runs `op` every `every` until it succeeds, or returns `None` on shutdown. The first
-/// failure is logged as a warning, later ones only at debug level.
+/// Runs `op` until it succeeds, or returns `None` on shutdown: first after `first`, then after
+/// waits that grow to [`RETRY_AT_MOST`], jittered ([`cube_bus::Backoff`]), so that many
+/// workers refused at once (a busy server, a cluster starting) do not ask again in step. The
+/// first failure is logged as a warning, later ones only at debug level.
 pub(crate) async fn retry<T, E, F, Fut>(
     shutdown: &CancellationToken,
-    every: Duration,
+    first: Duration,
     what: &str,
     mut op: F,
 ) -> Option<T>
@@ -171,8 +179,13 @@ where
     E: std::error::Error + 'static,
 {
     let mut logged = false;
+    let mut backoff = cube_bus::Backoff::new(first, RETRY_AT_MOST.max(first));
     loop {
-        match op().await {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            outcome = op() => outcome,
+        };
+        match outcome {
             Ok(v) => return Some(v),
             Err(e) if !logged => {
                 warn!(error = %cube_bus::Chain(&e), "{what}; retrying");
@@ -182,10 +195,17 @@ where
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
     }
 }
+
+/// How long a worker waits for NATS to answer a request that sets it up (a stream's handle,
+/// a consumer's binding).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The longest a worker waits before asking again what it needs to start.
+const RETRY_AT_MOST: Duration = Duration::from_secs(2);
 
 /// The streams and buckets are the manager's to create; a worker started first waits.
 async fn wait_for<T, E: std::error::Error + 'static, F, Fut>(
