@@ -26,8 +26,8 @@ use cube_shared::token::{TokenCreate, TokenCreated, TokenInfo, TokenRevoke, Toke
 use cube_shared::wire::{self, encode, MAX_EVENT_BYTES};
 use cube_shared::{
     check_resubmission, ApiReply, DrainRequest, Endpoints, ForgetRequest, ManagerInfo, ManagerRole,
-    Node, ServiceEvent, ServiceSpec, ServiceStatus, State, Task, TaskEvent, TaskList,
-    TaskListQuery, TaskQuery,
+    Node, NodeListQuery, ServiceEvent, ServiceSpec, ServiceStatus, State, Task, TaskEvent,
+    TaskList, TaskListQuery, TaskQuery,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -140,9 +140,24 @@ impl Cube {
             .await
     }
 
-    /// The workers' nodes, as the manager sees them.
+    /// The workers' nodes, as the manager sees them, sorted by name. A reply holds as many as
+    /// fit in one message (about 2,000), so they are asked for a page at a time, each after
+    /// the last name received, until a page is empty.
     pub async fn nodes(&self) -> Result<Vec<Node>, Error> {
-        self.request(API_NODES_LIST, &()).await
+        let mut all: Vec<Node> = Vec::new();
+        loop {
+            let after = all.last().map(|n| n.name.clone());
+            let query = NodeListQuery {
+                after: after.clone(),
+            };
+            let page: Vec<Node> = self.request(API_NODES_LIST, &query).await?;
+            match (page.last(), &after) {
+                (None, _) => return Ok(all),
+                // A manager that does not page answers the first page again.
+                (Some(last), Some(after)) if last.name <= *after => return Ok(all),
+                _ => all.extend(page),
+            }
+        }
     }
 
     /// Every manager process that answers on `cube.managers` within `wait` (leader or

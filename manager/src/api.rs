@@ -14,7 +14,7 @@ use cube_shared::token::{TokenCreate, TokenRevoke};
 use cube_shared::wire::{self, encode, MAX_MESSAGE_BYTES};
 use cube_shared::ServiceStatus;
 use cube_shared::{ApiReply, DrainRequest, ForgetRequest, Task, TaskQuery};
-use cube_shared::{TaskList, TaskListQuery};
+use cube_shared::{NodeListQuery, TaskList, TaskListQuery};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -51,10 +51,7 @@ impl Shell {
                         Ok(fit_reply(status, MAX_REPLY_BYTES))
                     }),
             ),
-            API_NODES_LIST => respond::<Vec<cube_shared::Node>>(Ok(fit_list(
-                self.rules.cluster().node_list(),
-                MAX_REPLY_BYTES,
-            ))),
+            API_NODES_LIST => respond(self.list_nodes(&msg.payload)),
             API_NODES_DRAIN => {
                 let result = match wire::decode::<DrainRequest>(&msg.payload, MAX_MESSAGE_BYTES) {
                     Ok(r) => self.drain(&r.name, r.drain).await,
@@ -133,6 +130,20 @@ impl Shell {
                 size < MAX_REPLY_BYTES
             })
             .collect()
+    }
+
+    /// A page of nodes, by name, after `after` if the query names one.
+    fn list_nodes(&self, body: &[u8]) -> Result<Vec<cube_shared::Node>, ApiError> {
+        let query: Option<NodeListQuery> = if body.is_empty() {
+            None
+        } else {
+            wire::decode(body, MAX_MESSAGE_BYTES)?
+        };
+        let after = query.and_then(|q| q.after);
+        Ok(fit_list(
+            self.rules.cluster().node_list(after.as_deref()),
+            MAX_REPLY_BYTES,
+        ))
     }
 
     fn list_tasks(&self, body: &[u8]) -> Result<TaskList, ApiError> {
@@ -240,9 +251,6 @@ impl ApiError {
     }
 }
 
-/// A service's status within `max` bytes encoded. Its record fits a message, but with its
-/// copies it may not: older versions go first, then, for a service of thousands of copies,
-/// the copies and endpoints that do not fit (its counts still count every copy).
 /// The first items of `list` whose encoding fits in `max` bytes: a list too long for one
 /// NATS message would not be sent at all (ten thousand nodes are about 4 MB).
 fn fit_list<T: Serialize>(list: Vec<T>, max: usize) -> Vec<T> {
@@ -256,6 +264,9 @@ fn fit_list<T: Serialize>(list: Vec<T>, max: usize) -> Vec<T> {
         .collect()
 }
 
+/// A service's status within `max` bytes encoded. Its record fits a message, but with its
+/// copies it may not: older versions go first, then, for a service of thousands of copies,
+/// the copies and endpoints that do not fit (its counts still count every copy).
 fn fit_reply(mut status: ServiceStatus, max: usize) -> ServiceStatus {
     while encode(&status).len() > max && status.service.versions.len() > 1 {
         status.service.versions.remove(0);

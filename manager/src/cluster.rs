@@ -332,10 +332,14 @@ impl Cluster {
         counts
     }
 
-    /// Nodes as `cube nodes` shows them: the heartbeat plus the manager's reservations.
-    pub fn node_list(&self) -> Vec<Node> {
-        self.views()
-            .into_iter()
+    /// Nodes as `cube nodes` shows them, by name (those after `after`, if given): the
+    /// heartbeat plus the manager's reservations.
+    pub fn node_list(&self, after: Option<&str>) -> Vec<Node> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        self.nodes
+            .range((from, Bound::Unbounded))
+            .map(|(_, n)| self.view_of(n))
             .map(|v| {
                 // Without the placements the worker listed for fencing: thousands of nodes with
                 // a hundred tasks each would not fit in one reply.

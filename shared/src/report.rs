@@ -173,6 +173,18 @@ pub struct TaskListQuery {
     pub limit: Option<usize>,
 }
 
+/// Request body of `cube.api.nodes.list` (optional: an empty body, `null` or `{}` lists from
+/// the first node). The reply is a list of nodes sorted by name, as many as fit in one NATS
+/// message (about 2,000): to read them all, ask again with `after` set to the last name
+/// received, until a reply is empty.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeListQuery {
+    /// Only nodes whose name sorts after this one.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
 /// Reply of `cube.api.tasks.list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskList {

@@ -8,9 +8,9 @@ use serde_json::Value;
 use crate::secret::{SecretInfo, SecretName, SecretPut};
 use crate::service::ServiceQuery;
 use crate::{
-    DrainRequest, Endpoints, ForgetRequest, JournalEntry, ManagerInfo, Node, Rejection, Service,
-    ServiceEvent, ServiceSpec, ServiceStatus, StateReport, Task, TaskEvent, TaskList,
-    TaskListQuery, TaskQuery,
+    DrainRequest, Endpoints, ForgetRequest, JournalEntry, ManagerInfo, Node, NodeListQuery,
+    Rejection, Service, ServiceEvent, ServiceSpec, ServiceStatus, StateReport, Task, TaskEvent,
+    TaskList, TaskListQuery, TaskQuery,
 };
 
 /// How a duration travels: text such as `"5s"`, `"500ms"` or `"1m30s"`, or a number of
@@ -34,7 +34,7 @@ pub fn no_default_timestamp(schema: &mut Schema) {
 }
 
 /// The names `cube schema` knows, each with what it describes.
-pub const NAMES: [(&str, &str); 21] = [
+pub const NAMES: [(&str, &str); 22] = [
     (
         "task-event",
         "a request to submit or stop a task, on tasks.events",
@@ -54,6 +54,10 @@ pub const NAMES: [(&str, &str); 21] = [
     ),
     ("node", "a worker's node, on nodes.heartbeat.<worker>"),
     ("task-query", "the request body of cube.api.tasks.get"),
+    (
+        "node-list-query",
+        "the request body of cube.api.nodes.list (a page of nodes)",
+    ),
     ("drain-request", "the request body of cube.api.nodes.drain"),
     (
         "forget-request",
@@ -102,6 +106,7 @@ pub fn schema(name: &str) -> Option<Value> {
         "journal-entry" => draft07::<JournalEntry>(),
         "node" => draft07::<Node>(),
         "task-query" => draft07::<TaskQuery>(),
+        "node-list-query" => draft07::<NodeListQuery>(),
         "drain-request" => draft07::<DrainRequest>(),
         "forget-request" => draft07::<ForgetRequest>(),
         "manager-info" => draft07::<ManagerInfo>(),

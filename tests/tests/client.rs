@@ -70,3 +70,42 @@ async fn the_client_waits_checks_and_follows() -> Result<()> {
     assert_eq!(last.first().map(|e| e.kind.as_str()), Some("submitted"));
     Ok(())
 }
+
+/// More nodes than one reply holds (about 2,000): `nodes()` reads them a page at a time and
+/// gets every one, each once, sorted by name. Before paging it got the first page only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_is_listed_however_many_there_are() -> Result<()> {
+    use cube_shared::{subjects::heartbeat_for, wire::encode, Node};
+    const NODES: usize = 5_000;
+    let cluster = Cluster::start(0).await?;
+    let cube = cluster.cube();
+    // Heartbeats as 5,000 workers would send them (with room for tasks, no task running),
+    // again each round: core NATS keeps none for a manager still starting.
+    let names: Vec<String> = (0..NODES).map(|i| format!("paged-{i:05}")).collect();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let listed = loop {
+        for name in &names {
+            let node = Node::ready(name, 2.0, 1 << 30);
+            cluster
+                .client
+                .publish(heartbeat_for(name), encode(&node))
+                .await?;
+        }
+        cluster.client.flush().await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listed: Vec<String> = match cube.nodes().await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .map(|n| n.name)
+                .filter(|n| n.starts_with("paged-"))
+                .collect(),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e.into()),
+            Err(_) => continue,
+        };
+        if listed.len() >= NODES || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+    };
+    assert_eq!(listed, names, "every node, once, by name");
+    Ok(())
+}
