@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cube_shared::{JournalEntry, Node, NodeState, Placement, Rejection, Service, State, Task};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::cluster::Cluster;
@@ -48,6 +48,15 @@ use liveness::Hearing;
 pub use nodes::{ForgetError, FENCE_AGAIN};
 use restarts::plan_restart;
 pub use restarts::{backoff, BACKOFF_BASE, BACKOFF_CAP, HEALTHY_RUN_RESETS};
+
+/// The journal's kinds every task goes through: logged at debug level only.
+const ROUTINE: [&str; 5] = [
+    "submitted",
+    "scheduled",
+    "running",
+    "completed",
+    "forgotten",
+];
 
 /// The timings the rules judge by.
 #[derive(Debug, Clone, Copy)]
@@ -242,9 +251,15 @@ impl Rules {
         self.cluster.put_task(task);
     }
 
-    /// Records a decision in the journal (`cube events`) and the log.
+    /// Records a decision in the journal (`cube events`) and the log: a task's routine steps
+    /// ([`ROUTINE`]) at debug level, since every task takes them (a million tasks made a
+    /// gigabyte of log), the rest at info.
     fn journal(&mut self, mut entry: JournalEntry, now: DateTime<Utc>) {
-        info!(kind = %entry.kind, task.id = ?entry.task_id, worker = ?entry.worker, "{}", entry.message);
+        if ROUTINE.contains(&entry.kind.as_str()) {
+            debug!(kind = %entry.kind, task.id = ?entry.task_id, worker = ?entry.worker, "{}", entry.message);
+        } else {
+            info!(kind = %entry.kind, task.id = ?entry.task_id, worker = ?entry.worker, "{}", entry.message);
+        }
         entry.time = now;
         self.effects.journal.push(entry);
     }
