@@ -301,3 +301,52 @@ async fn services_reports_deploy_and_rolling_update_beside_plain_tasks() -> Resu
     assert!((60.0..=70.0).contains(&most), "{v}");
     Ok(())
 }
+
+/// `cube bench place` times every algorithm's placement rules alone (no NATS), each phase
+/// with how many operations it timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn place_times_each_algorithm_and_phase() -> Result<()> {
+    init_tracing();
+    let v = bench(&[
+        "place",
+        "--nodes",
+        "30",
+        "--pending",
+        "50",
+        "--placements",
+        "60",
+        "--rounds",
+        "4",
+    ])
+    .await?;
+    assert_eq!(v["bench"], "place");
+    assert_eq!(v["nodes"], 30);
+    let algorithms = v["per_algorithm"].as_object().context("per_algorithm")?;
+    let mut names: Vec<&str> = algorithms.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["binpack", "epvm", "queue", "round-robin", "spread"],
+        "{v}"
+    );
+    for (name, phases) in algorithms {
+        for (phase, timed) in [
+            ("join", 30.0),
+            ("place", 60.0),
+            ("wait", 50.0),
+            ("tick", 4.0),
+        ] {
+            let p = &phases[phase];
+            assert_eq!(num(p, "count"), timed, "{name} {phase}: {v}");
+            assert!(num(p, "mean_us") > 0.0, "{name} {phase}: {v}");
+        }
+        // The shared queue frees nothing a waiting task could take: no freeing is timed.
+        let freed = num(&phases["free"], "count");
+        if name == "queue" {
+            assert_eq!(freed, 0.0, "{v}");
+        } else {
+            assert_eq!(freed, 4.0, "{name}: {v}");
+        }
+    }
+    Ok(())
+}

@@ -251,7 +251,7 @@ fn measure(args: &PlaceArgs, name: &str) -> Result<Figures> {
 
 fn table(r: &PlaceReport) -> String {
     let mut out = format!(
-        "place: {} nodes (3 shapes, 3 zones), up to {} tasks waiting that fit nowhere\n\
+        "cube bench place: {} nodes (3 shapes, 3 zones), up to {} tasks waiting that fit nowhere\n\
          (mean per operation; n = how many were timed within the budget)\n\
          {:<12} {:>18} {:>18} {:>18} {:>18} {:>18}\n",
         r.nodes, r.pending_asked, "algorithm", "join", "place", "wait", "free", "tick"
