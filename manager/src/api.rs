@@ -132,13 +132,15 @@ impl Shell {
             .collect()
     }
 
-    /// A page of nodes, by name, after `after` if the query names one.
+    /// A page of nodes, by name, after `after` if the query names one. An empty body or
+    /// `null` (what clients sent before there were pages) is the first page.
     fn list_nodes(&self, body: &[u8]) -> Result<Vec<cube_shared::Node>, ApiError> {
-        let query: Option<NodeListQuery> = if body.is_empty() {
-            None
-        } else {
-            wire::decode(body, MAX_MESSAGE_BYTES)?
-        };
+        let query: Option<NodeListQuery> =
+            if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
+                None
+            } else {
+                wire::decode(body, MAX_MESSAGE_BYTES)?
+            };
         let after = query.and_then(|q| q.after);
         Ok(fit_list(
             self.rules.cluster().node_list(after.as_deref()),
