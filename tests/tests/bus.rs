@@ -24,6 +24,29 @@ async fn stream(server: &NatsServer) -> Result<jetstream::stream::Stream> {
     Ok(js.create_stream(config).await?)
 }
 
+/// A stream on a server that is then stopped (SIGSTOP), and a binding of a consumer on it
+/// started meanwhile, with the token that shuts it down.
+async fn binding_while_stalled(
+    server: &NatsServer,
+    filter: &str,
+) -> Result<(
+    tokio::task::JoinHandle<Result<Messages, cube_bus::Error>>,
+    CancellationToken,
+)> {
+    let work = stream(server).await?;
+    server.signal("STOP")?;
+    let shutdown = CancellationToken::new();
+    let binding = tokio::spawn(cube_bus::durable_messages(
+        work,
+        consumer(filter),
+        8,
+        shutdown.clone(),
+    ));
+    Ok((binding, shutdown))
+}
+
+type Messages = tokio::sync::mpsc::Receiver<jetstream::Message>;
+
 fn consumer(filter: &str) -> pull::Config {
     pull::Config {
         durable_name: Some("bound".into()),
@@ -35,15 +58,7 @@ fn consumer(filter: &str) -> pull::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_bound_while_the_server_stalls_is_bound_once_it_answers() -> Result<()> {
     let server = NatsServer::start().await?;
-    let work = stream(&server).await?;
-    server.signal("STOP")?;
-    let shutdown = CancellationToken::new();
-    let binding = tokio::spawn(cube_bus::durable_messages(
-        work.clone(),
-        consumer("bus.one"),
-        8,
-        shutdown.clone(),
-    ));
+    let (binding, shutdown) = binding_while_stalled(&server, "bus.one").await?;
     // Several request timeouts pass while the server is stopped.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
@@ -92,15 +107,7 @@ async fn a_refused_consumer_is_an_error_at_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_ends_the_wait_for_a_stalled_server() -> Result<()> {
     let server = NatsServer::start().await?;
-    let work = stream(&server).await?;
-    server.signal("STOP")?;
-    let shutdown = CancellationToken::new();
-    let binding = tokio::spawn(cube_bus::durable_messages(
-        work,
-        consumer("bus.two"),
-        8,
-        shutdown.clone(),
-    ));
+    let (binding, shutdown) = binding_while_stalled(&server, "bus.two").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let began = Instant::now();
     shutdown.cancel();
