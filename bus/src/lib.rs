@@ -363,35 +363,38 @@ enum Bind {
     Unanswered(Error),
 }
 
-async fn bind(
-    stream: &jetstream::stream::Stream,
-    config: &pull::Config,
-) -> Result<pull::Stream, Bind> {
-    use jetstream::stream::ConsumerErrorKind as K;
-    let name = config.durable_name.clone().unwrap_or_default();
-    let consumer = stream
-        .get_or_create_consumer(&name, config.clone())
-        .await
-        .map_err(|e| {
-            let unanswered = matches!(e.kind(), K::TimedOut | K::Request);
-            let e = nats(format!("consumer {name}"))(e);
-            if unanswered {
-                Bind::Unanswered(e)
-            } else {
-                Bind::Refused(e)
-            }
-        })?;
-    consumer.messages().await.map_err(|e| {
-        use jetstream::consumer::StreamErrorKind as S;
-        let unanswered = matches!(e.kind(), S::TimedOut);
-        let e = nats(format!("consumer {name}"))(e);
+impl Bind {
+    /// `source`, as an error about consumer `name`, refused or unanswered.
+    fn of<E>(name: &str, unanswered: bool, source: E) -> Bind
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let e = nats(format!("consumer {name}"))(source);
         if unanswered {
             Bind::Unanswered(e)
         } else {
             Bind::Refused(e)
         }
-    })
+    }
 }
+
+async fn bind(
+    stream: &jetstream::stream::Stream,
+    config: &pull::Config,
+) -> Result<pull::Stream, Bind> {
+    use jetstream::consumer::StreamErrorKind as S;
+    use jetstream::stream::ConsumerErrorKind as K;
+    let name = config.durable_name.clone().unwrap_or_default();
+    let consumer = stream
+        .get_or_create_consumer(&name, config.clone())
+        .await
+        .map_err(|e| Bind::of(&name, matches!(e.kind(), K::TimedOut | K::Request), e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| Bind::of(&name, matches!(e.kind(), S::TimedOut), e))
+}
+
 pub mod auth;
 mod backoff;
 pub use backoff::Backoff;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use cube_shared::subjects::{heartbeat_for, pending_for, state_for};
 use cube_shared::wire::{self, encode};
-use cube_shared::{Node, NodeState, RunningTask, State, StateReport, Task, TaskEvent};
+use cube_shared::{Node, RunningTask, State, StateReport, Task, TaskEvent};
 use uuid::Uuid;
 
 use super::Store;
@@ -143,22 +143,8 @@ impl Worker {
 
     fn node(&self, now: DateTime<Utc>) -> Node {
         Node {
-            name: self.name.clone(),
-            address: String::new(),
-            cores: 4.0,
-            cpu_usage: 0.0,
-            memory: 8 << 30,
-            memory_used: 0,
-            memory_allocated: 0,
-            disk: 1 << 40,
-            disk_used: 0,
-            disk_allocated: 0,
-            cpu_allocated: 0.0,
             task_count: self.tracked.len() as u32,
-            labels: Default::default(),
             last_heartbeat: now,
-            version: String::new(),
-            state: NodeState::Ready,
             running: self
                 .tracked
                 .iter()
@@ -167,8 +153,7 @@ impl Worker {
                     generation: *g,
                 })
                 .collect(),
-            page: None,
-            leaving: false,
+            ..Node::ready(&self.name, 4.0, 8 << 30)
         }
     }
 
