@@ -83,6 +83,9 @@ async fn measure(args: &NodesArgs, harness: &Harness) -> Result<NodesReport> {
     // The manager journals each node it hears of for the first time: counted from before the
     // first worker connects (`cube nodes` cannot list thousands of nodes in one reply).
     let joins = harness.client.subscribe(journal_for(NODE_JOINED)).await?;
+    // The workers connect on connections of their own: the subscription must have reached
+    // the server before the first of them is heard, or its entry is missed.
+    harness.client.flush().await?;
     let began = Instant::now();
     let fleet = SimFleet::start(&harness.url, &spec).await?;
     let outcome = async {
