@@ -68,7 +68,7 @@ fn permissions(role: &Role, user: &str) -> (Vec<String>, Vec<String>, bool) {
                 "tasks.pending.*",
                 "tasks.rejected",
                 "cube.journal.>",
-                // The journal as stored: one message per commit.
+                // The journal as stored: up to 20 ms of entries per message.
                 "cube.journal_batch",
                 "$KV.cube-tasks.>",
                 "$KV.cube-nodes.>",

@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use cube_shared::subjects::{JOURNAL_ALL, JOURNAL_STORED};
-
 use crate::lease::fence::Check;
 use crate::metrics::Metrics;
 use crate::{Fence, Gate};
+
+mod journal;
 
 /// What lets the writer write: this manager's term as leader.
 pub(crate) struct Term {
@@ -126,79 +126,67 @@ pub(crate) fn spawn(
 ) -> (mpsc::Sender<Commit>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Commit>(QUEUE);
     let handle = tokio::spawn(async move {
-        while let Some(mut commit) = rx.recv().await {
-            // Batches that queued up meanwhile go out together: fewer round trips.
-            while let Ok(later) = rx.try_recv() {
-                commit.append(later);
-            }
-            let began = Instant::now();
-            let records = latest_only(commit.records);
-            if !term.gate.is_open()
-                || !(records.is_empty() || term.store(&js, records, &shutdown).await)
-            {
-                return;
-            }
-            if !commit.work.is_empty()
-                && (!term.gate.is_open()
-                    || cube_bus::publish_all(&js, commit.work, &shutdown)
-                        .await
-                        .is_err())
-            {
-                return;
-            }
-            if !term.gate.is_open() {
-                return;
-            }
-            let now = Utc::now();
-            for received in commit.placed {
-                let latency = (now - received).num_microseconds().unwrap_or(0).max(0);
-                metrics.scheduling_latency.observe(latency as f64 / 1e6);
-            }
-            // Core NATS: this only queues the messages in the client. Each entry goes to its
-            // own subject for live listeners; the stream stores them a batch at a time.
-            let stored = stored_batches(&commit.notices);
-            let batches = stored.into_iter().map(|b| (JOURNAL_STORED.to_string(), b));
-            for (subject, payload) in commit.notices.into_iter().chain(batches) {
-                if let Err(e) = client.publish(subject, payload).await {
-                    debug!(error = %e, "publishing the journal");
-                }
-            }
-            for msg in commit.handled {
-                if let Err(e) = msg.ack().await {
-                    warn!(error = %e, "acknowledging");
-                }
-            }
-            metrics
-                .commit_seconds
-                .observe(began.elapsed().as_secs_f64());
-        }
+        let journal = journal::Keeper::spawn(client.clone());
+        write(&mut rx, &js, &client, &metrics, &term, &journal, &shutdown).await;
+        journal.finish().await;
     });
     (tx, handle)
 }
 
-/// The most bytes of one stored journal message.
-const STORED_BATCH_BYTES: usize = 256 * 1024;
-
-/// The journal entries among `notices` (on `cube.journal.<kind>`), as the JSON arrays the
-/// journal stream stores ([`JOURNAL_STORED`]): in order, each at most
-/// [`STORED_BATCH_BYTES`] (or one entry, if a single one is larger).
-fn stored_batches(notices: &[(String, bytes::Bytes)]) -> Vec<bytes::Bytes> {
-    let prefix = JOURNAL_ALL.trim_end_matches('>');
-    let mut batches = Vec::new();
-    let mut batch: Vec<u8> = Vec::new();
-    for (_, entry) in notices.iter().filter(|(s, _)| s.starts_with(prefix)) {
-        if !batch.is_empty() && batch.len() + entry.len() + 2 > STORED_BATCH_BYTES {
-            batch.push(b']');
-            batches.push(std::mem::take(&mut batch).into());
+/// Writes commit after commit until every sender is dropped, or until it may not write.
+async fn write(
+    rx: &mut mpsc::Receiver<Commit>,
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    metrics: &Metrics,
+    term: &Term,
+    journal: &journal::Keeper,
+    shutdown: &CancellationToken,
+) {
+    while let Some(mut commit) = rx.recv().await {
+        // Batches that queued up meanwhile go out together: fewer round trips.
+        while let Ok(later) = rx.try_recv() {
+            commit.append(later);
         }
-        batch.push(if batch.is_empty() { b'[' } else { b',' });
-        batch.extend_from_slice(entry);
+        let began = Instant::now();
+        let records = latest_only(commit.records);
+        if !term.gate.is_open() || !(records.is_empty() || term.store(js, records, shutdown).await)
+        {
+            return;
+        }
+        if !commit.work.is_empty()
+            && (!term.gate.is_open()
+                || cube_bus::publish_all(js, commit.work, shutdown)
+                    .await
+                    .is_err())
+        {
+            return;
+        }
+        if !term.gate.is_open() {
+            return;
+        }
+        let now = Utc::now();
+        for received in commit.placed {
+            let latency = (now - received).num_microseconds().unwrap_or(0).max(0);
+            metrics.scheduling_latency.observe(latency as f64 / 1e6);
+        }
+        // Core NATS: this only queues the messages in the client. Each entry goes to its
+        // own subject for live listeners; the keeper stores them a batch at a time.
+        journal.store(journal::entries(&commit.notices));
+        for (subject, payload) in commit.notices {
+            if let Err(e) = client.publish(subject, payload).await {
+                debug!(error = %e, "publishing the journal");
+            }
+        }
+        for msg in commit.handled {
+            if let Err(e) = msg.ack().await {
+                warn!(error = %e, "acknowledging");
+            }
+        }
+        metrics
+            .commit_seconds
+            .observe(began.elapsed().as_secs_f64());
     }
-    if !batch.is_empty() {
-        batch.push(b']');
-        batches.push(batch.into());
-    }
-    batches
 }
 
 /// Of several writes to the same key (batches merged), only the last: it is the one that
@@ -266,34 +254,5 @@ mod tests {
             .map(|r| r.subject)
             .collect();
         assert_eq!(kept, ["on.w3.x", "on.w1.x", "on.w2.x"]);
-    }
-
-    #[test]
-    fn the_journal_is_stored_a_batch_at_a_time_in_order_and_bounded() {
-        let entry = |i: usize| cube_shared::JournalEntry::new("scheduled", format!("{i:0>1000}"));
-        let mut notices: Vec<(String, bytes::Bytes)> = (0..600)
-            .map(|i| {
-                let e = entry(i);
-                (
-                    cube_shared::subjects::journal_for(&e.kind),
-                    cube_shared::wire::encode(&e),
-                )
-            })
-            .collect();
-        notices.insert(
-            3,
-            ("tasks.rejected".into(), bytes::Bytes::from_static(b"{}")),
-        );
-        let batches = stored_batches(&notices);
-        assert!(batches.len() >= 3, "{} batches", batches.len());
-        let mut read = Vec::new();
-        for b in &batches {
-            assert!(b.len() <= STORED_BATCH_BYTES, "{}", b.len());
-            let entries: Vec<cube_shared::JournalEntry> = serde_json::from_slice(b).unwrap();
-            read.extend(entries.into_iter().map(|e| e.message));
-        }
-        let sent: Vec<String> = (0..600).map(|i| entry(i).message).collect();
-        assert_eq!(read, sent, "every entry once, in order, and no rejection");
-        assert!(stored_batches(&[]).is_empty());
     }
 }

@@ -18,8 +18,8 @@ pub const REJECTED: &str = "tasks.rejected";
 pub const HEARTBEAT_ALL: &str = "nodes.heartbeat.*";
 /// Manager → anyone: the journal of decisions, `cube.journal.<kind>`.
 pub const JOURNAL_ALL: &str = "cube.journal.>";
-/// The journal as stored (stream `CUBE_JOURNAL`): one message per commit of the manager, a
-/// JSON array of the entries it published on `cube.journal.<kind>`.
+/// The journal as stored (stream `CUBE_JOURNAL`): a JSON array of the entries the manager
+/// published on `cube.journal.<kind>`, in order, at most 256 KiB, stored at most every 20 ms.
 pub const JOURNAL_STORED: &str = "cube.journal_batch";
 /// Worker → anyone: container output, `tasks.logs.<task-id>`. Captured by [`LOGS_STREAM`].
 pub const LOGS_ALL: &str = "tasks.logs.>";

@@ -122,15 +122,20 @@ async fn submit_wait_and_json_listings() -> Result<()> {
     assert_eq!(nodes[0]["name"], worker.as_str());
     assert_eq!(nodes[0]["state"], "ready");
 
-    let events: Value = serde_json::from_str(&cube(&url, &["events", "-o", "json"]).await?)?;
-    let kinds: Vec<&str> = events
-        .as_array()
-        .context("events -o json is an array")?
-        .iter()
-        .filter(|e| e["task_id"] == id.to_string())
-        .map(|e| e["kind"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(kinds, ["submitted", "scheduled", "running"]);
+    // The stored journal may lag what went live by up to 20 ms.
+    cube_tests::eventually(WITHIN, "cube events shows the task running", || async {
+        let events: Value = serde_json::from_str(&cube(&url, &["events", "-o", "json"]).await?)?;
+        let kinds: Vec<&str> = events
+            .as_array()
+            .context("events -o json is an array")?
+            .iter()
+            .filter(|e| e["task_id"] == id.to_string())
+            .map(|e| e["kind"].as_str().unwrap_or_default())
+            .collect();
+        ensure!(kinds == ["submitted", "scheduled", "running"], "{kinds:?}");
+        Ok(())
+    })
+    .await?;
 
     let err = failure(&url, &["nodes", "-o", "yaml"]).await?;
     assert!(err.contains("yaml") && err.contains("json"), "{err}");

@@ -66,8 +66,16 @@ async fn the_client_waits_checks_and_follows() -> Result<()> {
             submitted.extend(entry.task_id);
         }
     }
-    let last = cube.journal(50, Some(id)).await?;
-    assert_eq!(last.first().map(|e| e.kind.as_str()), Some("submitted"));
+    // The stored journal may lag what went live by up to 20 ms.
+    cube_tests::eventually(Duration::from_secs(10), "the journal stored", || async {
+        let last = cube.journal(50, Some(id)).await?;
+        anyhow::ensure!(
+            last.first().map(|e| e.kind.as_str()) == Some("submitted"),
+            "{last:?}"
+        );
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 

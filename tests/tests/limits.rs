@@ -56,14 +56,18 @@ async fn a_submission_beyond_max_tasks_is_refused_journaled_and_nothing_else_is_
         "{}",
         out.stderr
     );
-    let journal = cluster
-        .cube()
-        .journal(cube_client::JOURNAL_SCAN, Some(c))
-        .await?;
-    let refusal = journal
-        .iter()
-        .find(|e| e.kind == "rejected")
-        .unwrap_or_else(|| panic!("a rejected entry for {c}: {journal:?}"));
+    // The stored journal may lag what went live by up to 20 ms.
+    let refusal = cube_tests::eventually(WITHIN, "the journal keeps the refusal", || async {
+        let journal = cluster
+            .cube()
+            .journal(cube_client::JOURNAL_SCAN, Some(c))
+            .await?;
+        journal
+            .into_iter()
+            .find(|e| e.kind == "rejected")
+            .ok_or_else(|| anyhow::anyhow!("no rejected entry yet"))
+    })
+    .await?;
     assert!(
         refusal.message.contains("--max-tasks"),
         "{}",
