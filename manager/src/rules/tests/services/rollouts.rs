@@ -3,13 +3,19 @@
 
 use super::*;
 
+/// Three workers running `v1` of service `web` until every copy has been healthy past its
+/// minimum healthy time.
+fn running(v1: ServiceSpec, behaves: &dyn Fn(u64) -> Behaves) -> Harness {
+    let mut h = Harness::new(&["w1", "w2", "w3"]);
+    let d = h.service_event(&ServiceEvent::deploy(v1));
+    h.obey(d, behaves);
+    h.run_for(11, behaves);
+    h
+}
+
 #[test]
 fn a_rolling_update_never_drops_below_the_count_nor_exceeds_count_plus_max_parallel() {
-    let mut h = Harness::new(&["w1", "w2", "w3"]);
-    let v1 = checked(spec("web", 3), "v1");
-    let d = h.service_event(&ServiceEvent::deploy(v1.clone()));
-    h.obey(d, &healthy);
-    h.run_for(11, &healthy);
+    let mut h = running(checked(spec("web", 3), "v1"), &healthy);
 
     let v2 = checked(spec("web", 3), "v2");
     let d = h.service_event(&ServiceEvent::deploy(v2));
@@ -42,10 +48,7 @@ fn a_rolling_update_never_drops_below_the_count_nor_exceeds_count_plus_max_paral
 
 #[test]
 fn an_update_that_never_turns_healthy_reverts_and_the_old_copies_keep_serving() {
-    let mut h = Harness::new(&["w1", "w2", "w3"]);
-    let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v1")));
-    h.obey(d, &v2_unhealthy);
-    h.run_for(11, &v2_unhealthy);
+    let mut h = running(checked(spec("web", 3), "v1"), &v2_unhealthy);
     let old: Vec<Uuid> = h.status("web").copies.iter().map(|c| c.task_id).collect();
 
     let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v2")));
@@ -66,12 +69,9 @@ fn an_update_that_never_turns_healthy_reverts_and_the_old_copies_keep_serving() 
 
 #[test]
 fn without_auto_revert_a_failed_rollout_stops_replacing() {
-    let mut h = Harness::new(&["w1", "w2", "w3"]);
     let mut v1 = checked(spec("web", 3), "v1");
     v1.update.auto_revert = Some(false);
-    let d = h.service_event(&ServiceEvent::deploy(v1.clone()));
-    h.obey(d, &v2_unhealthy);
-    h.run_for(11, &v2_unhealthy);
+    let mut h = running(v1.clone(), &v2_unhealthy);
     let mut v2 = checked(v1, "v2");
     v2.update.auto_revert = Some(false);
     let d = h.service_event(&ServiceEvent::deploy(v2));
@@ -93,10 +93,7 @@ fn without_auto_revert_a_failed_rollout_stops_replacing() {
 
 #[test]
 fn canaries_wait_for_promotion() {
-    let mut h = Harness::new(&["w1", "w2", "w3"]);
-    let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v1")));
-    h.obey(d, &healthy);
-    h.run_for(11, &healthy);
+    let mut h = running(checked(spec("web", 3), "v1"), &healthy);
     let mut v2 = checked(spec("web", 3), "v2");
     v2.update.canary = Some(1);
     let d = h.service_event(&ServiceEvent::deploy(v2));
@@ -118,10 +115,7 @@ fn canaries_wait_for_promotion() {
 
 #[test]
 fn a_restarted_manager_resumes_a_rollout_without_extra_copies() {
-    let mut h = Harness::new(&["w1", "w2", "w3"]);
-    let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v1")));
-    h.obey(d, &healthy);
-    h.run_for(11, &healthy);
+    let mut h = running(checked(spec("web", 3), "v1"), &healthy);
     let d = h.service_event(&ServiceEvent::deploy(checked(spec("web", 3), "v2")));
     h.obey(d, &healthy);
     h.run_for(15, &healthy);
