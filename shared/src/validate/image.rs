@@ -11,10 +11,11 @@
 //! digest      := algorithm ":" hex      (sha256: 64, sha384: 96, sha512: 128 lowercase hex)
 //! ```
 //!
-//! The first component is a registry when it holds `.` or `:` or is `localhost` (as engines up
-//! to 20.10 read it; later ones also take an uppercase first component for a registry, which
-//! Cube refuses, as the older engines do). `tests/tests/image_refs.rs` holds this to the real
-//! engine.
+//! The first component is a registry when it holds `.` or `:` or is `localhost` and reads as a
+//! domain; one that holds `.` but does not read as a domain is a path component, as the
+//! engine's regular expression falls back to (`v1.2__latest/app`). That is how engines up to
+//! 20.10 read it; later ones also take an uppercase first component for a registry, which Cube
+//! refuses, as the older engines do. `tests/tests/image_refs.rs` holds this to the real engine.
 
 use super::{excerpt, MAX_IMAGE_LEN};
 
@@ -43,16 +44,19 @@ pub fn validate_image(image: &str) -> Result<(), String> {
             return bad("bad tag (letters, digits, _ . -, not starting with . or -, at most 128)");
         }
     }
-    let (domain, path) = match name.split_once('/') {
-        Some((first, path)) if is_domain_like(first) => (Some(first), path),
-        _ => (None, name),
-    };
-    if let Some(domain) = domain {
-        if !is_domain(domain) {
-            return bad("bad registry host (letters, digits and - between dots, then :port)");
+    let all_paths = |p: &str| p.split('/').all(is_path_component);
+    // A first component that looks like a registry is one if it reads as one; else the engine
+    // reads it as a path component (`v1.2__latest/app` is a name on Docker Hub).
+    let ok = match name.split_once('/') {
+        Some((first, path)) if is_domain_like(first) => {
+            if !is_domain(first) && !is_path_component(first) {
+                return bad("bad registry host (letters, digits and - between dots, then :port)");
+            }
+            (is_domain(first) && all_paths(path)) || all_paths(name)
         }
-    }
-    if !path.split('/').all(is_path_component) {
+        _ => all_paths(name),
+    };
+    if !ok {
         return bad(
             "not an image reference (name components are lowercase letters and digits, \
              joined by one . or _, two _, or dashes)",
@@ -151,6 +155,8 @@ pub const VALID_EXAMPLES: &[&str] = &[
     "Registry.Example/app",
     "x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     "a1b2_c3/d--e:Tag_1.0-x",
+    // Not a host (`_`), so a path component: the engine found it (random seed 9634048123312557545).
+    "v1.2__latest/a5000",
 ];
 
 /// Pieces a reference is made of, each on some side of a rule above: random references for
