@@ -15,6 +15,7 @@ pub mod rules;
 mod run;
 pub mod scheduler;
 mod secrets;
+mod status;
 #[cfg(test)]
 mod testing;
 pub mod tokens;

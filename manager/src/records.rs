@@ -240,6 +240,7 @@ pub(crate) fn commit(
         notices,
         placed: decided.placed,
         handled,
+        forgotten: decided.forgotten,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::presence::Presence;
 use crate::records::{self, TaskKeys};
 use crate::rules::Rules;
 use crate::secrets::Secrets;
+use crate::status;
 use crate::topology::{self, Topology};
 use crate::upkeep;
 use crate::writer::{self, Commit};
@@ -212,6 +213,7 @@ async fn lead(
         lost = lease.lost() => return Err(lost),
         started = starting.instrument(span.clone()) => started?,
     };
+    let purger = status::Purger::spawn(topo.js.clone(), term.clone());
     let deposed = CancellationToken::new();
     let deposed_by = Arc::new(std::sync::Mutex::new(String::new()));
     let (writer, writing) = writer::spawn(
@@ -225,6 +227,7 @@ async fn lead(
             deposed: deposed.clone(),
             deposed_by: deposed_by.clone(),
         },
+        purger.clone(),
         term.clone(),
     );
     let writing = AbortOnDrop(Some(writing));
@@ -249,6 +252,18 @@ async fn lead(
         epoch,
     };
     shell.settle(settle).await;
+    // The status the Task DB does not hold: what the workers last reported.
+    let now = Utc::now();
+    let rules = &mut shell.rules;
+    let replayed = status::replay(&topo.js, &term, |subject, payload| {
+        rules.replay_report(subject, payload, now)
+    });
+    let unknown = tokio::select! {
+        lost = lease.lost() => return Err(lost),
+        replayed = replayed.instrument(span.clone()) => replayed?,
+    };
+    purger.purge(unknown);
+    shell.flush(Vec::new()).await;
     shell.journal_takeover(lease).await;
     let deposed_error = || Error::Deposed {
         epoch,

@@ -83,13 +83,14 @@ pub mod limits {
     /// Service events waiting for the manager, likewise.
     pub const SERVICES_MAX_BYTES: i64 = 32 << 20;
     pub const SERVICES_MAX_MSGS: i64 = 100_000;
-    /// Workers' reports waiting for the manager, likewise: a full stream holds a worker's
-    /// report back (it tries again) rather than drop it.
+    /// Workers' reports: the last of each task's copy on each worker (its status), kept
+    /// until the task is forgotten. Live and kept ended tasks (`--max-tasks`,
+    /// `--keep-ended-max`: 150,000 by default, at about 300 B a report) take a fraction of
+    /// it. A full stream holds a worker's report back (it tries again) rather than drop one.
     pub const STATE_MAX_BYTES: i64 = 256 << 20;
     pub const STATE_MAX_MSGS: i64 = 2_000_000;
     /// How long a message waits for a manager, at most.
     pub const INPUT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-    pub const STATE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
     /// The journal: the oldest entries go first.
     pub const JOURNAL_MAX_BYTES: i64 = 256 << 20;
     pub const JOURNAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -208,8 +209,11 @@ pub async fn ensure(
             )
         },
         work_stream(),
+        // Each copy's last report is kept (the task's status, see `crate::status`) until
+        // its task is forgotten; a report replaces the one before it on its subject.
         stream::Config {
-            max_age: limits::STATE_MAX_AGE,
+            max_messages_per_subject: 1,
+            allow_direct: true,
             ..input_stream(
                 STATE_STREAM,
                 STATE_ALL,

@@ -3,11 +3,12 @@
 //! ([`crate::rules::limits`]), and it purges the input streams of what the manager has
 //! handled.
 //!
-//! `CUBE_EVENTS`, `CUBE_SERVICES` and `CUBE_STATE` keep their messages after the manager has
-//! acknowledged them (limits retention, so that a message waits while no manager runs). Once
-//! acknowledged, a message's effects are stored (the writer acknowledges last), so everything
-//! up to a consumer's acknowledgement floor can go: the streams then hold only what waits, and
-//! their limits ([`crate::topology`]) bound a backlog, not the history.
+//! `CUBE_EVENTS` and `CUBE_SERVICES` keep their messages after the manager has acknowledged
+//! them (limits retention, so that a message waits while no manager runs). Once acknowledged,
+//! a message's effects are stored (the writer acknowledges last), so everything up to a
+//! consumer's acknowledgement floor can go: the streams then hold only what waits, and their
+//! limits ([`crate::topology`]) bound a backlog, not the history. `CUBE_STATE` is not purged:
+//! it keeps each copy's last report, the task's status ([`crate::status`]).
 
 use std::time::Duration;
 
@@ -25,10 +26,9 @@ const MEASURE_EVERY: Duration = Duration::from_secs(1);
 pub const PURGE_EVERY: Duration = Duration::from_secs(10);
 
 /// The input streams and the manager's consumer of each.
-const HANDLED: [(&str, &str); 3] = [
+const HANDLED: [(&str, &str); 2] = [
     (EVENTS_STREAM, MANAGER_EVENTS_CONSUMER),
     (SERVICES_STREAM, MANAGER_SERVICES_CONSUMER),
-    (STATE_STREAM, MANAGER_STATE_CONSUMER),
 ];
 
 /// Starts the upkeep; the receiver holds the Task DB's latest size (`None` until read, or

@@ -93,6 +93,8 @@ pub(crate) struct Commit {
     /// is observed once `work` is published.
     pub placed: Vec<DateTime<Utc>>,
     pub handled: Vec<jetstream::Message>,
+    /// Tasks whose records `records` delete: their kept reports go once that is stored.
+    pub forgotten: Vec<uuid::Uuid>,
 }
 
 impl Commit {
@@ -109,6 +111,7 @@ impl Commit {
         self.notices.extend(later.notices);
         self.placed.extend(later.placed);
         self.handled.extend(later.handled);
+        self.forgotten.extend(later.forgotten);
     }
 }
 
@@ -122,27 +125,48 @@ pub(crate) fn spawn(
     client: async_nats::Client,
     metrics: Metrics,
     term: Term,
+    purger: crate::status::Purger,
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<Commit>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Commit>(QUEUE);
     let handle = tokio::spawn(async move {
         let journal = journal::Keeper::spawn(client.clone());
-        write(&mut rx, &js, &client, &metrics, &term, &journal, &shutdown).await;
+        let out = Out {
+            js: &js,
+            client: &client,
+            metrics: &metrics,
+            journal: &journal,
+            purger: &purger,
+        };
+        write(&mut rx, &out, &term, &shutdown).await;
         journal.finish().await;
     });
     (tx, handle)
 }
 
+/// Where the writer writes.
+struct Out<'a> {
+    js: &'a jetstream::Context,
+    client: &'a async_nats::Client,
+    metrics: &'a Metrics,
+    journal: &'a journal::Keeper,
+    purger: &'a crate::status::Purger,
+}
+
 /// Writes commit after commit until every sender is dropped, or until it may not write.
 async fn write(
     rx: &mut mpsc::Receiver<Commit>,
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    metrics: &Metrics,
+    out: &Out<'_>,
     term: &Term,
-    journal: &journal::Keeper,
     shutdown: &CancellationToken,
 ) {
+    let Out {
+        js,
+        client,
+        metrics,
+        journal,
+        purger,
+    } = *out;
     while let Some(mut commit) = rx.recv().await {
         // Batches that queued up meanwhile go out together: fewer round trips.
         while let Ok(later) = rx.try_recv() {
@@ -154,6 +178,7 @@ async fn write(
         {
             return;
         }
+        purger.purge(std::mem::take(&mut commit.forgotten));
         if !commit.work.is_empty()
             && (!term.gate.is_open()
                 || cube_bus::publish_all(js, commit.work, shutdown)

@@ -18,8 +18,8 @@ pub mod wire;
 
 pub use node::{Node, NodeState, Page, RunningTask, HEARTBEAT_PAGE};
 pub use report::{
-    ApiReply, DrainRequest, ForgetRequest, JournalEntry, ManagerInfo, ManagerRole, NodeListQuery,
-    Rejection, StateReport, TaskList, TaskListQuery, TaskQuery,
+    is_status_only, ApiReply, DrainRequest, ForgetRequest, JournalEntry, ManagerInfo, ManagerRole,
+    NodeListQuery, Rejection, StateReport, TaskList, TaskListQuery, TaskQuery,
 };
 pub use secret::{EnvVar, SecretValue};
 pub use service::{

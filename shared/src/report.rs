@@ -56,6 +56,27 @@ impl StateReport {
     }
 }
 
+/// Whether `after` differs from `before` only in what a worker's `running` report says of the
+/// same placement: it runs, its container and start time, its health. Such a change is status,
+/// not a decision: the Task DB keeps the decision (`scheduled` on that worker) and the report
+/// itself, kept in `CUBE_STATE` under `tasks.state.<task>.<worker>`, keeps the status.
+pub fn is_status_only(before: &crate::Task, after: &crate::Task) -> bool {
+    if after.state != crate::State::Running
+        || !matches!(
+            before.state,
+            crate::State::Scheduled | crate::State::Running
+        )
+    {
+        return false;
+    }
+    let mut status_applied = before.clone();
+    status_applied.state = after.state;
+    status_applied.container_id = after.container_id.clone();
+    status_applied.start_time = after.start_time;
+    status_applied.health = after.health;
+    status_applied == *after
+}
+
 /// Published on `tasks.rejected` (and kept in the journal) for every event Cube refuses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rejection {
@@ -230,4 +251,50 @@ pub struct ManagerInfo {
     /// How many times this process has taken the lease (the first time included).
     #[serde(default)]
     pub terms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Health, State, Task};
+
+    fn placed() -> Task {
+        let mut t = Task::new("app");
+        t.state = State::Scheduled;
+        t.worker = Some("w1".into());
+        t.generation = 2;
+        t
+    }
+
+    #[test]
+    fn what_a_running_report_says_is_status_only() {
+        let before = placed();
+        let mut running = before.clone();
+        running.state = State::Running;
+        running.container_id = Some("c1".into());
+        running.start_time = Some(Utc::now());
+        assert!(is_status_only(&before, &running));
+        let mut healthy = running.clone();
+        healthy.health = Some(Health::Healthy);
+        assert!(is_status_only(&running, &healthy));
+    }
+
+    #[test]
+    fn a_decision_beside_the_status_is_not_status_only() {
+        let before = placed();
+        let mut running = before.clone();
+        running.state = State::Running;
+        let mut moved = running.clone();
+        moved.worker = Some("w2".into());
+        assert!(!is_status_only(&before, &moved), "another worker");
+        let mut stopping = running.clone();
+        stopping.stop_requested = true;
+        assert!(!is_status_only(&before, &stopping), "a stop");
+        let mut ended = before.clone();
+        ended.state = State::Completed;
+        assert!(!is_status_only(&before, &ended), "an end");
+        let mut pending = before.clone();
+        pending.state = State::Pending;
+        assert!(!is_status_only(&pending, &running), "from pending");
+    }
 }

@@ -21,7 +21,10 @@ pub struct Placement {
 
 /// The smallest unit of work: one container. The first group of fields is the specification
 /// a client sends; the second is what Cube records about the task's life. A client may send
-/// the second group, but the manager resets it on submission.
+/// the second group, but the manager resets it on submission. The Task DB stores a task at each
+/// decision about it: one that runs stays stored `scheduled` until the next, and its status
+/// (running, container, start time, health) is its worker's last report in `CUBE_STATE`; the
+/// manager's answers (`cube.api.tasks.*`) give the two merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Task {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use cube_shared::subjects::{EVENTS, NODE_DB, TASK_DB};
-use cube_shared::{State, Task, LABEL_TASK_ID, LABEL_WORKER};
+use cube_shared::subjects::{state_for, EVENTS, NODE_DB, STATE_STREAM, TASK_DB};
+use cube_shared::{State, StateReport, Task, LABEL_TASK_ID, LABEL_WORKER};
 use cube_tests::{cube, long_running, task, Cluster, IMAGE, WITHIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,8 +126,21 @@ async fn any_nats_client_can_submit_and_read_the_task_db() -> anyhow::Result<()>
     let place = cube_shared::subjects::TaskPlace::Worker(&cluster.worker_names[0]);
     let key = cube_shared::subjects::task_key(id, place);
     let stored: Task = serde_json::from_slice(&tasks.get(key).await?.expect("in the Task DB"))?;
-    assert_eq!(stored.state, State::Running);
+    // The Task DB holds decisions: placed on this worker. That it runs is the worker's last
+    // report, which CUBE_STATE keeps under the copy's subject.
+    assert_eq!(stored.state, State::Scheduled);
+    assert_eq!(
+        stored.worker.as_deref(),
+        Some(cluster.worker_names[0].as_str())
+    );
     assert_eq!(stored.name, "raw");
+    let reports = js.get_stream(STATE_STREAM).await?;
+    let last = reports
+        .direct_get_last_for_subject(state_for(id, &cluster.worker_names[0]))
+        .await?;
+    let status: StateReport = serde_json::from_slice(&last.payload)?;
+    assert_eq!((status.state, status.generation), (State::Running, Some(1)));
+    assert!(status.container_id.is_some(), "{status:?}");
     let nodes = js.get_key_value(NODE_DB).await?;
     assert!(
         nodes.get(&cluster.worker_names[0]).await?.is_some(),

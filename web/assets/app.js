@@ -134,7 +134,33 @@
       });
     }, 300);
   }
+  // The last version of each task seen, for its status steps below.
+  const seen = new Map();
+  // That a task runs, and how healthy it is, is its worker's report, not a Task DB write: the
+  // journal says it, and the task seen last is shown with it (the task page reads the task
+  // again from the manager, which has the container and start time too).
+  const STATUS_KINDS = ["running", "starting", "healthy", "unhealthy"];
+  function onStatus(e) {
+    if (!e.task_id || !STATUS_KINDS.includes(e.kind)) return;
+    const box = document.getElementById("task");
+    if (page === "task" && box && box.dataset.task === e.task_id) {
+      fetch("/api/tasks/" + e.task_id).then((r) => r.ok ? r.json() : null)
+        .then((t) => { if (t) onTaskDetail(t); }).catch(() => {});
+    }
+    const last = seen.get(e.task_id);
+    if (page !== "overview" || !last) return;
+    const t = Object.assign({}, last);
+    if (e.kind === "running") {
+      t.state = "running";
+      if (e.worker) t.worker = e.worker;
+    } else {
+      t.health = e.kind;
+    }
+    onTask(t);
+    if (t.service) onServiceChange(t.service);
+  }
   function onTask(t) {
+    seen.set(t.id, t);
     const table = document.querySelector("table.tasks");
     if (!table) return;
     const body = document.getElementById("tasks");
@@ -393,7 +419,11 @@
     });
     source.addEventListener("service", (m) => onServiceChange(JSON.parse(m.data).name));
     source.addEventListener("service-gone", (m) => onServiceChange(JSON.parse(m.data)));
-    source.addEventListener("journal", (m) => onJournal(JSON.parse(m.data)));
+    source.addEventListener("journal", (m) => {
+      const e = JSON.parse(m.data);
+      onJournal(e);
+      onStatus(e);
+    });
     source.addEventListener("nodes", (m) => { if (page === "overview") renderNodes(JSON.parse(m.data)); });
     source.addEventListener("managers", (m) => { if (page === "overview") renderManagers(JSON.parse(m.data)); });
   }

@@ -2,8 +2,10 @@
 //! NATS subscriptions, made before the response starts (so a client that saw the stream
 //! open misses nothing after that), and dropped when the client goes away:
 //!
-//! - `task`: a Task, each time the Task DB records it (submission, placement, state change);
-//!   a service's copies are tasks with `service` set;
+//! - `task`: a Task, each time the Task DB records it (submission, placement, a decision such
+//!   as a stop, a restart or an end); a service's copies are tasks with `service` set. That a
+//!   task runs, and its health, are its worker's reports (kept in `CUBE_STATE`), not Task DB
+//!   writes: they come as `journal` entries (`running`, `starting`, `healthy`, `unhealthy`);
 //! - `service`: a Service, each time the Task DB records it (under `service.<name>`: a
 //!   deploy, a scale, a rollout's progress, a removal), and `service-gone` with the name (a JSON
 //!   string) when the record is deleted;

@@ -108,7 +108,18 @@ impl Worker {
     }
 
     async fn report_health(&self, task: &Task, health: Health) {
-        let r = report(&self.cfg.name, task.id, task.generation).running(Some(health));
+        // With its container: the last report of a copy is its status, kept in CUBE_STATE, and
+        // read back alone by a manager that starts leading.
+        let placement = self
+            .tasks
+            .running(task.id)
+            .filter(|p| p.generation == task.generation);
+        let r = report(&self.cfg.name, task.id, task.generation)
+            .container(
+                placement.as_ref().map(|p| p.container_id.clone()),
+                placement.and_then(|p| p.start_time),
+            )
+            .running(Some(health));
         self.report(r).await;
     }
 

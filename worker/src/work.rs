@@ -300,6 +300,7 @@ impl Worker {
         let from_queue = msg.subject.as_str() == PENDING;
         let claim = match self.tasks.claim(&task, from_queue) {
             Ok(claim) => claim,
+            Err(NoClaim::Running) => return self.runs_already(&task),
             Err(why) => return no_claim(&self.cfg.name, &task, why, delivered(msg)),
         };
         let verdict = if self.tasks.has_ended(&task) {
@@ -368,6 +369,24 @@ impl Worker {
         self.remove_container(id, old.generation).await;
         self.tasks.retire(id, old.generation);
         Ok(())
+    }
+
+    /// A placement of a copy that runs here already (a redelivery, or a new leader sending
+    /// again what it found `scheduled`): it is said again that it runs, so that a manager that
+    /// lost the report learns it, and nothing else is done. Not for a task with a health
+    /// check: this report would not say how healthy it is, and replace the one that did.
+    fn runs_already(&self, task: &Task) -> Outcome {
+        match self.tasks.running(task.id) {
+            Some(p) if p.generation == task.generation && task.health_check.is_none() => {
+                debug!("already running; said again");
+                Outcome::from(
+                    report(&self.cfg.name, task.id, task.generation)
+                        .container(p.container_id, p.start_time)
+                        .running(None),
+                )
+            }
+            _ => no_claim(&self.cfg.name, task, NoClaim::Running, 1),
+        }
     }
 
     /// Records a container that now runs for `task` under `claim`, with its health checks

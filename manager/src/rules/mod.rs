@@ -238,13 +238,21 @@ impl Rules {
         effects.resolve(&self.cluster, &self.services.records)
     }
 
-    /// Records a task's new version: in the picture at once, in the Task DB with the effects.
+    /// Records a task's new version: in the picture at once, in the Task DB with the effects
+    /// unless only its status changed (it runs, its health): the worker's report, kept in
+    /// `CUBE_STATE`, is the record of that ([`cube_shared::is_status_only`]).
     fn save(&mut self, task: Task) {
         if task.state != State::Pending {
             // Placed (the time went with the placement) or ended before it was placed.
             self.awaiting_placement.remove(&task.id);
         }
-        self.effects.changed(task.id);
+        let status_only = self
+            .cluster
+            .task(&task.id)
+            .is_some_and(|before| cube_shared::is_status_only(before, &task));
+        if !status_only {
+            self.effects.changed(task.id);
+        }
         if let Some(service) = &task.service {
             self.services.touch(service);
         }

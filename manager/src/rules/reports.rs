@@ -131,6 +131,39 @@ impl Rules {
         }
     }
 
+    /// A report kept in `CUBE_STATE` (the last of its subject), read back by a manager that
+    /// starts leading, in the order stored. It is applied as if delivered again, since it may
+    /// not have been handled (applying a report twice changes nothing), except that a change
+    /// of status alone, which the leader that handled it journalled and did not store, is not
+    /// journalled again. Unreadable reports are left to the consumer, which rejects them.
+    /// Returns `false` if the task is not known (forgotten): its reports may go.
+    pub fn replay_report(&mut self, subject: &str, payload: &[u8], now: DateTime<Utc>) -> bool {
+        let Ok(report) = wire::decode::<StateReport>(payload, MAX_MESSAGE_BYTES) else {
+            return true;
+        };
+        if subject != subjects::state_for(report.task_id, &report.worker) {
+            return true;
+        }
+        let Some(before) = self.cluster.task(&report.task_id).cloned() else {
+            return false;
+        };
+        let journalled = self.effects.journal.len();
+        if report.state != State::Running {
+            self.forget_lost(&report);
+        }
+        if let Err(why) = self.apply_report(report, now) {
+            debug!(?why, "kept report changes nothing");
+        }
+        let status_only = self
+            .cluster
+            .task(&before.id)
+            .is_some_and(|after| cube_shared::is_status_only(&before, after));
+        if status_only {
+            self.effects.journal.truncate(journalled);
+        }
+        true
+    }
+
     /// Applies a decoded report.
     pub(crate) fn apply_report(
         &mut self,

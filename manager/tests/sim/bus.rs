@@ -60,6 +60,11 @@ impl Queue {
         self.unacked.len()
     }
 
+    /// The sequence of the last message stored.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn is_empty(&self) -> bool {
         self.unacked.is_empty()
     }
@@ -112,5 +117,64 @@ impl super::Store {
         }
         let worker = subject.rsplit('.').next().unwrap_or_default().to_string();
         self.work.entry(worker).or_default().push(subject, payload);
+    }
+}
+
+impl super::Store {
+    /// A worker's report: delivered to the manager's consumer, and kept as its subject's last.
+    pub fn publish_report(&mut self, subject: &str, payload: Vec<u8>) {
+        self.states.push(subject, payload.clone());
+        self.kept
+            .insert(subject.to_string(), (self.states.last_seq(), payload));
+    }
+
+    /// The kept reports of forgotten tasks go (`tasks.state.<task>.*` purged).
+    pub fn purge_reports(&mut self, tasks: &[uuid::Uuid]) {
+        for id in tasks {
+            let prefix = format!("tasks.state.{id}.");
+            self.kept.retain(|subject, _| !subject.starts_with(&prefix));
+        }
+    }
+
+    /// The kept reports, oldest first, as a starting manager reads them.
+    pub fn kept_in_order(&self) -> Vec<(String, Vec<u8>)> {
+        let mut kept: Vec<(u64, String, Vec<u8>)> = self
+            .kept
+            .iter()
+            .map(|(s, (seq, p))| (*seq, s.clone(), p.clone()))
+            .collect();
+        kept.sort_unstable_by_key(|k| k.0);
+        kept.into_iter().map(|(_, s, p)| (s, p)).collect()
+    }
+
+    /// What a reader of the Task DB and `CUBE_STATE` sees of task `id`: its record, running if
+    /// the kept report of its placement says so (the status the Task DB does not hold).
+    pub fn view(&self, id: &uuid::Uuid) -> Option<cube_shared::Task> {
+        use cube_shared::{State, StateReport};
+        let mut t = self.task_db.get(id)?.clone();
+        if !matches!(t.state, State::Scheduled | State::Running) {
+            return Some(t);
+        }
+        let Some(worker) = t.worker.clone() else {
+            return Some(t);
+        };
+        let subject = cube_shared::subjects::state_for(*id, &worker);
+        let report = self
+            .kept
+            .get(&subject)
+            .and_then(|(_, p)| serde_json::from_slice::<StateReport>(p).ok());
+        if let Some(r) = report.filter(|r| r.generation == Some(t.generation)) {
+            if r.state == State::Running {
+                t.state = State::Running;
+                t.container_id = r.container_id.or(t.container_id);
+                t.start_time = r.start_time.or(t.start_time);
+            }
+        }
+        Some(t)
+    }
+
+    /// [`Self::view`] of every task.
+    pub fn views(&self) -> Vec<cube_shared::Task> {
+        self.task_db.keys().filter_map(|id| self.view(id)).collect()
     }
 }

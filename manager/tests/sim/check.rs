@@ -175,7 +175,7 @@ impl World {
     /// Nothing waits to be delivered, nothing is due, no stale copy runs.
     pub(super) fn quiet(&self) -> bool {
         let work_waits = self.store.work.values().any(|q| !q.is_empty());
-        let tasks_settled = self.store.task_db.values().all(|t| {
+        let tasks_settled = self.store.views().iter().all(|t| {
             matches!(t.state, State::Running | State::Completed | State::Failed)
                 && t.next_attempt_at.is_none()
         });
@@ -193,7 +193,7 @@ impl World {
         let mut stale = Vec::new();
         for w in &self.workers {
             for (id, generation) in w.live_containers() {
-                let current = self.store.task_db.get(&id).is_some_and(|t| {
+                let current = self.store.view(&id).is_some_and(|t| {
                     t.state == State::Running
                         && t.generation == generation
                         && t.worker.as_deref() == Some(w.name.as_str())
@@ -218,8 +218,8 @@ impl World {
                 self.store.work.values().map(Queue::len).sum::<usize>(),
                 self.stale_copies(),
                 self.store
-                    .task_db
-                    .values()
+                    .views()
+                    .iter()
                     .filter(|t| !matches!(t.state, State::Running | State::Completed | State::Failed)
                         || t.next_attempt_at.is_some())
                     .map(|t| format!("{} {} gen {} on {:?} next {:?} error {:?}", short(t.id), t.state, t.generation, t.worker, t.next_attempt_at, t.error))
@@ -227,7 +227,7 @@ impl World {
             ));
         }
         for id in self.submitted.keys() {
-            let Some(t) = self.store.task_db.get(id) else {
+            let Some(t) = self.store.view(id) else {
                 self.broken.push(format!(
                     "submission {id} was acknowledged but never recorded"
                 ));

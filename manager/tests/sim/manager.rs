@@ -108,7 +108,15 @@ impl World {
 
     pub(super) fn restart_manager(&mut self) {
         note!(self, "manager starts");
-        self.manager = Some(new_manager(&self.store, self.mono));
+        let mut rules = new_manager(&self.store, self.mono);
+        // The status the Task DB does not hold: the kept reports, read back.
+        let now = self.manager_now();
+        for (subject, payload) in self.store.kept_in_order() {
+            if !rules.replay_report(&subject, &payload, now) {
+                self.store.kept.remove(&subject);
+            }
+        }
+        self.manager = Some(rules);
         self.last_tick = self.mono;
     }
 
@@ -181,6 +189,8 @@ impl World {
             for task in decided.iter().flat_map(|d| &d.tasks) {
                 self.store_task(task.clone());
             }
+            let forgotten: Vec<_> = decided.iter().flat_map(|d| d.forgotten.clone()).collect();
+            self.store.purge_reports(&forgotten);
             for service in decided.iter().flat_map(|d| &d.services) {
                 self.store
                     .service_db

@@ -71,6 +71,8 @@ pub struct Store {
     pub started: BTreeSet<(Uuid, u64, String)>,
     /// Every placement whose container ended (by itself or stopped) at least once.
     pub ended: BTreeSet<(Uuid, u64, String)>,
+    /// `CUBE_STATE` as kept: the last report on each subject, with its sequence.
+    pub kept: BTreeMap<String, (u64, Vec<u8>)>,
 }
 
 pub struct World {

@@ -77,9 +77,7 @@ impl Worker {
     fn report(&self, store: &mut Store, mut r: StateReport, generation: u64, now: DateTime<Utc>) {
         r.generation = Some(generation);
         r.timestamp = now;
-        store
-            .states
-            .push(&state_for(r.task_id, &self.name), encode(&r).to_vec());
+        store.publish_report(&state_for(r.task_id, &self.name), encode(&r).to_vec());
     }
 
     /// Reports how placement `g` of `id` ended by itself, as the worker's `exit_report` does.
@@ -277,7 +275,7 @@ impl Worker {
         // As the worker's `owned_placements`: its current placements, and the copy a drain
         // is moving away from it, as that older placement.
         let mut owned: BTreeMap<Uuid, Task> = BTreeMap::new();
-        for t in store.task_db.values().filter(|t| t.state.is_active()) {
+        for t in store.views().iter().filter(|t| t.state.is_active()) {
             if t.worker.as_deref() == Some(self.name.as_str()) {
                 owned.insert(t.id, t.clone());
             } else if let Some(old) = t.previous.as_ref().filter(|p| p.worker == self.name) {

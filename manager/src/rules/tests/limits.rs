@@ -114,7 +114,8 @@ fn a_nearly_full_task_db_refuses_submissions_until_it_has_room_again() {
     assert!(d.rejections[0].reason.contains("--keep-ended"));
     // The task already taken still moves on.
     let w = h.task(a.id).worker.unwrap();
-    let d = h.report(a.id, &w, State::Running, None);
+    h.report(a.id, &w, State::Running, None);
+    let d = h.report(a.id, &w, State::Completed, Some(0));
     assert_eq!(d.tasks.len(), 1, "its record is still written");
     // Unknown, or with room again: taken.
     h.rules.set_task_db_use(None);

@@ -138,6 +138,61 @@ fn a_restarted_manager_sends_recorded_placements_again_once() {
     assert!(rules.take_effects().is_empty());
 }
 
+/// The Task DB holds decisions: a task that runs is stored `scheduled`, and a manager that
+/// starts leading learns that it runs from the worker's kept report, quietly (the leader that
+/// handled it journalled it), while a report nobody handled yet is acted on as delivered.
+#[test]
+fn a_restarted_manager_takes_status_from_the_kept_reports() {
+    let mut h = Harness::new(&["w1"]);
+    let (runs, ends) = (sleeper(RestartPolicy::No), sleeper(RestartPolicy::No));
+    h.submit(runs.clone());
+    h.submit(ends.clone());
+    let stored_records = Stored {
+        tasks: h.rules.cluster().tasks().cloned().collect(),
+        nodes: h.rules.cluster().nodes().cloned().collect(),
+        ..Stored::default()
+    };
+    let report = |id: Uuid, state: State| {
+        let mut r = StateReport::new(id, "w1", state);
+        r.generation = Some(1);
+        r.container_id = Some(format!("c-{id}"));
+        (state_for(id, "w1"), encode(&r))
+    };
+    let running = report(runs.id, State::Running);
+    h.rules.on_report(&running.0, &running.1, h.now);
+    assert!(h.effects().tasks.is_empty(), "running is not stored");
+    let mut rules = Rules::new(
+        h.rules.timings(),
+        algorithms::by_name("spread").unwrap(),
+        crate::metrics::Metrics::default(),
+        stored_records,
+        h.mono,
+    );
+    assert!(rules.replay_report(&running.0, &running.1, h.now));
+    let completed = report(ends.id, State::Completed);
+    assert!(rules.replay_report(&completed.0, &completed.1, h.now));
+    let forgotten = report(Uuid::new_v4(), State::Completed);
+    assert!(!rules.replay_report(&forgotten.0, &forgotten.1, h.now));
+    let restored = rules.cluster().task(&runs.id).unwrap();
+    assert_eq!(
+        (restored.state, restored.container_id.clone()),
+        (State::Running, Some(format!("c-{}", runs.id)))
+    );
+    let d = rules.take_effects();
+    assert_eq!(
+        d.journal_kinds(),
+        ["completed"],
+        "only the news is journalled"
+    );
+    let stored: Vec<(Uuid, State)> = d.tasks.iter().map(|t| (t.id, t.state)).collect();
+    assert_eq!(stored, [(ends.id, State::Completed)]);
+    rules.resend_placements();
+    assert!(
+        starts(&rules.take_effects()).is_empty(),
+        "nothing is placed again"
+    );
+}
+
 #[test]
 fn heartbeats_that_lie_about_their_name_are_ignored() {
     let mut h = Harness::new(&[]);
