@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
 use cube_shared::subjects::*;
 use cube_shared::wire::{self, encode};
-use cube_shared::StateReport;
+use cube_shared::{State, StateReport};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -407,11 +407,35 @@ impl Worker {
 
     /// Publishes a state report into JetStream, retrying until it is stored or the worker
     /// shuts down. Returns whether it was stored.
+    ///
+    /// `CUBE_STATE` keeps only the last report of each subject, and a task's subject on this
+    /// worker is the same for all its placements here: a report about another placement than
+    /// the one that runs (an old copy that made way for a new one) is followed by the running
+    /// one's again, so that the last word is the status of what runs.
     pub(crate) async fn report(&self, report: StateReport) -> bool {
+        let (id, generation) = (report.task_id, report.generation.unwrap_or_default());
+        if let (State::Running, Some(health)) = (report.state, report.health) {
+            self.tasks.set_health(id, generation, health);
+        }
+        if !self.publish_report(&report).await {
+            return false;
+        }
+        match self.tasks.status(id) {
+            Some((p, health)) if p.generation != generation => {
+                let current = crate::report::report(&self.cfg.name, id, p.generation)
+                    .container(p.container_id, p.start_time)
+                    .running(health);
+                self.publish_report(&current).await
+            }
+            _ => true,
+        }
+    }
+
+    async fn publish_report(&self, report: &StateReport) -> bool {
         let subject = state_for(report.task_id, &report.worker);
         // The same id on every retry, so a retry after a lost ack is not stored twice.
         let msg_id = Uuid::new_v4().to_string();
-        cube_bus::publish_durably(&self.js, subject, encode(&report), &msg_id, &self.shutdown)
+        cube_bus::publish_durably(&self.js, subject, encode(report), &msg_id, &self.shutdown)
             .await
             .is_ok()
     }

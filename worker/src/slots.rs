@@ -37,6 +37,8 @@ pub(crate) struct Placement {
 
 struct Running {
     placement: Placement,
+    /// What its health check last found and was reported.
+    health: Option<cube_shared::Health>,
     /// Stops the task's health checks when the placement is forgotten.
     _checks: Option<DropGuard>,
 }
@@ -202,6 +204,7 @@ impl Table {
         let was_running = slot.running.is_some();
         slot.running = Some(Running {
             placement,
+            health: None,
             _checks: checks,
         });
         if !was_running {
@@ -209,6 +212,22 @@ impl Table {
         }
         self.gauge.set(tasks.running as i64);
         claim.commit();
+    }
+
+    /// Notes what the health check of placement `generation` of task `id` found, as reported.
+    pub(crate) fn set_health(&self, id: Uuid, generation: u64, health: cube_shared::Health) {
+        let mut tasks = self.lock();
+        let running = tasks.slots.get_mut(&id).and_then(|s| s.running.as_mut());
+        if let Some(r) = running.filter(|r| r.placement.generation == generation) {
+            r.health = Some(health);
+        }
+    }
+
+    /// The placement of the task that runs here, with its health as last reported.
+    pub(crate) fn status(&self, id: Uuid) -> Option<(Placement, Option<cube_shared::Health>)> {
+        let tasks = self.lock();
+        let r = tasks.slots.get(&id)?.running.as_ref()?;
+        Some((r.placement.clone(), r.health))
     }
 
     /// The placement of the task that runs here.

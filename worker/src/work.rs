@@ -372,17 +372,17 @@ impl Worker {
     }
 
     /// A placement of a copy that runs here already (a redelivery, or a new leader sending
-    /// again what it found `scheduled`): it is said again that it runs, so that a manager that
-    /// lost the report learns it, and nothing else is done. Not for a task with a health
-    /// check: this report would not say how healthy it is, and replace the one that did.
+    /// again what it found `scheduled`): it is said again that it runs, with its health as
+    /// last reported, so that a manager that lost the report learns it, and nothing else is
+    /// done.
     fn runs_already(&self, task: &Task) -> Outcome {
-        match self.tasks.running(task.id) {
-            Some(p) if p.generation == task.generation && task.health_check.is_none() => {
+        match self.tasks.status(task.id) {
+            Some((p, health)) if p.generation == task.generation => {
                 debug!("already running; said again");
                 Outcome::from(
                     report(&self.cfg.name, task.id, task.generation)
                         .container(p.container_id, p.start_time)
-                        .running(None),
+                        .running(health),
                 )
             }
             _ => no_claim(&self.cfg.name, task, NoClaim::Running, 1),

@@ -74,10 +74,24 @@ impl Worker {
         self.last_heartbeat = None;
     }
 
+    /// Publishes a report; one about another placement than the one that runs here is
+    /// followed by the running one's again, as the worker's `report` does (the stream keeps
+    /// one report per subject, and the last must be the status of what runs).
     fn report(&self, store: &mut Store, mut r: StateReport, generation: u64, now: DateTime<Utc>) {
         r.generation = Some(generation);
         r.timestamp = now;
-        store.publish_report(&state_for(r.task_id, &self.name), encode(&r).to_vec());
+        let id = r.task_id;
+        store.publish_report(&state_for(id, &self.name), encode(&r).to_vec());
+        if let Some(g) = self.tracked.get(&id).copied().filter(|g| *g != generation) {
+            if let Some(c) = self.containers.get(&(id, g)) {
+                let mut again = StateReport::new(id, &self.name, State::Running);
+                again.generation = Some(g);
+                again.timestamp = now;
+                again.container_id = Some(format!("{id}-{g}"));
+                again.start_time = Some(c.started);
+                store.publish_report(&state_for(id, &self.name), encode(&again).to_vec());
+            }
+        }
     }
 
     /// Reports how placement `g` of `id` ended by itself, as the worker's `exit_report` does.
