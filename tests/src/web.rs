@@ -349,6 +349,19 @@ pub async fn next_event(
     name: &str,
     accept: impl Fn(&Value) -> bool,
 ) -> Result<Value> {
+    let (_, value) = next_event_of(stream, buffer, |kind, v| kind == name && accept(v))
+        .await
+        .map_err(|e| anyhow!("awaiting a `{name}` event: {e}"))?;
+    Ok(value)
+}
+
+/// Reads the event stream until an event that `accept` takes (given its name and data);
+/// returns its name and data.
+pub async fn next_event_of(
+    stream: &mut reqwest::Response,
+    buffer: &mut String,
+    accept: impl Fn(&str, &Value) -> bool,
+) -> Result<(String, Value)> {
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {
         while let Some(end) = buffer.find("\n\n") {
@@ -362,16 +375,19 @@ pub async fn next_event(
                     data.push_str(d);
                 }
             }
-            if kind == name {
-                let value: Value = serde_json::from_str(&data)?;
-                if accept(&value) {
-                    return Ok(value);
-                }
+            if data.is_empty() {
+                continue;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            if accept(kind, &value) {
+                return Ok((kind.to_string(), value));
             }
         }
         let chunk = tokio::time::timeout_at(deadline, stream.chunk())
             .await
-            .map_err(|_| anyhow!("no `{name}` event as awaited within {WITHIN:?}"))??
+            .map_err(|_| anyhow!("no event as awaited within {WITHIN:?}"))??
             .ok_or_else(|| anyhow!("the event stream ended"))?;
         buffer.push_str(&String::from_utf8_lossy(&chunk));
     }

@@ -7,7 +7,7 @@
 use anyhow::{ensure, Result};
 use bollard::models::ContainerSummaryStateEnum;
 use cube_shared::LABEL_SERVICE;
-use cube_tests::web::{get_json, next_event, post, WebCluster};
+use cube_tests::web::{get_json, next_event_of, post, WebCluster};
 use cube_tests::{eventually, long_running, remove_containers, unique, IMAGE, WITHIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -116,16 +116,23 @@ async fn deploy_scale_roll_back_and_remove_a_service_over_http() -> Result<()> {
     // Deploy two copies; the template leaves its id to Cube.
     let deployed = post(&web, "/api/services", &spec(2, &[]).to_string()).await?;
     assert_accepted(&deployed, &name, "deploy");
-    let record = next_event(&mut stream, &mut buffer, "service", |s| {
-        s["name"] == json!(name)
-    })
-    .await?;
+    // In either order: the copies' records may be stored before the service's.
+    let (mut record, mut copy) = (None, None);
+    while record.is_none() || copy.is_none() {
+        let (kind, value) = next_event_of(&mut stream, &mut buffer, |kind, v| {
+            (kind == "service" && v["name"] == json!(name))
+                || (kind == "task" && v["service"] == json!(name))
+        })
+        .await?;
+        if kind == "service" {
+            record = Some(value);
+        } else {
+            copy = Some(value);
+        }
+    }
+    let (record, copy) = (record.unwrap_or_default(), copy.unwrap_or_default());
     assert_eq!(record["count"], json!(2), "{record}");
     assert_eq!(record["version"], json!(1), "{record}");
-    let copy = next_event(&mut stream, &mut buffer, "task", |t| {
-        t["service"] == json!(name)
-    })
-    .await?;
     assert_eq!(copy["service_version"], json!(1), "{copy}");
     drop(stream);
     let status = wait_service(&web, &name, "two copies run", |s| {
