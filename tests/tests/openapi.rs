@@ -35,6 +35,40 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]
 "#;
 
+/// A schemathesis hook (Python), for a gap in its generator: `env` says in JSON Schema that a
+/// task names at most `MAX_TASK_SECRETS` secrets (`maxContains` on its objects), which the
+/// generator does not always honour (it once sent a task's env with 11). The API rightly
+/// refuses such a request with 400; this drops that one failure, "schema-valid request
+/// rejected", when the request was in fact not schema-valid in just that way. Every other
+/// failure stands.
+fn hooks() -> String {
+    format!(
+        r#"
+import schemathesis
+
+MAX_SECRETS = {max}
+
+
+def secrets(body):
+    if not isinstance(body, dict):
+        return 0
+    task = body.get("task") or body.get("template") or body
+    env = task.get("env") if isinstance(task, dict) else None
+    return sum(isinstance(e, dict) for e in env) if isinstance(env, list) else 0
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):
+    return not (
+        failure.code == "ST202"
+        and response.status_code == 400
+        and secrets(case.body) > MAX_SECRETS
+    )
+"#,
+        max = cube_shared::secret::MAX_TASK_SECRETS
+    )
+}
+
 /// schemathesis' `st`: `CUBE_SCHEMATHESIS`, or `st` on the PATH.
 fn schemathesis() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("CUBE_SCHEMATHESIS") {
@@ -69,7 +103,10 @@ async fn the_api_does_what_its_openapi_document_says() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(&config, CONFIG)?;
+    let hooks_file = dir.path().join("cube_hooks.py");
+    std::fs::write(&hooks_file, hooks())?;
     let run = tokio::process::Command::new(&st)
+        .env("SCHEMATHESIS_HOOKS", &hooks_file)
         .arg("--config-file")
         .arg(&config)
         .args(["run", &web.url("/api/openapi.json")])

@@ -154,6 +154,15 @@ fn requests_name_the_fields_and_bounds_the_server_reads() {
         spec["properties"]["image"]["maxLength"],
         json!(cube_shared::validate::MAX_IMAGE_LEN)
     );
+    let env = &spec["properties"]["env"];
+    assert_eq!(env["maxItems"], json!(cube_shared::validate::MAX_ENV));
+    // The entries that name a secret (the objects) are bounded apart.
+    assert_eq!(env["contains"], json!({"type": "object"}));
+    assert_eq!(env["minContains"], json!(0));
+    assert_eq!(
+        env["maxContains"],
+        json!(cube_shared::secret::MAX_TASK_SECRETS)
+    );
 }
 
 /// The live stream is documented event by event, each `data` with its schema.
