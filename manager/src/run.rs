@@ -254,15 +254,13 @@ async fn lead(
     shell.settle(settle).await;
     // The status the Task DB does not hold: what the workers last reported.
     let now = Utc::now();
-    let rules = &mut shell.rules;
-    let replayed = status::replay(&topo.js, &term, |subject, payload| {
-        rules.replay_report(subject, payload, now)
+    let replayed = status::replay(&topo.js, &term, &purger, |subject, payload| {
+        shell.rules.replay_report(subject, payload, now)
     });
-    let unknown = tokio::select! {
+    tokio::select! {
         lost = lease.lost() => return Err(lost),
         replayed = replayed.instrument(span.clone()) => replayed?,
-    };
-    purger.purge(unknown);
+    }
     shell.flush(Vec::new()).await;
     shell.journal_takeover(lease).await;
     let deposed_error = || Error::Deposed {

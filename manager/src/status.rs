@@ -24,8 +24,19 @@ const REPLAY_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Reads every kept report, oldest first, handing each to `apply` (subject, payload), which
 /// says whether its task is known; the reports of unknown tasks (forgotten while the manager
-/// that forgot them died before their reports went) are returned, to be purged.
+/// that forgot them died before their reports went) are handed to `purger`.
 pub(crate) async fn replay(
+    js: &jetstream::Context,
+    shutdown: &CancellationToken,
+    purger: &Purger,
+    apply: impl FnMut(&str, &[u8]) -> bool,
+) -> Result<(), Error> {
+    purger.purge(read_back(js, shutdown, apply).await?);
+    Ok(())
+}
+
+/// [`replay`]'s reading: the tasks of the reports `apply` did not know.
+async fn read_back(
     js: &jetstream::Context,
     shutdown: &CancellationToken,
     mut apply: impl FnMut(&str, &[u8]) -> bool,

@@ -213,17 +213,7 @@ fn a_restarted_manager_trusts_no_timestamp_a_worker_wrote() {
         nodes,
         ..Stored::default()
     };
-    let mut h2 = Harness {
-        rules: Rules::new(
-            timings(),
-            algorithms::by_name("spread").unwrap(),
-            crate::metrics::Metrics::default(),
-            stored,
-            h.mono,
-        ),
-        now: h.now,
-        mono: h.mono,
-    };
+    let mut h2 = h.restarted(stored);
     assert_eq!(state_of(&h2, &w), NodeState::Unreachable, "not heard yet");
     // Nobody speaks: both nodes are silent, which is a disruption, so nothing is lost ...
     let all = pass(&mut h2, 16, &[]);

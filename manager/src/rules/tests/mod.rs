@@ -83,6 +83,21 @@ impl Harness {
         h
     }
 
+    /// The manager restarted from `stored` (with the spread scheduler), at this moment.
+    fn restarted(&self, stored: Stored) -> Harness {
+        Harness {
+            rules: Rules::new(
+                self.rules.timings(),
+                algorithms::by_name("spread").unwrap(),
+                crate::metrics::Metrics::default(),
+                stored,
+                self.mono,
+            ),
+            now: self.now,
+            mono: self.mono,
+        }
+    }
+
     /// Time passes: both clocks move.
     fn advance(&mut self, s: f64) {
         self.now += secs(s);

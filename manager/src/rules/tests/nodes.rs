@@ -122,13 +122,7 @@ fn a_restarted_manager_sends_recorded_placements_again_once() {
         nodes: h.rules.cluster().nodes().cloned().collect(),
         ..Stored::default()
     };
-    let mut rules = Rules::new(
-        h.rules.timings(),
-        algorithms::by_name("spread").unwrap(),
-        crate::metrics::Metrics::default(),
-        stored,
-        h.mono,
-    );
+    let mut rules = h.restarted(stored).rules;
     assert!(rules.resend_due());
     rules.resend_placements();
     let d = rules.take_effects();
@@ -161,13 +155,7 @@ fn a_restarted_manager_takes_status_from_the_kept_reports() {
     let running = report(runs.id, State::Running);
     h.rules.on_report(&running.0, &running.1, h.now);
     assert!(h.effects().tasks.is_empty(), "running is not stored");
-    let mut rules = Rules::new(
-        h.rules.timings(),
-        algorithms::by_name("spread").unwrap(),
-        crate::metrics::Metrics::default(),
-        stored_records,
-        h.mono,
-    );
+    let mut rules = h.restarted(stored_records).rules;
     assert!(rules.replay_report(&running.0, &running.1, h.now));
     let completed = report(ends.id, State::Completed);
     assert!(rules.replay_report(&completed.0, &completed.1, h.now));

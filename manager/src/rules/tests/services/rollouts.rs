@@ -126,13 +126,7 @@ fn a_restarted_manager_resumes_a_rollout_without_extra_copies() {
         drained: Vec::new(),
         services: h.rules.services().values().cloned().collect(),
     };
-    h.rules = Rules::new(
-        timings(),
-        algorithms::by_name("spread").unwrap(),
-        crate::metrics::Metrics::default(),
-        stored,
-        h.mono,
-    );
+    h.rules = h.restarted(stored).rules;
     for _ in 0..120 {
         h.run_for(1, &healthy);
         let live: usize = h.copies("web").values().sum();
