@@ -271,8 +271,8 @@ async fn publish_once(
 /// a permission) is reported to the caller. One the server does not answer in time (a busy
 /// server: ten thousand workers starting at once) is asked again after a growing, jittered
 /// wait until it answers or `shutdown` fires; on shutdown the channel returned is closed.
-pub async fn durable_messages(
-    stream: jetstream::stream::Stream,
+pub async fn durable_messages<I: Send + Sync + 'static>(
+    stream: jetstream::stream::Stream<I>,
     config: pull::Config,
     buffer: usize,
     shutdown: CancellationToken,
@@ -378,8 +378,8 @@ impl Bind {
     }
 }
 
-async fn bind(
-    stream: &jetstream::stream::Stream,
+async fn bind<I>(
+    stream: &jetstream::stream::Stream<I>,
     config: &pull::Config,
 ) -> Result<pull::Stream, Bind> {
     use jetstream::consumer::StreamErrorKind as S;

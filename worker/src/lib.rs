@@ -90,6 +90,13 @@ pub enum Error {
     Name(#[source] cube_shared::validate::Invalid),
     #[error("configuration: worker name `{0}` is reserved for a NATS role; choose another")]
     ReservedName(String),
+    /// A stream's handle could not be had.
+    #[error("stream {name}")]
+    Stream {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
     /// A durable consumer of work could not be created or read.
     #[error("consumer {name}")]
     Consumer {

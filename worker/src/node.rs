@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream;
 use chrono::Utc;
-use cube_shared::subjects::heartbeat_for;
+use cube_shared::subjects::{heartbeat_for, NODE_DB};
 use cube_shared::wire::encode;
 use cube_shared::{Node, NodeState, Page, RunningTask, HEARTBEAT_PAGE};
 use futures::StreamExt;
@@ -105,13 +105,39 @@ pub(crate) fn record_due(last: &Recorded, record: &Node, now: std::time::Instant
     now.saturating_duration_since(*at) >= RECORD_REFRESH || steady(stored) != steady(record)
 }
 
+/// The worker's record in the Node DB, put as the bucket's own put does (a JetStream publish
+/// on `$KV.cube-nodes.<worker>`), without first asking the server for the bucket's info:
+/// ten thousand workers starting at once would each ask, and each request that a busy server
+/// answers late is asked again.
+#[derive(Clone)]
+pub(crate) struct NodeDb {
+    js: jetstream::Context,
+    subject: String,
+}
+
+impl NodeDb {
+    /// `worker`'s record. The manager creates the bucket before it leads; a put before then is
+    /// refused (no stream has the subject) and tried again at the next beat.
+    pub(crate) fn new(js: jetstream::Context, worker: &str) -> NodeDb {
+        NodeDb {
+            js,
+            subject: format!("$KV.{NODE_DB}.{worker}"),
+        }
+    }
+
+    async fn put(&self, record: bytes::Bytes) -> Result<(), async_nats::Error> {
+        self.js.publish(self.subject.clone(), record).await?.await?;
+        Ok(())
+    }
+}
+
 impl Worker {
     /// Heartbeats every interval until the worker shuts down; `first` is told once the first
     /// heartbeat has been sent (or tried).
     pub(crate) async fn beat(
         self: Arc<Self>,
         client: async_nats::Client,
-        nodes: kv::Store,
+        nodes: NodeDb,
         first: oneshot::Sender<()>,
     ) {
         let mut first = Some(first);
@@ -139,7 +165,7 @@ impl Worker {
     /// policies place them elsewhere); otherwise they are left running for the next worker of
     /// this name to adopt, NATS or not. A final heartbeat marked `leaving` tells the manager to
     /// send no more work.
-    pub(crate) async fn leave(&self, client: &async_nats::Client, nodes: &kv::Store) {
+    pub(crate) async fn leave(&self, client: &async_nats::Client, nodes: &NodeDb) {
         let mut stats = self.stats();
         // Leaving is news: the record is stored whatever was stored before.
         let mut recorded = None;
@@ -192,7 +218,7 @@ impl Worker {
     async fn heartbeat(
         &self,
         client: &async_nats::Client,
-        nodes: &kv::Store,
+        nodes: &NodeDb,
         stats: &mut Stats,
         recorded: &mut Recorded,
         leaving: bool,
@@ -259,8 +285,7 @@ impl Worker {
         if !record_due(recorded, &stored, now) {
             return;
         }
-        match tokio::time::timeout(RECORD_TIMEOUT, nodes.put(&self.cfg.name, encode(&stored))).await
-        {
+        match tokio::time::timeout(RECORD_TIMEOUT, nodes.put(encode(&stored))).await {
             // Not stored: tried again at the next beat.
             Ok(Ok(_)) => *recorded = Some((stored, now)),
             Ok(Err(e)) => debug!(error = %e, "recording the node"),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, kv, AckKind};
+use async_nats::jetstream::{self, consumer::pull, AckKind};
 use cube_shared::subjects::*;
 use cube_shared::wire::{self, encode};
 use cube_shared::{State, StateReport};
@@ -15,6 +15,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::epoch::Epochs;
+use crate::node::NodeDb;
 use crate::relist::RELIST_EVERY;
 use crate::runtime::Runtime;
 use crate::slots::{Table, Turn};
@@ -68,23 +69,26 @@ pub async fn run(
 ) -> Result<(), Error> {
     cfg.validate()?;
     let js = jetstream::new(client.clone());
-    // The work stream's handle binds the consumers: on a busy server (thousands of workers
-    // starting at once) an answer that takes longer than a publish's timeout is still
-    // awaited, rather than thrown away and asked for again.
-    let mut setup = js.clone();
-    setup.set_timeout(SETUP_TIMEOUT);
-    let Some(work) = wait_for(&shutdown, WORK_STREAM, || setup.get_stream(WORK_STREAM)).await
-    else {
-        return Ok(());
-    };
     let name = cfg.name.clone();
+    // The Task DB's fence is written by a leader, which created every stream and bucket
+    // before it led: once it is there, so are they, and their handles are taken without a
+    // request each (ten thousand workers starting at once make a busy server).
     let Some(task_db) = wait_for(&shutdown, TASK_DB, || TaskDb::open(&js, &name)).await else {
         return Ok(());
     };
-    // The manager creates the buckets one after another: wait for each.
-    let Some(nodes) = wait_for(&shutdown, NODE_DB, || js.get_key_value(NODE_DB)).await else {
-        return Ok(());
-    };
+    let nodes = NodeDb::new(js.clone(), &name);
+    // The work stream's handle binds the consumers: on a busy server an answer that takes
+    // longer than a publish's timeout is still awaited, rather than thrown away and asked
+    // for again.
+    let mut setup = js.clone();
+    setup.set_timeout(SETUP_TIMEOUT);
+    let work = setup
+        .get_stream_no_info(WORK_STREAM)
+        .await
+        .map_err(|source| Error::Stream {
+            name: WORK_STREAM.to_string(),
+            source,
+        })?;
 
     let worker = Arc::new(Worker {
         ops: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
@@ -265,7 +269,7 @@ pub(crate) fn shared_consumer(concurrency: usize) -> pull::Config {
 const MAX_WAITING: i64 = 2 * MAX_WORKERS as i64;
 
 async fn consume(
-    stream: &jetstream::stream::Stream,
+    stream: &jetstream::stream::Stream<()>,
     config: pull::Config,
     concurrency: usize,
     shutdown: &CancellationToken,
@@ -285,7 +289,7 @@ impl Worker {
     async fn shut_down(
         self: &Arc<Self>,
         client: &async_nats::Client,
-        nodes: &kv::Store,
+        nodes: &NodeDb,
         tracker: TaskTracker,
     ) {
         tracker.close();
