@@ -73,7 +73,8 @@ pub async fn run(
     // The Task DB's fence is written by a leader, which created every stream and bucket
     // before it led: once it is there, so are they, and their handles are taken without a
     // request each (ten thousand workers starting at once make a busy server).
-    let Some(task_db) = wait_for(&shutdown, TASK_DB, || TaskDb::open(&js, &name)).await else {
+    let Some(task_db) = wait_for(&shutdown, "cube-tasks' fence", || TaskDb::open(&js, &name)).await
+    else {
         return Ok(());
     };
     let nodes = NodeDb::new(js.clone(), &name);

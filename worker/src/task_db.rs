@@ -16,8 +16,9 @@ pub(crate) struct TaskDb {
 }
 
 impl TaskDb {
-    /// The Task DB as `worker` reads it, once the manager has created it (checked by reading
-    /// the fence key, which every leader writes before anything else).
+    /// The Task DB as `worker` reads it, once a leader has written its fence there (which
+    /// it does after creating every stream and bucket, before anything else); until then an
+    /// error, to be tried again.
     pub(crate) async fn open(js: &jetstream::Context, worker: &str) -> Result<TaskDb, ReadError> {
         let stream = js
             .get_stream_no_info(format!("KV_{TASK_DB}"))
@@ -27,8 +28,12 @@ impl TaskDb {
             stream,
             worker: worker.to_string(),
         };
-        db.value(FENCE_KEY).await?;
-        Ok(db)
+        // A bucket without a fence was made by something else (an earlier release, an
+        // operator) before any leader: the streams a leader makes may not be there yet.
+        match db.value(FENCE_KEY).await? {
+            Some(_) => Ok(db),
+            None => Err(ReadError::new(DirectGetErrorKind::NotFound)),
+        }
     }
 
     /// The record of task `id` as this worker may read it: under its own key, or, for a task
