@@ -277,13 +277,46 @@ pub async fn durable_messages<I: Send + Sync + 'static>(
     buffer: usize,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
+    paced_messages(stream, config, Pace::default(), buffer, shutdown).await
+}
+
+/// How a consumer's pull requests are paced: how long one waits at the server for messages
+/// before another is sent, and how often the server says it is still there while none come.
+/// nats-server walks every request waiting on a consumer each time one of them is due
+/// (a heartbeat or an expiry), so on a consumer that thousands of clients share the pace sets
+/// the cost: n clients make about n × (1/heartbeat + 1/expires) walks of n a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub expires: Duration,
+    /// At most half of `expires`, as the server requires.
+    pub heartbeat: Duration,
+}
+
+impl Default for Pace {
+    /// The client's own: a request waits 30 s, with a heartbeat every 15 s.
+    fn default() -> Pace {
+        Pace {
+            expires: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+/// [`durable_messages`], with its pull requests paced by `pace`.
+pub async fn paced_messages<I: Send + Sync + 'static>(
+    stream: jetstream::stream::Stream<I>,
+    config: pull::Config,
+    pace: Pace,
+    buffer: usize,
+    shutdown: CancellationToken,
+) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
     let (tx, rx) = mpsc::channel(buffer.max(1));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let first = loop {
         let bound = tokio::select! {
             _ = shutdown.cancelled() => return Ok(rx),
-            bound = bind(&stream, &config) => bound,
+            bound = bind(&stream, &config, pace) => bound,
         };
         match bound {
             Ok(messages) => break messages,
@@ -308,7 +341,7 @@ pub async fn durable_messages<I: Send + Sync + 'static>(
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff.next_wait()) => {}
                     }
-                    match bind(&stream, &config).await {
+                    match bind(&stream, &config, pace).await {
                         Ok(m) => m,
                         Err(Bind::Refused(e) | Bind::Unanswered(e)) => {
                             warn!(consumer = %name, error = %Chain(&e), "binding the consumer; retrying");
@@ -381,6 +414,7 @@ impl Bind {
 async fn bind<I>(
     stream: &jetstream::stream::Stream<I>,
     config: &pull::Config,
+    pace: Pace,
 ) -> Result<pull::Stream, Bind> {
     use jetstream::consumer::StreamErrorKind as S;
     use jetstream::stream::ConsumerErrorKind as K;
@@ -390,6 +424,9 @@ async fn bind<I>(
         .await
         .map_err(|e| Bind::of(&name, matches!(e.kind(), K::TimedOut | K::Request), e))?;
     consumer
+        .stream()
+        .expires(pace.expires)
+        .heartbeat(pace.heartbeat)
         .messages()
         .await
         .map_err(|e| Bind::of(&name, matches!(e.kind(), S::TimedOut), e))
