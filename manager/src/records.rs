@@ -28,7 +28,7 @@ use crate::Error;
 
 fn kv(bucket: &str, key: &str, payload: bytes::Bytes) -> Outgoing {
     Outgoing {
-        subject: format!("$KV.{bucket}.{key}"),
+        subject: kv_subject(bucket, key),
         payload,
         msg_id: None,
         headers: None,

@@ -114,6 +114,13 @@ pub const SHARED_WORK_CONSUMER: &str = "workers";
 /// a pull request waiting on the shared one.
 pub const MAX_WORKERS: usize = 100_000;
 
+/// The subject a KV bucket stores `key` under, `$KV.<bucket>.<key>`: a put is a JetStream
+/// publish there (what a client's `put` sends), and the stream's last message on it is the
+/// key's value.
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
 /// Work the scheduler placed on one worker, and stop requests for its tasks.
 pub fn pending_for(worker: &str) -> String {
     format!("{PENDING}.{worker}")

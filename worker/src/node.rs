@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::Utc;
-use cube_shared::subjects::{heartbeat_for, NODE_DB};
+use cube_shared::subjects::{heartbeat_for, kv_subject, NODE_DB};
 use cube_shared::wire::encode;
 use cube_shared::{Node, NodeState, Page, RunningTask, HEARTBEAT_PAGE};
 use futures::StreamExt;
@@ -116,12 +116,14 @@ pub(crate) struct NodeDb {
 }
 
 impl NodeDb {
-    /// `worker`'s record. The manager creates the bucket before it leads; a put before then is
-    /// refused (no stream has the subject) and tried again at the next beat.
+    /// `worker`'s record. The bucket exists: a worker makes one only once the Task DB's fence
+    /// is written, which a leader does after creating every bucket. Should an operator remove
+    /// the bucket, a put is refused (no stream has the subject) and tried again at the next
+    /// beat.
     pub(crate) fn new(js: jetstream::Context, worker: &str) -> NodeDb {
         NodeDb {
             js,
-            subject: format!("$KV.{NODE_DB}.{worker}"),
+            subject: kv_subject(NODE_DB, worker),
         }
     }
 

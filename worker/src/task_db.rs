@@ -4,7 +4,7 @@
 //! own keys. It never asks for the bucket's info (which could list every key) nor scans it.
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
-use cube_shared::subjects::{task_key, TaskPlace, FENCE_KEY, TASK_DB};
+use cube_shared::subjects::{kv_subject, task_key, TaskPlace, FENCE_KEY, TASK_DB};
 use uuid::Uuid;
 
 /// Why a record could not be read.
@@ -51,7 +51,7 @@ impl TaskDb {
 
     /// The current value of `key` (`None`: never written, or deleted).
     async fn value(&self, key: &str) -> Result<Option<bytes::Bytes>, ReadError> {
-        let subject = format!("$KV.{TASK_DB}.{key}");
+        let subject = kv_subject(TASK_DB, key);
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(m) if m.headers.get(cube_bus::KV_OPERATION).is_some() => Ok(None),
             Ok(m) => Ok(Some(m.payload)),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::HeaderMap;
-use cube_shared::subjects::{EPOCH_HEADER, FENCE_KEY};
+use cube_shared::subjects::{kv_subject, EPOCH_HEADER, FENCE_KEY};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -107,7 +107,7 @@ impl Fence {
     pub fn add_headers(&self, mut h: HeaderMap) -> HeaderMap {
         h.insert(
             EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-            format!("$KV.{}.{FENCE_KEY}", self.bucket).as_str(),
+            kv_subject(&self.bucket, FENCE_KEY).as_str(),
         );
         h.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
