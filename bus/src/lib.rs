@@ -5,14 +5,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::pull,
     context::{PublishError, PublishErrorKind},
     kv,
 };
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// Any error a NATS call returns: async-nats has an error type per call, hence the box.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
@@ -263,174 +261,8 @@ async fn publish_once(
     first_failed
 }
 
-/// A durable pull consumer whose messages keep coming across disconnections and server
-/// restarts: a background task (re)binds the consumer and forwards its messages, creating it
-/// again if the server lost it. The channel closes when `shutdown` fires.
-///
-/// The first binding happens here, so that a consumer the server refuses (a misconfiguration,
-/// a permission) is reported to the caller. One the server does not answer in time (a busy
-/// server: ten thousand workers starting at once) is asked again after a growing, jittered
-/// wait until it answers or `shutdown` fires; on shutdown the channel returned is closed.
-pub async fn durable_messages<I: Send + Sync + 'static>(
-    stream: jetstream::stream::Stream<I>,
-    config: pull::Config,
-    buffer: usize,
-    shutdown: CancellationToken,
-) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
-    paced_messages(stream, config, Pace::default(), buffer, shutdown).await
-}
-
-/// How a consumer's pull requests are paced: how long one waits at the server for messages
-/// before another is sent, and how often the server says it is still there while none come.
-/// nats-server walks every request waiting on a consumer each time one of them is due
-/// (a heartbeat or an expiry), so on a consumer that thousands of clients share the pace sets
-/// the cost: n clients make about n × (1/heartbeat + 1/expires) walks of n a second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pace {
-    pub expires: Duration,
-    /// At most half of `expires`, as the server requires.
-    pub heartbeat: Duration,
-}
-
-impl Default for Pace {
-    /// The client's own: a request waits 30 s, with a heartbeat every 15 s.
-    fn default() -> Pace {
-        Pace {
-            expires: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(15),
-        }
-    }
-}
-
-/// [`durable_messages`], with its pull requests paced by `pace`.
-pub async fn paced_messages<I: Send + Sync + 'static>(
-    stream: jetstream::stream::Stream<I>,
-    config: pull::Config,
-    pace: Pace,
-    buffer: usize,
-    shutdown: CancellationToken,
-) -> Result<mpsc::Receiver<jetstream::Message>, Error> {
-    let name = config.durable_name.clone().unwrap_or_default();
-    let (tx, rx) = mpsc::channel(buffer.max(1));
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let first = loop {
-        let bound = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(rx),
-            bound = bind(&stream, &config, pace) => bound,
-        };
-        match bound {
-            Ok(messages) => break messages,
-            Err(Bind::Refused(e)) => return Err(e),
-            Err(Bind::Unanswered(e)) => {
-                debug!(consumer = %name, error = %Chain(&e), "binding the consumer; asking again");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(rx),
-                    _ = tokio::time::sleep(backoff.next_wait()) => {}
-                }
-            }
-        }
-    };
-    tokio::spawn(async move {
-        let mut messages = Some(first);
-        backoff.reset();
-        loop {
-            let mut current = match messages.take() {
-                Some(m) => m,
-                None => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_wait()) => {}
-                    }
-                    match bind(&stream, &config, pace).await {
-                        Ok(m) => m,
-                        Err(Bind::Refused(e) | Bind::Unanswered(e)) => {
-                            warn!(consumer = %name, error = %Chain(&e), "binding the consumer; retrying");
-                            continue;
-                        }
-                    }
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = current.next() => next,
-                };
-                match next {
-                    Some(Ok(msg)) => {
-                        backoff.reset();
-                        let sent = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            sent = tx.send(msg) => sent,
-                        };
-                        if sent.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        use pull::MessagesErrorKind as K;
-                        match e.kind() {
-                            // Transient: the stream itself recovers once NATS is back.
-                            K::MissingHeartbeat | K::Pull => {
-                                debug!(consumer = %name, error = %e, "consumer hiccup")
-                            }
-                            _ => {
-                                warn!(consumer = %name, error = %e, "consumer broke; binding again");
-                                break;
-                            }
-                        }
-                    }
-                    None => {
-                        debug!(consumer = %name, "consumer stream ended; binding again");
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    Ok(rx)
-}
-
-/// Why a consumer could not be bound: the server said no, or did not answer (in time).
-enum Bind {
-    Refused(Error),
-    Unanswered(Error),
-}
-
-impl Bind {
-    /// `source`, as an error about consumer `name`, refused or unanswered.
-    fn of<E>(name: &str, unanswered: bool, source: E) -> Bind
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let e = nats(format!("consumer {name}"))(source);
-        if unanswered {
-            Bind::Unanswered(e)
-        } else {
-            Bind::Refused(e)
-        }
-    }
-}
-
-async fn bind<I>(
-    stream: &jetstream::stream::Stream<I>,
-    config: &pull::Config,
-    pace: Pace,
-) -> Result<pull::Stream, Bind> {
-    use jetstream::consumer::StreamErrorKind as S;
-    use jetstream::stream::ConsumerErrorKind as K;
-    let name = config.durable_name.clone().unwrap_or_default();
-    let consumer = stream
-        .get_or_create_consumer(&name, config.clone())
-        .await
-        .map_err(|e| Bind::of(&name, matches!(e.kind(), K::TimedOut | K::Request), e))?;
-    consumer
-        .stream()
-        .expires(pace.expires)
-        .heartbeat(pace.heartbeat)
-        .messages()
-        .await
-        .map_err(|e| Bind::of(&name, matches!(e.kind(), S::TimedOut), e))
-}
+mod durable;
+pub use durable::{assumed_messages, durable_messages, paced_messages, Pace};
 
 pub mod auth;
 mod backoff;

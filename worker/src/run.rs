@@ -115,9 +115,22 @@ pub async fn run(
     let name = &worker.cfg.name;
     let concurrency = worker.cfg.concurrency;
     let own = own_consumer(name, concurrency);
-    let mut own = consume(&work, own, Default::default(), concurrency, &shutdown).await?;
+    let mut own = consume(&work, own, concurrency, &shutdown).await?;
+    // Taken as there: asking costs the server a walk of every worker's waiting request.
     let shared = shared_consumer(concurrency);
-    let mut shared = consume(&work, shared, SHARED_PACE, concurrency, &shutdown).await?;
+    let mut shared = cube_bus::assumed_messages(
+        &worker.js,
+        WORK_STREAM,
+        shared,
+        SHARED_PACE,
+        concurrency,
+        shutdown.child_token(),
+    )
+    .await
+    .map_err(|source| Error::Consumer {
+        name: SHARED_WORK_CONSUMER.to_string(),
+        source,
+    })?;
     let tracker = TaskTracker::new();
     // Heartbeats run on their own, so that a slow NATS never holds up work or exits.
     let (first_beat, after_first_beat) = oneshot::channel();
@@ -257,7 +270,8 @@ pub(crate) fn own_consumer(name: &str, concurrency: usize) -> pull::Config {
 /// The consumer every worker shares, `workers` on `tasks.pending` (the `queue` scheduler's).
 /// Each worker keeps a pull request waiting on it: nats-server refuses requests beyond the
 /// consumer's `max_waiting` (512 by default), and a refused client asks again at once, so
-/// the limit is the cluster's.
+/// the limit is the cluster's. A worker takes it as there ([`cube_bus::assumed_messages`]);
+/// the first worker of a cluster finds it missing and creates it with these settings.
 pub(crate) fn shared_consumer(concurrency: usize) -> pull::Config {
     pull::Config {
         max_waiting: MAX_WAITING,
@@ -284,20 +298,13 @@ const _: () = assert!(SHARED_PACE.heartbeat.as_secs() * 2 <= SHARED_PACE.expires
 async fn consume(
     stream: &jetstream::stream::Stream<()>,
     config: pull::Config,
-    pace: cube_bus::Pace,
     concurrency: usize,
     shutdown: &CancellationToken,
 ) -> Result<tokio::sync::mpsc::Receiver<jetstream::Message>, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
-    cube_bus::paced_messages(
-        stream.clone(),
-        config,
-        pace,
-        concurrency,
-        shutdown.child_token(),
-    )
-    .await
-    .map_err(|source| Error::Consumer { name, source })
+    cube_bus::durable_messages(stream.clone(), config, concurrency, shutdown.child_token())
+        .await
+        .map_err(|source| Error::Consumer { name, source })
 }
 
 impl Worker {
