@@ -49,7 +49,13 @@ pub enum NotFound {
 
 #[derive(Default)]
 pub struct Cluster {
-    tasks: HashMap<Uuid, Task>,
+    /// Each task on the heap of its own: a hash table never shrinks, and under churn (tasks
+    /// submitted and forgotten all the time) it doubles once its tombstones fill it while it
+    /// is more than half full. With tasks (680 bytes each) in its slots, that doubling
+    /// took 46 MiB more for good (`cube bench soak`: manager RSS 95 → 142 MiB at 380,000
+    /// tasks, 30,000 kept); with boxes in them, 24 bytes a slot, a task's memory goes when it
+    /// is forgotten.
+    tasks: HashMap<Uuid, Box<Task>>,
     nodes: BTreeMap<String, Node>,
     reserved: HashMap<String, Reservation>,
     /// Tasks waiting for a node, oldest first. May hold ids that have since moved on; they
@@ -81,11 +87,11 @@ pub struct Mark {
 
 impl Cluster {
     pub fn task(&self, id: &Uuid) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     pub fn task_count(&self) -> usize {
@@ -109,7 +115,7 @@ impl Cluster {
             (true, Some(w)) => Some((w.clone(), t.cpu, t.memory, t.disk)),
             _ => None,
         };
-        let before = self.tasks.get(&task.id).and_then(held);
+        let before = self.task(&task.id).and_then(held);
         let after = held(&task);
         if before != after {
             if let Some((w, ..)) = &before {
@@ -147,7 +153,7 @@ impl Cluster {
         } else {
             self.restarting.remove(&task.id);
         }
-        self.tasks.insert(task.id, task);
+        self.tasks.insert(task.id, Box::new(task));
     }
 
     /// Forgets task `id` (an ended one: it holds no reservation and waits for nothing).
@@ -163,7 +169,7 @@ impl Cluster {
         if let Some(service) = &task.service {
             self.forget_copy(service, *id);
         }
-        Some(task)
+        Some(*task)
     }
 
     /// The copies of service `name` the reconciler still looks at: every live one, and ended
@@ -200,11 +206,10 @@ impl Cluster {
     /// Finds a task by full id, unique id prefix or unique name.
     pub fn find(&self, query: &str) -> Result<&Task, NotFound> {
         if let Ok(id) = query.parse::<Uuid>() {
-            return self.tasks.get(&id).ok_or(NotFound::NoTask(id));
+            return self.task(&id).ok_or(NotFound::NoTask(id));
         }
         let matches: Vec<&Task> = self
-            .tasks
-            .values()
+            .tasks()
             .filter(|t| t.id.to_string().starts_with(query) || t.name == query)
             .collect();
         match matches.as_slice() {
