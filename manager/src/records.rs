@@ -189,8 +189,12 @@ pub(crate) fn commit(
         records.push(put);
         deletions.extend(old);
     }
-    deletions.extend(decided.forgotten.iter().filter_map(|id| keys.forget(id)));
     records.extend(deletions);
+    let forgets = decided
+        .forgotten
+        .iter()
+        .map(|id| (*id, keys.forget(id)))
+        .collect();
     records.extend(
         decided
             .services
@@ -240,7 +244,7 @@ pub(crate) fn commit(
         notices,
         placed: decided.placed,
         handled,
-        forgotten: decided.forgotten,
+        forgets,
     }
 }
 
