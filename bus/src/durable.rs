@@ -81,15 +81,23 @@ pub async fn paced_messages<I: Send + Sync + 'static>(
             }
         }
     };
-    Ok(forward(stream, config, pace, Some(first), buffer, shutdown))
+    Ok(forward(
+        stream,
+        config,
+        pace,
+        First::Asked(first),
+        buffer,
+        shutdown,
+    ))
 }
 
 /// [`paced_messages`] for a consumer that is there nearly always, one that thousands of
 /// clients share: the first binding takes it as there, without a request. nats-server answers
 /// a consumer's info (what binding by asking costs) by walking every pull request waiting on
-/// it, so ten thousand workers starting at once made a walk of up to ten thousand each. A
-/// consumer that is not there after all answers the first pull request with "no responders";
-/// it is then asked for, and created, like any other.
+/// it, so ten thousand workers starting at once made a walk of up to ten thousand each. For a
+/// consumer that is not there after all, the server answers the first pull request "no
+/// responders" (or, if a subscriber to the JetStream API takes the request, no heartbeat
+/// comes); it is then asked for, and created, like any other.
 pub async fn assumed_messages(
     js: &jetstream::Context,
     stream: &str,
@@ -111,10 +119,10 @@ pub async fn assumed_messages(
         .messages()
         .await;
     let first = match first {
-        Ok(messages) => Some(messages),
+        Ok(messages) => First::Assumed(messages),
         Err(e) => {
             debug!(consumer = %name, error = %e, "taking the consumer as there; asking instead");
-            None
+            First::None
         }
     };
     Ok(forward(handle, config, pace, first, buffer, shutdown))
@@ -142,13 +150,23 @@ fn first_wait() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// The messages a consumer's first binding gave.
+enum First {
+    /// None: the forwarder binds at once.
+    None,
+    /// Of a consumer the server gave (or made).
+    Asked(pull::Stream),
+    /// Of a consumer taken as there, until the server shows it is: a message comes.
+    Assumed(pull::Stream),
+}
+
 /// Forwards the consumer's messages to the channel returned until `shutdown`, binding it again
 /// (by asking) whenever its messages stop: after `first`, or at once if there is none.
 fn forward<I: Send + Sync + 'static>(
     stream: jetstream::stream::Stream<I>,
     config: pull::Config,
     pace: Pace,
-    first: Option<pull::Stream>,
+    first: First,
     buffer: usize,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<jetstream::Message> {
@@ -156,7 +174,11 @@ fn forward<I: Send + Sync + 'static>(
     let (tx, rx) = mpsc::channel(buffer.max(1));
     let mut backoff = first_wait();
     tokio::spawn(async move {
-        let mut messages = first;
+        let (mut messages, mut assumed) = match first {
+            First::None => (None, false),
+            First::Asked(m) => (Some(m), false),
+            First::Assumed(m) => (Some(m), true),
+        };
         loop {
             let mut current = match messages.take() {
                 Some(m) => m,
@@ -166,7 +188,10 @@ fn forward<I: Send + Sync + 'static>(
                         _ = tokio::time::sleep(backoff.next_wait()) => {}
                     }
                     match bind(&stream, &config, pace).await {
-                        Ok(m) => m,
+                        Ok(m) => {
+                            assumed = false;
+                            m
+                        }
                         Err(Bind::Refused(e) | Bind::Unanswered(e)) => {
                             warn!(consumer = %name, error = %Chain(&e), "binding the consumer; retrying");
                             continue;
@@ -182,6 +207,7 @@ fn forward<I: Send + Sync + 'static>(
                 match next {
                     Some(Ok(msg)) => {
                         backoff.reset();
+                        assumed = false;
                         let sent = tokio::select! {
                             _ = shutdown.cancelled() => return,
                             sent = tx.send(msg) => sent,
@@ -193,17 +219,22 @@ fn forward<I: Send + Sync + 'static>(
                     Some(Err(e)) => {
                         use pull::MessagesErrorKind as K;
                         match e.kind() {
-                            // Transient: the stream itself recovers once NATS is back.
-                            K::Pull => {
-                                debug!(consumer = %name, error = %e, "consumer hiccup")
-                            }
-                            // Not there (yet): one taken as there, or one removed. Without a
-                            // heartbeat, the request is not waiting at the server (or the
-                            // consumer is not there, and a subscriber to the JetStream API kept
-                            // the server from saying so): async-nats would not ask again.
-                            K::NoResponders | K::MissingHeartbeat => {
-                                debug!(consumer = %name, error = %e, "no consumer answers; binding again");
+                            // Not there: one taken as there, or one removed.
+                            K::NoResponders => {
+                                debug!(consumer = %name, "no consumer answers; binding again");
                                 break;
+                            }
+                            // Taken as there, and silent: perhaps not there, with a subscriber
+                            // to the JetStream API keeping the server from saying so.
+                            K::MissingHeartbeat if assumed => {
+                                debug!(consumer = %name, "a consumer taken as there is silent; binding again");
+                                break;
+                            }
+                            // Transient: the stream itself recovers once NATS is back (a
+                            // request not answered is sent again once it expires). Asking
+                            // for the consumer here would add to a busy server's work.
+                            K::MissingHeartbeat | K::Pull => {
+                                debug!(consumer = %name, error = %e, "consumer hiccup")
                             }
                             _ => {
                                 warn!(consumer = %name, error = %e, "consumer broke; binding again");
