@@ -4,9 +4,10 @@
 //! and rejections follow, so they never announce what was not stored; the messages the batch
 //! handled are acknowledged last, so a manager that dies mid-way has them delivered again.
 //! Forgotten tasks' deletions are the exception: they wait in a queue and go a few at a time
-//! with the commits that follow ([`FORGET_CHUNK`]), so that a sweep's thousand never hold up
-//! the placements behind them. Its journal entry may say "forgotten" a moment before; a
-//! manager that dies meanwhile leaves the records to its successor, which forgets them again.
+//! with the commits that follow ([`forgetting::CHUNK`]), so that a sweep's thousand never hold
+//! up the placements behind them (all go first when a commit writes a task whose id was
+//! submitted again). Its journal entry may say "forgotten" a moment before; a manager that
+//! dies meanwhile leaves the records to its successor, which forgets them again.
 //!
 //! It writes only while this manager leads: before each step it checks the lease's [`Gate`],
 //! and every Task DB write is conditional on the [`Fence`]. A closed gate or a refused
@@ -27,6 +28,7 @@ use crate::lease::fence::Check;
 use crate::metrics::Metrics;
 use crate::{Fence, Gate};
 
+mod forgetting;
 mod journal;
 
 /// What lets the writer write: this manager's term as leader.
@@ -121,12 +123,6 @@ impl Commit {
     }
 }
 
-/// How many forgotten tasks' deletions go with one commit. A sweep forgets a second's worth
-/// of ended tasks at once (1,000 at 1,000 tasks a second): stored in one go they took 30 to
-/// 76 ms, and every placement queued behind waited (`cube bench soak`, the tail of submit →
-/// running); 100 take a few.
-const FORGET_CHUNK: usize = 100;
-
 /// How many batches may wait for the writer before the loop waits too.
 const QUEUE: usize = 16;
 
@@ -179,7 +175,7 @@ async fn write(
         journal,
         purger,
     } = *out;
-    let mut forgetting = std::collections::VecDeque::new();
+    let mut forgetting = forgetting::Forgetting::default();
     loop {
         // While forgotten tasks' deletions wait, an empty commit carries the next few.
         let mut commit = if forgetting.is_empty() {
@@ -194,12 +190,14 @@ async fn write(
         while let Ok(later) = rx.try_recv() {
             commit.append(later);
         }
-        forgetting.extend(std::mem::take(&mut commit.forgets));
-        let chunk = forgetting.drain(..forgetting.len().min(FORGET_CHUNK));
-        let (forgotten, deletions): (Vec<_>, Vec<_>) = chunk.unzip();
+        forgetting.add(std::mem::take(&mut commit.forgets));
         let began = Instant::now();
-        let mut records = latest_only(commit.records);
-        records.extend(deletions.into_iter().flatten());
+        let records = latest_only(commit.records);
+        let deletions = forgetting.next_for(&records);
+        let records: Vec<Outgoing> = (deletions.before.into_iter())
+            .chain(records)
+            .chain(deletions.after)
+            .collect();
         let sizes = Sizes {
             records: records.len(),
             deletions: records
@@ -214,7 +212,7 @@ async fn write(
             return;
         }
         let stored = began.elapsed();
-        purger.purge(forgotten);
+        purger.purge(deletions.forgotten);
         if !commit.work.is_empty()
             && (!term.gate.is_open()
                 || cube_bus::publish_all(js, commit.work, shutdown)

@@ -16,7 +16,7 @@ use crate::cluster::Cluster;
 /// How often the ended tasks are looked over. Every 10 s, at 1,000 tasks a second, a sweep
 /// deleted 10,000 records in one commit and held placements back: p99 submit → running went
 /// from 25 ms to 300–400 ms (`cube bench soak`). A sweep every second forgets a second's
-/// worth, and the writer deletes their records a few at a time (`writer::FORGET_CHUNK`).
+/// worth, and the writer deletes their records a few at a time (`writer::forgetting::CHUNK`).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether `task` ended for good and nothing still looks at it (a batch service counts its
