@@ -78,9 +78,9 @@ pub async fn run(
         return Ok(());
     };
     let nodes = NodeDb::new(js.clone(), &name);
-    // The work stream's handle binds the consumers: on a busy server an answer that takes
-    // longer than a publish's timeout is still awaited, rather than thrown away and asked
-    // for again.
+    // The consumers are bound through this context (and the work stream's handle taken
+    // from it): on a busy server an answer that takes longer than a publish's timeout is
+    // still awaited, rather than thrown away and asked for again.
     let mut setup = js.clone();
     setup.set_timeout(SETUP_TIMEOUT);
     let work = setup
@@ -119,7 +119,7 @@ pub async fn run(
     // Taken as there: asking costs the server a walk of every worker's waiting request.
     let shared = shared_consumer(concurrency);
     let mut shared = cube_bus::assumed_messages(
-        &worker.js,
+        &setup,
         WORK_STREAM,
         shared,
         SHARED_PACE,

@@ -49,6 +49,9 @@ impl Forgetting {
     /// waiting here (its id submitted again once forgotten): its old record must go before
     /// its new one is written, as it was decided first.
     pub fn next_for(&mut self, records: &[Outgoing]) -> Deletions {
+        if self.queue.is_empty() {
+            return Deletions::default();
+        }
         let prefix = format!("$KV.{TASK_DB}.");
         let again = records.iter().any(|r| {
             r.subject
